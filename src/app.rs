@@ -1,0 +1,153 @@
+//! Builds the server from configuration: store, migrations, listener, gRPC
+//! services and the cleanup task. Tests bind port 0 and read `local_addr`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::domain::Policy;
+use crate::grpc::proto::access_service_server::AccessServiceServer;
+use crate::grpc::proto::admin_service_server::AdminServiceServer;
+use crate::grpc::{AccessApi, AdminApi, proto};
+use crate::service::Gate;
+use crate::store::{self, PoolSettings, Store, StoreError};
+
+/// Largest request accepted. authgate's requests are a few identifiers of
+/// at most 256 bytes; anything near this size is abuse.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    cleanup_interval: Duration,
+}
+
+/// Opens and migrates the configured store.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let settings = PoolSettings {
+        max_connections: config.database.max_connections,
+        acquire_timeout: config.database.acquire_timeout,
+    };
+    let store: Arc<dyn Store> = store::connect(config.database.url.expose(), &settings)
+        .await?
+        .into();
+    store.migrate().await?;
+    Ok(store)
+}
+
+impl Application {
+    pub async fn build(
+        config: &Config,
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let store = open_store(config).await?;
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        Ok(Application {
+            listener,
+            gate: Arc::new(Gate::new(policy, store, clock)),
+            cleanup_interval: config.cleanup.interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets
+    /// in-flight RPCs finish and stops the cleanup task.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let cleanup = tokio::spawn(cleanup_loop(
+            self.gate.clone(),
+            self.cleanup_interval,
+            stop_rx,
+        ));
+
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<AccessServiceServer<AccessApi>>()
+            .await;
+        health_reporter
+            .set_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        tracing::info!(addr = %self.local_addr(), "authgate listening");
+        let result = Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                AccessServiceServer::new(AccessApi::new(self.gate.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                AdminServiceServer::new(AdminApi::new(self.gate.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = cleanup.await;
+        tracing::info!("authgate stopped");
+        Ok(result?)
+    }
+}
+
+/// Purges expired state every `interval` until told to stop. A failed pass
+/// is logged and retried at the next tick: purging is housekeeping, never
+/// needed for a correct decision.
+async fn cleanup_loop(gate: Arc<Gate>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match gate.purge_expired().await {
+            Ok(Some(deleted)) => tracing::debug!(deleted, "expired state purged"),
+            Ok(None) => tracing::debug!("cleanup running on another replica"),
+            Err(e) => tracing::warn!(error = %e, "cleanup failed; retrying next interval"),
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! Typed settings: built-in defaults, then one TOML file, then `AUTHGATE_*`
+//! environment variables (`__` separates nesting: `AUTHGATE_DATABASE__URL`).
+//! `authgate.example.toml` documents every key with its default.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    AccessList, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration, Policy, Rule, UserId,
+};
+
+/// A configuration problem, always naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key {key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub cleanup: CleanupConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Replaces the built-in contexts as a whole when given, so a deployment
+    /// never carries rules it did not write down.
+    #[serde(default = "default_contexts")]
+    pub contexts: BTreeMap<String, ContextConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address. Loopback by default: exposing it is a decision.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (the embedded default) or `postgres://...`.
+    pub url: DatabaseUrl,
+    /// Pool size per replica. Each in-flight state change holds one
+    /// connection for a few round trips.
+    pub max_connections: u32,
+    /// How long an RPC waits for a connection before answering UNAVAILABLE:
+    /// short, because a caller waiting on authgate is a user waiting.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: DatabaseUrl("sqlite://authgate.db".into()),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A database URL, which may carry a password: it prints with the password
+/// replaced.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:REDACTED@{host}"),
+                None => self.0.clone(),
+            },
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// How often expired failures and locks are purged (pyTMBot's 10 min).
+    /// Purging is housekeeping only: expired state never affects a decision.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `authgate=debug`, ...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Users who may act at all; empty allows everyone.
+    pub allowed_user_ids: Vec<String>,
+    /// Users who may call AdminService; must be in allowed_user_ids when
+    /// that is non-empty.
+    pub admin_user_ids: Vec<String>,
+    /// What happens to users who are not on the allow list and keep trying.
+    pub not_allowed: NotAllowedConfig,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            allowed_user_ids: Vec::new(),
+            admin_user_ids: Vec::new(),
+            not_allowed: NotAllowedConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotAllowedConfig {
+    /// Attempts within `window` that block the user.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+}
+
+impl Default for NotAllowedConfig {
+    fn default() -> Self {
+        NotAllowedConfig {
+            max_attempts: 3,
+            window: Duration::from_secs(3600),
+            block: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextConfig {
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique within its context; reported in verdicts.
+    pub name: String,
+    /// `user`, `ip`, `user+ip` or `session`.
+    pub key: String,
+    /// Activities counted (RecordFailure.activity); empty counts all.
+    #[serde(default)]
+    pub activities: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default)]
+    pub captcha_after: Option<u32>,
+    #[serde(default)]
+    pub lock_after: Option<u32>,
+    /// Required with lock_after.
+    #[serde(default)]
+    pub lockout: Option<LockoutConfig>,
+    #[serde(with = "humantime_serde", default = "day")]
+    pub recurrence_window: Duration,
+    #[serde(default)]
+    pub extend_while_locked: bool,
+}
+
+fn day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// Either a list of tiers (`["30m", "permanent"]`, the last repeating) or a
+/// progressive ladder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LockoutConfig {
+    Tiers(Vec<String>),
+    Progressive(ProgressiveConfig),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressiveConfig {
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    pub factor: f64,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    #[serde(default)]
+    pub permanent_after: Option<u32>,
+}
+
+fn rule(
+    name: &str,
+    key: &str,
+    window_min: u64,
+    captcha_after: Option<u32>,
+    lock_after: Option<u32>,
+    lockout: Option<LockoutConfig>,
+) -> RuleConfig {
+    RuleConfig {
+        name: name.into(),
+        key: key.into(),
+        activities: Vec::new(),
+        window: Duration::from_secs(window_min * 60),
+        captcha_after,
+        lock_after,
+        lockout,
+        recurrence_window: day(),
+        extend_while_locked: false,
+    }
+}
+
+fn progressive(base_min: u64, max_h: u64) -> Option<LockoutConfig> {
+    Some(LockoutConfig::Progressive(ProgressiveConfig {
+        base: Duration::from_secs(base_min * 60),
+        factor: 2.0,
+        max: Duration::from_secs(max_h * 3600),
+        permanent_after: None,
+    }))
+}
+
+/// The shipped rule sets; authgate.example.toml spells out the same.
+fn default_contexts() -> BTreeMap<String, ContextConfig> {
+    let login = vec![
+        // oai-web's login limiter, on the user+ip pair so that a stranger
+        // cannot lock a user out from their own address.
+        rule(
+            "user_ip",
+            "user+ip",
+            30,
+            None,
+            Some(5),
+            Some(LockoutConfig::Tiers(vec!["30m".into(), "permanent".into()])),
+        ),
+        // Password spraying from one address across many users.
+        rule("ip", "ip", 30, Some(10), Some(20), progressive(30, 24)),
+        // Guessing one user's password from many addresses: a captcha, never
+        // a lock, so attackers cannot lock the victim out this way.
+        rule("user", "user", 30, Some(10), None, None),
+    ];
+    let password_reset = vec![rule("user", "user", 60, None, Some(3), progressive(60, 24))];
+    // The anti-spam seed: warnings (captcha) after 3 strikes, progressive
+    // blocks from 5.
+    let bot = vec![rule(
+        "user",
+        "user",
+        10,
+        Some(3),
+        Some(5),
+        progressive(1, 24),
+    )];
+    [
+        ("login", login),
+        ("password_reset", password_reset),
+        ("bot", bot),
+    ]
+    .into_iter()
+    .map(|(name, rules)| (name.to_owned(), ContextConfig { rules }))
+    .collect()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            cleanup: CleanupConfig::default(),
+            log: LogConfig::default(),
+            access: AccessConfig::default(),
+            contexts: default_contexts(),
+        }
+    }
+}
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "authgate.toml";
+
+impl Config {
+    /// Loads `path` (or ./authgate.toml when present), then the environment,
+    /// and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Policy), ConfigError> {
+        let mut figment = Figment::new();
+        let implicit = PathBuf::from(DEFAULT_CONFIG_FILE);
+        match path {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(invalid(
+                        "--config",
+                        format!("{} does not exist", p.display()),
+                    ));
+                }
+                figment = figment.merge(Toml::file_exact(p));
+            }
+            None if implicit.exists() => figment = figment.merge(Toml::file_exact(implicit)),
+            None => {}
+        }
+        Self::from_figment(figment.merge(Self::env()))
+    }
+
+    /// `AUTHGATE_CONFIG` names the file rather than a key, and `AUTHGATE_LOG`
+    /// would shadow `[log]`, so both are left out of the key namespace.
+    fn env() -> Env {
+        Env::prefixed("AUTHGATE_").ignore(&["config"]).split("__")
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<(Config, Policy), ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        let policy = config.policy()?;
+        Ok((config, policy))
+    }
+
+    /// Parses a TOML document on top of the defaults; for tests and tools.
+    pub fn from_toml(text: &str) -> Result<(Config, Policy), ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// Validates everything that serde cannot and builds the domain policy.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.cleanup.interval.is_zero() {
+            return Err(invalid("cleanup.interval", "must be more than 0"));
+        }
+        let user_ids = |key: &str, raw: &[String]| -> Result<BTreeSet<UserId>, ConfigError> {
+            raw.iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    UserId::parse(&format!("access.{key}[{i}]"), id)
+                        .map_err(|e| invalid(e.field, e.problem))
+                })
+                .collect()
+        };
+        let na = &self.access.not_allowed;
+        if na.max_attempts == 0 {
+            return Err(invalid(
+                "access.not_allowed.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        let allow_rule = Rule {
+            name: "allow_list".into(),
+            key: KeyKind::User,
+            activities: Vec::new(),
+            window: na.window,
+            captcha_after: None,
+            lock_after: Some(na.max_attempts),
+            ladder: Ladder::Tiers(vec![LockDuration::For(na.block)]),
+            recurrence_window: na.window,
+            extend_while_locked: false,
+        };
+        let access = AccessList::new(
+            user_ids("allowed_user_ids", &self.access.allowed_user_ids)?,
+            user_ids("admin_user_ids", &self.access.admin_user_ids)?,
+            allow_rule,
+        )
+        .map_err(|e| invalid("access.admin_user_ids", e.to_string()))?;
+
+        if self.contexts.is_empty() {
+            return Err(invalid("contexts", "at least one context is needed"));
+        }
+        let mut contexts = Vec::new();
+        for (name, ctx) in &self.contexts {
+            let key = format!("contexts.{name}");
+            let cname = ContextName::parse(&key, name).map_err(|e| invalid(e.field, e.problem))?;
+            if name == crate::domain::ALLOW_LIST_CONTEXT {
+                return Err(invalid(key, "the name is reserved for the allow list"));
+            }
+            let mut rules: Vec<Rule> = Vec::new();
+            for (i, rc) in ctx.rules.iter().enumerate() {
+                let rule = rc.to_rule(&format!("{key}.rules[{i}]"))?;
+                if rules.iter().any(|r| r.name == rule.name) {
+                    return Err(invalid(
+                        format!("{key}.rules[{i}].name"),
+                        format!("duplicate rule name {:?}", rule.name),
+                    ));
+                }
+                rules.push(rule);
+            }
+            contexts.push(ContextPolicy { name: cname, rules });
+        }
+        Ok(Policy::new(contexts, access))
+    }
+}
+
+impl RuleConfig {
+    fn to_rule(&self, key: &str) -> Result<Rule, ConfigError> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(invalid(format!("{key}.name"), "must be 1 to 64 bytes"));
+        }
+        let kind = KeyKind::from_name(&self.key).ok_or_else(|| {
+            invalid(
+                format!("{key}.key"),
+                format!("{:?} is not one of user, ip, user+ip, session", self.key),
+            )
+        })?;
+        if self.window.is_zero() {
+            return Err(invalid(format!("{key}.window"), "must be more than 0"));
+        }
+        for (field, value) in [
+            ("captcha_after", self.captcha_after),
+            ("lock_after", self.lock_after),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!("{key}.{field}"), "must be at least 1"));
+            }
+            if value.is_some_and(|v| v > 1000) {
+                return Err(invalid(format!("{key}.{field}"), "must be at most 1000"));
+            }
+        }
+        if self.captcha_after.is_none() && self.lock_after.is_none() {
+            return Err(invalid(key, "needs captcha_after, lock_after or both"));
+        }
+        if let (Some(c), Some(l)) = (self.captcha_after, self.lock_after)
+            && c >= l
+        {
+            return Err(invalid(
+                format!("{key}.captcha_after"),
+                "must be below lock_after",
+            ));
+        }
+        let ladder = match (&self.lockout, self.lock_after) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.lockout"),
+                    "is required with lock_after",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(format!("{key}.lockout"), "needs lock_after"));
+            }
+            (None, None) => Ladder::Tiers(Vec::new()),
+            (Some(l), Some(_)) => l.to_ladder(&format!("{key}.lockout"))?,
+        };
+        Ok(Rule {
+            name: self.name.clone(),
+            key: kind,
+            activities: self.activities.clone(),
+            window: self.window,
+            captcha_after: self.captcha_after,
+            lock_after: self.lock_after,
+            ladder,
+            recurrence_window: self.recurrence_window,
+            extend_while_locked: self.extend_while_locked,
+        })
+    }
+}
+
+impl LockoutConfig {
+    fn to_ladder(&self, key: &str) -> Result<Ladder, ConfigError> {
+        match self {
+            LockoutConfig::Tiers(tiers) => {
+                if tiers.is_empty() {
+                    return Err(invalid(key, "needs at least one tier"));
+                }
+                tiers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        if t == "permanent" {
+                            return Ok(LockDuration::Permanent);
+                        }
+                        match humantime::parse_duration(t) {
+                            Ok(d) if !d.is_zero() => Ok(LockDuration::For(d)),
+                            _ => Err(invalid(
+                                format!("{key}[{i}]"),
+                                format!("{t:?} is neither a duration like 30m nor \"permanent\""),
+                            )),
+                        }
+                    })
+                    .collect::<Result<_, _>>()
+                    .map(Ladder::Tiers)
+            }
+            LockoutConfig::Progressive(p) => {
+                if p.base.is_zero() {
+                    return Err(invalid(format!("{key}.base"), "must be more than 0"));
+                }
+                if !(p.factor.is_finite() && p.factor >= 1.0) {
+                    return Err(invalid(
+                        format!("{key}.factor"),
+                        "must be a number of at least 1",
+                    ));
+                }
+                if p.max < p.base {
+                    return Err(invalid(format!("{key}.max"), "must be at least base"));
+                }
+                if p.permanent_after == Some(0) {
+                    return Err(invalid(
+                        format!("{key}.permanent_after"),
+                        "must be at least 1",
+                    ));
+                }
+                Ok(Ladder::Progressive {
+                    base: p.base,
+                    factor: p.factor,
+                    max: p.max,
+                    permanent_after: p.permanent_after,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_validate_and_the_example_file_matches_them() {
+        let (config, _) = Config::from_toml("").unwrap();
+        let example = include_str!("../authgate.example.toml");
+        let (from_file, _) = Config::from_toml(example).unwrap();
+        assert_eq!(config.to_toml(), from_file.to_toml());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[server]\nlisten = \"nope\"").contains("server.listen"));
+        assert!(err("[database]\nurl = \"mysql://x\"").contains("database.url"));
+        assert!(err("[cleanup]\ninterval = \"soon\"").contains("cleanup.interval"));
+        let bad_rule = r#"
+            [[contexts.login.rules]]
+            name = "r"
+            key = "mac"
+            window = "1m"
+            lock_after = 1
+            lockout = ["1m"]
+        "#;
+        assert!(err(bad_rule).contains("contexts.login.rules[0].key"));
+        let bad_tier = bad_rule
+            .replace("\"mac\"", "\"ip\"")
+            .replace("[\"1m\"]", "[\"forever\"]");
+        assert!(err(&bad_tier).contains("contexts.login.rules[0].lockout[0]"));
+        assert!(
+            err("[access]\nallowed_user_ids = [\"a\"]\nadmin_user_ids = [\"a\", \"b\"]")
+                .contains("not there: b")
+        );
+        assert!(err("[server]\nlisen = \"x\"").contains("lisen"));
+    }
+
+    #[test]
+    fn durations_read_as_humans_write_them() {
+        let (config, _) = Config::from_toml("[cleanup]\ninterval = \"500ms\"").unwrap();
+        assert_eq!(config.cleanup.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let url = DatabaseUrl::new("postgres://app:hunter2@db:5432/authgate");
+        assert_eq!(url.redacted(), "postgres://app:REDACTED@db:5432/authgate");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let config = Config {
+            database: DatabaseConfig {
+                url,
+                ..DatabaseConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(!config.to_toml().contains("hunter2"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("authgate.toml", "[server]\nlisten = \"127.0.0.1:1\"")?;
+            jail.set_env("AUTHGATE_SERVER__LISTEN", "127.0.0.1:2");
+            jail.set_env("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"ops\"]");
+            jail.set_env("AUTHGATE_CONFIG", "ignored.toml");
+            let (config, policy) = Config::load(None).expect("loads");
+            assert_eq!(config.server.listen.port(), 2);
+            assert!(policy.access.is_admin(&UserId::parse("x", "ops").unwrap()));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,270 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, Subject, UserId, Verdict,
+};
+
+/// The pseudo-context that holds the allow list's own counter, so attempts by
+/// users who are not on the list are counted apart from every real context.
+pub const ALLOW_LIST_CONTEXT: &str = "allow_list";
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("admin_user_ids must all be in allowed_user_ids; not there: {}", join(.0))]
+    AdminsNotAllowed(Vec<UserId>),
+}
+
+fn join(ids: &[UserId]) -> String {
+    ids.iter()
+        .map(UserId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// pyTMBot's access control: who may use the caller at all, and who may
+/// administer authgate.
+#[derive(Debug, Clone)]
+pub struct AccessList {
+    /// Empty means everyone is allowed.
+    allowed: BTreeSet<UserId>,
+    admins: BTreeSet<UserId>,
+    /// Counts attempts by users not on the list (a USER-keyed rule).
+    rule: Rule,
+}
+
+impl AccessList {
+    pub fn new(
+        allowed: BTreeSet<UserId>,
+        admins: BTreeSet<UserId>,
+        rule: Rule,
+    ) -> Result<Self, PolicyError> {
+        if !allowed.is_empty() {
+            let strays: Vec<_> = admins.difference(&allowed).cloned().collect();
+            if !strays.is_empty() {
+                return Err(PolicyError::AdminsNotAllowed(strays));
+            }
+        }
+        Ok(AccessList {
+            allowed,
+            admins,
+            rule,
+        })
+    }
+
+    pub fn is_allowed(&self, user: &UserId) -> bool {
+        self.allowed.is_empty() || self.allowed.contains(user)
+    }
+
+    pub fn is_admin(&self, user: &UserId) -> bool {
+        self.admins.contains(user)
+    }
+
+    /// A stranger is denied; once their attempts block them, the block
+    /// (with its end) is what they are told.
+    pub fn judge(&self, verdict: Verdict) -> Verdict {
+        if verdict.decision == Decision::Blocked {
+            return verdict;
+        }
+        Verdict {
+            decision: Decision::Deny,
+            reason: Reason::NotOnAllowList,
+            ..verdict
+        }
+    }
+
+    /// The allow list's counter for this subject, when the subject names a
+    /// user who is not allowed. Requests without a user id are judged by the
+    /// context's rules alone: the list is a list of users.
+    pub fn slot(&self, subject: &Subject) -> Option<Slot<'_>> {
+        let user = subject.user.as_ref().filter(|u| !self.is_allowed(u))?;
+        Some(Slot {
+            context: ALLOW_LIST_CONTEXT,
+            rule: &self.rule,
+            key: Key::User(user.clone()),
+        })
+    }
+}
+
+/// One key of one rule in one context: the unit of stored state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot<'a> {
+    pub context: &'a str,
+    pub rule: &'a Rule,
+    pub key: Key,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContextPolicy {
+    pub name: ContextName,
+    pub rules: Vec<Rule>,
+}
+
+impl ContextPolicy {
+    /// The rules that judge this subject (those whose key it supplies) and,
+    /// when `activity` is given, count that activity.
+    pub fn slots<'a>(&'a self, subject: &Subject, activity: Option<&str>) -> Vec<Slot<'a>> {
+        self.rules
+            .iter()
+            .filter(|r| activity.is_none_or(|a| r.counts(a)))
+            .filter_map(|rule| {
+                subject.key(rule.key).map(|key| Slot {
+                    context: self.name.as_str(),
+                    rule,
+                    key,
+                })
+            })
+            .collect()
+    }
+
+    /// Every rule of this context counting on `kind`.
+    pub fn rules_on(&self, kind: KeyKind) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(move |r| r.key == kind)
+    }
+}
+
+/// Everything the server decides by.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    contexts: BTreeMap<String, ContextPolicy>,
+    pub access: AccessList,
+}
+
+impl Policy {
+    pub fn new(contexts: Vec<ContextPolicy>, access: AccessList) -> Self {
+        Policy {
+            contexts: contexts
+                .into_iter()
+                .map(|c| (c.name.as_str().to_owned(), c))
+                .collect(),
+            access,
+        }
+    }
+
+    /// The named context, or an error for the request field `field`.
+    pub fn context(&self, field: &str, name: &str) -> Result<&ContextPolicy, FieldError> {
+        ContextName::parse(field, name)?;
+        self.contexts.get(name).ok_or_else(|| {
+            let known: Vec<_> = self.contexts.keys().map(String::as_str).collect();
+            FieldError::new(
+                field,
+                format!("unknown context {name:?}; configured: {}", known.join(", ")),
+            )
+        })
+    }
+
+    /// The rule stored state was written under, if the configuration still
+    /// has it.
+    pub fn rule(&self, context: &str, rule: &str) -> Option<&Rule> {
+        if context == ALLOW_LIST_CONTEXT {
+            return Some(&self.access.rule).filter(|r| r.name == rule);
+        }
+        self.contexts
+            .get(context)?
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Ladder, LockDuration};
+    use std::time::Duration;
+
+    fn rule(name: &str, key: KeyKind) -> Rule {
+        Rule {
+            name: name.into(),
+            key,
+            activities: vec![],
+            window: Duration::from_secs(3600),
+            captcha_after: None,
+            lock_after: Some(3),
+            ladder: Ladder::Tiers(vec![LockDuration::For(Duration::from_secs(3600))]),
+            recurrence_window: Duration::from_secs(3600),
+            extend_while_locked: false,
+        }
+    }
+
+    fn ids(names: &[&str]) -> BTreeSet<UserId> {
+        names
+            .iter()
+            .map(|n| UserId::parse("id", n).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn admins_must_be_allowed_users() {
+        let err = AccessList::new(ids(&["a"]), ids(&["a", "x", "y"]), rule("l", KeyKind::User))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "admin_user_ids must all be in allowed_user_ids; not there: x, y"
+        );
+        assert!(AccessList::new(ids(&[]), ids(&["x"]), rule("l", KeyKind::User)).is_ok());
+    }
+
+    #[test]
+    fn allow_list_slot_only_for_strangers() {
+        let list = AccessList::new(ids(&["a"]), ids(&[]), rule("l", KeyKind::User)).unwrap();
+        let stranger = Subject::parse("s", "b", "", "").unwrap();
+        let friend = Subject::parse("s", "a", "", "").unwrap();
+        let anonymous = Subject::parse("s", "", "1.1.1.1", "").unwrap();
+        assert!(list.slot(&stranger).is_some());
+        assert!(list.slot(&friend).is_none());
+        assert!(list.slot(&anonymous).is_none());
+        let open = AccessList::new(ids(&[]), ids(&[]), rule("l", KeyKind::User)).unwrap();
+        assert!(open.slot(&stranger).is_none());
+    }
+
+    #[test]
+    fn strangers_are_denied_until_blocked() {
+        let list = AccessList::new(ids(&["a"]), ids(&[]), rule("l", KeyKind::User)).unwrap();
+        let denied = list.judge(Verdict {
+            remaining_attempts: Some(2),
+            ..Verdict::allow()
+        });
+        assert_eq!(
+            (denied.decision, denied.reason),
+            (Decision::Deny, Reason::NotOnAllowList)
+        );
+        assert_eq!(denied.remaining_attempts, Some(2));
+        let blocked = Verdict {
+            decision: Decision::Blocked,
+            reason: Reason::Locked,
+            ..Verdict::allow()
+        };
+        assert_eq!(list.judge(blocked.clone()), blocked);
+    }
+
+    #[test]
+    fn slots_follow_supplied_keys_and_activities() {
+        let mut spam = rule("spam", KeyKind::User);
+        spam.activities = vec!["spam".into()];
+        let ctx = ContextPolicy {
+            name: ContextName::parse("c", "bot").unwrap(),
+            rules: vec![rule("pair", KeyKind::UserIp), rule("ip", KeyKind::Ip), spam],
+        };
+        let user_only = Subject::parse("s", "a", "", "").unwrap();
+        assert!(
+            ctx.slots(&user_only, None)
+                .iter()
+                .any(|s| s.rule.name == "spam")
+        );
+        assert!(ctx.slots(&user_only, Some("other")).is_empty());
+        let both = Subject::parse("s", "a", "1.1.1.1", "").unwrap();
+        let names: Vec<_> = ctx
+            .slots(&both, Some("x"))
+            .iter()
+            .map(|s| s.rule.name.clone())
+            .collect();
+        assert_eq!(names, ["pair", "ip"]);
+        let policy = Policy::new(
+            vec![ctx],
+            AccessList::new(ids(&[]), ids(&[]), rule("l", KeyKind::User)).unwrap(),
+        );
+        let err = policy.context("context", "nope").unwrap_err();
+        assert_eq!(err.field, "context");
+        assert!(err.problem.contains("configured: bot"));
+    }
+}

@@ -1,0 +1,265 @@
+use std::fmt;
+use std::net::IpAddr;
+
+/// Longest identifier accepted, in bytes. Caps what an attacker-controlled
+/// string can cost in the store and in every index over it.
+const MAX_ID_BYTES: usize = 256;
+
+/// A request field that failed to parse. `field` is the path a caller sees in
+/// its own message (for example `subject.ip`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Checks the shape every identifier shares: non-empty, capped, and free of
+/// control characters (which would corrupt logs and composite keys).
+fn parse_identifier(field: &str, raw: &str) -> Result<String, FieldError> {
+    if raw.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if raw.len() > MAX_ID_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_ID_BYTES} bytes, got {}", raw.len()),
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+                parse_identifier(field, raw).map($name)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// The caller's id for a user; opaque to authgate.
+    UserId
+);
+identifier!(
+    /// The caller's id for a session; opaque to authgate.
+    SessionId
+);
+identifier!(
+    /// The name of an activity with its own counters ("login", "bot", ...).
+    ContextName
+);
+
+/// An IP address in canonical form, so `::ffff:10.0.0.1` and `10.0.0.1` are
+/// one key and an attacker cannot double their attempts by switching notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpAddress(IpAddr);
+
+impl IpAddress {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        parse_identifier(field, raw)?;
+        raw.parse::<IpAddr>()
+            .map(|ip| IpAddress(ip.to_canonical()))
+            .map_err(|_| FieldError::new(field, "is not an IPv4 or IPv6 address"))
+    }
+}
+
+impl fmt::Display for IpAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The kind of key a rule counts failures on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyKind {
+    User,
+    Ip,
+    UserIp,
+    Session,
+}
+
+impl KeyKind {
+    pub const ALL: [KeyKind; 4] = [
+        KeyKind::User,
+        KeyKind::Ip,
+        KeyKind::UserIp,
+        KeyKind::Session,
+    ];
+
+    /// The spelling used in configuration and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::User => "user",
+            KeyKind::Ip => "ip",
+            KeyKind::UserIp => "user+ip",
+            KeyKind::Session => "session",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<KeyKind> {
+        KeyKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// One key a rule counts on: the identifiers of its kind and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    User(UserId),
+    Ip(IpAddress),
+    UserIp(UserId, IpAddress),
+    Session(SessionId),
+}
+
+impl Key {
+    pub fn kind(&self) -> KeyKind {
+        match self {
+            Key::User(_) => KeyKind::User,
+            Key::Ip(_) => KeyKind::Ip,
+            Key::UserIp(..) => KeyKind::UserIp,
+            Key::Session(_) => KeyKind::Session,
+        }
+    }
+
+    pub fn user(&self) -> Option<&UserId> {
+        match self {
+            Key::User(u) | Key::UserIp(u, _) => Some(u),
+            _ => None,
+        }
+    }
+
+    pub fn ip(&self) -> Option<IpAddress> {
+        match self {
+            Key::Ip(ip) | Key::UserIp(_, ip) => Some(*ip),
+            _ => None,
+        }
+    }
+
+    pub fn session(&self) -> Option<&SessionId> {
+        match self {
+            Key::Session(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Who is acting: any of a user id, an IP address and a session id, at least
+/// one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subject {
+    pub user: Option<UserId>,
+    pub ip: Option<IpAddress>,
+    pub session: Option<SessionId>,
+}
+
+impl Subject {
+    /// Parses the three optional identifiers; an empty string means "not
+    /// supplied". `field` is the path of the subject in the request.
+    pub fn parse(field: &str, user: &str, ip: &str, session: &str) -> Result<Self, FieldError> {
+        fn opt(raw: &str) -> Option<&str> {
+            (!raw.is_empty()).then_some(raw)
+        }
+        let subject = Subject {
+            user: opt(user)
+                .map(|u| UserId::parse(&format!("{field}.user_id"), u))
+                .transpose()?,
+            ip: opt(ip)
+                .map(|i| IpAddress::parse(&format!("{field}.ip"), i))
+                .transpose()?,
+            session: opt(session)
+                .map(|s| SessionId::parse(&format!("{field}.session_id"), s))
+                .transpose()?,
+        };
+        if subject.user.is_none() && subject.ip.is_none() && subject.session.is_none() {
+            return Err(FieldError::new(
+                field,
+                "needs at least one of user_id, ip, session_id",
+            ));
+        }
+        Ok(subject)
+    }
+
+    /// The key of `kind` this subject supplies, if it supplies one.
+    pub fn key(&self, kind: KeyKind) -> Option<Key> {
+        match kind {
+            KeyKind::User => self.user.clone().map(Key::User),
+            KeyKind::Ip => self.ip.map(Key::Ip),
+            KeyKind::UserIp => match (&self.user, self.ip) {
+                (Some(u), Some(ip)) => Some(Key::UserIp(u.clone(), ip)),
+                _ => None,
+            },
+            KeyKind::Session => self.session.clone().map(Key::Session),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_capped_and_named() {
+        let long = "a".repeat(MAX_ID_BYTES + 1);
+        let err = UserId::parse("subject.user_id", &long).unwrap_err();
+        assert_eq!(err.field, "subject.user_id");
+        assert!(UserId::parse("f", &"a".repeat(MAX_ID_BYTES)).is_ok());
+        assert!(UserId::parse("f", "").is_err());
+        assert!(UserId::parse("f", "bad\nid").is_err());
+    }
+
+    #[test]
+    fn mapped_ipv4_is_one_key_with_ipv4() {
+        let a = IpAddress::parse("ip", "::ffff:10.0.0.1").unwrap();
+        let b = IpAddress::parse("ip", "10.0.0.1").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "10.0.0.1");
+        assert_eq!(
+            IpAddress::parse("subject.ip", "10.0.0.256")
+                .unwrap_err()
+                .field,
+            "subject.ip"
+        );
+    }
+
+    #[test]
+    fn subject_needs_an_identifier_and_builds_keys() {
+        assert_eq!(
+            Subject::parse("subject", "", "", "").unwrap_err().field,
+            "subject"
+        );
+        let s = Subject::parse("subject", "alice", "1.2.3.4", "").unwrap();
+        assert!(matches!(s.key(KeyKind::UserIp), Some(Key::UserIp(..))));
+        assert_eq!(s.key(KeyKind::Session), None);
+    }
+}

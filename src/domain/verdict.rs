@@ -1,0 +1,157 @@
+use super::{Key, UnixMillis};
+
+/// What the caller should do, in order of increasing severity: when several
+/// rules judge one request the most severe verdict wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Decision {
+    Allow,
+    ChallengeCaptcha,
+    /// Ranked above a captcha: a second factor proves more than a human.
+    ChallengeTotp,
+    /// Ranked below Blocked so that a user who is not on the allow list and
+    /// keeps trying learns that they are now blocked, and until when.
+    Deny,
+    Blocked,
+}
+
+/// Why, in a form callers can branch on. The strings are part of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Ok,
+    NotOnAllowList,
+    CaptchaRequired,
+    Locked,
+    LockedPermanently,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::NotOnAllowList => "not_on_allow_list",
+            Reason::CaptchaRequired => "captcha_required",
+            Reason::Locked => "locked",
+            Reason::LockedPermanently => "locked_permanently",
+        }
+    }
+}
+
+/// One rule's judgement of one key, or the combination of several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub reason: Reason,
+    /// The rule that produced it; `None` when no rule applied.
+    pub rule: Option<String>,
+    pub key: Option<Key>,
+    /// Failures left before the rule's next step; `None` when none is ahead.
+    pub remaining_attempts: Option<u32>,
+    /// End of a temporary lock.
+    pub unblock_at: Option<UnixMillis>,
+    pub permanent: bool,
+}
+
+impl Verdict {
+    /// The verdict when no rule has anything against the request.
+    pub fn allow() -> Verdict {
+        Verdict {
+            decision: Decision::Allow,
+            reason: Reason::Ok,
+            rule: None,
+            key: None,
+            remaining_attempts: None,
+            unblock_at: None,
+            permanent: false,
+        }
+    }
+
+    /// Whole seconds until the lock ends, rounded up so a caller that waits
+    /// that long is never refused again for the same lock.
+    pub fn retry_after_seconds(&self, now: UnixMillis) -> u64 {
+        self.unblock_at
+            .map(|at| now.until(at).as_millis().div_ceil(1000) as u64)
+            .unwrap_or(0)
+    }
+
+    /// Orders verdicts by severity: decision first, then a permanent lock over
+    /// a temporary one, a later end over an earlier one, and fewer remaining
+    /// attempts over more (the rule closest to its next step is the one to
+    /// report).
+    fn severity(&self) -> (Decision, bool, Option<UnixMillis>, std::cmp::Reverse<u32>) {
+        (
+            self.decision,
+            self.permanent,
+            self.unblock_at,
+            std::cmp::Reverse(self.remaining_attempts.unwrap_or(u32::MAX)),
+        )
+    }
+
+    /// The most severe of `verdicts`, or ALLOW when there are none.
+    pub fn most_severe(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        verdicts
+            .into_iter()
+            .max_by(|a, b| a.severity().cmp(&b.severity()))
+            .unwrap_or_else(Verdict::allow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(
+        decision: Decision,
+        remaining: Option<u32>,
+        until: Option<i64>,
+        permanent: bool,
+    ) -> Verdict {
+        Verdict {
+            decision,
+            remaining_attempts: remaining,
+            unblock_at: until.map(UnixMillis),
+            permanent,
+            ..Verdict::allow()
+        }
+    }
+
+    #[test]
+    fn most_severe_wins() {
+        let pick = Verdict::most_severe([
+            v(Decision::Allow, Some(1), None, false),
+            v(Decision::Blocked, None, Some(10), false),
+            v(Decision::ChallengeCaptcha, Some(2), None, false),
+            v(Decision::Deny, None, None, false),
+        ]);
+        assert_eq!(pick.decision, Decision::Blocked);
+        let pick = Verdict::most_severe([
+            v(Decision::Blocked, None, Some(10), false),
+            v(Decision::Blocked, None, None, true),
+            v(Decision::Blocked, None, Some(99), false),
+        ]);
+        assert!(pick.permanent);
+        let pick = Verdict::most_severe([
+            v(Decision::Blocked, None, Some(10), false),
+            v(Decision::Blocked, None, Some(99), false),
+        ]);
+        assert_eq!(pick.unblock_at, Some(UnixMillis(99)));
+    }
+
+    #[test]
+    fn among_allows_the_closest_to_its_next_step_is_reported() {
+        let pick = Verdict::most_severe([
+            v(Decision::Allow, None, None, false),
+            v(Decision::Allow, Some(4), None, false),
+            v(Decision::Allow, Some(2), None, false),
+        ]);
+        assert_eq!(pick.remaining_attempts, Some(2));
+        assert_eq!(Verdict::most_severe([]).decision, Decision::Allow);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let verdict = v(Decision::Blocked, None, Some(1_001), false);
+        assert_eq!(verdict.retry_after_seconds(UnixMillis(0)), 2);
+        assert_eq!(verdict.retry_after_seconds(UnixMillis(1_001)), 0);
+        assert_eq!(verdict.retry_after_seconds(UnixMillis(5_000)), 0);
+    }
+}

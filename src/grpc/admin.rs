@@ -1,0 +1,183 @@
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::proto::{self, admin_service_server::AdminService};
+use crate::domain::{FieldError, IpAddress, Key, KeyKind, SessionId, UserId};
+use crate::service::Gate;
+use crate::store::{Cursor, StateId, UnlockScope};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// Separates the parts of a page token; identifiers never contain control
+/// characters, so it cannot occur inside one.
+const SEP: char = '\u{1f}';
+
+pub struct AdminApi {
+    gate: Arc<Gate>,
+}
+
+impl AdminApi {
+    pub fn new(gate: Arc<Gate>) -> Self {
+        AdminApi { gate }
+    }
+}
+
+/// An opaque resume point: the last id of the page.
+fn page_token(id: &StateId) -> String {
+    let k = &id.key;
+    let parts = [
+        id.context.clone(),
+        id.rule.clone(),
+        k.kind().as_str().to_owned(),
+        k.user().map(|u| u.to_string()).unwrap_or_default(),
+        k.ip().map(|i| i.to_string()).unwrap_or_default(),
+        k.session().map(|s| s.to_string()).unwrap_or_default(),
+    ];
+    URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
+}
+
+fn parse_page_token(token: &str) -> Result<Cursor, FieldError> {
+    let bad = || FieldError::new("page_token", "is not a token this server issued");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let parts: Vec<&str> = text.split(SEP).collect();
+    let [context, rule, kind, user, ip, session] = parts[..] else {
+        return Err(bad());
+    };
+    let user = || UserId::parse("page_token", user).map_err(|_| bad());
+    let ip = || IpAddress::parse("page_token", ip).map_err(|_| bad());
+    let key = match KeyKind::from_name(kind).ok_or_else(bad)? {
+        KeyKind::User => Key::User(user()?),
+        KeyKind::Ip => Key::Ip(ip()?),
+        KeyKind::UserIp => Key::UserIp(user()?, ip()?),
+        KeyKind::Session => {
+            Key::Session(SessionId::parse("page_token", session).map_err(|_| bad())?)
+        }
+    };
+    Ok(StateId {
+        context: context.to_owned(),
+        rule: rule.to_owned(),
+        key,
+    })
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    #[tracing::instrument(skip_all)]
+    async fn admin_unlock(
+        &self,
+        request: Request<proto::AdminUnlockRequest>,
+    ) -> Result<Response<proto::AdminUnlockResponse>, Status> {
+        let req = request.into_inner();
+        let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+        use proto::admin_unlock_request::Scope;
+        let scope = match req.scope {
+            Some(Scope::Key(k)) => UnlockScope::Key {
+                context: k.context.clone(),
+                key: convert::parse_key("key.key", k.key.as_ref())?,
+            },
+            Some(Scope::Subject(s)) => UnlockScope::Subject(convert::subject("subject", Some(&s))?),
+            Some(Scope::All(true)) => UnlockScope::All,
+            Some(Scope::All(false)) => {
+                return Err(Status::invalid_argument("all: must be true when chosen"));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "scope: one of key, subject, all is required",
+                ));
+            }
+        };
+        let unlocked = self.gate.unlock(&actor, &scope).await?;
+        Ok(Response::new(proto::AdminUnlockResponse { unlocked }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_locked(
+        &self,
+        request: Request<proto::ListLockedRequest>,
+    ) -> Result<Response<proto::ListLockedResponse>, Status> {
+        let req = request.into_inner();
+        self.gate.authorize_admin(&req.actor_user_id)?;
+        let after = (!req.page_token.is_empty())
+            .then(|| parse_page_token(&req.page_token))
+            .transpose()?;
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let context = (!req.context.is_empty()).then_some(req.context.as_str());
+        // One more than asked tells whether another page follows.
+        let mut rows = self
+            .gate
+            .list_locked(context, after.as_ref(), limit + 1)
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let now = self.gate.now();
+        let next_page_token = match rows.last() {
+            Some(last) if more => page_token(&last.id),
+            _ => String::new(),
+        };
+        let locks = rows
+            .iter()
+            .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l)))
+            .collect();
+        Ok(Response::new(proto::ListLockedResponse {
+            locks,
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_subject(
+        &self,
+        request: Request<proto::GetSubjectRequest>,
+    ) -> Result<Response<proto::GetSubjectResponse>, Status> {
+        let req = request.into_inner();
+        self.gate.authorize_admin(&req.actor_user_id)?;
+        let subject = convert::subject("subject", req.subject.as_ref())?;
+        let report = self.gate.subject(&subject).await?;
+        let now = self.gate.now();
+        let policy = self.gate.policy();
+        let states = report
+            .states
+            .iter()
+            .map(|s| {
+                let in_window = policy
+                    .rule(&s.id.context, &s.id.rule)
+                    .map(|r| r.failures_in_window(&s.state, now))
+                    .unwrap_or(u32::try_from(s.state.recent_failures.len()).unwrap_or(u32::MAX));
+                convert::key_state(s, in_window, now)
+            })
+            .collect();
+        Ok(Response::new(proto::GetSubjectResponse {
+            allowed: report.allowed,
+            admin: report.admin,
+            states,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_forgeries() {
+        let id = StateId {
+            context: "login".into(),
+            rule: "user_ip".into(),
+            key: Key::UserIp(
+                UserId::parse("u", "al ice").unwrap(),
+                IpAddress::parse("i", "::1").unwrap(),
+            ),
+        };
+        assert_eq!(parse_page_token(&page_token(&id)).unwrap(), id);
+        assert_eq!(parse_page_token("!!").unwrap_err().field, "page_token");
+        assert!(parse_page_token(&URL_SAFE_NO_PAD.encode("a\u{1f}b")).is_err());
+    }
+}

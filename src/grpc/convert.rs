@@ -1,0 +1,164 @@
+//! Proto messages to domain values and back. Parsing failures name the
+//! request field.
+
+use prost_types::Timestamp;
+
+use super::proto;
+use crate::domain::{
+    Decision, FieldError, IpAddress, Key, KeyKind, Lock, SessionId, Subject, UnixMillis, UserId,
+    Verdict,
+};
+use crate::store::Stored;
+
+pub fn subject(field: &str, s: Option<&proto::Subject>) -> Result<Subject, FieldError> {
+    let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
+    Subject::parse(field, &s.user_id, &s.ip, &s.session_id)
+}
+
+pub fn timestamp(t: UnixMillis) -> Timestamp {
+    Timestamp {
+        seconds: t.0.div_euclid(1000),
+        nanos: i32::try_from(t.0.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn decision(d: Decision) -> proto::Decision {
+    match d {
+        Decision::Allow => proto::Decision::Allow,
+        Decision::ChallengeCaptcha => proto::Decision::ChallengeCaptcha,
+        Decision::ChallengeTotp => proto::Decision::ChallengeTotp,
+        Decision::Deny => proto::Decision::Deny,
+        Decision::Blocked => proto::Decision::Blocked,
+    }
+}
+
+fn key_kind(k: KeyKind) -> proto::KeyKind {
+    match k {
+        KeyKind::User => proto::KeyKind::User,
+        KeyKind::Ip => proto::KeyKind::Ip,
+        KeyKind::UserIp => proto::KeyKind::UserIp,
+        KeyKind::Session => proto::KeyKind::Session,
+    }
+}
+
+pub fn key(k: &Key) -> proto::Key {
+    proto::Key {
+        kind: key_kind(k.kind()).into(),
+        user_id: k.user().map(|u| u.to_string()).unwrap_or_default(),
+        ip: k.ip().map(|i| i.to_string()).unwrap_or_default(),
+        session_id: k.session().map(|s| s.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A key from a request: the fields its kind needs, and no others.
+pub fn parse_key(field: &str, k: Option<&proto::Key>) -> Result<Key, FieldError> {
+    let k = k.ok_or_else(|| FieldError::new(field, "is required"))?;
+    let user = || UserId::parse(&format!("{field}.user_id"), &k.user_id);
+    let ip = || IpAddress::parse(&format!("{field}.ip"), &k.ip);
+    let key = match proto::KeyKind::try_from(k.kind) {
+        Ok(proto::KeyKind::User) => Key::User(user()?),
+        Ok(proto::KeyKind::Ip) => Key::Ip(ip()?),
+        Ok(proto::KeyKind::UserIp) => Key::UserIp(user()?, ip()?),
+        Ok(proto::KeyKind::Session) => Key::Session(SessionId::parse(
+            &format!("{field}.session_id"),
+            &k.session_id,
+        )?),
+        _ => {
+            return Err(FieldError::new(
+                format!("{field}.kind"),
+                "must be USER, IP, USER_IP or SESSION",
+            ));
+        }
+    };
+    let stray = [
+        ("user_id", !k.user_id.is_empty() && key.user().is_none()),
+        ("ip", !k.ip.is_empty() && key.ip().is_none()),
+        (
+            "session_id",
+            !k.session_id.is_empty() && key.session().is_none(),
+        ),
+    ];
+    if let Some((name, _)) = stray.iter().find(|(_, bad)| *bad) {
+        return Err(FieldError::new(
+            format!("{field}.{name}"),
+            "is not part of a key of this kind",
+        ));
+    }
+    Ok(key)
+}
+
+pub fn verdict(v: &Verdict, now: UnixMillis) -> proto::Verdict {
+    proto::Verdict {
+        decision: decision(v.decision).into(),
+        reason: v.reason.as_str().into(),
+        rule: v.rule.clone().unwrap_or_default(),
+        key: v.key.as_ref().map(key),
+        remaining_attempts: v.remaining_attempts,
+        unblock_at: v.unblock_at.map(timestamp),
+        retry_after_seconds: v.retry_after_seconds(now),
+        permanent: v.permanent,
+    }
+}
+
+pub fn lock(s: &Stored, l: &Lock) -> proto::Lock {
+    proto::Lock {
+        context: s.id.context.clone(),
+        rule: s.id.rule.clone(),
+        key: Some(key(&s.id.key)),
+        tier: l.tier,
+        locked_at: Some(timestamp(l.locked_at)),
+        unblock_at: l.until.map(timestamp),
+        permanent: l.until.is_none(),
+    }
+}
+
+/// The full stored state, with the lock only while it is in force, and the
+/// failure count as the rule would count it now.
+pub fn key_state(s: &Stored, failures_in_window: u32, now: UnixMillis) -> proto::KeyState {
+    proto::KeyState {
+        context: s.id.context.clone(),
+        rule: s.id.rule.clone(),
+        key: Some(key(&s.id.key)),
+        failures_in_window,
+        failures_total: s.state.failures_total,
+        last_failure_at: s.state.last_failure_at.map(timestamp),
+        recent_lockouts: s.state.recent_lockouts,
+        lockouts_total: s.state.lockouts_total,
+        lock: s.state.active_lock(now).map(|l| lock(s, l)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_split_milliseconds() {
+        let t = timestamp(UnixMillis(1_500));
+        assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
+        let t = timestamp(UnixMillis(-1));
+        assert_eq!((t.seconds, t.nanos), (-1, 999_000_000));
+    }
+
+    #[test]
+    fn keys_take_exactly_their_parts() {
+        let k = proto::Key {
+            kind: proto::KeyKind::Ip.into(),
+            ip: "10.0.0.1".into(),
+            user_id: "alice".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_key("key.key", Some(&k)).unwrap_err().field,
+            "key.key.user_id"
+        );
+        let k = proto::Key {
+            kind: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_key("key.key", Some(&k)).unwrap_err().field,
+            "key.key.kind"
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! The gRPC face: proto <-> domain conversion, the service implementations,
+//! and the one place errors become a `Status`.
+
+mod access;
+mod admin;
+mod convert;
+
+pub use access::AccessApi;
+pub use admin::AdminApi;
+
+/// Code generated from proto/authgate/v1 by build.rs.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("authgate.v1");
+
+    /// The encoded descriptors of authgate's protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/authgate_descriptor.bin"));
+}
+
+use tonic::Status;
+
+use crate::domain::FieldError;
+use crate::service::ServiceError;
+use crate::store::StoreError;
+
+impl From<FieldError> for Status {
+    fn from(e: FieldError) -> Status {
+        ServiceError::from(e).into()
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match e {
+            ServiceError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
+            ServiceError::PermissionDenied(m) => Status::permission_denied(m),
+            ServiceError::Store(StoreError::Unavailable(cause)) => {
+                tracing::warn!(error = %cause, "store unavailable");
+                Status::unavailable("the state store is unavailable; retry later")
+            }
+            ServiceError::Store(other) => {
+                tracing::error!(error = %other, "store error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! authgate: may this user do this now? Access checks, brute-force lockouts
+//! and admin unlocks over gRPC, backed by Postgres or an embedded SQLite file.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod service;
+pub mod store;
+pub mod telemetry;

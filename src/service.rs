@@ -1,0 +1,354 @@
+//! The use cases behind the RPCs: pick the slots a request touches, let the
+//! domain decide, let the store persist. Knows neither gRPC nor SQL.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use crate::clock::Clock;
+use crate::domain::{
+    ALLOW_LIST_CONTEXT, FieldError, Key, KeyState, Policy, Slot, Subject, UnixMillis, UserId,
+    Verdict,
+};
+use crate::store::{Cursor, StateId, Store, StoreError, Stored, UnlockScope, Update};
+use crate::telemetry::mask;
+
+/// Why a use case could not be carried out. Each variant maps to one gRPC
+/// status in `grpc::status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// INVALID_ARGUMENT naming the field.
+    #[error(transparent)]
+    InvalidArgument(#[from] FieldError),
+    /// PERMISSION_DENIED.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// UNAVAILABLE when the store cannot be reached, INTERNAL otherwise.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A verdict and whether this very request started a lockout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub lockout_applied: bool,
+}
+
+/// Everything GetSubject returns.
+#[derive(Debug, Clone)]
+pub struct SubjectReport {
+    pub allowed: bool,
+    pub admin: bool,
+    pub states: Vec<Stored>,
+}
+
+pub struct Gate {
+    policy: Policy,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+fn id_of(slot: &Slot<'_>) -> StateId {
+    StateId {
+        context: slot.context.to_owned(),
+        rule: slot.rule.name.clone(),
+        key: slot.key.clone(),
+    }
+}
+
+impl Gate {
+    pub fn new(policy: Policy, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Gate {
+            policy,
+            store,
+            clock,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
+    /// Records one failure on every slot, atomically per request. Slots are
+    /// sorted first so concurrent requests lock shared rows in one order.
+    async fn fail(
+        &self,
+        slots: &[Slot<'_>],
+        now: UnixMillis,
+    ) -> Result<(Vec<KeyState>, bool), StoreError> {
+        if slots.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_by_key(|&i| id_of(&slots[i]));
+        let ids: Vec<StateId> = order.iter().map(|&i| id_of(&slots[i])).collect();
+        // Written by the last (successful) run of the transition.
+        let applied = Mutex::new(false);
+        let states = self
+            .store
+            .transition(&ids, &|current| {
+                let mut any = false;
+                let updates = order
+                    .iter()
+                    .zip(current)
+                    .map(|(&i, state)| {
+                        let rule = slots[i].rule;
+                        let t = rule.record_failure(&state.clone().unwrap_or_default(), now);
+                        any |= t.lockout_applied;
+                        Update {
+                            expires_at: rule.expires_at(&t.state),
+                            state: t.state,
+                        }
+                    })
+                    .collect();
+                *applied.lock().unwrap_or_else(|e| e.into_inner()) = any;
+                updates
+            })
+            .await?;
+        let mut by_slot = vec![KeyState::default(); slots.len()];
+        for (&i, state) in order.iter().zip(states) {
+            by_slot[i] = state;
+        }
+        let applied = *applied.lock().unwrap_or_else(|e| e.into_inner());
+        if applied {
+            for (slot, state) in slots.iter().zip(&by_slot) {
+                if state.last_lockout_at == Some(now) {
+                    tracing::info!(
+                        context = slot.context,
+                        rule = %slot.rule.name,
+                        key = %mask_key(&slot.key),
+                        tier = state.recent_lockouts,
+                        "lockout applied"
+                    );
+                }
+            }
+        }
+        Ok((by_slot, applied))
+    }
+
+    async fn load(&self, slots: &[Slot<'_>]) -> Result<Vec<KeyState>, StoreError> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<StateId> = slots.iter().map(id_of).collect();
+        Ok(self
+            .store
+            .load(&ids)
+            .await?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
+    }
+
+    fn judge(slots: &[Slot<'_>], states: &[KeyState], now: UnixMillis) -> Vec<Verdict> {
+        slots
+            .iter()
+            .zip(states)
+            .map(|(slot, state)| slot.rule.assess(&slot.key, state, now))
+            .collect()
+    }
+
+    /// The allow list's verdict for a stranger; counting the attempt when
+    /// `count` (CheckAccess counts attempts, the record calls only report).
+    async fn stranger(
+        &self,
+        subject: &Subject,
+        count: bool,
+        now: UnixMillis,
+    ) -> Result<Option<Verdict>, StoreError> {
+        let Some(slot) = self.policy.access.slot(subject) else {
+            return Ok(None);
+        };
+        let slots = [slot];
+        let states = if count {
+            self.fail(&slots, now).await?.0
+        } else {
+            self.load(&slots).await?
+        };
+        let verdict = slots[0].rule.assess(&slots[0].key, &states[0], now);
+        Ok(Some(self.policy.access.judge(verdict)))
+    }
+
+    pub async fn check_access(
+        &self,
+        context: &str,
+        subject: &Subject,
+    ) -> Result<Verdict, ServiceError> {
+        let ctx = self.policy.context("context", context)?;
+        let now = self.now();
+        let slots = ctx.slots(subject, None);
+        let mut verdicts = Self::judge(&slots, &self.load(&slots).await?, now);
+        verdicts.extend(self.stranger(subject, true, now).await?);
+        Ok(Verdict::most_severe(verdicts))
+    }
+
+    pub async fn record_failure(
+        &self,
+        context: &str,
+        subject: &Subject,
+        activity: &str,
+    ) -> Result<Outcome, ServiceError> {
+        let ctx = self.policy.context("context", context)?;
+        let now = self.now();
+        let counting = ctx.slots(subject, Some(activity));
+        let (states, lockout_applied) = self.fail(&counting, now).await?;
+        let mut verdicts = Self::judge(&counting, &states, now);
+        // Rules that do not count this activity still judge the request.
+        let others: Vec<Slot<'_>> = ctx
+            .slots(subject, None)
+            .into_iter()
+            .filter(|s| !counting.contains(s))
+            .collect();
+        verdicts.extend(Self::judge(&others, &self.load(&others).await?, now));
+        verdicts.extend(self.stranger(subject, false, now).await?);
+        Ok(Outcome {
+            verdict: Verdict::most_severe(verdicts),
+            lockout_applied,
+        })
+    }
+
+    pub async fn record_success(
+        &self,
+        context: &str,
+        subject: &Subject,
+    ) -> Result<Verdict, ServiceError> {
+        let ctx = self.policy.context("context", context)?;
+        let now = self.now();
+        let slots = ctx.slots(subject, None);
+        let mut states = self.load(&slots).await?;
+        // Only keys with failures to forgive are written: a success on a
+        // fresh key stores nothing.
+        let dirty: Vec<usize> = (0..slots.len())
+            .filter(|&i| !states[i].recent_failures.is_empty())
+            .collect();
+        if !dirty.is_empty() {
+            let ids: Vec<StateId> = dirty.iter().map(|&i| id_of(&slots[i])).collect();
+            let written = self
+                .store
+                .transition(&ids, &|current| {
+                    dirty
+                        .iter()
+                        .zip(current)
+                        .map(|(&i, state)| {
+                            let rule = slots[i].rule;
+                            let next = rule.record_success(&state.clone().unwrap_or_default());
+                            Update {
+                                expires_at: rule.expires_at(&next),
+                                state: next,
+                            }
+                        })
+                        .collect()
+                })
+                .await?;
+            for (&i, state) in dirty.iter().zip(written) {
+                states[i] = state;
+            }
+        }
+        let mut verdicts = Self::judge(&slots, &states, now);
+        verdicts.extend(self.stranger(subject, false, now).await?);
+        Ok(Verdict::most_severe(verdicts))
+    }
+
+    /// Admin calls act on behalf of a user on the admin list.
+    pub fn authorize_admin(&self, actor: &str) -> Result<UserId, ServiceError> {
+        let actor = UserId::parse("actor_user_id", actor)?;
+        if !self.policy.access.is_admin(&actor) {
+            return Err(ServiceError::PermissionDenied(
+                "actor_user_id is not on the admin list".into(),
+            ));
+        }
+        Ok(actor)
+    }
+
+    pub async fn unlock(&self, actor: &UserId, scope: &UnlockScope) -> Result<u64, ServiceError> {
+        if let UnlockScope::Key { context, key } = scope {
+            self.known_context("key.context", context)?;
+            let kind_known = context == ALLOW_LIST_CONTEXT
+                || self
+                    .policy
+                    .context("key.context", context)?
+                    .rules_on(key.kind())
+                    .next()
+                    .is_some();
+            if !kind_known {
+                return Err(FieldError::new(
+                    "key.key.kind",
+                    format!(
+                        "no rule of context {context:?} counts on {}",
+                        key.kind().as_str()
+                    ),
+                )
+                .into());
+            }
+        }
+        let lifted = self.store.unlock(scope, self.now()).await?;
+        tracing::info!(actor = %crate::telemetry::mask(actor.as_str()), scope = scope_name(scope), lifted, "admin unlock");
+        Ok(lifted)
+    }
+
+    fn known_context(&self, field: &str, context: &str) -> Result<(), FieldError> {
+        if context != ALLOW_LIST_CONTEXT {
+            self.policy.context(field, context)?;
+        }
+        Ok(())
+    }
+
+    pub async fn list_locked(
+        &self,
+        context: Option<&str>,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Stored>, ServiceError> {
+        if let Some(c) = context {
+            self.known_context("context", c)?;
+        }
+        Ok(self
+            .store
+            .list_locked(context, after, limit, self.now())
+            .await?)
+    }
+
+    pub async fn subject(&self, subject: &Subject) -> Result<SubjectReport, ServiceError> {
+        let states = self.store.subject_states(subject).await?;
+        let user = subject.user.as_ref();
+        Ok(SubjectReport {
+            allowed: user.is_none_or(|u| self.policy.access.is_allowed(u)),
+            admin: user.is_some_and(|u| self.policy.access.is_admin(u)),
+            states,
+        })
+    }
+
+    /// One cleanup pass; `None` when another replica ran it.
+    pub async fn purge_expired(&self) -> Result<Option<u64>, StoreError> {
+        self.store.purge_expired(self.now()).await
+    }
+}
+
+fn scope_name(scope: &UnlockScope) -> &'static str {
+    match scope {
+        UnlockScope::Key { .. } => "key",
+        UnlockScope::Subject(_) => "subject",
+        UnlockScope::All => "all",
+    }
+}
+
+/// A key for logs: its kind and masked identifiers.
+fn mask_key(key: &Key) -> String {
+    let parts: Vec<String> = [
+        key.user().map(|u| mask(u.as_str())),
+        key.ip().map(|i| mask(&i.to_string())),
+        key.session().map(|s| mask(s.as_str())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    format!("{}:{}", key.kind().as_str(), parts.join("|"))
+}

@@ -1,0 +1,353 @@
+//! Where state lives. The `Store` trait speaks the domain's types; SQL lives
+//! only in its two implementations.
+
+/// The columns of a stored row, in the order both codecs read them; a macro so queries stay `&'static str`.
+macro_rules! columns {
+    () => {
+        "context, rule, kind, user_id, ip, session_id, recent_failures, failures_total, \
+         last_failure_at, locked_at, locked_until, lock_tier, recent_lockouts, last_lockout_at, \
+         lockouts_total, expires_at"
+    };
+}
+
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    IpAddress, Key, KeyKind, KeyState, Lock, SessionId, Subject, UnixMillis, UserId,
+};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is refusing work right now; the
+    /// caller should retry later. Becomes UNAVAILABLE.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A row that the domain cannot read: a bug or a hand-edited database.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let unavailable = match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                // 08: connection exceptions; 57P0x: the server is shutting
+                // down or starting; 53300: too many connections; SQLite's
+                // 5 and 6: the file is busy or locked by another process.
+                c.starts_with("08") || c.starts_with("57P0") || c == "53300" || c == "5" || c == "6"
+            }),
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Other(e)
+        }
+    }
+}
+
+/// Names one piece of stored state: a key of a rule in a context.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StateId {
+    pub context: String,
+    pub rule: String,
+    pub key: Key,
+}
+
+/// State as stored, with its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: StateId,
+    pub state: KeyState,
+}
+
+/// What a transition writes for one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub state: KeyState,
+    /// When the state may be purged; `None` while it must be kept forever.
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// Computes the new states from the current ones (`None`: nothing stored),
+/// in the order of the ids given. Pure, and may run more than once when the
+/// database asks for a retry.
+pub type TransitionFn<'a> = dyn Fn(&[Option<KeyState>]) -> Vec<Update> + Send + Sync + 'a;
+
+/// Which locks AdminUnlock lifts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlockScope {
+    /// One key in one context, in every rule there.
+    Key {
+        context: String,
+        key: Key,
+    },
+    /// Every key involving any identifier of the subject.
+    Subject(Subject),
+    All,
+}
+
+/// Where ListLocked resumes: the last id of the previous page.
+pub type Cursor = StateId;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Current states of `ids`, in order; `None` where nothing is stored.
+    async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError>;
+
+    /// Reads, transforms with `f` and writes the states of `ids` as one
+    /// atomic step: concurrent transitions on the same ids, from any
+    /// replica, run one after another, and the result is committed before
+    /// this returns. Returns the new states in the order of `ids`.
+    async fn transition(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Vec<KeyState>, StoreError>;
+
+    /// Lifts the locks in `scope` that are in force at `now`, clearing their
+    /// failures and run of lockouts. Returns how many were lifted.
+    async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError>;
+
+    /// Locks in force at `now`, ordered by id, after `after`.
+    async fn list_locked(
+        &self,
+        context: Option<&str>,
+        after: Option<&Cursor>,
+        limit: u32,
+        now: UnixMillis,
+    ) -> Result<Vec<Stored>, StoreError>;
+
+    /// Every state involving any identifier of `subject`, ordered by id.
+    async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError>;
+
+    /// Deletes state that expired before `now`. Returns `None` when another
+    /// replica is purging at the same moment.
+    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<u64>, StoreError>;
+
+    /// Runs the embedded migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+}
+
+/// Connection settings shared by both implementations.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Opens the store the URL names.
+pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Box<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Box::new(SqliteStore::connect(url, settings).await?))
+    } else {
+        Ok(Box::new(PostgresStore::connect(url, settings)?))
+    }
+}
+
+/// One stored row in plain types, shared by both dialects' codecs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Row {
+    context: String,
+    rule: String,
+    kind: String,
+    /// Empty when the key has no such part: the primary key cannot hold
+    /// NULLs, and '' is never a valid identifier.
+    user_id: String,
+    ip: String,
+    session_id: String,
+    recent_failures: Vec<i64>,
+    failures_total: i64,
+    last_failure_at: Option<i64>,
+    locked_at: Option<i64>,
+    locked_until: Option<i64>,
+    lock_tier: i32,
+    recent_lockouts: i32,
+    last_lockout_at: Option<i64>,
+    lockouts_total: i64,
+    expires_at: Option<i64>,
+}
+
+/// The identifier columns of a key.
+fn key_columns(key: &Key) -> (&'static str, String, String, String) {
+    (
+        key.kind().as_str(),
+        key.user().map(|u| u.to_string()).unwrap_or_default(),
+        key.ip().map(|i| i.to_string()).unwrap_or_default(),
+        key.session().map(|s| s.to_string()).unwrap_or_default(),
+    )
+}
+
+/// The identifier columns a subject matches ('' for a part it lacks, which
+/// matches nothing).
+fn subject_columns(subject: &Subject) -> (String, String, String) {
+    (
+        subject
+            .user
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        subject.ip.map(|i| i.to_string()).unwrap_or_default(),
+        subject
+            .session
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn tier(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+impl Row {
+    fn new(id: &StateId, update: &Update) -> Row {
+        let (kind, user_id, ip, session_id) = key_columns(&id.key);
+        let s = &update.state;
+        Row {
+            context: id.context.clone(),
+            rule: id.rule.clone(),
+            kind: kind.to_owned(),
+            user_id,
+            ip,
+            session_id,
+            recent_failures: s.recent_failures.iter().map(|t| t.0).collect(),
+            failures_total: i64::try_from(s.failures_total).unwrap_or(i64::MAX),
+            last_failure_at: s.last_failure_at.map(|t| t.0),
+            locked_at: s.lock.as_ref().map(|l| l.locked_at.0),
+            locked_until: s.lock.as_ref().and_then(|l| l.until).map(|t| t.0),
+            lock_tier: s.lock.as_ref().map(|l| tier(l.tier)).unwrap_or(0),
+            recent_lockouts: tier(s.recent_lockouts),
+            last_lockout_at: s.last_lockout_at.map(|t| t.0),
+            lockouts_total: i64::try_from(s.lockouts_total).unwrap_or(i64::MAX),
+            expires_at: update.expires_at.map(|t| t.0),
+        }
+    }
+
+    fn id(&self) -> Result<StateId, StoreError> {
+        let corrupt =
+            |what: &str| StoreError::Corrupt(format!("{what} in {}/{}", self.context, self.rule));
+        let kind = KeyKind::from_name(&self.kind).ok_or_else(|| corrupt("unknown key kind"))?;
+        let user = || UserId::parse("user_id", &self.user_id).map_err(|_| corrupt("bad user_id"));
+        let ip = || IpAddress::parse("ip", &self.ip).map_err(|_| corrupt("bad ip"));
+        let key = match kind {
+            KeyKind::User => Key::User(user()?),
+            KeyKind::Ip => Key::Ip(ip()?),
+            KeyKind::UserIp => Key::UserIp(user()?, ip()?),
+            KeyKind::Session => Key::Session(
+                SessionId::parse("session_id", &self.session_id)
+                    .map_err(|_| corrupt("bad session_id"))?,
+            ),
+        };
+        Ok(StateId {
+            context: self.context.clone(),
+            rule: self.rule.clone(),
+            key,
+        })
+    }
+
+    fn state(&self) -> KeyState {
+        KeyState {
+            recent_failures: self
+                .recent_failures
+                .iter()
+                .copied()
+                .map(UnixMillis)
+                .collect(),
+            failures_total: count(self.failures_total),
+            last_failure_at: self.last_failure_at.map(UnixMillis),
+            lock: self.locked_at.map(|at| Lock {
+                locked_at: UnixMillis(at),
+                until: self.locked_until.map(UnixMillis),
+                tier: u32::try_from(self.lock_tier).unwrap_or(0),
+            }),
+            recent_lockouts: u32::try_from(self.recent_lockouts).unwrap_or(0),
+            last_lockout_at: self.last_lockout_at.map(UnixMillis),
+            lockouts_total: count(self.lockouts_total),
+        }
+    }
+
+    fn stored(&self) -> Result<Stored, StoreError> {
+        Ok(Stored {
+            id: self.id()?,
+            state: self.state(),
+        })
+    }
+
+    /// Whether this row is the state of `id`.
+    fn is(&self, id: &StateId) -> bool {
+        let (_, user_id, ip, session_id) = key_columns(&id.key);
+        self.context == id.context
+            && self.rule == id.rule
+            && self.user_id == user_id
+            && self.ip == ip
+            && self.session_id == session_id
+    }
+}
+
+/// Puts rows back in the order of `ids`.
+fn in_order(ids: &[StateId], rows: &[Row]) -> Vec<Option<KeyState>> {
+    ids.iter()
+        .map(|id| rows.iter().find(|r| r.is(id)).map(Row::state))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_round_trips() {
+        let id = StateId {
+            context: "login".into(),
+            rule: "user_ip".into(),
+            key: Key::UserIp(
+                UserId::parse("u", "alice").unwrap(),
+                IpAddress::parse("i", "::1").unwrap(),
+            ),
+        };
+        let state = KeyState {
+            recent_failures: vec![UnixMillis(1), UnixMillis(2)],
+            failures_total: 7,
+            last_failure_at: Some(UnixMillis(2)),
+            lock: Some(Lock {
+                locked_at: UnixMillis(2),
+                until: None,
+                tier: 2,
+            }),
+            recent_lockouts: 2,
+            last_lockout_at: Some(UnixMillis(2)),
+            lockouts_total: 3,
+        };
+        let row = Row::new(
+            &id,
+            &Update {
+                state: state.clone(),
+                expires_at: None,
+            },
+        );
+        assert!(row.is(&id));
+        assert_eq!(row.stored().unwrap(), Stored { id, state });
+    }
+}

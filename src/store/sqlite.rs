@@ -1,0 +1,270 @@
+//! The embedded default: one process, one SQLite file.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
+
+use super::{
+    Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
+    Update, in_order, key_columns, subject_columns,
+};
+use crate::domain::{KeyState, Subject, UnixMillis};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// How long a writer waits for another process holding the file's write
+/// lock (a `migrate` run, an operator's sqlite3 shell) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct SqliteStore {
+    /// One connection: SQLite allows one writer at a time anyway, and
+    /// queueing writers here rather than in SQLite's busy loop keeps every
+    /// transition strictly ordered.
+    writer: SqlitePool,
+    /// WAL lets readers run beside the writer.
+    readers: SqlitePool,
+}
+
+fn decode(row: &SqliteRow) -> Result<Row, StoreError> {
+    let failures: String = row.try_get("recent_failures")?;
+    let recent_failures = failures
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<i64>()
+                .map_err(|_| StoreError::Corrupt(format!("recent_failures {failures:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Row {
+        context: row.try_get("context")?,
+        rule: row.try_get("rule")?,
+        kind: row.try_get("kind")?,
+        user_id: row.try_get("user_id")?,
+        ip: row.try_get("ip")?,
+        session_id: row.try_get("session_id")?,
+        recent_failures,
+        failures_total: row.try_get("failures_total")?,
+        last_failure_at: row.try_get("last_failure_at")?,
+        locked_at: row.try_get("locked_at")?,
+        locked_until: row.try_get("locked_until")?,
+        lock_tier: row.try_get("lock_tier")?,
+        recent_lockouts: row.try_get("recent_lockouts")?,
+        last_lockout_at: row.try_get("last_lockout_at")?,
+        lockouts_total: row.try_get("lockouts_total")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+fn stored(rows: &[SqliteRow]) -> Result<Vec<Stored>, StoreError> {
+    rows.iter().map(|r| decode(r)?.stored()).collect()
+}
+
+async fn fetch_rows(conn: &mut SqliteConnection, ids: &[StateId]) -> Result<Vec<Row>, StoreError> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (_, user_id, ip, session_id) = key_columns(&id.key);
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM key_state WHERE context = ? AND rule = ? AND user_id = ? AND ip = ? AND session_id = ?"
+        ))
+        .bind(&id.context)
+        .bind(&id.rule)
+        .bind(user_id)
+        .bind(ip)
+        .bind(session_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            rows.push(decode(&row)?);
+        }
+    }
+    Ok(rows)
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: an acknowledged failure or lockout survives power loss,
+            // not only a crash of this process.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, readers })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
+        let mut conn = self.readers.acquire().await?;
+        let rows = fetch_rows(&mut conn, ids).await?;
+        Ok(in_order(ids, &rows))
+    }
+
+    async fn transition(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Vec<KeyState>, StoreError> {
+        // IMMEDIATE takes the write lock before reading, so no other process
+        // can change these rows between the read and the write.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let current = in_order(ids, &fetch_rows(&mut tx, ids).await?);
+        let updates = f(&current);
+        for (id, update) in ids.iter().zip(&updates) {
+            let r = Row::new(id, update);
+            let failures: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
+            sqlx::query(concat!(
+                "INSERT INTO key_state (",
+                columns!(),
+                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
+                   recent_failures = excluded.recent_failures, failures_total = excluded.failures_total, \
+                   last_failure_at = excluded.last_failure_at, locked_at = excluded.locked_at, \
+                   locked_until = excluded.locked_until, lock_tier = excluded.lock_tier, \
+                   recent_lockouts = excluded.recent_lockouts, last_lockout_at = excluded.last_lockout_at, \
+                   lockouts_total = excluded.lockouts_total, expires_at = excluded.expires_at"
+            ))
+            .bind(r.context)
+            .bind(r.rule)
+            .bind(r.kind)
+            .bind(r.user_id)
+            .bind(r.ip)
+            .bind(r.session_id)
+            .bind(failures.join(","))
+            .bind(r.failures_total)
+            .bind(r.last_failure_at)
+            .bind(r.locked_at)
+            .bind(r.locked_until)
+            .bind(r.lock_tier)
+            .bind(r.recent_lockouts)
+            .bind(r.last_lockout_at)
+            .bind(r.lockouts_total)
+            .bind(r.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(updates
+            .into_iter()
+            .map(|Update { state, .. }| state)
+            .collect())
+    }
+
+    async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE key_state SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
+             recent_failures = '', recent_lockouts = 0, last_lockout_at = NULL, expires_at = ",
+        );
+        // The lifted row holds nothing that affects a decision any more.
+        q.push_bind(now.0);
+        q.push(" WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ");
+        q.push_bind(now.0);
+        q.push(")");
+        match scope {
+            UnlockScope::All => {}
+            UnlockScope::Key { context, key } => {
+                let (kind, user_id, ip, session_id) = key_columns(key);
+                q.push(" AND context = ").push_bind(context.clone());
+                q.push(" AND kind = ").push_bind(kind);
+                q.push(" AND user_id = ").push_bind(user_id);
+                q.push(" AND ip = ").push_bind(ip);
+                q.push(" AND session_id = ").push_bind(session_id);
+            }
+            UnlockScope::Subject(subject) => {
+                let (user_id, ip, session_id) = subject_columns(subject);
+                q.push(" AND ((user_id = ").push_bind(user_id);
+                q.push(" AND user_id <> '') OR (ip = ").push_bind(ip);
+                q.push(" AND ip <> '') OR (session_id = ")
+                    .push_bind(session_id);
+                q.push(" AND session_id <> ''))");
+            }
+        }
+        Ok(q.build().execute(&self.writer).await?.rows_affected())
+    }
+
+    async fn list_locked(
+        &self,
+        context: Option<&str>,
+        after: Option<&Cursor>,
+        limit: u32,
+        now: UnixMillis,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let after_cols = after.map(|c| {
+            let (_, user_id, ip, session_id) = key_columns(&c.key);
+            (c.context.clone(), c.rule.clone(), user_id, ip, session_id)
+        });
+        let (ac, ar, au, ai, as_) = after_cols.unwrap_or_default();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM key_state \
+             WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ?1) \
+               AND (?2 IS NULL OR context = ?2) \
+               AND (NOT ?3 OR (context, rule, user_id, ip, session_id) > (?4, ?5, ?6, ?7, ?8)) \
+             ORDER BY context, rule, user_id, ip, session_id LIMIT ?9"
+        ))
+        .bind(now.0)
+        .bind(context)
+        .bind(after.is_some())
+        .bind(ac)
+        .bind(ar)
+        .bind(au)
+        .bind(ai)
+        .bind(as_)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        stored(&rows)
+    }
+
+    async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError> {
+        let (user_id, ip, session_id) = subject_columns(subject);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM key_state \
+             WHERE (user_id = ?1 AND user_id <> '') OR (ip = ?2 AND ip <> '') \
+                OR (session_id = ?3 AND session_id <> '') \
+             ORDER BY context, rule, user_id, ip, session_id"
+        ))
+        .bind(user_id)
+        .bind(ip)
+        .bind(session_id)
+        .fetch_all(&self.readers)
+        .await?;
+        stored(&rows)
+    }
+
+    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<u64>, StoreError> {
+        let deleted = sqlx::query("DELETE FROM key_state WHERE expires_at <= ?")
+            .bind(now.0)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(Some(deleted))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+//! Logging set-up and the masking every log line that names a user, an IP
+//! or a session goes through.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `filter` is a tracing directive string
+/// such as `info` or `authgate=debug`; an invalid one falls back to `info`
+/// with a warning rather than losing all logs.
+pub fn init(filter: &str) {
+    let (filter, bad) = match EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
+    // A second init (tests start several servers in one process) keeps the
+    // first subscriber.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    if let Some(e) = bad {
+        tracing::warn!(error = %e, "log.level is not a valid filter; using info");
+    }
+}
+
+/// pyTMBot's mask_user_id: keeps the first two characters, enough to tell
+/// entries apart while reading a log, and hides the rest and its length.
+pub fn mask(id: &str) -> String {
+    let head: String = id.chars().take(2).collect();
+    if id.chars().count() <= 2 {
+        return "***".into();
+    }
+    format!("{head}***")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn masks_keep_only_a_prefix() {
+        assert_eq!(mask("123456789"), "12***");
+        assert_eq!(mask("192.168.1.20"), "19***");
+        assert_eq!(mask("ab"), "***");
+        assert_eq!(mask(""), "***");
+    }
+}
