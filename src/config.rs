@@ -162,7 +162,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Users who may act at all; empty allows everyone.
@@ -172,16 +172,6 @@ pub struct AccessConfig {
     pub admin_user_ids: Vec<String>,
     /// What happens to users who are not on the allow list and keep trying.
     pub not_allowed: NotAllowedConfig,
-}
-
-impl Default for AccessConfig {
-    fn default() -> Self {
-        AccessConfig {
-            allowed_user_ids: Vec::new(),
-            admin_user_ids: Vec::new(),
-            not_allowed: NotAllowedConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -652,6 +642,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("authgate.toml", "[server]\nlisten = \"127.0.0.1:1\"")?;

@@ -1,6 +1,8 @@
 //! Logging set-up and the masking every log line that names a user, an IP
 //! or a session goes through.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `filter` is a tracing directive string
@@ -13,7 +15,10 @@ pub fn init(filter: &str) {
     };
     // A second init (tests start several servers in one process) keeps the
     // first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .try_init();
     if let Some(e) = bad {
         tracing::warn!(error = %e, "log.level is not a valid filter; using info");
     }

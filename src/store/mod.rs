@@ -122,8 +122,9 @@ pub trait Store: Send + Sync + 'static {
         f: &TransitionFn<'_>,
     ) -> Result<Vec<KeyState>, StoreError>;
 
-    /// Lifts the locks in `scope` that are in force at `now`, clearing their
-    /// failures and run of lockouts. Returns how many were lifted.
+    /// Resets every key in `scope`: lifts its lock, forgets its recent
+    /// failures and its run of lockouts (totals are kept). Returns how many
+    /// locks in force at `now` were lifted.
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError>;
 
     /// Locks in force at `now`, ordered by id, after `after`.
@@ -303,6 +304,36 @@ impl Row {
             && self.user_id == user_id
             && self.ip == ip
             && self.session_id == session_id
+    }
+}
+
+/// Appends the rows `scope` covers as a WHERE clause; the same text serves
+/// both dialects.
+fn push_scope<DB>(q: &mut sqlx::QueryBuilder<DB>, scope: &UnlockScope)
+where
+    DB: sqlx::Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    match scope {
+        UnlockScope::All => {
+            q.push(" WHERE TRUE");
+        }
+        UnlockScope::Key { context, key } => {
+            let (kind, user_id, ip, session_id) = key_columns(key);
+            q.push(" WHERE context = ").push_bind(context.clone());
+            q.push(" AND kind = ").push_bind(kind.to_owned());
+            q.push(" AND user_id = ").push_bind(user_id);
+            q.push(" AND ip = ").push_bind(ip);
+            q.push(" AND session_id = ").push_bind(session_id);
+        }
+        UnlockScope::Subject(subject) => {
+            let (user_id, ip, session_id) = subject_columns(subject);
+            q.push(" WHERE ((user_id = ").push_bind(user_id);
+            q.push(" AND user_id <> '') OR (ip = ").push_bind(ip);
+            q.push(" AND ip <> '') OR (session_id = ")
+                .push_bind(session_id);
+            q.push(" AND session_id <> ''))");
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::{
     Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
-    Update, in_order, key_columns, subject_columns,
+    Update, in_order, key_columns, push_scope, subject_columns,
 };
 use crate::domain::{KeyState, Subject, UnixMillis};
 
@@ -222,35 +222,29 @@ impl Store for PostgresStore {
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
+        // The CTE reads each row's lock state as it was and locks the row,
+        // so the count is exact even while failures keep arriving.
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "UPDATE key_state SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
-             recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, expires_at = ",
+            "WITH target AS (SELECT context, rule, user_id, ip, session_id, \
+               locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ",
         );
-        // The lifted row holds nothing that affects a decision any more.
         q.push_bind(now.0);
-        q.push(" WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ");
+        q.push(") AS was_locked FROM key_state");
+        push_scope(&mut q, scope);
+        q.push(
+            " FOR UPDATE) \
+             UPDATE key_state AS k SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
+               recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, expires_at = ",
+        );
+        // The reset row holds nothing that affects a decision any more.
         q.push_bind(now.0);
-        q.push(")");
-        match scope {
-            UnlockScope::All => {}
-            UnlockScope::Key { context, key } => {
-                let (kind, user_id, ip, session_id) = key_columns(key);
-                q.push(" AND context = ").push_bind(context.clone());
-                q.push(" AND kind = ").push_bind(kind);
-                q.push(" AND user_id = ").push_bind(user_id);
-                q.push(" AND ip = ").push_bind(ip);
-                q.push(" AND session_id = ").push_bind(session_id);
-            }
-            UnlockScope::Subject(subject) => {
-                let (user_id, ip, session_id) = subject_columns(subject);
-                q.push(" AND ((user_id = ").push_bind(user_id.clone());
-                q.push(" AND user_id <> '') OR (ip = ").push_bind(ip);
-                q.push(" AND ip <> '') OR (session_id = ")
-                    .push_bind(session_id);
-                q.push(" AND session_id <> ''))");
-            }
-        }
-        Ok(q.build().execute(&self.pool).await?.rows_affected())
+        q.push(
+            " FROM target AS t WHERE k.context = t.context AND k.rule = t.rule \
+               AND k.user_id = t.user_id AND k.ip = t.ip AND k.session_id = t.session_id \
+             RETURNING t.was_locked",
+        );
+        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&self.pool).await?;
+        Ok(lifted.into_iter().filter(|&l| l).count() as u64)
     }
 
     async fn list_locked(

@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::{
     Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
-    Update, in_order, key_columns, subject_columns,
+    Update, in_order, key_columns, push_scope, subject_columns,
 };
 use crate::domain::{KeyState, Subject, UnixMillis};
 
@@ -170,35 +170,24 @@ impl Store for SqliteStore {
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        // One writer: the count and the reset see the same rows.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM key_state");
+        push_scope(&mut count, scope);
+        count.push(" AND locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ");
+        count.push_bind(now.0);
+        count.push(")");
+        let lifted: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+        let mut reset: QueryBuilder<Sqlite> = QueryBuilder::new(
             "UPDATE key_state SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
              recent_failures = '', recent_lockouts = 0, last_lockout_at = NULL, expires_at = ",
         );
-        // The lifted row holds nothing that affects a decision any more.
-        q.push_bind(now.0);
-        q.push(" WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ");
-        q.push_bind(now.0);
-        q.push(")");
-        match scope {
-            UnlockScope::All => {}
-            UnlockScope::Key { context, key } => {
-                let (kind, user_id, ip, session_id) = key_columns(key);
-                q.push(" AND context = ").push_bind(context.clone());
-                q.push(" AND kind = ").push_bind(kind);
-                q.push(" AND user_id = ").push_bind(user_id);
-                q.push(" AND ip = ").push_bind(ip);
-                q.push(" AND session_id = ").push_bind(session_id);
-            }
-            UnlockScope::Subject(subject) => {
-                let (user_id, ip, session_id) = subject_columns(subject);
-                q.push(" AND ((user_id = ").push_bind(user_id);
-                q.push(" AND user_id <> '') OR (ip = ").push_bind(ip);
-                q.push(" AND ip <> '') OR (session_id = ")
-                    .push_bind(session_id);
-                q.push(" AND session_id <> ''))");
-            }
-        }
-        Ok(q.build().execute(&self.writer).await?.rows_affected())
+        // The reset row holds nothing that affects a decision any more.
+        reset.push_bind(now.0);
+        push_scope(&mut reset, scope);
+        reset.build().execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(u64::try_from(lifted).unwrap_or(0))
     }
 
     async fn list_locked(

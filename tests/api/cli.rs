@@ -1,0 +1,96 @@
+//! The binary as an operator meets it: defaults, check-config, migrate,
+//! SIGTERM.
+
+use std::process::Command;
+
+use authgate::grpc::proto::Decision;
+
+use crate::helpers::*;
+
+fn authgate(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    cmd.current_dir(cwd).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("authgate runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_arguments_serves_the_embedded_default_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[], &[]);
+    assert_eq!(server.addr.to_string(), "127.0.0.1:50051");
+    assert!(
+        dir.path().join("authgate.db").exists(),
+        "the SQLite file is created"
+    );
+    let mut c = server.access().await;
+    let v = check(&mut c, "login", subject("erin", "192.0.2.7")).await;
+    assert_eq!(decision(&v), Decision::Allow);
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("authgate.toml"),
+        "[database]\nurl = \"postgres://app:hunter2@db.internal/authgate\"\n",
+    )
+    .unwrap();
+    let out = authgate(
+        dir.path(),
+        &["check-config"],
+        &[("AUTHGATE_CLEANUP__INTERVAL", "5m")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("postgres://app:REDACTED@db.internal/authgate"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"));
+    assert!(text.contains("interval = \"5m\""), "{text}");
+}
+
+#[test]
+fn invalid_config_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = authgate(
+        dir.path(),
+        &["serve"],
+        &[("AUTHGATE_SERVER__LISTEN", "not-an-address")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(stderr.contains("server.listen"), "{stderr}");
+    let out = authgate(dir.path(), &["--config", "missing.toml", "serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_exits() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let out = authgate(
+        dir.path(),
+        &["migrate"],
+        &[("AUTHGATE_DATABASE__URL", &url)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert!(tables.iter().any(|t| t == "key_state"), "{tables:?}");
+}

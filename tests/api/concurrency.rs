@@ -1,0 +1,91 @@
+//! Several replicas, one Postgres: no failure is lost and each lockout the
+//! rule implies is applied exactly once.
+
+use std::collections::BTreeMap;
+
+use authgate::grpc::proto::Decision;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_count_every_failure_exactly_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AUTHGATE_DATABASE__URL", db.url()),
+        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
+    ];
+    let replicas = [
+        ChildServer::spawn(dir.path(), &[], &env),
+        ChildServer::spawn(dir.path(), &[], &env),
+    ];
+    let clients = [replicas[0].access().await, replicas[1].access().await];
+
+    let calls = (0..200).map(|i| {
+        let mut c = clients[i % 2].clone();
+        tokio::spawn(async move { fail(&mut c, "login", subject("racer", "198.51.100.1")).await })
+    });
+    let responses = futures_join_all(calls).await;
+
+    let applied = responses.iter().filter(|r| r.lockout_applied).count();
+    let mut by_decision: BTreeMap<i32, Vec<Option<u32>>> = BTreeMap::new();
+    for r in &responses {
+        let v = r.verdict.clone().unwrap();
+        by_decision
+            .entry(v.decision)
+            .or_default()
+            .push(v.remaining_attempts);
+    }
+    let mut allowed = by_decision
+        .remove(&(Decision::Allow as i32))
+        .unwrap_or_default();
+    allowed.sort();
+    assert_eq!(
+        allowed,
+        [Some(1), Some(2), Some(3), Some(4)],
+        "each count seen exactly once"
+    );
+    assert_eq!(
+        by_decision
+            .remove(&(Decision::Blocked as i32))
+            .map(|v| v.len()),
+        Some(196)
+    );
+    // user_ip locks at the 5th failure, ip at the 20th.
+    assert_eq!(applied, 2);
+
+    let mut admin = replicas[0].admin().await;
+    let racer = report(&mut admin, subject("racer", "")).await;
+    let totals: BTreeMap<String, (u64, u64)> = racer
+        .states
+        .iter()
+        .map(|s| (s.rule.clone(), (s.failures_total, s.lockouts_total)))
+        .collect();
+    assert_eq!(totals["user_ip"], (200, 1));
+    assert_eq!(totals["user"], (200, 0));
+    let ip = report(&mut admin, subject("", "198.51.100.1")).await;
+    let ip_rule = ip.states.iter().find(|s| s.rule == "ip").unwrap();
+    assert_eq!((ip_rule.failures_total, ip_rule.lockouts_total), (200, 1));
+
+    // The lockouts were logged, with the user and address masked.
+    let logs: Vec<String> = replicas.into_iter().flat_map(|r| r.terminate().1).collect();
+    let text = logs.join("\n");
+    assert_eq!(text.matches("lockout applied").count(), 2, "{text}");
+    assert!(
+        !text.contains("racer") && !text.contains("198.51.100.1"),
+        "{text}"
+    );
+}
+
+/// Awaits every task, in order.
+async fn futures_join_all<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let handles: Vec<_> = tasks.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}

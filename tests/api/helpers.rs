@@ -1,0 +1,561 @@
+//! The real server on port 0 against real databases: a fresh SQLite file or a
+//! fresh database in a throwaway Postgres cluster this harness starts itself.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use authgate::app::Application;
+use authgate::clock::ManualClock;
+use authgate::config::{Config, DatabaseUrl};
+use authgate::domain::UnixMillis;
+use authgate::grpc::proto;
+use authgate::grpc::proto::access_service_client::AccessServiceClient;
+use authgate::grpc::proto::admin_service_client::AdminServiceClient;
+use sqlx::Connection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// 2026-01-01T00:00:00Z: tests start their clocks here and move them.
+pub const EPOCH: UnixMillis = UnixMillis(1_767_225_600_000);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the Postgres binaries are: PG_BIN, PATH, or Debian's layout.
+fn pg_bin(name: &str) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        candidates.push(Path::new(&dir).join(name));
+    }
+    if let Ok(path) = std::env::var("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path().join("bin").join(name))
+            .collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev());
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "Postgres server binaries ({name}) not found. Install them (Debian: \
+             `apt-get install postgresql`) or point PG_BIN at their directory."
+            )
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a Postgres tool, as the `postgres` user when we are root (Postgres
+/// refuses to run as root).
+fn pg_command(name: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(name));
+        c
+    } else {
+        Command::new(pg_bin(name))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway Postgres cluster. A watchdog process stops it and deletes
+/// its files when the test process exits, however it exits.
+pub struct PgCluster {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl PgCluster {
+    pub fn start() -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("authgate-pg-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        if is_root() {
+            run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        run(
+            pg_command("initdb").arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]),
+            "initdb",
+        );
+        let cluster = PgCluster {
+            dir,
+            port: free_port(),
+        };
+        cluster.pg_ctl_start();
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {stop} -D '{data}' -m immediate stop; rm -rf '{dir}'",
+            pid = std::process::id(),
+            stop = if is_root() {
+                format!("runuser -u postgres -- '{}'", pg_bin("pg_ctl").display())
+            } else {
+                format!("'{}'", pg_bin("pg_ctl").display())
+            },
+            data = data.display(),
+            dir = cluster.dir.display(),
+        );
+        // Deliberately never waited for: it must outlive this process.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog");
+        cluster
+    }
+
+    fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-k '{}' -p {} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off",
+            self.dir.display(),
+            self.port
+        );
+        run(
+            pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-l"])
+                .arg(self.dir.join("log"))
+                .args(["-o", &opts, "start"]),
+            "pg_ctl start",
+        );
+    }
+
+    /// Stops the server, to see how authgate behaves without its store.
+    pub fn stop(&self) {
+        run(
+            pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-w", "-m", "fast", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A fresh, empty database, dropped when the handle is.
+    pub async fn database(&self) -> TestDb {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to cluster");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        TestDb::Postgres {
+            url: self.url(&name),
+            admin_url: self.url("postgres"),
+            name,
+        }
+    }
+}
+
+/// The cluster most tests share, started on first use.
+pub fn shared_cluster() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(PgCluster::start)
+}
+
+pub enum TestDb {
+    Sqlite {
+        _dir: tempfile::TempDir,
+        url: String,
+    },
+    Postgres {
+        url: String,
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("authgate.db").display());
+                TestDb::Sqlite { _dir: dir, url }
+            }
+            Backend::Postgres => shared_cluster().database().await,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop cannot await; a short-lived runtime on its own thread can.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let mut c = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await
+                    .ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+/// A running server with a clock the test moves.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    pub db: TestDb,
+}
+
+/// The test configuration: the shipped defaults, an admin called "admin",
+/// then whatever TOML the test adds (which wins).
+pub fn config(extra: &str, db: &TestDb) -> (Config, authgate::domain::Policy) {
+    use figment::providers::{Format, Toml};
+    let figment = figment::Figment::new()
+        .merge(Toml::string("[access]\nadmin_user_ids = [\"admin\"]"))
+        .merge(Toml::string(extra));
+    let (mut config, policy) = Config::from_figment(figment).expect("test config is valid");
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.database.url = DatabaseUrl::new(db.url());
+    (config, policy)
+}
+
+impl TestServer {
+    pub async fn spawn(backend: Backend) -> TestServer {
+        Self::spawn_with(backend, "").await
+    }
+
+    pub async fn spawn_with(backend: Backend, extra_toml: &str) -> TestServer {
+        let db = TestDb::new(backend).await;
+        Self::spawn_on(db, extra_toml).await
+    }
+
+    pub async fn spawn_on(db: TestDb, extra_toml: &str) -> TestServer {
+        let (config, policy) = config(extra_toml, &db);
+        let clock = Arc::new(ManualClock::new(EPOCH));
+        let app = Application::build(&config, policy, clock.clone())
+            .await
+            .expect("server starts");
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        TestServer {
+            addr,
+            clock,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            db,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    pub async fn access(&self) -> AccessServiceClient<Channel> {
+        AccessServiceClient::new(self.channel().await)
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    pub async fn stop(self) {
+        self.stop_keeping_db().await;
+    }
+
+    /// Stops the server and hands back its database, for a restart.
+    pub async fn stop_keeping_db(mut self) -> TestDb {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task");
+        }
+        self.db
+    }
+}
+
+pub fn subject(user: &str, ip: &str) -> Option<proto::Subject> {
+    Some(proto::Subject {
+        user_id: user.into(),
+        ip: ip.into(),
+        session_id: String::new(),
+    })
+}
+
+pub async fn check(
+    c: &mut AccessServiceClient<Channel>,
+    context: &str,
+    s: Option<proto::Subject>,
+) -> proto::Verdict {
+    c.check_access(proto::CheckAccessRequest {
+        context: context.into(),
+        subject: s,
+    })
+    .await
+    .expect("CheckAccess")
+    .into_inner()
+    .verdict
+    .expect("verdict")
+}
+
+pub async fn fail(
+    c: &mut AccessServiceClient<Channel>,
+    context: &str,
+    s: Option<proto::Subject>,
+) -> proto::RecordFailureResponse {
+    c.record_failure(proto::RecordFailureRequest {
+        context: context.into(),
+        subject: s,
+        activity: String::new(),
+    })
+    .await
+    .expect("RecordFailure")
+    .into_inner()
+}
+
+pub async fn success(
+    c: &mut AccessServiceClient<Channel>,
+    context: &str,
+    s: Option<proto::Subject>,
+) -> proto::Verdict {
+    c.record_success(proto::RecordSuccessRequest {
+        context: context.into(),
+        subject: s,
+    })
+    .await
+    .expect("RecordSuccess")
+    .into_inner()
+    .verdict
+    .expect("verdict")
+}
+
+/// GetSubject as the test admin.
+pub async fn report(
+    a: &mut AdminServiceClient<Channel>,
+    s: Option<proto::Subject>,
+) -> proto::GetSubjectResponse {
+    a.get_subject(proto::GetSubjectRequest {
+        actor_user_id: "admin".into(),
+        subject: s,
+    })
+    .await
+    .expect("GetSubject")
+    .into_inner()
+}
+
+pub fn decision(v: &proto::Verdict) -> proto::Decision {
+    proto::Decision::try_from(v.decision).expect("known decision")
+}
+
+/// Generates one #[tokio::test] per backend from an async fn taking a
+/// `Backend`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+/// authgate as its own process, as it runs in production.
+pub struct ChildServer {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Collects everything the process logs, until it exits.
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl ChildServer {
+    /// Starts the real binary with `env` on top of an otherwise empty
+    /// environment for AUTHGATE_*, listening on a free port, and waits for
+    /// its "listening" line.
+    pub fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> ChildServer {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        cmd.current_dir(cwd)
+            .args(args)
+            .env("AUTHGATE_LOG__LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("authgate binary starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut seen = Vec::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!(
+                    "authgate exited before listening:\n{}\n{err}",
+                    seen.join("\n")
+                );
+            };
+            if line.contains("authgate listening") {
+                let addr = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .expect("listening line names its address");
+                break addr.parse().expect("socket address");
+            }
+            seen.push(line);
+        };
+        let log = std::thread::spawn(move || {
+            seen.extend(lines.map_while(Result::ok));
+            seen
+        });
+        ChildServer {
+            child,
+            addr,
+            log: Some(log),
+        }
+    }
+
+    pub async fn access(&self) -> AccessServiceClient<Channel> {
+        AccessServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect")
+    }
+
+    /// Sends SIGTERM, as Kubernetes does, and returns the exit status and
+    /// everything the process logged.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        run(
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]),
+            "kill -TERM",
+        );
+        let status = self.child.wait().expect("wait");
+        let log = self
+            .log
+            .take()
+            .map(|h| h.join().expect("log reader"))
+            .unwrap_or_default();
+        (status, log)
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

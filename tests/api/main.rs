@@ -1,0 +1,13 @@
+//! One test binary (one link) for every integration test: each talks to a
+//! real authgate over gRPC, against SQLite and against Postgres.
+
+mod helpers;
+
+mod access;
+mod admin;
+mod bad_input;
+mod citizenship;
+mod cli;
+mod concurrency;
+mod outage;
+mod python;
