@@ -30,6 +30,9 @@ CREATE TABLE key_state (
     -- When nothing in the row can affect a decision any more; NULL while a
     -- permanent lock holds. The cleanup task deletes rows past it.
     expires_at       BIGINT,
+    -- Bumped by every write: a replica that read version n writes only if
+    -- the row is still at n (optimistic concurrency, see store/postgres.rs).
+    version          BIGINT  NOT NULL DEFAULT 0,
     PRIMARY KEY (context, rule, user_id, ip, session_id)
 );
 
@@ -45,3 +48,16 @@ CREATE INDEX key_state_expires_at ON key_state (expires_at);
 -- ListLocked pages through locked rows only, in primary-key order.
 CREATE INDEX key_state_locked ON key_state (context, rule, user_id, ip, session_id)
     WHERE locked_at IS NOT NULL;
+
+-- Aborts the statement it is part of (rolling back every row that statement
+-- wrote) unless it wrote as many rows as it meant to. A multi-row
+-- compare-and-set is then all or nothing; serialization_failure tells the
+-- service to re-read and try again.
+CREATE FUNCTION authgate_expect_written(written BIGINT, expected BIGINT) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF written <> expected THEN
+        RAISE EXCEPTION 'key_state changed concurrently' USING ERRCODE = 'serialization_failure';
+    END IF;
+END
+$$;

@@ -32,6 +32,9 @@ CREATE TABLE key_state (
     -- When nothing in the row can affect a decision any more; NULL while a
     -- permanent lock holds. The cleanup task deletes rows past it.
     expires_at       BIGINT,
+    -- Bumped by every write: a replica that read version n writes only if
+    -- the row is still at n (optimistic concurrency, see store/postgres.rs).
+    version          BIGINT  NOT NULL DEFAULT 0,
     PRIMARY KEY (context, rule, user_id, ip, session_id)
 );
 

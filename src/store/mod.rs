@@ -6,7 +6,7 @@ macro_rules! columns {
     () => {
         "context, rule, kind, user_id, ip, session_id, recent_failures, failures_total, \
          last_failure_at, locked_at, locked_until, lock_tier, recent_lockouts, last_lockout_at, \
-         lockouts_total, expires_at"
+         lockouts_total, expires_at, version"
     };
 }
 
@@ -184,6 +184,7 @@ struct Row {
     last_lockout_at: Option<i64>,
     lockouts_total: i64,
     expires_at: Option<i64>,
+    version: i64,
 }
 
 /// The identifier columns of a key.
@@ -243,6 +244,7 @@ impl Row {
             last_lockout_at: s.last_lockout_at.map(|t| t.0),
             lockouts_total: i64::try_from(s.lockouts_total).unwrap_or(i64::MAX),
             expires_at: update.expires_at.map(|t| t.0),
+            version: 0,
         }
     }
 
@@ -342,6 +344,22 @@ fn in_order(ids: &[StateId], rows: &[Row]) -> Vec<Option<KeyState>> {
     ids.iter()
         .map(|id| rows.iter().find(|r| r.is(id)).map(Row::state))
         .collect()
+}
+
+/// Runs `f` on the current rows of `ids` and returns the rows to write, each
+/// one version past what was read (0 for a row not stored yet), and the new
+/// states.
+fn next_rows(ids: &[StateId], current: &[Row], f: &TransitionFn<'_>) -> (Vec<Row>, Vec<KeyState>) {
+    let updates = f(&in_order(ids, current));
+    let rows = ids
+        .iter()
+        .zip(&updates)
+        .map(|(id, update)| Row {
+            version: current.iter().find(|r| r.is(id)).map_or(0, |r| r.version) + 1,
+            ..Row::new(id, update)
+        })
+        .collect();
+    (rows, updates.into_iter().map(|u| u.state).collect())
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! The shared store: several replicas, one Postgres.
 
 use async_trait::async_trait;
+use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::{
     Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
-    Update, in_order, key_columns, push_scope, subject_columns,
+    in_order, key_columns, next_rows, push_scope, subject_columns,
 };
 use crate::domain::{KeyState, Subject, UnixMillis};
 
@@ -17,8 +18,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 const CLEANUP_LOCK: i64 = 0x6175_7468_6761_7465; // "authgate"
 
 /// Postgres reports these when it chose this transaction as the victim of a
-/// deadlock or serialization conflict; the transition is pure, so it is
-/// simply run again.
+/// deadlock or serialization conflict, and authgate_expect_written when a
+/// compare-and-set lost; the transition is pure, so it is simply run again.
 const RETRYABLE: [&str; 2] = ["40001", "40P01"];
 const MAX_ATTEMPTS: usize = 5;
 
@@ -44,6 +45,7 @@ fn decode(row: &PgRow) -> Result<Row, sqlx::Error> {
         last_lockout_at: row.try_get("last_lockout_at")?,
         lockouts_total: row.try_get("lockouts_total")?,
         expires_at: row.try_get("expires_at")?,
+        version: row.try_get("version")?,
     })
 }
 
@@ -95,7 +97,110 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
-    async fn try_transition(
+    /// The rows of `ids` that exist.
+    async fn fetch<'c>(
+        &self,
+        conn: impl PgExecutor<'c>,
+        ids: &[StateId],
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let cols = IdColumns::of(ids);
+        sqlx::query(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM key_state \
+             WHERE (context, rule, user_id, ip, session_id) IN \
+               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]))"
+        ))
+        .bind(&cols.context)
+        .bind(&cols.rule)
+        .bind(&cols.user_id)
+        .bind(&cols.ip)
+        .bind(&cols.session_id)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+    }
+
+    /// Writes `rows` as one compare-and-set: each row only if it is still at
+    /// the version before its own, and all of them or none (the statement
+    /// aborts with serialization_failure otherwise).
+    async fn write<'c>(conn: impl PgExecutor<'c>, rows: &[Row]) -> Result<(), sqlx::Error> {
+        let text = |f: fn(&Row) -> &str| rows.iter().map(|r| f(r).to_owned()).collect::<Vec<_>>();
+        let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+        let opt = |f: fn(&Row) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
+        // Arrays of arrays must be rectangular in Postgres, so each row's
+        // recent_failures travels as an array literal and is cast back.
+        let failures: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let items: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
+                format!("{{{}}}", items.join(","))
+            })
+            .collect();
+        sqlx::query(concat!(
+            "WITH written AS (INSERT INTO key_state (",
+            columns!(),
+            ") SELECT context, rule, kind, user_id, ip, session_id, recent_failures::bigint[], \
+                 failures_total, last_failure_at, locked_at, locked_until, lock_tier, \
+                 recent_lockouts, last_lockout_at, lockouts_total, expires_at, version \
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::int[], \
+                 $13::int[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[]) AS u(",
+            columns!(),
+            ") ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
+                 recent_failures = EXCLUDED.recent_failures, failures_total = EXCLUDED.failures_total, \
+                 last_failure_at = EXCLUDED.last_failure_at, locked_at = EXCLUDED.locked_at, \
+                 locked_until = EXCLUDED.locked_until, lock_tier = EXCLUDED.lock_tier, \
+                 recent_lockouts = EXCLUDED.recent_lockouts, last_lockout_at = EXCLUDED.last_lockout_at, \
+                 lockouts_total = EXCLUDED.lockouts_total, expires_at = EXCLUDED.expires_at, \
+                 version = EXCLUDED.version \
+               WHERE key_state.version = EXCLUDED.version - 1 \
+               RETURNING 1) \
+             SELECT authgate_expect_written((SELECT count(*) FROM written), $18)"
+        ))
+        .bind(text(|r| &r.context))
+        .bind(text(|r| &r.rule))
+        .bind(text(|r| &r.kind))
+        .bind(text(|r| &r.user_id))
+        .bind(text(|r| &r.ip))
+        .bind(text(|r| &r.session_id))
+        .bind(&failures)
+        .bind(int(|r| r.failures_total))
+        .bind(opt(|r| r.last_failure_at))
+        .bind(opt(|r| r.locked_at))
+        .bind(opt(|r| r.locked_until))
+        .bind(rows.iter().map(|r| r.lock_tier).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.recent_lockouts).collect::<Vec<_>>())
+        .bind(opt(|r| r.last_lockout_at))
+        .bind(int(|r| r.lockouts_total))
+        .bind(opt(|r| r.expires_at))
+        .bind(int(|r| r.version))
+        .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// The fast path when nobody else is writing these keys: read, decide,
+    /// compare-and-set. Two round trips and no explicit transaction, which
+    /// on a busy network is most of a RecordFailure's cost.
+    async fn optimistic(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Vec<KeyState>, sqlx::Error> {
+        let current = self.fetch(&self.pool, ids).await?;
+        let (rows, states) = next_rows(ids, &current, f);
+        Self::write(&self.pool, &rows).await?;
+        Ok(states)
+    }
+
+    /// The path under contention, where compare-and-set would keep losing:
+    /// lock the rows first, so concurrent transitions on the same keys (from
+    /// any replica) queue behind each other and each succeeds in turn.
+    async fn locking(
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
@@ -103,11 +208,9 @@ impl PostgresStore {
         let cols = IdColumns::of(ids);
         let mut tx = self.pool.begin().await?;
         // Upserting every id takes its row lock whether or not the row
-        // existed, and RETURNING hands back the current values: one round
-        // trip that makes concurrent transitions on the same key (from any
-        // replica) queue behind each other. Ids arrive sorted, so two
-        // requests sharing keys lock them in the same order.
-        let locked = sqlx::query(concat!(
+        // existed, and RETURNING hands back the current values. Ids arrive
+        // sorted, so two requests sharing keys lock them in the same order.
+        let current = sqlx::query(concat!(
             "INSERT INTO key_state (context, rule, kind, user_id, ip, session_id) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
              ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET kind = EXCLUDED.kind \
@@ -125,86 +228,17 @@ impl PostgresStore {
         .iter()
         .map(decode)
         .collect::<Result<Vec<_>, _>>()?;
-        let current = in_order(ids, &locked);
-        let updates = f(&current);
-        let rows: Vec<Row> = ids
-            .iter()
-            .zip(&updates)
-            .map(|(id, u)| Row::new(id, u))
-            .collect();
-        // Arrays of arrays must be rectangular in Postgres, so each row's
-        // recent_failures travels as an array literal and is cast back.
-        let failures: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                let items: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
-                format!("{{{}}}", items.join(","))
-            })
-            .collect();
-        let pick = |f: fn(&Row) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(
-            "UPDATE key_state AS k SET \
-                recent_failures = u.recent_failures::bigint[], failures_total = u.failures_total, \
-                last_failure_at = u.last_failure_at, locked_at = u.locked_at, \
-                locked_until = u.locked_until, lock_tier = u.lock_tier, \
-                recent_lockouts = u.recent_lockouts, last_lockout_at = u.last_lockout_at, \
-                lockouts_total = u.lockouts_total, expires_at = u.expires_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], \
-                         $12::int[], $13::bigint[], $14::bigint[], $15::bigint[]) \
-                AS u(context, rule, user_id, ip, session_id, recent_failures, failures_total, \
-                     last_failure_at, locked_at, locked_until, lock_tier, recent_lockouts, \
-                     last_lockout_at, lockouts_total, expires_at) \
-             WHERE k.context = u.context AND k.rule = u.rule AND k.user_id = u.user_id \
-               AND k.ip = u.ip AND k.session_id = u.session_id",
-        )
-        .bind(&cols.context)
-        .bind(&cols.rule)
-        .bind(&cols.user_id)
-        .bind(&cols.ip)
-        .bind(&cols.session_id)
-        .bind(&failures)
-        .bind(rows.iter().map(|r| r.failures_total).collect::<Vec<_>>())
-        .bind(pick(|r| r.last_failure_at))
-        .bind(pick(|r| r.locked_at))
-        .bind(pick(|r| r.locked_until))
-        .bind(rows.iter().map(|r| r.lock_tier).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.recent_lockouts).collect::<Vec<_>>())
-        .bind(pick(|r| r.last_lockout_at))
-        .bind(rows.iter().map(|r| r.lockouts_total).collect::<Vec<_>>())
-        .bind(pick(|r| r.expires_at))
-        .execute(&mut *tx)
-        .await?;
+        let (rows, states) = next_rows(ids, &current, f);
+        Self::write(&mut *tx, &rows).await?;
         tx.commit().await?;
-        Ok(updates
-            .into_iter()
-            .map(|Update { state, .. }| state)
-            .collect())
+        Ok(states)
     }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
-        let cols = IdColumns::of(ids);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM key_state \
-             WHERE (context, rule, user_id, ip, session_id) IN \
-               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]))"
-        ))
-        .bind(&cols.context)
-        .bind(&cols.rule)
-        .bind(&cols.user_id)
-        .bind(&cols.ip)
-        .bind(&cols.session_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(decode)
-        .collect::<Result<Vec<_>, _>>()?;
-        Ok(in_order(ids, &rows))
+        Ok(in_order(ids, &self.fetch(&self.pool, ids).await?))
     }
 
     async fn transition(
@@ -212,9 +246,13 @@ impl Store for PostgresStore {
         ids: &[StateId],
         f: &TransitionFn<'_>,
     ) -> Result<Vec<KeyState>, StoreError> {
+        match self.optimistic(ids, f).await {
+            Err(e) if is_retryable(&e) => tracing::debug!("compare-and-set lost; locking the rows"),
+            result => return result.map_err(StoreError::from),
+        }
         let mut attempt = 1;
         loop {
-            match self.try_transition(ids, f).await {
+            match self.locking(ids, f).await {
                 Err(e) if is_retryable(&e) && attempt < MAX_ATTEMPTS => attempt += 1,
                 result => return result.map_err(StoreError::from),
             }

@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::{
     Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
-    Update, in_order, key_columns, push_scope, subject_columns,
+    in_order, key_columns, next_rows, push_scope, subject_columns,
 };
 use crate::domain::{KeyState, Subject, UnixMillis};
 
@@ -58,6 +58,7 @@ fn decode(row: &SqliteRow) -> Result<Row, StoreError> {
         last_lockout_at: row.try_get("last_lockout_at")?,
         lockouts_total: row.try_get("lockouts_total")?,
         expires_at: row.try_get("expires_at")?,
+        version: row.try_get("version")?,
     })
 }
 
@@ -127,21 +128,21 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock before reading, so no other process
         // can change these rows between the read and the write.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let current = in_order(ids, &fetch_rows(&mut tx, ids).await?);
-        let updates = f(&current);
-        for (id, update) in ids.iter().zip(&updates) {
-            let r = Row::new(id, update);
+        let current = fetch_rows(&mut tx, ids).await?;
+        let (rows, states) = next_rows(ids, &current, f);
+        for r in rows {
             let failures: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
             sqlx::query(concat!(
                 "INSERT INTO key_state (",
                 columns!(),
-                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
                    recent_failures = excluded.recent_failures, failures_total = excluded.failures_total, \
                    last_failure_at = excluded.last_failure_at, locked_at = excluded.locked_at, \
                    locked_until = excluded.locked_until, lock_tier = excluded.lock_tier, \
                    recent_lockouts = excluded.recent_lockouts, last_lockout_at = excluded.last_lockout_at, \
-                   lockouts_total = excluded.lockouts_total, expires_at = excluded.expires_at"
+                   lockouts_total = excluded.lockouts_total, expires_at = excluded.expires_at, \
+                   version = excluded.version"
             ))
             .bind(r.context)
             .bind(r.rule)
@@ -159,14 +160,12 @@ impl Store for SqliteStore {
             .bind(r.last_lockout_at)
             .bind(r.lockouts_total)
             .bind(r.expires_at)
+            .bind(r.version)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(updates
-            .into_iter()
-            .map(|Update { state, .. }| state)
-            .collect())
+        Ok(states)
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
