@@ -93,7 +93,25 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .connect_lazy_with(options.application_name("authgate"));
+            // sqlx would ping every connection before lending it: a round
+            // trip per query. A dead connection fails its query instead,
+            // which answers UNAVAILABLE and is dropped from the pool.
+            .test_before_acquire(false)
+            .connect_lazy_with(
+                options
+                    .application_name("authgate")
+                    // Every query here is a key lookup or an index range,
+                    // but a plan made while key_state was empty (every fresh
+                    // deployment) scans the whole table, and a cached one
+                    // keeps doing so long after the table has grown. Without
+                    // seq scans the planner picks the indexes from the
+                    // start, and generic plans spare the planning per call.
+                    // A query with no usable index still runs.
+                    .options([
+                        ("enable_seqscan", "off"),
+                        ("plan_cache_mode", "force_generic_plan"),
+                    ]),
+            );
         Ok(PostgresStore { pool })
     }
 
