@@ -21,7 +21,7 @@ use crate::domain::{
     IpAddress, Key, KeyKind, KeyState, Lock, SessionId, Subject, UnixMillis, UserId,
 };
 
-pub use postgres::PostgresStore;
+pub use postgres::{CLEANUP_LOCK, PostgresStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

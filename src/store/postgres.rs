@@ -15,7 +15,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 
 /// Any replica's cleanup takes this transaction-scoped advisory lock, so
 /// only one purges at a time.
-const CLEANUP_LOCK: i64 = 0x6175_7468_6761_7465; // "authgate"
+pub const CLEANUP_LOCK: i64 = 0x6175_7468_6761_7465; // "authgate"
 
 /// Postgres reports these when it chose this transaction as the victim of a
 /// deadlock or serialization conflict, and authgate_expect_written when a

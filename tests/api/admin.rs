@@ -189,3 +189,25 @@ async fn cleanup_purges_only_what_expired(backend: Backend) {
     server.stop().await;
 }
 both_backends!(cleanup_purges_only_what_expired);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_purges_at_a_time() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Postgres).await;
+    let (config, _) = config("", &db);
+    let store = authgate::app::open_store(&config).await.unwrap();
+    let now = authgate::domain::UnixMillis(EPOCH.0);
+    assert_eq!(store.purge_expired(now).await.unwrap(), Some(0));
+
+    // Another replica mid-purge holds the lock.
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(authgate::store::CLEANUP_LOCK)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_expired(now).await.unwrap(), None);
+    tx.rollback().await.unwrap();
+    assert_eq!(store.purge_expired(now).await.unwrap(), Some(0));
+}
