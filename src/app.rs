@@ -11,8 +11,13 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use std::path::PathBuf;
+
+use zeroize::Zeroizing;
+
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::crypto::{self, CryptoError, SecretKeys};
 use crate::domain::Policy;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
@@ -37,7 +42,69 @@ pub enum StartError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("TOTP key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
+
+/// The TOTP encryption keys: the configured ones, or for the embedded
+/// default a key file generated beside the SQLite database so `cargo run`
+/// works. `None` (TOTP disabled) for Postgres without keys.
+fn secret_keys(config: &Config) -> Result<Option<Arc<SecretKeys>>, StartError> {
+    let t = &config.totp;
+    if t.keys.is_empty() {
+        let Some(db) = store::sqlite_file(config.database.url.expose()) else {
+            tracing::warn!(
+                "no totp.keys configured: TOTP enrollment and verification are disabled"
+            );
+            return Ok(None);
+        };
+        let path = PathBuf::from(format!("{}.totp-key", db.display()));
+        let (key, created) =
+            crypto::key_file(LOCAL_KEY, &path).map_err(|source| StartError::KeyFile {
+                path: path.clone(),
+                source,
+            })?;
+        if created {
+            tracing::warn!(
+                path = %path.display(),
+                "generated a TOTP encryption key beside the database; back it up with the database \
+                 or configure totp.keys"
+            );
+        }
+        return Ok(Some(Arc::new(SecretKeys::new(
+            vec![(LOCAL_KEY.into(), key)],
+            LOCAL_KEY,
+        )?)));
+    }
+    let mut keys = Vec::new();
+    for k in &t.keys {
+        let material = match (&k.file, &k.key) {
+            (Some(path), _) => {
+                Zeroizing::new(std::fs::read(path).map_err(|source| StartError::KeyFile {
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+            (None, Some(inline)) => Zeroizing::new(inline.expose().as_bytes().to_vec()),
+            (None, None) => Zeroizing::new(Vec::new()),
+        };
+        keys.push((k.id.clone(), crypto::parse_key(&k.id, &material)?));
+    }
+    let active = t
+        .active_key
+        .clone()
+        .or_else(|| t.keys.last().map(|k| k.id.clone()))
+        .unwrap_or_default();
+    Ok(Some(Arc::new(SecretKeys::new(keys, &active)?)))
+}
+
+/// The id of the generated key of the embedded default.
+const LOCAL_KEY: &str = "local";
 
 pub struct Application {
     listener: TcpListener,
@@ -69,9 +136,10 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let keys = secret_keys(config)?;
         Ok(Application {
             listener,
-            gate: Arc::new(Gate::new(policy, store, clock)),
+            gate: Arc::new(Gate::new(policy, store, clock, keys)),
             cleanup_interval: config.cleanup.interval,
         })
     }
@@ -145,7 +213,12 @@ async fn cleanup_loop(gate: Arc<Gate>, interval: Duration, mut stop: watch::Rece
             _ = stop.changed() => return,
         }
         match gate.purge_expired().await {
-            Ok(Some(deleted)) => tracing::debug!(deleted, "expired state purged"),
+            Ok(Some(p)) => tracing::debug!(
+                states = p.states,
+                sessions_expired = p.sessions_expired,
+                sessions_deleted = p.sessions_deleted,
+                "expired state purged"
+            ),
             Ok(None) => tracing::debug!("cleanup running on another replica"),
             Err(e) => tracing::warn!(error = %e, "cleanup failed; retrying next interval"),
         }

@@ -12,7 +12,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    AccessList, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration, Policy, Rule, UserId,
+    AccessList, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration, Policy, Rule,
+    SessionPolicy, TimeoutMode, TotpAlgorithm, TotpParams, TotpPolicy, UserId, Window,
 };
 
 /// A configuration problem, always naming the key it is about.
@@ -44,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub access: AccessConfig,
+    #[serde(default)]
+    pub totp: TotpConfig,
     /// Replaces the built-in contexts as a whole when given, so a deployment
     /// never carries rules it did not write down.
     #[serde(default = "default_contexts")]
@@ -200,6 +203,112 @@ impl Default for NotAllowedConfig {
 pub struct ContextConfig {
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Requests in this context need a second factor (TOTP).
+    #[serde(default)]
+    pub totp: bool,
+    /// How long a two-factor session lasts here (pyTMBot's 10 min).
+    #[serde(with = "humantime_serde", default = "ten_minutes")]
+    pub session_timeout: Duration,
+    /// `absolute`: from the login; `idle`: from the last allowed request.
+    #[serde(default)]
+    pub session_mode: SessionMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    #[default]
+    Absolute,
+    Idle,
+}
+
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// A secret in the configuration: prints as REDACTED.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("REDACTED")
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("REDACTED")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TotpConfig {
+    /// The issuer authenticator apps show beside the account.
+    pub issuer: String,
+    /// For new enrollments (stored per user, so changing these later
+    /// breaks nobody): SHA1 works with every app.
+    pub algorithm: String,
+    pub digits: u8,
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Steps either side of now that are accepted.
+    pub skew: u32,
+    /// Steps beyond `skew` where a match is answered clock_skew.
+    pub drift_probe: u32,
+    /// Failed codes within `window` that block the user's TOTP for `block`
+    /// (pyTMBot's max_totp_attempts).
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Users who need a second factor in every context.
+    pub required_user_ids: Vec<String>,
+    /// Keys that encrypt TOTP secrets at rest; new secrets use
+    /// `active_key` (default: the last one). With none configured and the
+    /// SQLite store, a key file is generated beside the database.
+    pub keys: Vec<TotpKeyConfig>,
+    pub active_key: Option<String>,
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        TotpConfig {
+            issuer: "authgate".into(),
+            algorithm: "SHA1".into(),
+            digits: 6,
+            period: Duration::from_secs(30),
+            skew: 1,
+            drift_probe: 10,
+            max_attempts: 5,
+            window: ten_minutes(),
+            block: ten_minutes(),
+            required_user_ids: Vec::new(),
+            keys: Vec::new(),
+            active_key: None,
+        }
+    }
+}
+
+/// One encryption key: from a file (32 raw bytes or base64; how Kubernetes
+/// mounts a Secret) or inline base64 (for environment variables).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpKeyConfig {
+    pub id: String,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<SecretValue>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,13 +421,21 @@ fn default_contexts() -> BTreeMap<String, ContextConfig> {
         Some(5),
         progressive(1, 24),
     )];
+    let context = |rules, totp| ContextConfig {
+        rules,
+        totp,
+        session_timeout: ten_minutes(),
+        session_mode: SessionMode::Absolute,
+    };
     [
-        ("login", login),
-        ("password_reset", password_reset),
-        ("bot", bot),
+        ("login", context(login, false)),
+        ("password_reset", context(password_reset, false)),
+        ("bot", context(bot, false)),
+        // Admin actions need a second factor.
+        ("admin", context(Vec::new(), true)),
     ]
     .into_iter()
-    .map(|(name, rules)| (name.to_owned(), ContextConfig { rules }))
+    .map(|(name, ctx)| (name.to_owned(), ctx))
     .collect()
 }
 
@@ -330,6 +447,7 @@ impl Default for Config {
             cleanup: CleanupConfig::default(),
             log: LogConfig::default(),
             access: AccessConfig::default(),
+            totp: TotpConfig::default(),
             contexts: default_contexts(),
         }
     }
@@ -404,7 +522,7 @@ impl Config {
             raw.iter()
                 .enumerate()
                 .map(|(i, id)| {
-                    UserId::parse(&format!("access.{key}[{i}]"), id)
+                    UserId::parse(&format!("{key}[{i}]"), id)
                         .map_err(|e| invalid(e.field, e.problem))
                 })
                 .collect()
@@ -428,11 +546,16 @@ impl Config {
             extend_while_locked: false,
         };
         let access = AccessList::new(
-            user_ids("allowed_user_ids", &self.access.allowed_user_ids)?,
-            user_ids("admin_user_ids", &self.access.admin_user_ids)?,
+            user_ids("access.allowed_user_ids", &self.access.allowed_user_ids)?,
+            user_ids("access.admin_user_ids", &self.access.admin_user_ids)?,
             allow_rule,
         )
         .map_err(|e| invalid("access.admin_user_ids", e.to_string()))?;
+
+        let totp = self.totp.policy(&user_ids(
+            "totp.required_user_ids",
+            &self.totp.required_user_ids,
+        )?)?;
 
         if self.contexts.is_empty() {
             return Err(invalid("contexts", "at least one context is needed"));
@@ -441,8 +564,14 @@ impl Config {
         for (name, ctx) in &self.contexts {
             let key = format!("contexts.{name}");
             let cname = ContextName::parse(&key, name).map_err(|e| invalid(e.field, e.problem))?;
-            if name == crate::domain::ALLOW_LIST_CONTEXT {
-                return Err(invalid(key, "the name is reserved for the allow list"));
+            if name == crate::domain::ALLOW_LIST_CONTEXT || name == crate::domain::TOTP_CONTEXT {
+                return Err(invalid(key, "the name is reserved"));
+            }
+            if ctx.session_timeout.is_zero() {
+                return Err(invalid(
+                    format!("{key}.session_timeout"),
+                    "must be more than 0",
+                ));
             }
             let mut rules: Vec<Rule> = Vec::new();
             for (i, rc) in ctx.rules.iter().enumerate() {
@@ -455,9 +584,96 @@ impl Config {
                 }
                 rules.push(rule);
             }
-            contexts.push(ContextPolicy { name: cname, rules });
+            contexts.push(ContextPolicy {
+                name: cname,
+                rules,
+                totp: ctx.totp,
+                session: SessionPolicy {
+                    timeout: ctx.session_timeout,
+                    mode: match ctx.session_mode {
+                        SessionMode::Absolute => TimeoutMode::Absolute,
+                        SessionMode::Idle => TimeoutMode::Idle,
+                    },
+                },
+            });
         }
-        Ok(Policy::new(contexts, access))
+        Ok(Policy::new(contexts, access, totp))
+    }
+}
+
+impl TotpConfig {
+    fn policy(&self, required: &BTreeSet<UserId>) -> Result<TotpPolicy, ConfigError> {
+        let algorithm = TotpAlgorithm::from_name(&self.algorithm)
+            .ok_or_else(|| invalid("totp.algorithm", "must be SHA1, SHA256 or SHA512"))?;
+        let period = u32::try_from(self.period.as_secs()).unwrap_or(u32::MAX);
+        if Duration::from_secs(u64::from(period)) != self.period {
+            return Err(invalid("totp.period", "must be whole seconds"));
+        }
+        let defaults = TotpParams {
+            algorithm,
+            digits: self.digits,
+            period,
+        };
+        defaults
+            .validate("totp")
+            .map_err(|e| invalid(e.field, e.problem))?;
+        if self.skew > 10 {
+            return Err(invalid("totp.skew", "must be at most 10 steps"));
+        }
+        if self.drift_probe > 60 {
+            return Err(invalid("totp.drift_probe", "must be at most 60 steps"));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("totp.max_attempts", "must be at least 1"));
+        }
+        if self.window.is_zero() || self.block.is_zero() {
+            return Err(invalid(
+                "totp.block",
+                "window and block must be more than 0",
+            ));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.id.is_empty() || k.id.len() > 64 {
+                return Err(invalid(
+                    format!("totp.keys[{i}].id"),
+                    "must be 1 to 64 bytes",
+                ));
+            }
+            if k.file.is_some() == k.key.is_some() {
+                return Err(invalid(
+                    format!("totp.keys[{i}]"),
+                    "needs exactly one of file, key",
+                ));
+            }
+        }
+        if let Some(active) = &self.active_key
+            && !self.keys.iter().any(|k| &k.id == active)
+        {
+            return Err(invalid(
+                "totp.active_key",
+                format!("no key with id {active:?} in totp.keys"),
+            ));
+        }
+        Ok(TotpPolicy {
+            issuer: self.issuer.clone(),
+            defaults,
+            window: Window {
+                skew: self.skew,
+                probe: self.drift_probe,
+            },
+            rule: Rule {
+                name: "totp".into(),
+                key: KeyKind::User,
+                activities: Vec::new(),
+                window: self.window,
+                captcha_after: None,
+                lock_after: Some(self.max_attempts),
+                ladder: Ladder::Tiers(vec![LockDuration::For(self.block)]),
+                recurrence_window: self.window,
+                extend_while_locked: false,
+            },
+            required: required.clone(),
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod grpc;
 pub mod service;

@@ -4,12 +4,21 @@
 
 mod policy;
 mod rule;
+mod session;
 mod subject;
 mod time;
+mod totp;
 mod verdict;
 
-pub use policy::{ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot};
+pub use policy::{
+    ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
+    TotpPolicy,
+};
 pub use rule::{KeyState, Ladder, Lock, LockDuration, Rule, Transition};
+pub use session::{Session, SessionPolicy, SessionStatus, SessionStep, TimeoutMode};
 pub use subject::{ContextName, FieldError, IpAddress, Key, KeyKind, SessionId, Subject, UserId};
 pub use time::UnixMillis;
+pub use totp::{
+    Code, CodeCheck, Provisioning, TotpAlgorithm, TotpParams, Window, check_code, provisioning,
+};
 pub use verdict::{Decision, Reason, Verdict};

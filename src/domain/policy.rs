@@ -1,12 +1,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, Subject, UserId, Verdict,
+    ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, SessionPolicy, Subject,
+    TotpParams, UserId, Verdict, Window,
 };
 
 /// The pseudo-context that holds the allow list's own counter, so attempts by
 /// users who are not on the list are counted apart from every real context.
 pub const ALLOW_LIST_CONTEXT: &str = "allow_list";
+
+/// The pseudo-context of every user's TOTP failure counter: apart from the
+/// login context's, so strangers failing a login form cannot lock a user out
+/// of two-factor sign-in (Keycloak issue 46164) and the reverse.
+pub const TOTP_CONTEXT: &str = "totp";
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
@@ -97,6 +103,34 @@ pub struct Slot<'a> {
 pub struct ContextPolicy {
     pub name: ContextName,
     pub rules: Vec<Rule>,
+    /// Requests here need a second factor.
+    pub totp: bool,
+    pub session: SessionPolicy,
+}
+
+/// Two-factor sign-in settings shared by every context.
+#[derive(Debug, Clone)]
+pub struct TotpPolicy {
+    /// The issuer authenticator apps show.
+    pub issuer: String,
+    /// What new enrollments get.
+    pub defaults: TotpParams,
+    pub window: Window,
+    /// Counts failed codes per user (a USER-keyed rule).
+    pub rule: Rule,
+    /// Users who need a second factor in every context.
+    pub required: BTreeSet<UserId>,
+}
+
+impl TotpPolicy {
+    /// The user's TOTP failure counter.
+    pub fn slot(&self, user: &UserId) -> Slot<'_> {
+        Slot {
+            context: TOTP_CONTEXT,
+            rule: &self.rule,
+            key: Key::User(user.clone()),
+        }
+    }
 }
 
 impl ContextPolicy {
@@ -127,17 +161,24 @@ impl ContextPolicy {
 pub struct Policy {
     contexts: BTreeMap<String, ContextPolicy>,
     pub access: AccessList,
+    pub totp: TotpPolicy,
 }
 
 impl Policy {
-    pub fn new(contexts: Vec<ContextPolicy>, access: AccessList) -> Self {
+    pub fn new(contexts: Vec<ContextPolicy>, access: AccessList, totp: TotpPolicy) -> Self {
         Policy {
             contexts: contexts
                 .into_iter()
                 .map(|c| (c.name.as_str().to_owned(), c))
                 .collect(),
             access,
+            totp,
         }
+    }
+
+    /// Whether `user` needs a second factor in `ctx`.
+    pub fn requires_totp(&self, ctx: &ContextPolicy, user: Option<&UserId>) -> bool {
+        ctx.totp || user.is_some_and(|u| self.totp.required.contains(u))
     }
 
     /// The named context, or an error for the request field `field`.
@@ -157,6 +198,9 @@ impl Policy {
     pub fn rule(&self, context: &str, rule: &str) -> Option<&Rule> {
         if context == ALLOW_LIST_CONTEXT {
             return Some(&self.access.rule).filter(|r| r.name == rule);
+        }
+        if context == TOTP_CONTEXT {
+            return Some(&self.totp.rule).filter(|r| r.name == rule);
         }
         self.contexts
             .get(context)?
@@ -244,6 +288,11 @@ mod tests {
         let ctx = ContextPolicy {
             name: ContextName::parse("c", "bot").unwrap(),
             rules: vec![rule("pair", KeyKind::UserIp), rule("ip", KeyKind::Ip), spam],
+            totp: false,
+            session: crate::domain::SessionPolicy {
+                timeout: Duration::from_secs(600),
+                mode: crate::domain::TimeoutMode::Absolute,
+            },
         };
         let user_only = Subject::parse("s", "a", "", "").unwrap();
         assert!(
@@ -259,10 +308,21 @@ mod tests {
             .map(|s| s.rule.name.clone())
             .collect();
         assert_eq!(names, ["pair", "ip"]);
-        let policy = Policy::new(
-            vec![ctx],
-            AccessList::new(ids(&[]), ids(&[]), rule("l", KeyKind::User)).unwrap(),
-        );
+        let totp = TotpPolicy {
+            issuer: "authgate".into(),
+            defaults: TotpParams {
+                algorithm: crate::domain::TotpAlgorithm::Sha1,
+                digits: 6,
+                period: 30,
+            },
+            window: Window { skew: 1, probe: 10 },
+            rule: rule("totp", KeyKind::User),
+            required: ids(&["needs-2fa"]),
+        };
+        let access = AccessList::new(ids(&[]), ids(&[]), rule("l", KeyKind::User)).unwrap();
+        let policy = Policy::new(vec![ctx.clone()], access, totp);
+        assert!(policy.requires_totp(&ctx, Some(&UserId::parse("u", "needs-2fa").unwrap())));
+        assert!(!policy.requires_totp(&ctx, Some(&UserId::parse("u", "other").unwrap())));
         let err = policy.context("context", "nope").unwrap_err();
         assert_eq!(err.field, "context");
         assert!(err.problem.contains("configured: bot"));

@@ -8,6 +8,8 @@ pub enum Decision {
     ChallengeCaptcha,
     /// Ranked above a captcha: a second factor proves more than a human.
     ChallengeTotp,
+    /// A second factor is needed and the user has none to give yet.
+    EnrollTotp,
     /// Ranked below Blocked so that a user who is not on the allow list and
     /// keeps trying learns that they are now blocked, and until when.
     Deny,
@@ -22,6 +24,11 @@ pub enum Reason {
     CaptchaRequired,
     Locked,
     LockedPermanently,
+    TotpRequired,
+    SessionExpired,
+    TotpEnrollmentRequired,
+    InvalidCode,
+    ClockSkew,
 }
 
 impl Reason {
@@ -32,6 +39,11 @@ impl Reason {
             Reason::CaptchaRequired => "captcha_required",
             Reason::Locked => "locked",
             Reason::LockedPermanently => "locked_permanently",
+            Reason::TotpRequired => "totp_required",
+            Reason::SessionExpired => "session_expired",
+            Reason::TotpEnrollmentRequired => "totp_enrollment_required",
+            Reason::InvalidCode => "invalid_code",
+            Reason::ClockSkew => "clock_skew",
         }
     }
 }

@@ -6,9 +6,12 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::proto::{self, admin_service_server::AdminService};
-use crate::domain::{FieldError, IpAddress, Key, KeyKind, SessionId, UserId};
+use crate::domain::{
+    FieldError, IpAddress, Key, KeyKind, SessionId, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UserId,
+};
 use crate::service::Gate;
 use crate::store::{Cursor, StateId, UnlockScope};
+use crate::telemetry::mask;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -154,11 +157,122 @@ impl AdminService for AdminApi {
                 convert::key_state(s, in_window, now)
             })
             .collect();
+        let totp_blocked = report
+            .states
+            .iter()
+            .any(|s| s.id.context == TOTP_CONTEXT && s.state.active_lock(now).is_some());
+        let session = report.session.as_ref().map(|s| proto::Session {
+            state: if totp_blocked {
+                proto::SessionState::Blocked
+            } else {
+                convert::session_state(s.status)
+            }
+            .into(),
+            since: Some(convert::timestamp(s.since)),
+            last_seen_at: s.last_seen.map(convert::timestamp),
+        });
+        let totp = report.totp.as_ref().map(|t| proto::TotpEnrollment {
+            confirmed: t.confirmed,
+            algorithm: t.params.algorithm.as_str().into(),
+            digits: u32::from(t.params.digits),
+            period_seconds: t.params.period,
+            created_at: Some(convert::timestamp(t.created_at)),
+        });
         Ok(Response::new(proto::GetSubjectResponse {
             allowed: report.allowed,
             admin: report.admin,
             states,
+            session,
+            totp,
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_session(
+        &self,
+        request: Request<proto::RevokeSessionRequest>,
+    ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
+        let req = request.into_inner();
+        self.gate.authorize_admin(&req.actor_user_id)?;
+        use proto::revoke_session_request::Scope;
+        let user = match req.scope {
+            Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
+            Some(Scope::All(true)) => None,
+            Some(Scope::All(false)) => {
+                return Err(Status::invalid_argument("all: must be true when chosen"));
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "scope: one of user_id, all is required",
+                ));
+            }
+        };
+        let revoked = self.gate.revoke_sessions(user.as_ref()).await?;
+        Ok(Response::new(proto::RevokeSessionResponse { revoked }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_stats(
+        &self,
+        request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::GetStatsResponse>, Status> {
+        self.gate
+            .authorize_admin(&request.get_ref().actor_user_id)?;
+        let s = self.gate.stats().await?;
+        Ok(Response::new(proto::GetStatsResponse {
+            total: s.total,
+            authenticated: s.authenticated,
+            processing: s.processing,
+            blocked: s.blocked,
+            expired: s.expired,
+            locks_temporary: s.locks_temporary,
+            locks_permanent: s.locks_permanent,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reset_totp(
+        &self,
+        request: Request<proto::ResetTotpRequest>,
+    ) -> Result<Response<proto::ResetTotpResponse>, Status> {
+        let req = request.into_inner();
+        let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+        let user = UserId::parse("user_id", &req.user_id)?;
+        let removed = self.gate.reset_totp(&user).await?;
+        tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), removed, "TOTP reset");
+        Ok(Response::new(proto::ResetTotpResponse { removed }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_totp(
+        &self,
+        request: Request<proto::ImportTotpRequest>,
+    ) -> Result<Response<proto::ImportTotpResponse>, Status> {
+        let req = request.into_inner();
+        let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+        let user = UserId::parse("user_id", &req.user_id)?;
+        let algorithm = match req.algorithm.as_str() {
+            "" => TotpAlgorithm::Sha1,
+            name => TotpAlgorithm::from_name(name).ok_or_else(|| {
+                Status::invalid_argument("algorithm: must be SHA1, SHA256 or SHA512")
+            })?,
+        };
+        let params = TotpParams {
+            algorithm,
+            digits: match req.digits {
+                0 => 6,
+                d => u8::try_from(d).unwrap_or(u8::MAX),
+            },
+            period: match req.period_seconds {
+                0 => 30,
+                p => p,
+            },
+        };
+        self.gate
+            .import_totp(&user, &req.secret_base32, params)
+            .await?;
+        tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), "TOTP imported");
+        Ok(Response::new(proto::ImportTotpResponse {}))
     }
 }
 

@@ -5,8 +5,8 @@ use prost_types::Timestamp;
 
 use super::proto;
 use crate::domain::{
-    Decision, FieldError, IpAddress, Key, KeyKind, Lock, SessionId, Subject, UnixMillis, UserId,
-    Verdict,
+    Decision, FieldError, IpAddress, Key, KeyKind, Lock, SessionId, SessionStatus, Subject,
+    UnixMillis, UserId, Verdict,
 };
 use crate::store::Stored;
 
@@ -27,6 +27,7 @@ fn decision(d: Decision) -> proto::Decision {
         Decision::Allow => proto::Decision::Allow,
         Decision::ChallengeCaptcha => proto::Decision::ChallengeCaptcha,
         Decision::ChallengeTotp => proto::Decision::ChallengeTotp,
+        Decision::EnrollTotp => proto::Decision::EnrollTotp,
         Decision::Deny => proto::Decision::Deny,
         Decision::Blocked => proto::Decision::Blocked,
     }
@@ -85,6 +86,15 @@ pub fn parse_key(field: &str, k: Option<&proto::Key>) -> Result<Key, FieldError>
         ));
     }
     Ok(key)
+}
+
+pub fn session_state(s: SessionStatus) -> proto::SessionState {
+    match s {
+        SessionStatus::Unauthenticated => proto::SessionState::Unauthenticated,
+        SessionStatus::Processing => proto::SessionState::Processing,
+        SessionStatus::Authenticated => proto::SessionState::Authenticated,
+        SessionStatus::Expired => proto::SessionState::Expired,
+    }
 }
 
 pub fn verdict(v: &Verdict, now: UnixMillis) -> proto::Verdict {

@@ -35,6 +35,11 @@ impl From<ServiceError> for Status {
         match e {
             ServiceError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
+            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ServiceError::Crypto(e) => {
+                tracing::error!(error = %e, "TOTP secret unusable");
+                Status::internal("internal error")
+            }
             ServiceError::Store(StoreError::Unavailable(cause)) => {
                 tracing::warn!(error = %cause, "store unavailable");
                 Status::unavailable("the state store is unavailable; retry later")

@@ -11,14 +11,17 @@ macro_rules! columns {
 }
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::crypto::Sealed;
 use crate::domain::{
-    IpAddress, Key, KeyKind, KeyState, Lock, SessionId, Subject, UnixMillis, UserId,
+    IpAddress, Key, KeyKind, KeyState, Lock, Session, SessionId, Subject, TotpParams, UnixMillis,
+    UserId,
 };
 
 pub use postgres::{CLEANUP_LOCK, PostgresStore};
@@ -104,6 +107,54 @@ pub enum UnlockScope {
     All,
 }
 
+/// A user's TOTP secret as stored: sealed, never in the clear.
+#[derive(Clone)]
+pub struct StoredTotp {
+    pub sealed: Sealed,
+    pub params: TotpParams,
+    pub confirmed: bool,
+    pub created_at: UnixMillis,
+    /// The last time step accepted.
+    pub last_step: Option<u64>,
+}
+
+/// GetStats' figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub total: u64,
+    pub authenticated: u64,
+    pub processing: u64,
+    pub expired: u64,
+    /// Users whose TOTP counter is locked.
+    pub blocked: u64,
+    pub locks_temporary: u64,
+    pub locks_permanent: u64,
+}
+
+/// One entry of the append-only security event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub at: UnixMillis,
+    pub kind: &'static str,
+    pub context: String,
+    pub rule: String,
+    pub user_id: String,
+    pub ip: String,
+    pub detail: String,
+}
+
+/// What one cleanup pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Expired key states deleted.
+    pub states: u64,
+    /// Authenticated sessions found timed out and marked expired.
+    pub sessions_expired: u64,
+    /// Sessions that were not authenticated, deleted a day after their last
+    /// change.
+    pub sessions_deleted: u64,
+}
+
 /// Where ListLocked resumes: the last id of the previous page.
 pub type Cursor = StateId;
 
@@ -139,9 +190,43 @@ pub trait Store: Send + Sync + 'static {
     /// Every state involving any identifier of `subject`, ordered by id.
     async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError>;
 
-    /// Deletes state that expired before `now`. Returns `None` when another
-    /// replica is purging at the same moment.
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<u64>, StoreError>;
+    /// Deletes state that expired before `now` and sweeps sessions. Returns
+    /// `None` when another replica is purging at the same moment.
+    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError>;
+
+    async fn totp(&self, user: &UserId) -> Result<Option<StoredTotp>, StoreError>;
+
+    /// Stores a user's secret, replacing any they had.
+    async fn put_totp(&self, user: &UserId, totp: &StoredTotp) -> Result<(), StoreError>;
+
+    /// Records `step` as accepted for the secret sealed with `nonce`, and
+    /// confirms it, unless that step or a later one was accepted already.
+    /// Atomic across replicas: of two concurrent calls with one step, one
+    /// returns true.
+    async fn accept_totp_step(
+        &self,
+        user: &UserId,
+        nonce: &[u8],
+        step: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Returns whether there was a secret to delete.
+    async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError>;
+
+    async fn session(&self, user: &UserId) -> Result<Option<Session>, StoreError>;
+
+    async fn put_session(&self, user: &UserId, session: &Session) -> Result<(), StoreError>;
+
+    /// Ends authenticated and processing sessions, one user's or everyone's.
+    async fn revoke_sessions(
+        &self,
+        user: Option<&UserId>,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError>;
+
+    async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError>;
+
+    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
 
     /// Runs the embedded migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
@@ -152,6 +237,19 @@ pub trait Store: Send + Sync + 'static {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+}
+
+/// The database file of an SQLite URL; `None` for other URLs and for
+/// in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    (!file.as_os_str().is_empty() && file != std::path::Path::new(":memory:"))
+        .then(|| file.to_path_buf())
 }
 
 /// Opens the store the URL names.

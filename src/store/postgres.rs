@@ -1,15 +1,24 @@
 //! The shared store: several replicas, one Postgres.
 
-use async_trait::async_trait;
 use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 
+use super::shared::{self, store_impl};
 use super::{
-    Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
-    in_order, key_columns, next_rows, push_scope, subject_columns,
+    Cursor, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError, Stored,
+    StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
+    subject_columns,
 };
-use crate::domain::{KeyState, Subject, UnixMillis};
+use crate::crypto::Sealed;
+use crate::domain::{
+    KeyState, Session, SessionStatus, Subject, TotpAlgorithm, TotpParams, UnixMillis, UserId,
+};
+
+/// Postgres takes the shared statements as written.
+fn sql(statement: &'static str) -> &'static str {
+    statement
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -253,8 +262,7 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl Store for PostgresStore {
+store_impl!(PostgresStore, pool, pool, sql, {
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
         Ok(in_order(ids, &self.fetch(&self.pool, ids).await?))
     }
@@ -356,7 +364,7 @@ impl Store for PostgresStore {
         stored(&rows)
     }
 
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<u64>, StoreError> {
+    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(CLEANUP_LOCK)
@@ -365,17 +373,31 @@ impl Store for PostgresStore {
         if !won {
             return Ok(None);
         }
-        let deleted = sqlx::query("DELETE FROM key_state WHERE expires_at <= $1")
+        let states = sqlx::query("DELETE FROM key_state WHERE expires_at <= $1")
             .bind(now.0)
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        let sessions_expired = sqlx::query(shared::EXPIRE_SESSIONS)
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let sessions_deleted = sqlx::query(shared::SWEEP_SESSIONS)
+            .bind(now.0 - shared::SESSION_RETENTION_MS)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
-        Ok(Some(deleted))
+        Ok(Some(Purged {
+            states,
+            sessions_expired,
+            sessions_deleted,
+        }))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
-}
+});

@@ -3,18 +3,27 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
+use super::shared::{self, store_impl};
 use super::{
-    Cursor, PoolSettings, Row, StateId, Store, StoreError, Stored, TransitionFn, UnlockScope,
-    in_order, key_columns, next_rows, push_scope, subject_columns,
+    Cursor, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError, Stored,
+    StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
+    subject_columns,
 };
-use crate::domain::{KeyState, Subject, UnixMillis};
+use crate::crypto::Sealed;
+use crate::domain::{
+    KeyState, Session, SessionStatus, Subject, TotpAlgorithm, TotpParams, UnixMillis, UserId,
+};
+
+/// The shared statements use `$N`; SQLite's numbered parameters are `?N`.
+fn sql(statement: &'static str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(statement.replace('$', "?"))
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -112,8 +121,7 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
+store_impl!(SqliteStore, writer, readers, sql, {
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
         let mut conn = self.readers.acquire().await?;
         let rows = fetch_rows(&mut conn, ids).await?;
@@ -242,17 +250,33 @@ impl Store for SqliteStore {
         stored(&rows)
     }
 
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<u64>, StoreError> {
-        let deleted = sqlx::query("DELETE FROM key_state WHERE expires_at <= ?")
+    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let states = sqlx::query("DELETE FROM key_state WHERE expires_at <= ?")
             .bind(now.0)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
-        Ok(Some(deleted))
+        let sessions_expired = sqlx::query(sql(shared::EXPIRE_SESSIONS))
+            .bind(now.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let sessions_deleted = sqlx::query(sql(shared::SWEEP_SESSIONS))
+            .bind(now.0 - shared::SESSION_RETENTION_MS)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(Some(Purged {
+            states,
+            sessions_expired,
+            sessions_deleted,
+        }))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
         Ok(())
     }
-}
+});

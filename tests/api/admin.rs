@@ -175,13 +175,13 @@ async fn cleanup_purges_only_what_expired(backend: Backend) {
     let (config, _) = config("", &server.db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let now = authgate::domain::UnixMillis(EPOCH.0 + 26 * 3600 * 1000);
-    let deleted = store
+    let purged = store
         .purge_expired(now)
         .await
         .unwrap()
         .expect("no other replica purging");
     // temp's three rule rows and perm's two non-permanent ones.
-    assert_eq!(deleted, 5);
+    assert_eq!(purged.states, 5);
     let mut a = server.admin().await;
     let left = report(&mut a, subject("perm", "")).await;
     assert_eq!(left.states.len(), 1);
@@ -197,7 +197,7 @@ async fn one_replica_purges_at_a_time() {
     let (config, _) = config("", &db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let now = authgate::domain::UnixMillis(EPOCH.0);
-    assert_eq!(store.purge_expired(now).await.unwrap(), Some(0));
+    assert!(store.purge_expired(now).await.unwrap().is_some());
 
     // Another replica mid-purge holds the lock.
     let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
@@ -209,5 +209,5 @@ async fn one_replica_purges_at_a_time() {
         .unwrap();
     assert_eq!(store.purge_expired(now).await.unwrap(), None);
     tx.rollback().await.unwrap();
-    assert_eq!(store.purge_expired(now).await.unwrap(), Some(0));
+    assert!(store.purge_expired(now).await.unwrap().is_some());
 }

@@ -1,15 +1,22 @@
 //! The use cases behind the RPCs: pick the slots a request touches, let the
 //! domain decide, let the store persist. Knows neither gRPC nor SQL.
 
+mod totp;
+
+pub use totp::{Enrollment, TotpResult, VerifyOutcome};
+
 use std::sync::Arc;
 use std::sync::Mutex;
 
 use crate::clock::Clock;
+use crate::crypto::{CryptoError, SecretKeys};
 use crate::domain::{
-    ALLOW_LIST_CONTEXT, FieldError, Key, KeyState, Policy, Slot, Subject, UnixMillis, UserId,
-    Verdict,
+    ALLOW_LIST_CONTEXT, FieldError, Key, KeyState, Policy, Session, Slot, Subject, UnixMillis,
+    UserId, Verdict,
 };
-use crate::store::{Cursor, StateId, Store, StoreError, Stored, UnlockScope, Update};
+use crate::store::{
+    Cursor, Purged, StateId, Store, StoreError, Stored, StoredTotp, UnlockScope, Update,
+};
 use crate::telemetry::mask;
 
 /// Why a use case could not be carried out. Each variant maps to one gRPC
@@ -22,9 +29,16 @@ pub enum ServiceError {
     /// PERMISSION_DENIED.
     #[error("{0}")]
     PermissionDenied(String),
+    /// FAILED_PRECONDITION: the request is well-formed but the state of
+    /// things does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// UNAVAILABLE when the store cannot be reached, INTERNAL otherwise.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// INTERNAL: a stored secret cannot be decrypted.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
 }
 
 /// A verdict and whether this very request started a lockout.
@@ -35,17 +49,22 @@ pub struct Outcome {
 }
 
 /// Everything GetSubject returns.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SubjectReport {
     pub allowed: bool,
     pub admin: bool,
     pub states: Vec<Stored>,
+    pub session: Option<Session>,
+    pub totp: Option<StoredTotp>,
 }
 
 pub struct Gate {
     policy: Policy,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// `None` when no TOTP encryption key is configured (Postgres without
+    /// totp.keys): TOTP calls answer FAILED_PRECONDITION.
+    keys: Option<Arc<SecretKeys>>,
 }
 
 fn id_of(slot: &Slot<'_>) -> StateId {
@@ -57,11 +76,17 @@ fn id_of(slot: &Slot<'_>) -> StateId {
 }
 
 impl Gate {
-    pub fn new(policy: Policy, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        policy: Policy,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        keys: Option<Arc<SecretKeys>>,
+    ) -> Self {
         Gate {
             policy,
             store,
             clock,
+            keys,
         }
     }
 
@@ -187,6 +212,10 @@ impl Gate {
         let slots = ctx.slots(subject, None);
         let mut verdicts = Self::judge(&slots, &self.load(&slots).await?, now);
         verdicts.extend(self.stranger(subject, true, now).await?);
+        if self.policy.requires_totp(ctx, subject.user.as_ref()) {
+            let user = required_user(subject)?;
+            verdicts.push(self.second_factor(ctx, user, now).await?);
+        }
         Ok(Verdict::most_severe(verdicts))
     }
 
@@ -223,9 +252,20 @@ impl Gate {
         let ctx = self.policy.context("context", context)?;
         let now = self.now();
         let slots = ctx.slots(subject, None);
-        let mut states = self.load(&slots).await?;
-        // Only keys with failures to forgive are written: a success on a
-        // fresh key stores nothing.
+        let loaded = self.load(&slots).await?;
+        let states = self.forgive(&slots, loaded).await?;
+        let mut verdicts = Self::judge(&slots, &states, now);
+        verdicts.extend(self.stranger(subject, false, now).await?);
+        Ok(Verdict::most_severe(verdicts))
+    }
+
+    /// Clears the recent failures of the slots whose `states` have any: a
+    /// success on a fresh key stores nothing. Returns the new states.
+    async fn forgive(
+        &self,
+        slots: &[Slot<'_>],
+        mut states: Vec<KeyState>,
+    ) -> Result<Vec<KeyState>, StoreError> {
         let dirty: Vec<usize> = (0..slots.len())
             .filter(|&i| !states[i].recent_failures.is_empty())
             .collect();
@@ -252,9 +292,7 @@ impl Gate {
                 states[i] = state;
             }
         }
-        let mut verdicts = Self::judge(&slots, &states, now);
-        verdicts.extend(self.stranger(subject, false, now).await?);
-        Ok(Verdict::most_severe(verdicts))
+        Ok(states)
     }
 
     /// Admin calls act on behalf of a user on the admin list.
@@ -319,17 +357,31 @@ impl Gate {
     pub async fn subject(&self, subject: &Subject) -> Result<SubjectReport, ServiceError> {
         let states = self.store.subject_states(subject).await?;
         let user = subject.user.as_ref();
+        let (session, totp) = match user {
+            Some(u) => (self.store.session(u).await?, self.store.totp(u).await?),
+            None => (None, None),
+        };
         Ok(SubjectReport {
             allowed: user.is_none_or(|u| self.policy.access.is_allowed(u)),
             admin: user.is_some_and(|u| self.policy.access.is_admin(u)),
             states,
+            session,
+            totp,
         })
     }
 
     /// One cleanup pass; `None` when another replica ran it.
-    pub async fn purge_expired(&self) -> Result<Option<u64>, StoreError> {
+    pub async fn purge_expired(&self) -> Result<Option<Purged>, StoreError> {
         self.store.purge_expired(self.now()).await
     }
+}
+
+/// The user id of a request that needs one.
+fn required_user(subject: &Subject) -> Result<&UserId, FieldError> {
+    subject
+        .user
+        .as_ref()
+        .ok_or_else(|| FieldError::new("subject.user_id", "is required for two-factor sign-in"))
 }
 
 fn scope_name(scope: &UnlockScope) -> &'static str {

@@ -1,0 +1,52 @@
+-- The embedded default's dialect of postgres/0002_totp_sessions.sql.
+-- Two-factor sign-in: one TOTP secret and one session per user, and the
+-- security events the alerting side delivers.
+
+-- The secret is AES-256-GCM ciphertext under a key that lives outside the
+-- database (config, environment or a mounted file); key_id names it so
+-- keys can rotate. The user id is the AEAD's associated data, so a
+-- ciphertext moved to another row does not decrypt.
+CREATE TABLE totp_secret (
+    user_id     TEXT    PRIMARY KEY,
+    key_id      TEXT    NOT NULL,
+    nonce       BLOB    NOT NULL,
+    ciphertext  BLOB    NOT NULL,
+    -- How this user's codes are made, fixed at enrollment so changing the
+    -- defaults later breaks nobody.
+    algorithm   TEXT    NOT NULL,
+    digits      INTEGER NOT NULL,
+    period      INTEGER NOT NULL,
+    -- Pending until the first valid code: an abandoned enrollment never
+    -- locks anyone out.
+    confirmed   BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at  BIGINT  NOT NULL,
+    -- The last time step accepted: a code of this step or an earlier one is
+    -- a replay, on every replica.
+    last_step   BIGINT
+);
+
+-- pyTMBot's session states (BLOCKED is the user's TOTP counter being
+-- locked, kept in key_state). Times are Unix milliseconds.
+CREATE TABLE session (
+    user_id      TEXT   PRIMARY KEY,
+    -- unauthenticated, processing, authenticated or expired.
+    status       TEXT   NOT NULL,
+    since        BIGINT NOT NULL,
+    last_seen_at BIGINT,
+    expires_at   BIGINT
+);
+
+-- Statistics and the cleanup task count and sweep sessions by status.
+CREATE INDEX session_status ON session (status, expires_at);
+
+-- Append-only: security events (lockouts, TOTP blocks) for alerting.
+CREATE TABLE security_event (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       BIGINT NOT NULL,
+    kind     TEXT   NOT NULL,
+    context  TEXT   NOT NULL DEFAULT '',
+    rule     TEXT   NOT NULL DEFAULT '',
+    user_id  TEXT   NOT NULL DEFAULT '',
+    ip       TEXT   NOT NULL DEFAULT '',
+    detail   TEXT   NOT NULL DEFAULT ''
+);

@@ -1,0 +1,210 @@
+//! TOTP secrets at rest: AES-256-GCM under keys that never live in the
+//! database. Every ciphertext names its key, so keys can be rotated: new
+//! writes use the active key, old ids still decrypt.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("no TOTP encryption key with id {0:?} is configured")]
+    UnknownKey(String),
+    /// The ciphertext, its nonce or the row it claims to belong to was
+    /// altered, or the key with that id is not the one that sealed it.
+    #[error("a stored TOTP secret failed authentication")]
+    Tampered,
+    #[error("TOTP key {id}: {problem}")]
+    BadKey { id: String, problem: String },
+}
+
+/// A secret as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+pub struct SecretKeys {
+    active: String,
+    keys: BTreeMap<String, Aes256Gcm>,
+}
+
+/// 32 bytes from key material: raw bytes, or base64 text of them.
+pub fn parse_key(id: &str, material: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    let bad = |problem: &str| CryptoError::BadKey {
+        id: id.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let decoded = if material.len() == 32 {
+        Zeroizing::new(material.to_vec())
+    } else {
+        let text =
+            std::str::from_utf8(material).map_err(|_| bad("is neither 32 raw bytes nor base64"))?;
+        Zeroizing::new(
+            STANDARD
+                .decode(text.trim())
+                .map_err(|_| bad("is neither 32 raw bytes nor base64"))?,
+        )
+    };
+    let key: [u8; 32] = decoded
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("must be 32 bytes (256 bits)"))?;
+    Ok(Zeroizing::new(key))
+}
+
+/// A fresh random key, base64.
+pub fn generate_key() -> Zeroizing<String> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(key.as_mut());
+    Zeroizing::new(STANDARD.encode(key.as_ref()))
+}
+
+/// Reads the key file at `path`, creating it (mode 0600, a fresh random
+/// key) when it does not exist. Returns the key and whether it was created.
+pub fn key_file(id: &str, path: &Path) -> Result<(Zeroizing<[u8; 32]>, bool), std::io::Error> {
+    let created = !path.exists();
+    if created {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path)?;
+        file.write_all(generate_key().as_bytes())?;
+        file.sync_all()?;
+    }
+    let material = Zeroizing::new(std::fs::read(path)?);
+    let key = parse_key(id, &material)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    Ok((key, created))
+}
+
+impl SecretKeys {
+    /// `keys` by id; `active` seals new secrets and must be among them.
+    pub fn new(
+        keys: Vec<(String, Zeroizing<[u8; 32]>)>,
+        active: &str,
+    ) -> Result<Self, CryptoError> {
+        let keys: BTreeMap<String, Aes256Gcm> = keys
+            .into_iter()
+            .map(|(id, k)| (id, Aes256Gcm::new(&Key::<Aes256Gcm>::from(*k))))
+            .collect();
+        if !keys.contains_key(active) {
+            return Err(CryptoError::UnknownKey(active.to_owned()));
+        }
+        Ok(SecretKeys {
+            active: active.to_owned(),
+            keys,
+        })
+    }
+
+    /// Encrypts `secret` for the row named by `aad` (the user id), so a
+    /// ciphertext copied onto another user's row does not decrypt.
+    pub fn seal(&self, aad: &[u8], secret: &[u8]) -> Sealed {
+        let cipher = &self.keys[&self.active];
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = cipher
+            .encrypt(&nonce, Payload { msg: secret, aad })
+            .expect("AES-GCM encryption of a short secret cannot fail");
+        Sealed {
+            key_id: self.active.clone(),
+            nonce: nonce.to_vec(),
+            ciphertext,
+        }
+    }
+
+    pub fn open(&self, aad: &[u8], sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let cipher = self
+            .keys
+            .get(&sealed.key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
+        let nonce: [u8; 12] = sealed
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Tampered)?;
+        cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Tampered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new([byte; 32])
+    }
+
+    #[test]
+    fn seals_and_opens_bound_to_the_user() {
+        let keys = SecretKeys::new(vec![("k1".into(), key(1))], "k1").unwrap();
+        let sealed = keys.seal(b"alice", b"the secret");
+        assert!(!sealed.ciphertext.windows(10).any(|w| w == b"the secret"));
+        assert_eq!(
+            keys.open(b"alice", &sealed).unwrap().as_slice(),
+            b"the secret"
+        );
+        assert!(matches!(
+            keys.open(b"mallory", &sealed),
+            Err(CryptoError::Tampered)
+        ));
+        let mut flipped = sealed.clone();
+        flipped.ciphertext[0] ^= 1;
+        assert!(matches!(
+            keys.open(b"alice", &flipped),
+            Err(CryptoError::Tampered)
+        ));
+    }
+
+    #[test]
+    fn rotation_keeps_old_ciphertexts_readable() {
+        let old = SecretKeys::new(vec![("k1".into(), key(1))], "k1").unwrap();
+        let sealed = old.seal(b"u", b"s");
+        let rotated =
+            SecretKeys::new(vec![("k1".into(), key(1)), ("k2".into(), key(2))], "k2").unwrap();
+        assert_eq!(rotated.open(b"u", &sealed).unwrap().as_slice(), b"s");
+        assert_eq!(rotated.seal(b"u", b"s").key_id, "k2");
+        let retired = SecretKeys::new(vec![("k2".into(), key(2))], "k2").unwrap();
+        assert!(matches!(
+            retired.open(b"u", &sealed),
+            Err(CryptoError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn keys_parse_from_raw_or_base64_and_files_are_private() {
+        assert!(parse_key("k", &[7u8; 32]).is_ok());
+        assert!(parse_key("k", generate_key().as_bytes()).is_ok());
+        assert!(parse_key("k", b"short").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let (first, created) = key_file("k", &path).unwrap();
+        assert!(created);
+        let (again, created) = key_file("k", &path).unwrap();
+        assert!(!created);
+        assert_eq!(first.as_ref(), again.as_ref());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

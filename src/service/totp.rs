@@ -1,0 +1,310 @@
+//! Two-factor sign-in: sessions, enrollment and code verification.
+
+use std::sync::Arc;
+
+use super::{Gate, ServiceError, required_user};
+use crate::crypto::SecretKeys;
+use crate::domain::{
+    Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
+    TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
+};
+use crate::store::{SecurityEvent, Stats, StoredTotp};
+use crate::telemetry::mask;
+
+/// Smallest secret ImportTotp accepts: RFC 4226's minimum.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// What VerifyTotp found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpResult {
+    Ok,
+    /// Wrong or replayed: deliberately one answer.
+    Invalid,
+    ClockSkew {
+        drift_seconds: i64,
+    },
+    Blocked,
+    NotEnrolled,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyOutcome {
+    pub result: TotpResult,
+    pub verdict: Verdict,
+    pub session_expires_at: Option<UnixMillis>,
+}
+
+/// What EnrollTotp hands out, once.
+pub struct Enrollment {
+    pub secret_base32: String,
+    pub uri: String,
+    pub qr_png: Vec<u8>,
+    pub params: TotpParams,
+}
+
+fn totp_verdict(user: &UserId, decision: Decision, reason: Reason) -> Verdict {
+    Verdict {
+        decision,
+        reason,
+        rule: Some("totp".into()),
+        key: Some(crate::domain::Key::User(user.clone())),
+        ..Verdict::allow()
+    }
+}
+
+impl Gate {
+    fn keys(&self) -> Result<&Arc<SecretKeys>, ServiceError> {
+        self.keys.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition(
+                "TOTP is not configured on this server: set totp.keys".into(),
+            )
+        })
+    }
+
+    /// The verdict of the second factor for a check in a TOTP context,
+    /// moving the session along pyTMBot's states.
+    pub(super) async fn second_factor(
+        &self,
+        ctx: &ContextPolicy,
+        user: &UserId,
+        now: UnixMillis,
+    ) -> Result<Verdict, ServiceError> {
+        let slot = self.policy.totp.slot(user);
+        let counter = self.load(std::slice::from_ref(&slot)).await?;
+        let blocked = slot.rule.assess(&slot.key, &counter[0], now);
+        if blocked.decision == Decision::Blocked {
+            return Ok(blocked);
+        }
+        let session = self.store.session(user).await?;
+        let enrolled = self.store.totp(user).await?.is_some_and(|t| t.confirmed);
+        let step = ctx.session.check(user, session.as_ref(), enrolled, now);
+        if let Some(next) = &step.write {
+            self.store.put_session(user, next).await?;
+        }
+        if step.expired {
+            tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "session expired");
+        }
+        Ok(step.verdict)
+    }
+
+    pub async fn verify_totp(
+        &self,
+        context: &str,
+        subject: &Subject,
+        code: &str,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        let ctx = self.policy.context("context", context)?;
+        let user = required_user(subject)?;
+        let now = self.now();
+        let Some(stored) = self.store.totp(user).await? else {
+            return Ok(VerifyOutcome {
+                result: TotpResult::NotEnrolled,
+                verdict: totp_verdict(user, Decision::EnrollTotp, Reason::TotpEnrollmentRequired),
+                session_expires_at: None,
+            });
+        };
+        let code = Code::parse("code", code, stored.params.digits)?;
+        let keys = self.keys()?;
+        let slot = self.policy.totp.slot(user);
+        let counter = self.load(std::slice::from_ref(&slot)).await?;
+        let current = slot.rule.assess(&slot.key, &counter[0], now);
+        if current.decision == Decision::Blocked {
+            return Ok(VerifyOutcome {
+                result: TotpResult::Blocked,
+                verdict: current,
+                session_expires_at: None,
+            });
+        }
+        let secret = keys.open(user.as_str().as_bytes(), &stored.sealed)?;
+        let check = check_code(
+            &stored.params,
+            &secret,
+            &code,
+            now,
+            self.policy.totp.window,
+            stored.last_step,
+        );
+        let accepted = match check {
+            CodeCheck::Valid { step } => {
+                self.store
+                    .accept_totp_step(user, &stored.sealed.nonce, step)
+                    .await?
+            }
+            CodeCheck::ClockSkew { drift_steps } => {
+                return Ok(VerifyOutcome {
+                    result: TotpResult::ClockSkew {
+                        drift_seconds: drift_steps * i64::from(stored.params.period),
+                    },
+                    verdict: Verdict {
+                        remaining_attempts: current.remaining_attempts,
+                        ..totp_verdict(user, Decision::ChallengeTotp, Reason::ClockSkew)
+                    },
+                    session_expires_at: None,
+                });
+            }
+            CodeCheck::Replayed | CodeCheck::Invalid => false,
+        };
+        if accepted {
+            self.forgive(std::slice::from_ref(&slot), counter).await?;
+            let session = ctx.session.start(now);
+            self.store.put_session(user, &session).await?;
+            tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "second factor accepted");
+            return Ok(VerifyOutcome {
+                result: TotpResult::Ok,
+                verdict: Verdict::allow(),
+                session_expires_at: session.expires_at,
+            });
+        }
+        // A replay is answered exactly as a wrong code, so the answer never
+        // tells an attacker that a code they saw was once valid.
+        let (states, lockout_applied) = self.fail(std::slice::from_ref(&slot), now).await?;
+        let verdict = slot.rule.assess(&slot.key, &states[0], now);
+        if lockout_applied {
+            tracing::warn!(user = %mask(user.as_str()), "TOTP blocked after too many failed codes");
+            self.store
+                .append_event(&SecurityEvent {
+                    at: now,
+                    kind: "totp_blocked",
+                    context: ctx.name.to_string(),
+                    rule: slot.rule.name.clone(),
+                    user_id: user.to_string(),
+                    ip: subject.ip.map(|i| i.to_string()).unwrap_or_default(),
+                    detail: String::new(),
+                })
+                .await?;
+        }
+        if verdict.decision == Decision::Blocked {
+            return Ok(VerifyOutcome {
+                result: TotpResult::Blocked,
+                verdict,
+                session_expires_at: None,
+            });
+        }
+        Ok(VerifyOutcome {
+            result: TotpResult::Invalid,
+            verdict: Verdict {
+                remaining_attempts: verdict.remaining_attempts,
+                ..totp_verdict(user, Decision::ChallengeTotp, Reason::InvalidCode)
+            },
+            session_expires_at: None,
+        })
+    }
+
+    pub async fn enroll_totp(
+        &self,
+        context: &str,
+        subject: &Subject,
+        account: &str,
+    ) -> Result<Enrollment, ServiceError> {
+        let ctx = self.policy.context("context", context)?;
+        let user = required_user(subject)?.clone();
+        let keys = self.keys()?.clone();
+        let now = self.now();
+        if self.store.totp(&user).await?.is_some_and(|t| t.confirmed) {
+            let session = self.store.session(&user).await?;
+            if !session.is_some_and(|s| ctx.session.is_live(&s, now)) {
+                return Err(ServiceError::FailedPrecondition(
+                    "a confirmed TOTP secret can only be replaced from an authenticated session \
+                     or by an admin (AdminService.ResetTotp)"
+                        .into(),
+                ));
+            }
+        }
+        let account = if account.is_empty() {
+            user.as_str()
+        } else {
+            account
+        }
+        .to_owned();
+        if account.contains(':') || account.len() > 256 {
+            return Err(
+                FieldError::new("account_name", "must be at most 256 bytes without ':'").into(),
+            );
+        }
+        let params = self.policy.totp.defaults;
+        let issuer = self.policy.totp.issuer.clone();
+        let secret = totp_rs::Secret::generate();
+        let secret_base32 = secret.to_base32();
+        let bytes = secret.as_bytes().to_vec();
+        // The PNG costs milliseconds of CPU: keep it off the async threads.
+        let (provision, sealed) = tokio::task::spawn_blocking(move || {
+            let sealed = keys.seal(user.as_str().as_bytes(), &bytes);
+            (
+                provisioning(&params, &bytes, &issuer, &account),
+                (user, sealed),
+            )
+        })
+        .await
+        .map_err(|e| {
+            ServiceError::FailedPrecondition(format!("enrollment was interrupted: {e}"))
+        })?;
+        let (user, sealed) = sealed;
+        let provision = provision.map_err(|e| FieldError::new("account_name", e))?;
+        self.store
+            .put_totp(
+                &user,
+                &StoredTotp {
+                    sealed,
+                    params,
+                    confirmed: false,
+                    created_at: now,
+                    last_step: None,
+                },
+            )
+            .await?;
+        tracing::info!(user = %mask(user.as_str()), "TOTP enrollment started");
+        Ok(Enrollment {
+            secret_base32,
+            uri: provision.uri,
+            qr_png: provision.qr_png,
+            params,
+        })
+    }
+
+    pub async fn import_totp(
+        &self,
+        user: &UserId,
+        secret_base32: &str,
+        params: TotpParams,
+    ) -> Result<(), ServiceError> {
+        params
+            .validate("totp")
+            .map_err(|e| FieldError::new(e.field.replace("totp.", ""), e.problem))?;
+        let secret = totp_rs::Secret::try_from_base32(secret_base32.trim_end_matches('='))
+            .map_err(|_| FieldError::new("secret_base32", "is not base32"))?;
+        if secret.as_bytes().len() < MIN_SECRET_BYTES {
+            return Err(FieldError::new("secret_base32", "must be at least 128 bits").into());
+        }
+        let sealed = self
+            .keys()?
+            .seal(user.as_str().as_bytes(), secret.as_bytes());
+        self.store
+            .put_totp(
+                user,
+                &StoredTotp {
+                    sealed,
+                    params,
+                    confirmed: true,
+                    created_at: self.now(),
+                    last_step: None,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the user's secret and ends their session.
+    pub async fn reset_totp(&self, user: &UserId) -> Result<bool, ServiceError> {
+        let removed = self.store.delete_totp(user).await?;
+        self.store.revoke_sessions(Some(user), self.now()).await?;
+        Ok(removed)
+    }
+
+    pub async fn revoke_sessions(&self, user: Option<&UserId>) -> Result<u64, ServiceError> {
+        Ok(self.store.revoke_sessions(user, self.now()).await?)
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ServiceError> {
+        Ok(self.store.stats(self.now(), TOTP_CONTEXT).await?)
+    }
+}

@@ -1,0 +1,229 @@
+//! Statements both dialects run alike. They are written with Postgres's
+//! `$N` placeholders; SQLite reads `?N` the same way, and `sqlite::sql`
+//! converts. The `shared_methods!` macro expands one body per store, so the
+//! logic is written once while each expansion binds to its own row types.
+
+pub const GET_TOTP: &str = "SELECT key_id, nonce, ciphertext, algorithm, digits, period, confirmed, \
+     created_at, last_step FROM totp_secret WHERE user_id = $1";
+
+/// Replacing a secret keeps last_step: steps are points in time, so no
+/// secret may accept one again.
+pub const PUT_TOTP: &str = "INSERT INTO totp_secret \
+       (user_id, key_id, nonce, ciphertext, algorithm, digits, period, confirmed, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (user_id) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
+       ciphertext = excluded.ciphertext, algorithm = excluded.algorithm, digits = excluded.digits, \
+       period = excluded.period, confirmed = excluded.confirmed, created_at = excluded.created_at";
+
+/// One statement, so two replicas accepting the same code race in the
+/// database and exactly one wins. The nonce pins the secret the code was
+/// checked against, in case it was replaced meanwhile.
+pub const ACCEPT_STEP: &str = "UPDATE totp_secret SET last_step = $2, confirmed = TRUE \
+     WHERE user_id = $1 AND nonce = $3 AND (last_step IS NULL OR last_step < $2)";
+
+pub const DELETE_TOTP: &str = "DELETE FROM totp_secret WHERE user_id = $1";
+
+pub const GET_SESSION: &str =
+    "SELECT status, since, last_seen_at, expires_at FROM session WHERE user_id = $1";
+
+pub const PUT_SESSION: &str = "INSERT INTO session (user_id, status, since, last_seen_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (user_id) DO UPDATE SET status = excluded.status, since = excluded.since, \
+       last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at";
+
+pub const REVOKE_SESSION: &str = "UPDATE session SET status = 'unauthenticated', since = $2, \
+       last_seen_at = NULL, expires_at = NULL \
+     WHERE user_id = $1 AND status IN ('authenticated', 'processing')";
+
+pub const REVOKE_ALL_SESSIONS: &str = "UPDATE session SET status = 'unauthenticated', since = $1, \
+       last_seen_at = NULL, expires_at = NULL \
+     WHERE status IN ('authenticated', 'processing')";
+
+pub const SESSION_STATS: &str = "SELECT COUNT(*) AS total, \
+       COALESCE(SUM(CASE WHEN status = 'authenticated' AND expires_at > $1 THEN 1 ELSE 0 END), 0) AS authenticated, \
+       COALESCE(SUM(CASE WHEN status = 'processing' THEN 1 ELSE 0 END), 0) AS processing, \
+       COALESCE(SUM(CASE WHEN status = 'expired' \
+         OR (status = 'authenticated' AND expires_at <= $1) THEN 1 ELSE 0 END), 0) AS expired \
+     FROM session";
+
+pub const LOCK_STATS: &str = "SELECT \
+       COALESCE(SUM(CASE WHEN locked_until IS NOT NULL THEN 1 ELSE 0 END), 0) AS temporary, \
+       COALESCE(SUM(CASE WHEN locked_until IS NULL THEN 1 ELSE 0 END), 0) AS permanent, \
+       COALESCE(SUM(CASE WHEN context = $2 THEN 1 ELSE 0 END), 0) AS totp \
+     FROM key_state WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > $1)";
+
+/// The cleanup task: timed-out sessions become expired (so statistics see
+/// them), and sessions that are not authenticated are forgotten a day after
+/// they last changed.
+pub const EXPIRE_SESSIONS: &str = "UPDATE session SET status = 'expired', since = $1 WHERE status = 'authenticated' AND expires_at <= $1";
+pub const SWEEP_SESSIONS: &str =
+    "DELETE FROM session WHERE status <> 'authenticated' AND since <= $1";
+
+pub const APPEND_EVENT: &str = "INSERT INTO security_event (at, kind, context, rule, user_id, ip, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// How long a session that is not authenticated is kept after it changed.
+pub const SESSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// Implements `Store` for `$store`: the dialect's own methods as given in
+/// the braces, plus those for sessions, TOTP secrets, statistics and events
+/// written here once. `$pool` is the store's field for writes, `$readers`
+/// for reads, `$sql` turns shared SQL into the dialect's. (The whole impl is
+/// generated because async_trait must see every method.)
+macro_rules! store_impl {
+    ($store:ty, $pool:ident, $readers:ident, $sql:path, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl Store for $store {
+        $($own)*
+
+        async fn totp(&self, user: &UserId) -> Result<Option<StoredTotp>, StoreError> {
+            let row = sqlx::query($sql(shared::GET_TOTP))
+                .bind(user.as_str())
+                .fetch_optional(&self.$readers)
+                .await?;
+            let Some(r) = row else { return Ok(None) };
+            let corrupt = |what: &str| StoreError::Corrupt(format!("totp_secret {what}"));
+            let algorithm: String = r.try_get("algorithm")?;
+            let digits: i32 = r.try_get("digits")?;
+            let period: i32 = r.try_get("period")?;
+            let last_step: Option<i64> = r.try_get("last_step")?;
+            Ok(Some(StoredTotp {
+                sealed: Sealed {
+                    key_id: r.try_get("key_id")?,
+                    nonce: r.try_get("nonce")?,
+                    ciphertext: r.try_get("ciphertext")?,
+                },
+                params: TotpParams {
+                    algorithm: TotpAlgorithm::from_name(&algorithm).ok_or_else(|| corrupt("algorithm"))?,
+                    digits: u8::try_from(digits).map_err(|_| corrupt("digits"))?,
+                    period: u32::try_from(period).map_err(|_| corrupt("period"))?,
+                },
+                confirmed: r.try_get("confirmed")?,
+                created_at: UnixMillis(r.try_get("created_at")?),
+                last_step: last_step.map(|s| u64::try_from(s).unwrap_or(0)),
+            }))
+        }
+
+        async fn put_totp(&self, user: &UserId, totp: &StoredTotp) -> Result<(), StoreError> {
+            sqlx::query($sql(shared::PUT_TOTP))
+                .bind(user.as_str())
+                .bind(&totp.sealed.key_id)
+                .bind(&totp.sealed.nonce)
+                .bind(&totp.sealed.ciphertext)
+                .bind(totp.params.algorithm.as_str())
+                .bind(i32::from(totp.params.digits))
+                .bind(i32::try_from(totp.params.period).unwrap_or(i32::MAX))
+                .bind(totp.confirmed)
+                .bind(totp.created_at.0)
+                .execute(&self.$pool)
+                .await?;
+            Ok(())
+        }
+
+        async fn accept_totp_step(&self, user: &UserId, nonce: &[u8], step: u64) -> Result<bool, StoreError> {
+            let done = sqlx::query($sql(shared::ACCEPT_STEP))
+                .bind(user.as_str())
+                .bind(i64::try_from(step).unwrap_or(i64::MAX))
+                .bind(nonce)
+                .execute(&self.$pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError> {
+            let done = sqlx::query($sql(shared::DELETE_TOTP))
+                .bind(user.as_str())
+                .execute(&self.$pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn session(&self, user: &UserId) -> Result<Option<Session>, StoreError> {
+            let row = sqlx::query($sql(shared::GET_SESSION))
+                .bind(user.as_str())
+                .fetch_optional(&self.$readers)
+                .await?;
+            let Some(r) = row else { return Ok(None) };
+            let status: String = r.try_get("status")?;
+            let last_seen: Option<i64> = r.try_get("last_seen_at")?;
+            let expires: Option<i64> = r.try_get("expires_at")?;
+            Ok(Some(Session {
+                status: SessionStatus::from_name(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("session status {status:?}")))?,
+                since: UnixMillis(r.try_get("since")?),
+                last_seen: last_seen.map(UnixMillis),
+                expires_at: expires.map(UnixMillis),
+            }))
+        }
+
+        async fn put_session(&self, user: &UserId, session: &Session) -> Result<(), StoreError> {
+            sqlx::query($sql(shared::PUT_SESSION))
+                .bind(user.as_str())
+                .bind(session.status.as_str())
+                .bind(session.since.0)
+                .bind(session.last_seen.map(|t| t.0))
+                .bind(session.expires_at.map(|t| t.0))
+                .execute(&self.$pool)
+                .await?;
+            Ok(())
+        }
+
+        async fn revoke_sessions(&self, user: Option<&UserId>, now: UnixMillis) -> Result<u64, StoreError> {
+            let done = match user {
+                Some(u) => {
+                    sqlx::query($sql(shared::REVOKE_SESSION))
+                        .bind(u.as_str())
+                        .bind(now.0)
+                        .execute(&self.$pool)
+                        .await?
+                }
+                None => {
+                    sqlx::query($sql(shared::REVOKE_ALL_SESSIONS))
+                        .bind(now.0)
+                        .execute(&self.$pool)
+                        .await?
+                }
+            };
+            Ok(done.rows_affected())
+        }
+
+        async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError> {
+            let s = sqlx::query($sql(shared::SESSION_STATS))
+                .bind(now.0)
+                .fetch_one(&self.$readers)
+                .await?;
+            let l = sqlx::query($sql(shared::LOCK_STATS))
+                .bind(now.0)
+                .bind(totp_context)
+                .fetch_one(&self.$readers)
+                .await?;
+            let n = |v: i64| u64::try_from(v).unwrap_or(0);
+            Ok(Stats {
+                total: n(s.try_get("total")?),
+                authenticated: n(s.try_get("authenticated")?),
+                processing: n(s.try_get("processing")?),
+                expired: n(s.try_get("expired")?),
+                blocked: n(l.try_get("totp")?),
+                locks_temporary: n(l.try_get("temporary")?),
+                locks_permanent: n(l.try_get("permanent")?),
+            })
+        }
+
+        async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
+            sqlx::query($sql(shared::APPEND_EVENT))
+                .bind(event.at.0)
+                .bind(event.kind)
+                .bind(&event.context)
+                .bind(&event.rule)
+                .bind(&event.user_id)
+                .bind(&event.ip)
+                .bind(&event.detail)
+                .execute(&self.$pool)
+                .await?;
+            Ok(())
+        }
+        }
+    };
+}
+
+pub(crate) use store_impl;
