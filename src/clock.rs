@@ -31,6 +31,10 @@ impl ManualClock {
         ManualClock(AtomicI64::new(start.0))
     }
 
+    pub fn set(&self, to: UnixMillis) {
+        self.0.store(to.0, Ordering::SeqCst);
+    }
+
     pub fn advance(&self, by: Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         self.0.fetch_add(ms, Ordering::SeqCst);

@@ -5,8 +5,13 @@
 -- database (config, environment or a mounted file); key_id names it so
 -- keys can rotate. The user id is the AEAD's associated data, so a
 -- ciphertext moved to another row does not decrypt.
+-- A user has at most two rows: the confirmed secret in use, and a pending
+-- one from an enrollment not yet proven. Until the pending secret's first
+-- valid code, the confirmed one keeps working: an abandoned enrollment (or
+-- replacement) never locks anyone out.
 CREATE TABLE totp_secret (
-    user_id     TEXT    PRIMARY KEY,
+    user_id     TEXT    NOT NULL,
+    pending     BOOLEAN NOT NULL,
     key_id      TEXT    NOT NULL,
     nonce       BYTEA   NOT NULL,
     ciphertext  BYTEA   NOT NULL,
@@ -15,13 +20,11 @@ CREATE TABLE totp_secret (
     algorithm   TEXT    NOT NULL,
     digits      INTEGER NOT NULL,
     period      INTEGER NOT NULL,
-    -- Pending until the first valid code: an abandoned enrollment never
-    -- locks anyone out.
-    confirmed   BOOLEAN NOT NULL DEFAULT FALSE,
     created_at  BIGINT  NOT NULL,
     -- The last time step accepted: a code of this step or an earlier one is
     -- a replay, on every replica.
-    last_step   BIGINT
+    last_step   BIGINT,
+    PRIMARY KEY (user_id, pending)
 );
 
 -- pyTMBot's session states (BLOCKED is the user's TOTP counter being

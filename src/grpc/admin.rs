@@ -157,20 +157,29 @@ impl AdminService for AdminApi {
                 convert::key_state(s, in_window, now)
             })
             .collect();
-        let totp_blocked = report
+        // BLOCKED is the user's TOTP counter being locked, whether or not a
+        // session was stored before.
+        let totp_lock = report
             .states
             .iter()
-            .any(|s| s.id.context == TOTP_CONTEXT && s.state.active_lock(now).is_some());
-        let session = report.session.as_ref().map(|s| proto::Session {
-            state: if totp_blocked {
-                proto::SessionState::Blocked
-            } else {
-                convert::session_state(s.status)
-            }
-            .into(),
-            since: Some(convert::timestamp(s.since)),
-            last_seen_at: s.last_seen.map(convert::timestamp),
-        });
+            .filter(|s| s.id.context == TOTP_CONTEXT)
+            .find_map(|s| s.state.active_lock(now));
+        let session = match (&report.session, totp_lock) {
+            (stored, Some(lock)) => Some(proto::Session {
+                state: proto::SessionState::Blocked.into(),
+                since: Some(convert::timestamp(lock.locked_at)),
+                last_seen_at: stored
+                    .as_ref()
+                    .and_then(|s| s.last_seen)
+                    .map(convert::timestamp),
+            }),
+            (Some(s), None) => Some(proto::Session {
+                state: convert::session_state(s.status).into(),
+                since: Some(convert::timestamp(s.since)),
+                last_seen_at: s.last_seen.map(convert::timestamp),
+            }),
+            (None, None) => None,
+        };
         let totp = report.totp.as_ref().map(|t| proto::TotpEnrollment {
             confirmed: t.confirmed,
             algorithm: t.params.algorithm.as_str().into(),

@@ -55,6 +55,7 @@ pub struct SubjectReport {
     pub admin: bool,
     pub states: Vec<Stored>,
     pub session: Option<Session>,
+    /// The confirmed secret, else a pending one.
     pub totp: Option<StoredTotp>,
 }
 
@@ -358,7 +359,10 @@ impl Gate {
         let states = self.store.subject_states(subject).await?;
         let user = subject.user.as_ref();
         let (session, totp) = match user {
-            Some(u) => (self.store.session(u).await?, self.store.totp(u).await?),
+            Some(u) => (
+                self.store.session(u).await?,
+                self.store.totp(u).await?.into_iter().next(),
+            ),
             None => (None, None),
         };
         Ok(SubjectReport {

@@ -52,6 +52,17 @@ fn totp_verdict(user: &UserId, decision: Decision, reason: Reason) -> Verdict {
     }
 }
 
+/// Which of two checks against two secrets tells more: a valid code wins,
+/// then a replay (which must count as a failure), then a clock skew.
+fn rank(check: CodeCheck) -> u8 {
+    match check {
+        CodeCheck::Valid { .. } => 3,
+        CodeCheck::Replayed => 2,
+        CodeCheck::ClockSkew { .. } => 1,
+        CodeCheck::Invalid => 0,
+    }
+}
+
 impl Gate {
     fn keys(&self) -> Result<&Arc<SecretKeys>, ServiceError> {
         self.keys.as_ref().ok_or_else(|| {
@@ -76,7 +87,7 @@ impl Gate {
             return Ok(blocked);
         }
         let session = self.store.session(user).await?;
-        let enrolled = self.store.totp(user).await?.is_some_and(|t| t.confirmed);
+        let enrolled = self.store.totp(user).await?.iter().any(|t| t.confirmed);
         let step = ctx.session.check(user, session.as_ref(), enrolled, now);
         if let Some(next) = &step.write {
             self.store.put_session(user, next).await?;
@@ -96,14 +107,23 @@ impl Gate {
         let ctx = self.policy.context("context", context)?;
         let user = required_user(subject)?;
         let now = self.now();
-        let Some(stored) = self.store.totp(user).await? else {
+        let secrets = self.store.totp(user).await?;
+        if secrets.is_empty() {
             return Ok(VerifyOutcome {
                 result: TotpResult::NotEnrolled,
                 verdict: totp_verdict(user, Decision::EnrollTotp, Reason::TotpEnrollmentRequired),
                 session_expires_at: None,
             });
-        };
-        let code = Code::parse("code", code, stored.params.digits)?;
+        }
+        // The shape is checked against what the user enrolled with: a code
+        // no secret could have produced is bad input and counts nothing.
+        let codes: Vec<Option<Code>> = secrets
+            .iter()
+            .map(|t| Code::parse("code", code, t.params.digits).ok())
+            .collect();
+        if codes.iter().all(Option::is_none) {
+            Code::parse("code", code, secrets[0].params.digits)?;
+        }
         let keys = self.keys()?;
         let slot = self.policy.totp.slot(user);
         let counter = self.load(std::slice::from_ref(&slot)).await?;
@@ -115,22 +135,33 @@ impl Gate {
                 session_expires_at: None,
             });
         }
-        let secret = keys.open(user.as_str().as_bytes(), &stored.sealed)?;
-        let check = check_code(
-            &stored.params,
-            &secret,
-            &code,
-            now,
-            self.policy.totp.window,
-            stored.last_step,
-        );
-        let accepted = match check {
-            CodeCheck::Valid { step } => {
+        // The confirmed secret first, then a pending one: either may prove
+        // the user, and a pending one's first valid code confirms it.
+        let mut found = CodeCheck::Invalid;
+        let mut matched = None;
+        for (stored, code) in secrets.iter().zip(&codes) {
+            let Some(code) = code else { continue };
+            let secret = keys.open(user.as_str().as_bytes(), &stored.sealed)?;
+            let check = check_code(
+                &stored.params,
+                &secret,
+                code,
+                now,
+                self.policy.totp.window,
+                stored.last_step,
+            );
+            if rank(check) > rank(found) {
+                found = check;
+                matched = Some(stored);
+            }
+        }
+        let accepted = match (found, matched) {
+            (CodeCheck::Valid { step }, Some(stored)) => {
                 self.store
                     .accept_totp_step(user, &stored.sealed.nonce, step)
                     .await?
             }
-            CodeCheck::ClockSkew { drift_steps } => {
+            (CodeCheck::ClockSkew { drift_steps }, Some(stored)) => {
                 return Ok(VerifyOutcome {
                     result: TotpResult::ClockSkew {
                         drift_seconds: drift_steps * i64::from(stored.params.period),
@@ -142,7 +173,7 @@ impl Gate {
                     session_expires_at: None,
                 });
             }
-            CodeCheck::Replayed | CodeCheck::Invalid => false,
+            _ => false,
         };
         if accepted {
             self.forgive(std::slice::from_ref(&slot), counter).await?;
@@ -200,7 +231,7 @@ impl Gate {
         let user = required_user(subject)?.clone();
         let keys = self.keys()?.clone();
         let now = self.now();
-        if self.store.totp(&user).await?.is_some_and(|t| t.confirmed) {
+        if self.store.totp(&user).await?.iter().any(|t| t.confirmed) {
             let session = self.store.session(&user).await?;
             if !session.is_some_and(|s| ctx.session.is_live(&s, now)) {
                 return Err(ServiceError::FailedPrecondition(

@@ -112,6 +112,7 @@ pub enum UnlockScope {
 pub struct StoredTotp {
     pub sealed: Sealed,
     pub params: TotpParams,
+    /// False while pending: enrolled, not yet proven by a code.
     pub confirmed: bool,
     pub created_at: UnixMillis,
     /// The last time step accepted.
@@ -194,15 +195,17 @@ pub trait Store: Send + Sync + 'static {
     /// `None` when another replica is purging at the same moment.
     async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError>;
 
-    async fn totp(&self, user: &UserId) -> Result<Option<StoredTotp>, StoreError>;
+    /// The user's secrets: the confirmed one first, then a pending one.
+    async fn totp(&self, user: &UserId) -> Result<Vec<StoredTotp>, StoreError>;
 
-    /// Stores a user's secret, replacing any they had.
+    /// Stores a pending secret (replacing any pending one), or a confirmed
+    /// one (replacing both).
     async fn put_totp(&self, user: &UserId, totp: &StoredTotp) -> Result<(), StoreError>;
 
-    /// Records `step` as accepted for the secret sealed with `nonce`, and
-    /// confirms it, unless that step or a later one was accepted already.
-    /// Atomic across replicas: of two concurrent calls with one step, one
-    /// returns true.
+    /// Records `step` as accepted for the secret sealed with `nonce`, unless
+    /// that step or a later one was accepted already; a pending secret
+    /// becomes the confirmed one. Atomic across replicas: of two concurrent
+    /// calls with one step, one returns true.
     async fn accept_totp_step(
         &self,
         user: &UserId,
@@ -210,7 +213,7 @@ pub trait Store: Send + Sync + 'static {
         step: u64,
     ) -> Result<bool, StoreError>;
 
-    /// Returns whether there was a secret to delete.
+    /// Deletes confirmed and pending secrets; returns whether there were any.
     async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError>;
 
     async fn session(&self, user: &UserId) -> Result<Option<Session>, StoreError>;

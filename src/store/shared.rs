@@ -3,25 +3,32 @@
 //! converts. The `shared_methods!` macro expands one body per store, so the
 //! logic is written once while each expansion binds to its own row types.
 
-pub const GET_TOTP: &str = "SELECT key_id, nonce, ciphertext, algorithm, digits, period, confirmed, \
-     created_at, last_step FROM totp_secret WHERE user_id = $1";
+/// The confirmed secret first.
+pub const GET_TOTP: &str = "SELECT pending, key_id, nonce, ciphertext, algorithm, digits, period, \
+     created_at, last_step FROM totp_secret WHERE user_id = $1 ORDER BY pending";
 
-/// Replacing a secret keeps last_step: steps are points in time, so no
-/// secret may accept one again.
 pub const PUT_TOTP: &str = "INSERT INTO totp_secret \
-       (user_id, key_id, nonce, ciphertext, algorithm, digits, period, confirmed, created_at) \
+       (user_id, pending, key_id, nonce, ciphertext, algorithm, digits, period, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-     ON CONFLICT (user_id) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
+     ON CONFLICT (user_id, pending) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
        ciphertext = excluded.ciphertext, algorithm = excluded.algorithm, digits = excluded.digits, \
-       period = excluded.period, confirmed = excluded.confirmed, created_at = excluded.created_at";
+       period = excluded.period, created_at = excluded.created_at, last_step = NULL";
 
 /// One statement, so two replicas accepting the same code race in the
 /// database and exactly one wins. The nonce pins the secret the code was
 /// checked against, in case it was replaced meanwhile.
-pub const ACCEPT_STEP: &str = "UPDATE totp_secret SET last_step = $2, confirmed = TRUE \
-     WHERE user_id = $1 AND nonce = $3 AND (last_step IS NULL OR last_step < $2)";
+pub const ACCEPT_STEP: &str = "UPDATE totp_secret SET last_step = $2 \
+     WHERE user_id = $1 AND nonce = $3 AND (last_step IS NULL OR last_step < $2) RETURNING pending";
+
+/// A pending secret's first valid code promotes it over the confirmed one.
+pub const DROP_CONFIRMED: &str = "DELETE FROM totp_secret WHERE user_id = $1 AND pending = FALSE";
+pub const PROMOTE_PENDING: &str =
+    "UPDATE totp_secret SET pending = FALSE WHERE user_id = $1 AND nonce = $2";
 
 pub const DELETE_TOTP: &str = "DELETE FROM totp_secret WHERE user_id = $1";
+
+/// An imported (confirmed) secret replaces any enrollment under way.
+pub const DROP_PENDING: &str = "DELETE FROM totp_secret WHERE user_id = $1 AND pending = TRUE";
 
 pub const GET_SESSION: &str =
     "SELECT status, since, last_seen_at, expires_at FROM session WHERE user_id = $1";
@@ -76,58 +83,84 @@ macro_rules! store_impl {
         impl Store for $store {
         $($own)*
 
-        async fn totp(&self, user: &UserId) -> Result<Option<StoredTotp>, StoreError> {
-            let row = sqlx::query($sql(shared::GET_TOTP))
+        async fn totp(&self, user: &UserId) -> Result<Vec<StoredTotp>, StoreError> {
+            let rows = sqlx::query($sql(shared::GET_TOTP))
                 .bind(user.as_str())
-                .fetch_optional(&self.$readers)
+                .fetch_all(&self.$readers)
                 .await?;
-            let Some(r) = row else { return Ok(None) };
             let corrupt = |what: &str| StoreError::Corrupt(format!("totp_secret {what}"));
-            let algorithm: String = r.try_get("algorithm")?;
-            let digits: i32 = r.try_get("digits")?;
-            let period: i32 = r.try_get("period")?;
-            let last_step: Option<i64> = r.try_get("last_step")?;
-            Ok(Some(StoredTotp {
-                sealed: Sealed {
-                    key_id: r.try_get("key_id")?,
-                    nonce: r.try_get("nonce")?,
-                    ciphertext: r.try_get("ciphertext")?,
-                },
-                params: TotpParams {
-                    algorithm: TotpAlgorithm::from_name(&algorithm).ok_or_else(|| corrupt("algorithm"))?,
-                    digits: u8::try_from(digits).map_err(|_| corrupt("digits"))?,
-                    period: u32::try_from(period).map_err(|_| corrupt("period"))?,
-                },
-                confirmed: r.try_get("confirmed")?,
-                created_at: UnixMillis(r.try_get("created_at")?),
-                last_step: last_step.map(|s| u64::try_from(s).unwrap_or(0)),
-            }))
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let algorithm: String = r.try_get("algorithm")?;
+                let digits: i32 = r.try_get("digits")?;
+                let period: i32 = r.try_get("period")?;
+                let last_step: Option<i64> = r.try_get("last_step")?;
+                let pending: bool = r.try_get("pending")?;
+                out.push(StoredTotp {
+                    sealed: Sealed {
+                        key_id: r.try_get("key_id")?,
+                        nonce: r.try_get("nonce")?,
+                        ciphertext: r.try_get("ciphertext")?,
+                    },
+                    params: TotpParams {
+                        algorithm: TotpAlgorithm::from_name(&algorithm).ok_or_else(|| corrupt("algorithm"))?,
+                        digits: u8::try_from(digits).map_err(|_| corrupt("digits"))?,
+                        period: u32::try_from(period).map_err(|_| corrupt("period"))?,
+                    },
+                    confirmed: !pending,
+                    created_at: UnixMillis(r.try_get("created_at")?),
+                    last_step: last_step.map(|s| u64::try_from(s).unwrap_or(0)),
+                });
+            }
+            Ok(out)
         }
 
         async fn put_totp(&self, user: &UserId, totp: &StoredTotp) -> Result<(), StoreError> {
+            let mut tx = self.$pool.begin().await?;
             sqlx::query($sql(shared::PUT_TOTP))
                 .bind(user.as_str())
+                .bind(!totp.confirmed)
                 .bind(&totp.sealed.key_id)
                 .bind(&totp.sealed.nonce)
                 .bind(&totp.sealed.ciphertext)
                 .bind(totp.params.algorithm.as_str())
                 .bind(i32::from(totp.params.digits))
                 .bind(i32::try_from(totp.params.period).unwrap_or(i32::MAX))
-                .bind(totp.confirmed)
                 .bind(totp.created_at.0)
-                .execute(&self.$pool)
+                .execute(&mut *tx)
                 .await?;
+            if totp.confirmed {
+                sqlx::query($sql(shared::DROP_PENDING))
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
             Ok(())
         }
 
         async fn accept_totp_step(&self, user: &UserId, nonce: &[u8], step: u64) -> Result<bool, StoreError> {
-            let done = sqlx::query($sql(shared::ACCEPT_STEP))
+            let mut tx = self.$pool.begin().await?;
+            let pending: Option<bool> = sqlx::query_scalar($sql(shared::ACCEPT_STEP))
                 .bind(user.as_str())
                 .bind(i64::try_from(step).unwrap_or(i64::MAX))
                 .bind(nonce)
-                .execute(&self.$pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-            Ok(done.rows_affected() == 1)
+            let Some(pending) = pending else { return Ok(false) };
+            if pending {
+                sqlx::query($sql(shared::DROP_CONFIRMED))
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query($sql(shared::PROMOTE_PENDING))
+                    .bind(user.as_str())
+                    .bind(nonce)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
         }
 
         async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError> {
@@ -135,7 +168,7 @@ macro_rules! store_impl {
                 .bind(user.as_str())
                 .execute(&self.$pool)
                 .await?;
-            Ok(done.rows_affected() == 1)
+            Ok(done.rows_affected() > 0)
         }
 
         async fn session(&self, user: &UserId) -> Result<Option<Session>, StoreError> {

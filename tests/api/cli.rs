@@ -30,6 +30,8 @@ async fn no_arguments_serves_the_embedded_default_and_stops_on_sigterm() {
     assert_eq!(decision(&v), Decision::Allow);
     let (status, log) = server.terminate();
     assert!(status.success(), "{status:?}\n{}", log.join("\n"));
+    let log = log.join("\n");
+    assert!(log.contains("generated a TOTP encryption key"), "{log}");
 }
 
 #[test]

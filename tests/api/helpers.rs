@@ -22,6 +22,9 @@ use tonic::transport::Channel;
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 
+/// The TOTP encryption key of test servers (base64 of 32 bytes).
+pub const TEST_KEY: &str = "YXV0aGdhdGUtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE=";
+
 /// 2026-01-01T00:00:00Z: tests start their clocks here and move them.
 pub const EPOCH: UnixMillis = UnixMillis(1_767_225_600_000);
 
@@ -298,7 +301,9 @@ pub struct TestServer {
 pub fn config(extra: &str, db: &TestDb) -> (Config, authgate::domain::Policy) {
     use figment::providers::{Format, Toml};
     let figment = figment::Figment::new()
-        .merge(Toml::string("[access]\nadmin_user_ids = [\"admin\"]"))
+        .merge(Toml::string(&format!(
+            "[access]\nadmin_user_ids = [\"admin\"]\n[totp]\nkeys = [{{ id = \"test\", key = \"{TEST_KEY}\" }}]"
+        )))
         .merge(Toml::string(extra));
     let (mut config, policy) = Config::from_figment(figment).expect("test config is valid");
     config.server.listen = "127.0.0.1:0".parse().expect("addr");

@@ -11,3 +11,4 @@ mod cli;
 mod concurrency;
 mod outage;
 mod python;
+mod totp;
