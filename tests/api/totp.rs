@@ -31,6 +31,26 @@ async fn verify(c: &mut Access, who: &str, code: &str) -> proto::VerifyTotpRespo
     .into_inner()
 }
 
+async fn enroll(c: &mut Access, who: &str, account: &str) -> proto::EnrollTotpResponse {
+    c.enroll_totp(proto::EnrollTotpRequest {
+        context: "admin".into(),
+        subject: user(who),
+        account_name: account.into(),
+    })
+    .await
+    .expect("EnrollTotp")
+    .into_inner()
+}
+
+async fn stats(a: &mut Admin) -> proto::GetStatsResponse {
+    a.get_stats(proto::GetStatsRequest {
+        actor_user_id: "admin".into(),
+    })
+    .await
+    .expect("GetStats")
+    .into_inner()
+}
+
 fn result(r: &proto::VerifyTotpResponse) -> TotpResult {
     TotpResult::try_from(r.result).expect("known result")
 }
@@ -115,15 +135,7 @@ async fn oathtool_code_is_accepted_once_across_two_processes() {
     let mut first = replicas[0].access().await;
     let mut second = replicas[1].access().await;
 
-    let enrolled = first
-        .enroll_totp(proto::EnrollTotpRequest {
-            context: "admin".into(),
-            subject: user("olive"),
-            account_name: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let enrolled = enroll(&mut first, "olive", "").await;
     assert_eq!(
         (
             enrolled.algorithm.as_str(),
@@ -228,15 +240,7 @@ async fn session_lifecycle(backend: Backend) {
         state(report(&mut a, user("quinn")).await),
         Some(SessionState::Processing)
     );
-    let enrolled = c
-        .enroll_totp(proto::EnrollTotpRequest {
-            context: "admin".into(),
-            subject: user("quinn"),
-            account_name: "quinn@example.org".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let enrolled = enroll(&mut c, "quinn", "quinn@example.org").await;
     let secret = totp_rs::Secret::try_from_base32(&enrolled.secret_base32).unwrap();
     let secret = secret.as_bytes().to_vec();
     // Pending until a code confirms it.
@@ -279,13 +283,7 @@ async fn session_lifecycle(backend: Backend) {
         .as_bytes()
         .to_vec();
 
-    let stats = a
-        .get_stats(proto::GetStatsRequest {
-            actor_user_id: "admin".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&mut a).await;
     assert_eq!(
         (stats.total, stats.authenticated, stats.processing),
         (1, 1, 0)
@@ -412,15 +410,7 @@ async fn stored_secrets_are_not_readable(backend: Backend) {
     use sqlx::Connection;
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
-    let enrolled = c
-        .enroll_totp(proto::EnrollTotpRequest {
-            context: "admin".into(),
-            subject: user("sam"),
-            account_name: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let enrolled = enroll(&mut c, "sam", "").await;
     let secret_b32 = enrolled.secret_base32.clone();
     let raw = totp_rs::Secret::try_from_base32(&secret_b32)
         .unwrap()
@@ -488,13 +478,7 @@ async fn cleanup_expires_sessions(backend: Backend) {
         found.session.map(|s| s.state),
         Some(SessionState::Expired as i32)
     );
-    let stats = a
-        .get_stats(proto::GetStatsRequest {
-            actor_user_id: "admin".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&mut a).await;
     assert_eq!((stats.total, stats.authenticated, stats.expired), (1, 0, 1));
     server.stop().await;
 }
