@@ -257,6 +257,26 @@ impl TestDb {
             TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
         }
     }
+
+    /// Runs a `SELECT COUNT(*) ...` straight against the database.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        match self {
+            TestDb::Sqlite { url, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count")
+            }
+            TestDb::Postgres { url, .. } => {
+                let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .expect("count")
+            }
+        }
+    }
 }
 
 impl Drop for TestDb {

@@ -193,6 +193,13 @@ async fn five_wrong_codes_block_until_the_block_ends(backend: Backend) {
     }
     let r = verify(&mut c, "pat", wrong).await;
     assert_eq!(result(&r), TotpResult::Blocked);
+    let events = server
+        .db
+        .count(
+            "SELECT COUNT(*) FROM security_event WHERE kind = 'totp_blocked' AND user_id = 'pat'",
+        )
+        .await;
+    assert_eq!(events, 1, "the block is recorded for alerting");
     let v = check(&mut c, "admin", user("pat")).await;
     assert_eq!(decision(&v), Decision::Blocked);
     assert_eq!(v.retry_after_seconds, 600);
@@ -483,3 +490,27 @@ async fn cleanup_expires_sessions(backend: Backend) {
     server.stop().await;
 }
 both_backends!(cleanup_expires_sessions);
+
+async fn some_users_need_a_second_factor_everywhere(backend: Backend) {
+    let server = TestServer::spawn_with(backend, "[totp]\nrequired_user_ids = [\"vip\"]").await;
+    let mut c = server.access().await;
+    assert_eq!(
+        decision(&check(&mut c, "bot", user("vip")).await),
+        Decision::EnrollTotp
+    );
+    assert_eq!(
+        decision(&check(&mut c, "bot", user("someone")).await),
+        Decision::Allow
+    );
+    let anonymous = c
+        .check_access(proto::CheckAccessRequest {
+            context: "admin".into(),
+            subject: subject("", "192.0.2.1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::InvalidArgument);
+    assert!(anonymous.message().contains("subject.user_id"));
+    server.stop().await;
+}
+both_backends!(some_users_need_a_second_factor_everywhere);
