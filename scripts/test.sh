@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the integration tests need when it is
-# missing (Postgres server binaries, oathtool, the Python gRPC packages),
-# then runs every test. Extra arguments go to `cargo test`.
+# missing (Postgres server binaries, oathtool, Prometheus, the Python gRPC
+# packages), then runs every test. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,10 +15,15 @@ if ! have_pg; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
-if ! command -v oathtool >/dev/null; then
-  echo "== installing oathtool (apt), the independent TOTP generator"
+# oathtool: an independent TOTP generator; prometheus: a real scraper and
+# promtool.
+missing=()
+command -v oathtool >/dev/null || missing+=(oathtool)
+{ command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]} (apt)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oathtool >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The harness runs Postgres as this user when the tests run as root.
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then

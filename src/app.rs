@@ -22,8 +22,9 @@ use crate::domain::Policy;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{AccessApi, AdminApi, proto};
+use crate::metrics;
 use crate::service::Gate;
-use crate::store::{self, PoolSettings, Store, StoreError};
+use crate::store::{self, Instrumented, PoolSettings, Store, StoreError};
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -108,6 +109,9 @@ const LOCAL_KEY: &str = "local";
 
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: TcpListener,
+    metrics_path: String,
+    metrics_refresh: Duration,
     gate: Arc<Gate>,
     cleanup_interval: Duration,
 }
@@ -118,9 +122,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         max_connections: config.database.max_connections,
         acquire_timeout: config.database.acquire_timeout,
     };
-    let store: Arc<dyn Store> = store::connect(config.database.url.expose(), &settings)
-        .await?
-        .into();
+    let store: Arc<dyn Store> = Arc::new(Instrumented(
+        store::connect(config.database.url.expose(), &settings).await?,
+    ));
     store.migrate().await?;
     Ok(store)
 }
@@ -136,9 +140,20 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        let maddr = config.metrics.listen;
+        let metrics_listener =
+            TcpListener::bind(maddr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: maddr,
+                    source,
+                })?;
         let keys = secret_keys(config)?;
         Ok(Application {
             listener,
+            metrics_listener,
+            metrics_path: config.metrics.path.clone(),
+            metrics_refresh: config.metrics.refresh_interval,
             gate: Arc::new(Gate::new(policy, store, clock, keys)),
             cleanup_interval: config.cleanup.interval,
         })
@@ -146,6 +161,12 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
     }
@@ -160,7 +181,25 @@ impl Application {
         let cleanup = tokio::spawn(cleanup_loop(
             self.gate.clone(),
             self.cleanup_interval,
-            stop_rx,
+            stop_rx.clone(),
+        ));
+        let handle = metrics::handle();
+        let refresher = tokio::spawn(refresh_loop(
+            self.gate.clone(),
+            handle.clone(),
+            self.metrics_refresh,
+            stop_rx.clone(),
+        ));
+        let metrics_addr = self.metrics_addr();
+        let addr = self.local_addr();
+        let mut metrics_stop = stop_rx;
+        let exporter = tokio::spawn(metrics::serve(
+            self.metrics_listener,
+            self.metrics_path.clone(),
+            handle,
+            async move {
+                let _ = metrics_stop.changed().await;
+            },
         ));
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -179,7 +218,11 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        tracing::info!(addr = %self.local_addr(), "authgate listening");
+        tracing::info!(
+            addr = %addr,
+            metrics = %format!("http://{metrics_addr}{}", self.metrics_path),
+            "authgate listening"
+        );
         let result = Server::builder()
             .add_service(health)
             .add_service(reflection_v1)
@@ -196,8 +239,35 @@ impl Application {
             .await;
         let _ = stop_tx.send(true);
         let _ = cleanup.await;
+        let _ = refresher.await;
+        if let Ok(Err(e)) = exporter.await {
+            tracing::warn!(error = %e, "metrics endpoint failed");
+        }
         tracing::info!("authgate stopped");
         Ok(result?)
+    }
+}
+
+/// Recomputes the store-wide gauges every `interval`, so every replica
+/// reports the same session and lock figures, and lets the recorder do its
+/// housekeeping.
+async fn refresh_loop(
+    gate: Arc<Gate>,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = gate.refresh_gauges().await {
+            tracing::warn!(error = %e, "could not refresh session and lock gauges");
+        }
+        handle.run_upkeep();
     }
 }
 
@@ -205,7 +275,9 @@ impl Application {
 /// is logged and retried at the next tick: purging is housekeeping, never
 /// needed for a correct decision.
 async fn cleanup_loop(gate: Arc<Gate>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
+    // The first pass waits one interval: replicas starting together would
+    // otherwise all purge at once, for nothing.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

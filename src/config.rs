@@ -44,6 +44,8 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub access: AccessConfig,
     #[serde(default)]
     pub totp: TotpConfig,
@@ -155,12 +157,48 @@ impl Default for CleanupConfig {
 pub struct LogConfig {
     /// A tracing filter: `info`, `authgate=debug`, ...
     pub level: String,
+    /// `json` (one object per line), `text`, or `auto`: JSON when stdout
+    /// is not a terminal, as under Kubernetes.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Json,
+    Text,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where Prometheus scrapes, apart from the gRPC port so it can be
+    /// exposed to the monitoring network only.
+    pub listen: SocketAddr,
+    pub path: String,
+    /// How often the session and lock gauges are recomputed from the shared
+    /// store, so every replica reports the same truth.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            path: "/metrics".into(),
+            refresh_interval: Duration::from_secs(15),
         }
     }
 }
@@ -446,6 +484,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             cleanup: CleanupConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             access: AccessConfig::default(),
             totp: TotpConfig::default(),
             contexts: default_contexts(),
@@ -514,6 +553,12 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !self.metrics.path.starts_with('/') {
+            return Err(invalid("metrics.path", "must start with /"));
+        }
+        if self.metrics.refresh_interval.is_zero() {
+            return Err(invalid("metrics.refresh_interval", "must be more than 0"));
         }
         if self.cleanup.interval.is_zero() {
             return Err(invalid("cleanup.interval", "must be more than 0"));

@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod telemetry;

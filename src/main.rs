@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    authgate::telemetry::init(&config.log.level);
+    authgate::telemetry::init(&config.log);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             print!("{}", config.to_toml());

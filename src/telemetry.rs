@@ -5,20 +5,37 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `filter` is a tracing directive string
-/// such as `info` or `authgate=debug`; an invalid one falls back to `info`
-/// with a warning rather than losing all logs.
-pub fn init(filter: &str) {
-    let (filter, bad) = match EnvFilter::try_new(filter) {
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. `log.level` is a tracing directive
+/// string such as `info` or `authgate=debug`; an invalid one falls back to
+/// `info` with a warning rather than losing all logs.
+pub fn init(log: &LogConfig) {
+    let (filter, bad) = match EnvFilter::try_new(&log.level) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
+    let terminal = std::io::stdout().is_terminal();
+    let json = match log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !terminal,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(terminal);
     // A second init (tests start several servers in one process) keeps the
     // first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .try_init();
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
     if let Some(e) = bad {
         tracing::warn!(error = %e, "log.level is not a valid filter; using info");
     }

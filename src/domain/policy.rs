@@ -176,6 +176,10 @@ impl Policy {
         }
     }
 
+    pub fn context_names(&self) -> impl Iterator<Item = &str> {
+        self.contexts.keys().map(String::as_str)
+    }
+
     /// Whether `user` needs a second factor in `ctx`.
     pub fn requires_totp(&self, ctx: &ContextPolicy, user: Option<&UserId>) -> bool {
         ctx.totp || user.is_some_and(|u| self.totp.required.contains(u))

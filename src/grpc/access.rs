@@ -2,8 +2,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::proto::{self, access_service_server::AccessService};
+use super::{convert, observe};
+use crate::metrics;
 use crate::service::{Gate, TotpResult};
 
 pub struct AccessApi {
@@ -23,12 +24,16 @@ impl AccessService for AccessApi {
         &self,
         request: Request<proto::CheckAccessRequest>,
     ) -> Result<Response<proto::CheckAccessResponse>, Status> {
-        let req = request.into_inner();
-        let subject = convert::subject("subject", req.subject.as_ref())?;
-        let verdict = self.gate.check_access(&req.context, &subject).await?;
-        Ok(Response::new(proto::CheckAccessResponse {
-            verdict: Some(convert::verdict(&verdict, self.gate.now())),
-        }))
+        observe("CheckAccess", async move {
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let verdict = self.gate.check_access(&req.context, &subject).await?;
+            metrics::decided("CheckAccess", &req.context, verdict.decision);
+            Ok(Response::new(proto::CheckAccessResponse {
+                verdict: Some(convert::verdict(&verdict, self.gate.now())),
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
@@ -36,21 +41,25 @@ impl AccessService for AccessApi {
         &self,
         request: Request<proto::RecordFailureRequest>,
     ) -> Result<Response<proto::RecordFailureResponse>, Status> {
-        let req = request.into_inner();
-        let subject = convert::subject("subject", req.subject.as_ref())?;
-        if req.activity.len() > 64 || req.activity.chars().any(char::is_control) {
-            return Err(Status::invalid_argument(
-                "activity: must be at most 64 bytes without control characters",
-            ));
-        }
-        let outcome = self
-            .gate
-            .record_failure(&req.context, &subject, &req.activity)
-            .await?;
-        Ok(Response::new(proto::RecordFailureResponse {
-            verdict: Some(convert::verdict(&outcome.verdict, self.gate.now())),
-            lockout_applied: outcome.lockout_applied,
-        }))
+        observe("RecordFailure", async move {
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            if req.activity.len() > 64 || req.activity.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(
+                    "activity: must be at most 64 bytes without control characters",
+                ));
+            }
+            let outcome = self
+                .gate
+                .record_failure(&req.context, &subject, &req.activity)
+                .await?;
+            metrics::decided("RecordFailure", &req.context, outcome.verdict.decision);
+            Ok(Response::new(proto::RecordFailureResponse {
+                verdict: Some(convert::verdict(&outcome.verdict, self.gate.now())),
+                lockout_applied: outcome.lockout_applied,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
@@ -58,12 +67,16 @@ impl AccessService for AccessApi {
         &self,
         request: Request<proto::RecordSuccessRequest>,
     ) -> Result<Response<proto::RecordSuccessResponse>, Status> {
-        let req = request.into_inner();
-        let subject = convert::subject("subject", req.subject.as_ref())?;
-        let verdict = self.gate.record_success(&req.context, &subject).await?;
-        Ok(Response::new(proto::RecordSuccessResponse {
-            verdict: Some(convert::verdict(&verdict, self.gate.now())),
-        }))
+        observe("RecordSuccess", async move {
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let verdict = self.gate.record_success(&req.context, &subject).await?;
+            metrics::decided("RecordSuccess", &req.context, verdict.decision);
+            Ok(Response::new(proto::RecordSuccessResponse {
+                verdict: Some(convert::verdict(&verdict, self.gate.now())),
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
@@ -71,27 +84,37 @@ impl AccessService for AccessApi {
         &self,
         request: Request<proto::VerifyTotpRequest>,
     ) -> Result<Response<proto::VerifyTotpResponse>, Status> {
-        let req = request.into_inner();
-        let subject = convert::subject("subject", req.subject.as_ref())?;
-        let outcome = self
-            .gate
-            .verify_totp(&req.context, &subject, &req.code)
-            .await?;
-        let (result, drift) = match outcome.result {
-            TotpResult::Ok => (proto::TotpResult::Ok, None),
-            TotpResult::Invalid => (proto::TotpResult::Invalid, None),
-            TotpResult::ClockSkew { drift_seconds } => {
-                (proto::TotpResult::ClockSkew, Some(drift_seconds))
-            }
-            TotpResult::Blocked => (proto::TotpResult::Blocked, None),
-            TotpResult::NotEnrolled => (proto::TotpResult::NotEnrolled, None),
-        };
-        Ok(Response::new(proto::VerifyTotpResponse {
-            result: result.into(),
-            verdict: Some(convert::verdict(&outcome.verdict, self.gate.now())),
-            clock_drift_seconds: drift,
-            session_expires_at: outcome.session_expires_at.map(convert::timestamp),
-        }))
+        observe("VerifyTotp", async move {
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let outcome = self
+                .gate
+                .verify_totp(&req.context, &subject, &req.code)
+                .await?;
+            metrics::decided("VerifyTotp", &req.context, outcome.verdict.decision);
+            // A replay is counted apart here, where only operators see it;
+            // the caller gets the same answer as for a wrong code.
+            let (result, drift, label) = match outcome.result {
+                TotpResult::Ok => (proto::TotpResult::Ok, None, "ok"),
+                TotpResult::Invalid => (proto::TotpResult::Invalid, None, "invalid"),
+                TotpResult::Replay => (proto::TotpResult::Invalid, None, "replay"),
+                TotpResult::ClockSkew { drift_seconds } => (
+                    proto::TotpResult::ClockSkew,
+                    Some(drift_seconds),
+                    "clock_skew",
+                ),
+                TotpResult::Blocked => (proto::TotpResult::Blocked, None, "blocked"),
+                TotpResult::NotEnrolled => (proto::TotpResult::NotEnrolled, None, "not_enrolled"),
+            };
+            metrics::totp_verified(label);
+            Ok(Response::new(proto::VerifyTotpResponse {
+                result: result.into(),
+                verdict: Some(convert::verdict(&outcome.verdict, self.gate.now())),
+                clock_drift_seconds: drift,
+                session_expires_at: outcome.session_expires_at.map(convert::timestamp),
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
@@ -99,19 +122,22 @@ impl AccessService for AccessApi {
         &self,
         request: Request<proto::EnrollTotpRequest>,
     ) -> Result<Response<proto::EnrollTotpResponse>, Status> {
-        let req = request.into_inner();
-        let subject = convert::subject("subject", req.subject.as_ref())?;
-        let e = self
-            .gate
-            .enroll_totp(&req.context, &subject, &req.account_name)
-            .await?;
-        Ok(Response::new(proto::EnrollTotpResponse {
-            secret_base32: e.secret_base32,
-            otpauth_uri: e.uri,
-            qr_png: e.qr_png,
-            algorithm: e.params.algorithm.as_str().into(),
-            digits: u32::from(e.params.digits),
-            period_seconds: e.params.period,
-        }))
+        observe("EnrollTotp", async move {
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let e = self
+                .gate
+                .enroll_totp(&req.context, &subject, &req.account_name)
+                .await?;
+            Ok(Response::new(proto::EnrollTotpResponse {
+                secret_base32: e.secret_base32,
+                otpauth_uri: e.uri,
+                qr_png: e.qr_png,
+                algorithm: e.params.algorithm.as_str().into(),
+                digits: u32::from(e.params.digits),
+                period_seconds: e.params.period,
+            }))
+        })
+        .await
     }
 }

@@ -4,8 +4,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::proto::{self, admin_service_server::AdminService};
+use super::{convert, observe};
 use crate::domain::{
     FieldError, IpAddress, Key, KeyKind, SessionId, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UserId,
 };
@@ -75,27 +75,32 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AdminUnlockRequest>,
     ) -> Result<Response<proto::AdminUnlockResponse>, Status> {
-        let req = request.into_inner();
-        let actor = self.gate.authorize_admin(&req.actor_user_id)?;
-        use proto::admin_unlock_request::Scope;
-        let scope = match req.scope {
-            Some(Scope::Key(k)) => UnlockScope::Key {
-                context: k.context.clone(),
-                key: convert::parse_key("key.key", k.key.as_ref())?,
-            },
-            Some(Scope::Subject(s)) => UnlockScope::Subject(convert::subject("subject", Some(&s))?),
-            Some(Scope::All(true)) => UnlockScope::All,
-            Some(Scope::All(false)) => {
-                return Err(Status::invalid_argument("all: must be true when chosen"));
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "scope: one of key, subject, all is required",
-                ));
-            }
-        };
-        let unlocked = self.gate.unlock(&actor, &scope).await?;
-        Ok(Response::new(proto::AdminUnlockResponse { unlocked }))
+        observe("AdminUnlock", async move {
+            let req = request.into_inner();
+            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            use proto::admin_unlock_request::Scope;
+            let scope = match req.scope {
+                Some(Scope::Key(k)) => UnlockScope::Key {
+                    context: k.context.clone(),
+                    key: convert::parse_key("key.key", k.key.as_ref())?,
+                },
+                Some(Scope::Subject(s)) => {
+                    UnlockScope::Subject(convert::subject("subject", Some(&s))?)
+                }
+                Some(Scope::All(true)) => UnlockScope::All,
+                Some(Scope::All(false)) => {
+                    return Err(Status::invalid_argument("all: must be true when chosen"));
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "scope: one of key, subject, all is required",
+                    ));
+                }
+            };
+            let unlocked = self.gate.unlock(&actor, &scope).await?;
+            Ok(Response::new(proto::AdminUnlockResponse { unlocked }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -103,36 +108,39 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ListLockedRequest>,
     ) -> Result<Response<proto::ListLockedResponse>, Status> {
-        let req = request.into_inner();
-        self.gate.authorize_admin(&req.actor_user_id)?;
-        let after = (!req.page_token.is_empty())
-            .then(|| parse_page_token(&req.page_token))
-            .transpose()?;
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let context = (!req.context.is_empty()).then_some(req.context.as_str());
-        // One more than asked tells whether another page follows.
-        let mut rows = self
-            .gate
-            .list_locked(context, after.as_ref(), limit + 1)
-            .await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let now = self.gate.now();
-        let next_page_token = match rows.last() {
-            Some(last) if more => page_token(&last.id),
-            _ => String::new(),
-        };
-        let locks = rows
-            .iter()
-            .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l)))
-            .collect();
-        Ok(Response::new(proto::ListLockedResponse {
-            locks,
-            next_page_token,
-        }))
+        observe("ListLocked", async move {
+            let req = request.into_inner();
+            self.gate.authorize_admin(&req.actor_user_id)?;
+            let after = (!req.page_token.is_empty())
+                .then(|| parse_page_token(&req.page_token))
+                .transpose()?;
+            let limit = match req.page_size {
+                0 => DEFAULT_PAGE,
+                n => n.min(MAX_PAGE),
+            };
+            let context = (!req.context.is_empty()).then_some(req.context.as_str());
+            // One more than asked tells whether another page follows.
+            let mut rows = self
+                .gate
+                .list_locked(context, after.as_ref(), limit + 1)
+                .await?;
+            let more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            let now = self.gate.now();
+            let next_page_token = match rows.last() {
+                Some(last) if more => page_token(&last.id),
+                _ => String::new(),
+            };
+            let locks = rows
+                .iter()
+                .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l)))
+                .collect();
+            Ok(Response::new(proto::ListLockedResponse {
+                locks,
+                next_page_token,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -140,60 +148,65 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::GetSubjectRequest>,
     ) -> Result<Response<proto::GetSubjectResponse>, Status> {
-        let req = request.into_inner();
-        self.gate.authorize_admin(&req.actor_user_id)?;
-        let subject = convert::subject("subject", req.subject.as_ref())?;
-        let report = self.gate.subject(&subject).await?;
-        let now = self.gate.now();
-        let policy = self.gate.policy();
-        let states = report
-            .states
-            .iter()
-            .map(|s| {
-                let in_window = policy
-                    .rule(&s.id.context, &s.id.rule)
-                    .map(|r| r.failures_in_window(&s.state, now))
-                    .unwrap_or(u32::try_from(s.state.recent_failures.len()).unwrap_or(u32::MAX));
-                convert::key_state(s, in_window, now)
-            })
-            .collect();
-        // BLOCKED is the user's TOTP counter being locked, whether or not a
-        // session was stored before.
-        let totp_lock = report
-            .states
-            .iter()
-            .filter(|s| s.id.context == TOTP_CONTEXT)
-            .find_map(|s| s.state.active_lock(now));
-        let session = match (&report.session, totp_lock) {
-            (stored, Some(lock)) => Some(proto::Session {
-                state: proto::SessionState::Blocked.into(),
-                since: Some(convert::timestamp(lock.locked_at)),
-                last_seen_at: stored
-                    .as_ref()
-                    .and_then(|s| s.last_seen)
-                    .map(convert::timestamp),
-            }),
-            (Some(s), None) => Some(proto::Session {
-                state: convert::session_state(s.status).into(),
-                since: Some(convert::timestamp(s.since)),
-                last_seen_at: s.last_seen.map(convert::timestamp),
-            }),
-            (None, None) => None,
-        };
-        let totp = report.totp.as_ref().map(|t| proto::TotpEnrollment {
-            confirmed: t.confirmed,
-            algorithm: t.params.algorithm.as_str().into(),
-            digits: u32::from(t.params.digits),
-            period_seconds: t.params.period,
-            created_at: Some(convert::timestamp(t.created_at)),
-        });
-        Ok(Response::new(proto::GetSubjectResponse {
-            allowed: report.allowed,
-            admin: report.admin,
-            states,
-            session,
-            totp,
-        }))
+        observe("GetSubject", async move {
+            let req = request.into_inner();
+            self.gate.authorize_admin(&req.actor_user_id)?;
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let report = self.gate.subject(&subject).await?;
+            let now = self.gate.now();
+            let policy = self.gate.policy();
+            let states = report
+                .states
+                .iter()
+                .map(|s| {
+                    let in_window = policy
+                        .rule(&s.id.context, &s.id.rule)
+                        .map(|r| r.failures_in_window(&s.state, now))
+                        .unwrap_or(
+                            u32::try_from(s.state.recent_failures.len()).unwrap_or(u32::MAX),
+                        );
+                    convert::key_state(s, in_window, now)
+                })
+                .collect();
+            // BLOCKED is the user's TOTP counter being locked, whether or not a
+            // session was stored before.
+            let totp_lock = report
+                .states
+                .iter()
+                .filter(|s| s.id.context == TOTP_CONTEXT)
+                .find_map(|s| s.state.active_lock(now));
+            let session = match (&report.session, totp_lock) {
+                (stored, Some(lock)) => Some(proto::Session {
+                    state: proto::SessionState::Blocked.into(),
+                    since: Some(convert::timestamp(lock.locked_at)),
+                    last_seen_at: stored
+                        .as_ref()
+                        .and_then(|s| s.last_seen)
+                        .map(convert::timestamp),
+                }),
+                (Some(s), None) => Some(proto::Session {
+                    state: convert::session_state(s.status).into(),
+                    since: Some(convert::timestamp(s.since)),
+                    last_seen_at: s.last_seen.map(convert::timestamp),
+                }),
+                (None, None) => None,
+            };
+            let totp = report.totp.as_ref().map(|t| proto::TotpEnrollment {
+                confirmed: t.confirmed,
+                algorithm: t.params.algorithm.as_str().into(),
+                digits: u32::from(t.params.digits),
+                period_seconds: t.params.period,
+                created_at: Some(convert::timestamp(t.created_at)),
+            });
+            Ok(Response::new(proto::GetSubjectResponse {
+                allowed: report.allowed,
+                admin: report.admin,
+                states,
+                session,
+                totp,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -201,23 +214,26 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::RevokeSessionRequest>,
     ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
-        let req = request.into_inner();
-        self.gate.authorize_admin(&req.actor_user_id)?;
-        use proto::revoke_session_request::Scope;
-        let user = match req.scope {
-            Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
-            Some(Scope::All(true)) => None,
-            Some(Scope::All(false)) => {
-                return Err(Status::invalid_argument("all: must be true when chosen"));
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "scope: one of user_id, all is required",
-                ));
-            }
-        };
-        let revoked = self.gate.revoke_sessions(user.as_ref()).await?;
-        Ok(Response::new(proto::RevokeSessionResponse { revoked }))
+        observe("RevokeSession", async move {
+            let req = request.into_inner();
+            self.gate.authorize_admin(&req.actor_user_id)?;
+            use proto::revoke_session_request::Scope;
+            let user = match req.scope {
+                Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
+                Some(Scope::All(true)) => None,
+                Some(Scope::All(false)) => {
+                    return Err(Status::invalid_argument("all: must be true when chosen"));
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "scope: one of user_id, all is required",
+                    ));
+                }
+            };
+            let revoked = self.gate.revoke_sessions(user.as_ref()).await?;
+            Ok(Response::new(proto::RevokeSessionResponse { revoked }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -225,18 +241,21 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
-        self.gate
-            .authorize_admin(&request.get_ref().actor_user_id)?;
-        let s = self.gate.stats().await?;
-        Ok(Response::new(proto::GetStatsResponse {
-            total: s.total,
-            authenticated: s.authenticated,
-            processing: s.processing,
-            blocked: s.blocked,
-            expired: s.expired,
-            locks_temporary: s.locks_temporary,
-            locks_permanent: s.locks_permanent,
-        }))
+        observe("GetStats", async move {
+            self.gate
+                .authorize_admin(&request.get_ref().actor_user_id)?;
+            let s = self.gate.stats().await?;
+            Ok(Response::new(proto::GetStatsResponse {
+                total: s.total,
+                authenticated: s.authenticated,
+                processing: s.processing,
+                blocked: s.blocked,
+                expired: s.expired,
+                locks_temporary: s.locks_temporary,
+                locks_permanent: s.locks_permanent,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -244,12 +263,15 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ResetTotpRequest>,
     ) -> Result<Response<proto::ResetTotpResponse>, Status> {
-        let req = request.into_inner();
-        let actor = self.gate.authorize_admin(&req.actor_user_id)?;
-        let user = UserId::parse("user_id", &req.user_id)?;
-        let removed = self.gate.reset_totp(&user).await?;
-        tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), removed, "TOTP reset");
-        Ok(Response::new(proto::ResetTotpResponse { removed }))
+        observe("ResetTotp", async move {
+            let req = request.into_inner();
+            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            let user = UserId::parse("user_id", &req.user_id)?;
+            let removed = self.gate.reset_totp(&user).await?;
+            tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), removed, "TOTP reset");
+            Ok(Response::new(proto::ResetTotpResponse { removed }))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -257,31 +279,34 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::ImportTotpRequest>,
     ) -> Result<Response<proto::ImportTotpResponse>, Status> {
-        let req = request.into_inner();
-        let actor = self.gate.authorize_admin(&req.actor_user_id)?;
-        let user = UserId::parse("user_id", &req.user_id)?;
-        let algorithm = match req.algorithm.as_str() {
-            "" => TotpAlgorithm::Sha1,
-            name => TotpAlgorithm::from_name(name).ok_or_else(|| {
-                Status::invalid_argument("algorithm: must be SHA1, SHA256 or SHA512")
-            })?,
-        };
-        let params = TotpParams {
-            algorithm,
-            digits: match req.digits {
-                0 => 6,
-                d => u8::try_from(d).unwrap_or(u8::MAX),
-            },
-            period: match req.period_seconds {
-                0 => 30,
-                p => p,
-            },
-        };
-        self.gate
-            .import_totp(&user, &req.secret_base32, params)
-            .await?;
-        tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), "TOTP imported");
-        Ok(Response::new(proto::ImportTotpResponse {}))
+        observe("ImportTotp", async move {
+            let req = request.into_inner();
+            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            let user = UserId::parse("user_id", &req.user_id)?;
+            let algorithm = match req.algorithm.as_str() {
+                "" => TotpAlgorithm::Sha1,
+                name => TotpAlgorithm::from_name(name).ok_or_else(|| {
+                    Status::invalid_argument("algorithm: must be SHA1, SHA256 or SHA512")
+                })?,
+            };
+            let params = TotpParams {
+                algorithm,
+                digits: match req.digits {
+                    0 => 6,
+                    d => u8::try_from(d).unwrap_or(u8::MAX),
+                },
+                period: match req.period_seconds {
+                    0 => 30,
+                    p => p,
+                },
+            };
+            self.gate
+                .import_totp(&user, &req.secret_base32, params)
+                .await?;
+            tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), "TOTP imported");
+            Ok(Response::new(proto::ImportTotpResponse {}))
+        })
+        .await
     }
 }
 

@@ -18,11 +18,28 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/authgate_descriptor.bin"));
 }
 
-use tonic::Status;
+use std::future::Future;
+use std::time::Instant;
+
+use tonic::{Response, Status};
 
 use crate::domain::FieldError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
+
+/// Runs one RPC and records its latency and status code.
+async fn observe<T>(
+    rpc: &'static str,
+    call: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let start = Instant::now();
+    let result = call.await;
+    let code = result
+        .as_ref()
+        .map_or_else(Status::code, |_| tonic::Code::Ok);
+    crate::metrics::rpc_done(rpc, code, start.elapsed());
+    result
+}
 
 impl From<FieldError> for Status {
     fn from(e: FieldError) -> Status {

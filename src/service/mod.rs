@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, SecretKeys};
 use crate::domain::{
-    ALLOW_LIST_CONTEXT, FieldError, Key, KeyState, Policy, Session, Slot, Subject, UnixMillis,
-    UserId, Verdict,
+    ALLOW_LIST_CONTEXT, FieldError, Key, KeyState, Policy, Session, Slot, Subject, TOTP_CONTEXT,
+    UnixMillis, UserId, Verdict,
 };
+use crate::metrics;
 use crate::store::{
     Cursor, Purged, StateId, Store, StoreError, Stored, StoredTotp, UnlockScope, Update,
 };
@@ -144,9 +145,11 @@ impl Gate {
             by_slot[i] = state;
         }
         let applied = *applied.lock().unwrap_or_else(|e| e.into_inner());
+        metrics::failure(slots[0].context);
         if applied {
             for (slot, state) in slots.iter().zip(&by_slot) {
                 if state.last_lockout_at == Some(now) {
+                    metrics::lockout(slot.context, state.recent_lockouts);
                     tracing::info!(
                         context = slot.context,
                         rule = %slot.rule.name,
@@ -329,6 +332,7 @@ impl Gate {
             }
         }
         let lifted = self.store.unlock(scope, self.now()).await?;
+        metrics::unlocked(scope_name(scope), lifted);
         tracing::info!(actor = %crate::telemetry::mask(actor.as_str()), scope = scope_name(scope), lifted, "admin unlock");
         Ok(lifted)
     }
@@ -372,6 +376,39 @@ impl Gate {
             session,
             totp,
         })
+    }
+
+    /// Sets the session and lock gauges from the store.
+    pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let s = self.store.stats(now, TOTP_CONTEXT).await?;
+        for (state, n) in [
+            ("total", s.total),
+            ("authenticated", s.authenticated),
+            ("processing", s.processing),
+            ("blocked", s.blocked),
+            ("expired", s.expired),
+        ] {
+            metrics::sessions(state, n);
+        }
+        let locks = self.store.active_locks(now).await?;
+        // Every known context is set, so a context whose locks all ended
+        // reads 0 rather than its last count.
+        for context in self
+            .policy
+            .context_names()
+            .chain([ALLOW_LIST_CONTEXT, TOTP_CONTEXT])
+        {
+            for (kind, permanent) in [("temporary", false), ("permanent", true)] {
+                let n = locks
+                    .iter()
+                    .filter(|l| l.context == context && l.permanent == permanent)
+                    .map(|l| l.count)
+                    .sum();
+                metrics::locks_active(context, kind, n);
+            }
+        }
+        Ok(())
     }
 
     /// One cleanup pass; `None` when another replica ran it.

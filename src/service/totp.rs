@@ -18,8 +18,10 @@ const MIN_SECRET_BYTES: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TotpResult {
     Ok,
-    /// Wrong or replayed: deliberately one answer.
     Invalid,
+    /// A code already used. Callers are told Invalid, so the answer never
+    /// reveals that the code was once valid; only metrics tell them apart.
+    Replay,
     ClockSkew {
         drift_seconds: i64,
     },
@@ -155,11 +157,16 @@ impl Gate {
                 matched = Some(stored);
             }
         }
+        let mut replayed = matches!(found, CodeCheck::Replayed);
         let accepted = match (found, matched) {
             (CodeCheck::Valid { step }, Some(stored)) => {
-                self.store
+                let won = self
+                    .store
                     .accept_totp_step(user, &stored.sealed.nonce, step)
-                    .await?
+                    .await?;
+                // Another replica accepted this step first: a replay.
+                replayed |= !won;
+                won
             }
             (CodeCheck::ClockSkew { drift_steps }, Some(stored)) => {
                 return Ok(VerifyOutcome {
@@ -212,7 +219,11 @@ impl Gate {
             });
         }
         Ok(VerifyOutcome {
-            result: TotpResult::Invalid,
+            result: if replayed {
+                TotpResult::Replay
+            } else {
+                TotpResult::Invalid
+            },
             verdict: Verdict {
                 remaining_attempts: verdict.remaining_attempts,
                 ..totp_verdict(user, Decision::ChallengeTotp, Reason::InvalidCode)

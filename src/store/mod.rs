@@ -10,6 +10,7 @@ macro_rules! columns {
     };
 }
 
+mod instrumented;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -24,6 +25,7 @@ use crate::domain::{
     UserId,
 };
 
+pub use instrumented::Instrumented;
 pub use postgres::{CLEANUP_LOCK, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -144,6 +146,14 @@ pub struct SecurityEvent {
     pub detail: String,
 }
 
+/// Locks in force in one context, of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockCount {
+    pub context: String,
+    pub permanent: bool,
+    pub count: u64,
+}
+
 /// What one cleanup pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -230,6 +240,10 @@ pub trait Store: Send + Sync + 'static {
     async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError>;
 
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
+
+    /// Locks in force at `now`, counted by context and kind; contexts with
+    /// none are absent.
+    async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError>;
 
     /// Runs the embedded migrations.
     async fn migrate(&self) -> Result<(), StoreError>;

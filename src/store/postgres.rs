@@ -6,8 +6,8 @@ use sqlx::{Postgres, QueryBuilder, Row as _};
 
 use super::shared::{self, store_impl};
 use super::{
-    Cursor, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError, Stored,
-    StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
+    Cursor, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError,
+    Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
     subject_columns,
 };
 use crate::crypto::Sealed;

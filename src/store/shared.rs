@@ -59,6 +59,10 @@ pub const LOCK_STATS: &str = "SELECT \
        COALESCE(SUM(CASE WHEN context = $2 THEN 1 ELSE 0 END), 0) AS totp \
      FROM key_state WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > $1)";
 
+pub const ACTIVE_LOCKS: &str = "SELECT context, locked_until IS NULL AS permanent, COUNT(*) AS n \
+     FROM key_state WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > $1) \
+     GROUP BY 1, 2";
+
 /// The cleanup task: timed-out sessions become expired (so statistics see
 /// them), and sessions that are not authenticated are forgotten a day after
 /// they last changed.
@@ -240,6 +244,23 @@ macro_rules! store_impl {
                 locks_temporary: n(l.try_get("temporary")?),
                 locks_permanent: n(l.try_get("permanent")?),
             })
+        }
+
+        async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError> {
+            let rows = sqlx::query($sql(shared::ACTIVE_LOCKS))
+                .bind(now.0)
+                .fetch_all(&self.$readers)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let n: i64 = r.try_get("n")?;
+                    Ok(LockCount {
+                        context: r.try_get("context")?,
+                        permanent: r.try_get("permanent")?,
+                        count: u64::try_from(n).unwrap_or(0),
+                    })
+                })
+                .collect()
         }
 
         async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {

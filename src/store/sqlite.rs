@@ -11,8 +11,8 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::shared::{self, store_impl};
 use super::{
-    Cursor, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError, Stored,
-    StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
+    Cursor, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError,
+    Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
     subject_columns,
 };
 use crate::crypto::Sealed;

@@ -327,6 +327,7 @@ pub fn config(extra: &str, db: &TestDb) -> (Config, authgate::domain::Policy) {
         .merge(Toml::string(extra));
     let (mut config, policy) = Config::from_figment(figment).expect("test config is valid");
     config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.metrics.listen = "127.0.0.1:0".parse().expect("addr");
     config.database.url = DatabaseUrl::new(db.url());
     (config, policy)
 }
@@ -493,6 +494,8 @@ macro_rules! both_backends {
 pub struct ChildServer {
     child: std::process::Child,
     pub addr: SocketAddr,
+    /// The Prometheus endpoint's URL.
+    pub metrics_url: String,
     /// Collects everything the process logs, until it exits.
     log: Option<std::thread::JoinHandle<Vec<String>>>,
 }
@@ -507,6 +510,7 @@ impl ChildServer {
         cmd.current_dir(cwd)
             .args(args)
             .env("AUTHGATE_LOG__LEVEL", "info")
+            .env("AUTHGATE_METRICS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -517,7 +521,7 @@ impl ChildServer {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
         let mut seen = Vec::new();
-        let addr = loop {
+        let (addr, metrics_url) = loop {
             let Some(Ok(line)) = lines.next() else {
                 let mut err = String::new();
                 if let Some(mut e) = child.stderr.take() {
@@ -529,12 +533,17 @@ impl ChildServer {
                 );
             };
             if line.contains("authgate listening") {
-                let addr = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .expect("listening line names its address");
-                break addr.parse().expect("socket address");
+                let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
+                let field = |name: &str| {
+                    event[name]
+                        .as_str()
+                        .expect("listening line fields")
+                        .to_owned()
+                };
+                break (
+                    field("addr").parse().expect("socket address"),
+                    field("metrics"),
+                );
             }
             seen.push(line);
         };
@@ -545,6 +554,7 @@ impl ChildServer {
         ChildServer {
             child,
             addr,
+            metrics_url,
             log: Some(log),
         }
     }

@@ -9,6 +9,7 @@ mod bad_input;
 mod citizenship;
 mod cli;
 mod concurrency;
+mod observability;
 mod outage;
 mod python;
 mod totp;

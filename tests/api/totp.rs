@@ -173,6 +173,13 @@ async fn oathtool_code_is_accepted_once_across_two_processes() {
         "answered exactly as a wrong code"
     );
     assert_eq!(verdict.remaining_attempts, Some(4), "and counted as one");
+
+    // The logs of both replicas name neither the user nor the code.
+    let logs: Vec<String> = replicas.into_iter().flat_map(|r| r.terminate().1).collect();
+    let text = logs.join("\n");
+    assert!(text.contains("second factor accepted"), "{text}");
+    assert!(!text.contains("olive") && !text.contains(&code), "{text}");
+    assert!(!text.contains(&enrolled.secret_base32));
 }
 
 async fn five_wrong_codes_block_until_the_block_ends(backend: Backend) {

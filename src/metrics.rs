@@ -1,0 +1,173 @@
+//! Prometheus metrics: every name, its help text and buckets in one place,
+//! and the /metrics endpoint. Labels are bounded sets (RPC names, configured
+//! contexts, decisions, status codes): no user id, IP or session id ever
+//! becomes a label.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::domain::Decision;
+
+pub const SESSIONS: &str = "authgate_sessions";
+pub const LOCKOUTS_ACTIVE: &str = "authgate_lockouts_active";
+pub const DECISIONS: &str = "authgate_decisions_total";
+pub const FAILURES: &str = "authgate_failures_total";
+pub const LOCKOUTS: &str = "authgate_lockouts_total";
+pub const UNLOCKS: &str = "authgate_unlocks_total";
+pub const TOTP_VERIFICATIONS: &str = "authgate_totp_verifications_total";
+pub const RPC_DURATION: &str = "authgate_rpc_duration_seconds";
+pub const STORE_DURATION: &str = "authgate_store_duration_seconds";
+pub const STORE_ERRORS: &str = "authgate_store_errors_total";
+pub const BUILD_INFO: &str = "authgate_build_info";
+
+/// 50 µs to 1 s: a cached check is tens of microseconds, a store under
+/// strain hundreds of milliseconds.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Tiers above this share one label value, keeping the series bounded.
+const MAX_TIER_LABEL: u32 = 10;
+
+/// The process-wide recorder. Installed once: several servers in one
+/// process (the tests) share it.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), BUCKETS)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(
+        SESSIONS,
+        "Two-factor sessions by state (authenticated, processing, blocked, expired, total), from the shared store"
+    );
+    describe_gauge!(
+        LOCKOUTS_ACTIVE,
+        "Locks in force, by context and kind (temporary or permanent), from the shared store"
+    );
+    describe_counter!(DECISIONS, "Verdicts answered, by RPC, context and decision");
+    describe_counter!(FAILURES, "Failures recorded, by context");
+    describe_counter!(LOCKOUTS, "Lockouts applied, by context and tier");
+    describe_counter!(UNLOCKS, "Locks lifted by admins, by scope");
+    describe_counter!(
+        TOTP_VERIFICATIONS,
+        "TOTP codes verified, by result (ok, invalid, replay, clock_skew, blocked, not_enrolled)"
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "gRPC call latency, by RPC and status code"
+    );
+    describe_histogram!(
+        STORE_DURATION,
+        Unit::Seconds,
+        "State store operation latency, by operation"
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "State store operations that failed, by operation"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label names the running build"
+    );
+}
+
+pub fn decision_label(d: Decision) -> &'static str {
+    match d {
+        Decision::Allow => "allow",
+        Decision::Deny => "deny",
+        Decision::ChallengeCaptcha => "challenge_captcha",
+        Decision::ChallengeTotp => "challenge_totp",
+        Decision::EnrollTotp => "enroll_totp",
+        Decision::Blocked => "blocked",
+    }
+}
+
+pub fn decided(rpc: &'static str, context: &str, d: Decision) {
+    counter!(DECISIONS, "rpc" => rpc, "context" => context.to_owned(), "decision" => decision_label(d)).increment(1);
+}
+
+pub fn failure(context: &str) {
+    counter!(FAILURES, "context" => context.to_owned()).increment(1);
+}
+
+pub fn lockout(context: &str, tier: u32) {
+    let tier = if tier > MAX_TIER_LABEL {
+        format!("{MAX_TIER_LABEL}+")
+    } else {
+        tier.to_string()
+    };
+    counter!(LOCKOUTS, "context" => context.to_owned(), "tier" => tier).increment(1);
+}
+
+pub fn unlocked(scope: &'static str, n: u64) {
+    counter!(UNLOCKS, "scope" => scope).increment(n);
+}
+
+pub fn totp_verified(result: &'static str) {
+    counter!(TOTP_VERIFICATIONS, "result" => result).increment(1);
+}
+
+pub fn rpc_done(rpc: &'static str, code: tonic::Code, took: Duration) {
+    histogram!(RPC_DURATION, "rpc" => rpc, "code" => format!("{code:?}")).record(took);
+}
+
+pub fn store_done(op: &'static str, ok: bool, took: Duration) {
+    histogram!(STORE_DURATION, "op" => op).record(took);
+    if !ok {
+        counter!(STORE_ERRORS, "op" => op).increment(1);
+    }
+}
+
+pub fn sessions(state: &'static str, n: u64) {
+    gauge!(SESSIONS, "state" => state).set(n as f64);
+}
+
+pub fn locks_active(context: &str, kind: &'static str, n: u64) {
+    gauge!(LOCKOUTS_ACTIVE, "context" => context.to_owned(), "kind" => kind).set(n as f64);
+}
+
+/// Serves `path` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    path: String,
+    handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        &path,
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
