@@ -21,7 +21,7 @@ use crate::crypto::{self, CryptoError, SecretKeys};
 use crate::domain::Policy;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
-use crate::grpc::{AccessApi, AdminApi, proto};
+use crate::grpc::{AccessApi, AdminApi, RequestIdLayer, proto};
 use crate::metrics;
 use crate::service::Gate;
 use crate::store::{self, Instrumented, PoolSettings, Store, StoreError};
@@ -224,6 +224,7 @@ impl Application {
             "authgate listening"
         );
         let result = Server::builder()
+            .layer(RequestIdLayer)
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -4,9 +4,11 @@
 mod access;
 mod admin;
 mod convert;
+mod request_id;
 
 pub use access::AccessApi;
 pub use admin::AdminApi;
+pub use request_id::RequestIdLayer;
 
 /// Code generated from proto/authgate/v1 by build.rs.
 pub mod proto {

@@ -54,10 +54,36 @@ async fn prometheus_scrapes_lockouts_and_promtool_accepts_the_metrics() {
         ],
     );
     let mut c = server.access().await;
-    for _ in 0..5 {
+    for _ in 0..4 {
         fail(&mut c, "login", subject("mia", "198.51.100.77")).await;
     }
-    check(&mut c, "login", subject("mia", "198.51.100.77")).await;
+    // The caller's request id comes back and tags the call's log lines.
+    let mut fifth = tonic::Request::new(authgate::grpc::proto::RecordFailureRequest {
+        context: "login".into(),
+        subject: subject("mia", "198.51.100.77"),
+        activity: String::new(),
+    });
+    fifth
+        .metadata_mut()
+        .insert("x-request-id", "lock-req-7".parse().unwrap());
+    let answer = c.record_failure(fifth).await.unwrap();
+    assert_eq!(answer.metadata().get("x-request-id").unwrap(), "lock-req-7");
+    assert!(answer.into_inner().lockout_applied);
+    // Without one, the server makes one up.
+    let plain = c
+        .check_access(authgate::grpc::proto::CheckAccessRequest {
+            context: "login".into(),
+            subject: subject("mia", "198.51.100.77"),
+        })
+        .await
+        .unwrap();
+    let generated = plain
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(generated.len(), 36, "{generated}");
 
     // promtool checks the exposition format and the naming conventions.
     let scrape = tokio::task::spawn_blocking({
