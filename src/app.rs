@@ -192,6 +192,7 @@ impl Application {
         ));
         let metrics_addr = self.metrics_addr();
         let addr = self.local_addr();
+        let stop_for_streams = stop_rx.clone();
         let mut metrics_stop = stop_rx;
         let exporter = tokio::spawn(metrics::serve(
             self.metrics_listener,
@@ -233,12 +234,16 @@ impl Application {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                AdminServiceServer::new(AdminApi::new(self.gate.clone()))
+                AdminServiceServer::new(AdminApi::new(self.gate.clone(), stop_for_streams))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
+                shutdown.await;
+                // Ends alert streams and background loops, so draining
+                // waits only for calls that will finish.
+                let _ = stop_tx.send(true);
+            })
             .await;
-        let _ = stop_tx.send(true);
         let _ = cleanup.await;
         let _ = refresher.await;
         if let Ok(Err(e)) = exporter.await {

@@ -46,6 +46,8 @@ pub struct Config {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
     pub access: AccessConfig,
     #[serde(default)]
     pub totp: TotpConfig,
@@ -176,6 +178,23 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// After an alert of one kind about one subject, more of the same are
+    /// held back this long (pyTMBot's ADMIN_NOTIFY_SUPPRESSION).
+    #[serde(with = "humantime_serde")]
+    pub suppression: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            suppression: Duration::from_secs(300),
         }
     }
 }
@@ -485,6 +504,7 @@ impl Default for Config {
             cleanup: CleanupConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            alerts: AlertsConfig::default(),
             access: AccessConfig::default(),
             totp: TotpConfig::default(),
             contexts: default_contexts(),
@@ -642,7 +662,7 @@ impl Config {
                 },
             });
         }
-        Ok(Policy::new(contexts, access, totp))
+        Ok(Policy::new(contexts, access, totp, self.alerts.suppression))
     }
 }
 

@@ -25,6 +25,7 @@ pub const RPC_DURATION: &str = "authgate_rpc_duration_seconds";
 pub const STORE_DURATION: &str = "authgate_store_duration_seconds";
 pub const STORE_ERRORS: &str = "authgate_store_errors_total";
 pub const BUILD_INFO: &str = "authgate_build_info";
+pub const EVENTS_DROPPED: &str = "authgate_security_events_dropped_total";
 
 /// 50 µs to 1 s: a cached check is tens of microseconds, a store under
 /// strain hundreds of milliseconds.
@@ -135,6 +136,10 @@ pub fn store_done(op: &'static str, ok: bool, took: Duration) {
     if !ok {
         counter!(STORE_ERRORS, "op" => op).increment(1);
     }
+}
+
+pub fn events_dropped(n: u64) {
+    counter!(EVENTS_DROPPED).increment(n);
 }
 
 pub fn sessions(state: &'static str, n: u64) {

@@ -41,14 +41,23 @@ CREATE TABLE session (
 -- Statistics and the cleanup task count and sweep sessions by status.
 CREATE INDEX session_status ON session (status, expires_at);
 
--- Append-only: security events (lockouts, TOTP blocks) for alerting.
+-- Append-only: security events (lockouts, blocked strangers, TOTP blocks),
+-- for the audit trail and the alert stream. Identifiers are kept in full:
+-- this table is read by admins, never written to logs.
 CREATE TABLE security_event (
-    id       BIGSERIAL PRIMARY KEY,
-    at       BIGINT NOT NULL,
-    kind     TEXT   NOT NULL,
-    context  TEXT   NOT NULL DEFAULT '',
-    rule     TEXT   NOT NULL DEFAULT '',
-    user_id  TEXT   NOT NULL DEFAULT '',
-    ip       TEXT   NOT NULL DEFAULT '',
-    detail   TEXT   NOT NULL DEFAULT ''
+    id          BIGSERIAL PRIMARY KEY,
+    at          BIGINT  NOT NULL,
+    kind        TEXT    NOT NULL,
+    context     TEXT    NOT NULL DEFAULT '',
+    rule        TEXT    NOT NULL DEFAULT '',
+    user_id     TEXT    NOT NULL DEFAULT '',
+    ip          TEXT    NOT NULL DEFAULT '',
+    session_id  TEXT    NOT NULL DEFAULT '',
+    -- For lockouts: the tier, its end (NULL when permanent).
+    tier        INTEGER NOT NULL DEFAULT 0,
+    until_at    BIGINT,
+    permanent   BOOLEAN NOT NULL DEFAULT FALSE
 );
+
+-- The audit trail is read newest first, by time range.
+CREATE INDEX security_event_at ON security_event (at);

@@ -2,6 +2,7 @@
 //! verdict out. Nothing here performs I/O, reads the clock or knows about
 //! gRPC or SQL, so every rule can be pinned by unit and property tests.
 
+mod alerts;
 mod policy;
 mod rule;
 mod session;
@@ -10,6 +11,7 @@ mod time;
 mod totp;
 mod verdict;
 
+pub use alerts::Suppressor;
 pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,

@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use super::{
     ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, SessionPolicy, Subject,
@@ -162,10 +163,18 @@ pub struct Policy {
     contexts: BTreeMap<String, ContextPolicy>,
     pub access: AccessList,
     pub totp: TotpPolicy,
+    /// How long alerts of one kind about one subject are held back after
+    /// one is delivered.
+    pub alert_suppression: Duration,
 }
 
 impl Policy {
-    pub fn new(contexts: Vec<ContextPolicy>, access: AccessList, totp: TotpPolicy) -> Self {
+    pub fn new(
+        contexts: Vec<ContextPolicy>,
+        access: AccessList,
+        totp: TotpPolicy,
+        alert_suppression: Duration,
+    ) -> Self {
         Policy {
             contexts: contexts
                 .into_iter()
@@ -173,6 +182,7 @@ impl Policy {
                 .collect(),
             access,
             totp,
+            alert_suppression,
         }
     }
 
@@ -324,7 +334,7 @@ mod tests {
             required: ids(&["needs-2fa"]),
         };
         let access = AccessList::new(ids(&[]), ids(&[]), rule("l", KeyKind::User)).unwrap();
-        let policy = Policy::new(vec![ctx.clone()], access, totp);
+        let policy = Policy::new(vec![ctx.clone()], access, totp, Duration::from_secs(300));
         assert!(policy.requires_totp(&ctx, Some(&UserId::parse("u", "needs-2fa").unwrap())));
         assert!(!policy.requires_totp(&ctx, Some(&UserId::parse("u", "other").unwrap())));
         let err = policy.context("context", "nope").unwrap_err();

@@ -7,11 +7,19 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{convert, observe};
 use crate::domain::{
-    FieldError, IpAddress, Key, KeyKind, SessionId, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UserId,
+    FieldError, IpAddress, Key, KeyKind, SessionId, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
+    TotpParams, UnixMillis, UserId,
 };
+use crate::metrics;
 use crate::service::Gate;
+use crate::store::SecurityEvent;
 use crate::store::{Cursor, StateId, UnlockScope};
 use crate::telemetry::mask;
+use std::pin::Pin;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
@@ -21,11 +29,46 @@ const SEP: char = '\u{1f}';
 
 pub struct AdminApi {
     gate: Arc<Gate>,
+    /// Turns true when the server shuts down: alert streams end then, so
+    /// draining does not wait on subscribers that never hang up.
+    stop: watch::Receiver<bool>,
 }
 
 impl AdminApi {
-    pub fn new(gate: Arc<Gate>) -> Self {
-        AdminApi { gate }
+    pub fn new(gate: Arc<Gate>, stop: watch::Receiver<bool>) -> Self {
+        AdminApi { gate, stop }
+    }
+}
+
+/// Alerts queued for one subscriber's connection. Small: a slow reader makes
+/// its own task wait, and the broadcast buffer behind it (bounded too) drops
+/// what that reader cannot keep up with.
+const ALERT_QUEUE: usize = 16;
+
+fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAlert {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let kind = match (opt(&e.user_id), opt(&e.ip), opt(&e.session_id)) {
+        (Some(_), Some(_), _) => proto::KeyKind::UserIp,
+        (Some(_), None, _) => proto::KeyKind::User,
+        (None, Some(_), _) => proto::KeyKind::Ip,
+        _ => proto::KeyKind::Session,
+    };
+    proto::SecurityAlert {
+        kind: e.kind.clone(),
+        at: Some(convert::timestamp(UnixMillis(e.at))),
+        context: e.context.clone(),
+        rule: e.rule.clone(),
+        key: Some(proto::Key {
+            kind: kind.into(),
+            user_id: e.user_id.clone(),
+            ip: e.ip.clone(),
+            session_id: e.session_id.clone(),
+        }),
+        tier: e.tier,
+        unblock_at: e.until.map(|t| convert::timestamp(UnixMillis(t))),
+        permanent: e.permanent,
+        suppressed,
+        dropped,
     }
 }
 
@@ -70,6 +113,61 @@ fn parse_page_token(token: &str) -> Result<Cursor, FieldError> {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    type WatchSecurityEventsStream =
+        Pin<Box<dyn Stream<Item = Result<proto::SecurityAlert, Status>> + Send + 'static>>;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_security_events(
+        &self,
+        request: Request<proto::WatchSecurityEventsRequest>,
+    ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
+        observe("WatchSecurityEvents", async move {
+            let actor = self
+                .gate
+                .authorize_admin(&request.get_ref().actor_user_id)?;
+            let mut events = self.gate.subscribe();
+            let mut suppressor = Suppressor::new(self.gate.policy().alert_suppression);
+            let mut stop = self.stop.clone();
+            let (tx, rx) = mpsc::channel(ALERT_QUEUE);
+            tracing::info!(actor = %mask(actor.as_str()), "alert subscriber joined");
+            tokio::spawn(async move {
+                let mut dropped = 0u64;
+                loop {
+                    let event = tokio::select! {
+                        received = events.recv() => match received {
+                            Ok(event) => event,
+                            Err(RecvError::Lagged(n)) => {
+                                dropped += n;
+                                metrics::events_dropped(n);
+                                continue;
+                            }
+                            Err(RecvError::Closed) => return,
+                        },
+                        _ = stop.wait_for(|stopped| *stopped) => return,
+                        _ = tx.closed() => return,
+                    };
+                    let subject = format!("{}|{}|{}", event.user_id, event.ip, event.session_id);
+                    let Some(suppressed) =
+                        suppressor.offer(&event.kind, &subject, UnixMillis(event.at))
+                    else {
+                        continue;
+                    };
+                    if tx
+                        .send(Ok(alert(&event, suppressed, dropped)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    dropped = 0;
+                }
+            });
+            let stream: Self::WatchSecurityEventsStream = Box::pin(ReceiverStream::new(rx));
+            Ok(Response::new(stream))
+        })
+        .await
+    }
+
     #[tracing::instrument(skip_all)]
     async fn admin_unlock(
         &self,

@@ -16,7 +16,8 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::store::{
-    Cursor, Purged, StateId, Store, StoreError, Stored, StoredTotp, UnlockScope, Update,
+    Cursor, Purged, SecurityEvent, StateId, Store, StoreError, Stored, StoredTotp, UnlockScope,
+    Update,
 };
 use crate::telemetry::mask;
 
@@ -117,26 +118,27 @@ impl Gate {
         let mut order: Vec<usize> = (0..slots.len()).collect();
         order.sort_by_key(|&i| id_of(&slots[i]));
         let ids: Vec<StateId> = order.iter().map(|&i| id_of(&slots[i])).collect();
-        // Written by the last (successful) run of the transition.
-        let applied = Mutex::new(false);
+        // Which slots this failure locked, as decided by the last (the
+        // committed) run of the transition.
+        let applied = Mutex::new(vec![false; slots.len()]);
         let states = self
             .store
             .transition(&ids, &|current| {
-                let mut any = false;
+                let mut locked = vec![false; slots.len()];
                 let updates = order
                     .iter()
                     .zip(current)
                     .map(|(&i, state)| {
                         let rule = slots[i].rule;
                         let t = rule.record_failure(&state.clone().unwrap_or_default(), now);
-                        any |= t.lockout_applied;
+                        locked[i] = t.lockout_applied;
                         Update {
                             expires_at: rule.expires_at(&t.state),
                             state: t.state,
                         }
                     })
                     .collect();
-                *applied.lock().unwrap_or_else(|e| e.into_inner()) = any;
+                *applied.lock().unwrap_or_else(|e| e.into_inner()) = locked;
                 updates
             })
             .await?;
@@ -144,23 +146,68 @@ impl Gate {
         for (&i, state) in order.iter().zip(states) {
             by_slot[i] = state;
         }
-        let applied = *applied.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = applied.into_inner().unwrap_or_else(|e| e.into_inner());
         metrics::failure(slots[0].context);
-        if applied {
-            for (slot, state) in slots.iter().zip(&by_slot) {
-                if state.last_lockout_at == Some(now) {
-                    metrics::lockout(slot.context, state.recent_lockouts);
-                    tracing::info!(
-                        context = slot.context,
-                        rule = %slot.rule.name,
-                        key = %mask_key(&slot.key),
-                        tier = state.recent_lockouts,
-                        "lockout applied"
-                    );
-                }
-            }
+        for ((slot, state), _) in slots
+            .iter()
+            .zip(&by_slot)
+            .zip(&applied)
+            .filter(|(_, a)| **a)
+        {
+            let lock = state.lock.as_ref();
+            metrics::lockout(slot.context, state.recent_lockouts);
+            tracing::info!(
+                context = slot.context,
+                rule = %slot.rule.name,
+                key = %mask_key(&slot.key),
+                tier = state.recent_lockouts,
+                "lockout applied"
+            );
+            let kind = if slot.context == TOTP_CONTEXT {
+                "totp_blocked"
+            } else if lock.is_some_and(|l| l.until.is_none()) {
+                "permanent_lockout"
+            } else {
+                "lockout"
+            };
+            self.alert(kind, slot, now, state).await?;
         }
-        Ok((by_slot, applied))
+        Ok((by_slot, applied.contains(&true)))
+    }
+
+    /// Records a security event and hands it to every replica's alert
+    /// subscribers.
+    async fn alert(
+        &self,
+        kind: &str,
+        slot: &Slot<'_>,
+        now: UnixMillis,
+        state: &KeyState,
+    ) -> Result<(), StoreError> {
+        let lock = state.active_lock(now);
+        self.store
+            .append_event(&SecurityEvent {
+                at: now.0,
+                kind: kind.to_owned(),
+                context: slot.context.to_owned(),
+                rule: slot.rule.name.clone(),
+                user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
+                ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
+                session_id: slot
+                    .key
+                    .session()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                tier: lock.map_or(0, |l| l.tier),
+                until: lock.and_then(|l| l.until).map(|t| t.0),
+                permanent: lock.is_some_and(|l| l.until.is_none()),
+            })
+            .await
+    }
+
+    /// Events from every replica, for AdminService.WatchSecurityEvents.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
+        self.store.subscribe()
     }
 
     async fn load(&self, slots: &[Slot<'_>]) -> Result<Vec<KeyState>, StoreError> {
@@ -198,7 +245,10 @@ impl Gate {
         };
         let slots = [slot];
         let states = if count {
-            self.fail(&slots, now).await?.0
+            let states = self.fail(&slots, now).await?.0;
+            self.alert("not_allowed", &slots[0], now, &states[0])
+                .await?;
+            states
         } else {
             self.load(&slots).await?
         };

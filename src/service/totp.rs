@@ -8,7 +8,7 @@ use crate::domain::{
     Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
     TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
-use crate::store::{SecurityEvent, Stats, StoredTotp};
+use crate::store::{Stats, StoredTotp};
 use crate::telemetry::mask;
 
 /// Smallest secret ImportTotp accepts: RFC 4226's minimum.
@@ -199,17 +199,6 @@ impl Gate {
         let verdict = slot.rule.assess(&slot.key, &states[0], now);
         if lockout_applied {
             tracing::warn!(user = %mask(user.as_str()), "TOTP blocked after too many failed codes");
-            self.store
-                .append_event(&SecurityEvent {
-                    at: now,
-                    kind: "totp_blocked",
-                    context: ctx.name.to_string(),
-                    rule: slot.rule.name.clone(),
-                    user_id: user.to_string(),
-                    ip: subject.ip.map(|i| i.to_string()).unwrap_or_default(),
-                    detail: String::new(),
-                })
-                .await?;
         }
         if verdict.decision == Decision::Blocked {
             return Ok(VerifyOutcome {

@@ -118,6 +118,10 @@ impl Store for Instrumented {
         timed("append_event", self.0.append_event(event)).await
     }
 
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
+        self.0.subscribe()
+    }
+
     async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError> {
         timed("active_locks", self.0.active_locks(now)).await
     }

@@ -134,16 +134,23 @@ pub struct Stats {
     pub locks_permanent: u64,
 }
 
-/// One entry of the append-only security event log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One entry of the append-only security event log, as stored and as
+/// broadcast to every replica's alert subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SecurityEvent {
-    pub at: UnixMillis,
-    pub kind: &'static str,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// lockout, permanent_lockout, not_allowed, totp_blocked.
+    pub kind: String,
     pub context: String,
     pub rule: String,
     pub user_id: String,
     pub ip: String,
-    pub detail: String,
+    pub session_id: String,
+    pub tier: u32,
+    /// End of a temporary lock, Unix milliseconds.
+    pub until: Option<i64>,
+    pub permanent: bool,
 }
 
 /// Locks in force in one context, of one kind.
@@ -239,7 +246,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError>;
 
+    /// Appends `event` durably, then delivers it to the subscribers of
+    /// every replica sharing this store.
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
+
+    /// Events appended from now on, by any replica. The buffer is bounded:
+    /// a receiver that falls behind loses the oldest and is told how many.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent>;
 
     /// Locks in force at `now`, counted by context and kind; contexts with
     /// none are absent.

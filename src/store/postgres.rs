@@ -1,8 +1,9 @@
 //! The shared store: several replicas, one Postgres.
 
 use sqlx::PgExecutor;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
+use tokio::sync::broadcast;
 
 use super::shared::{self, store_impl};
 use super::{
@@ -32,8 +33,51 @@ pub const CLEANUP_LOCK: i64 = 0x6175_7468_6761_7465; // "authgate"
 const RETRYABLE: [&str; 2] = ["40001", "40P01"];
 const MAX_ATTEMPTS: usize = 5;
 
+/// The NOTIFY channel that carries security events between replicas.
+const EVENT_CHANNEL: &str = "authgate_events";
+
 pub struct PostgresStore {
     pool: PgPool,
+    /// Fed by the LISTEN task with every replica's events, this one's too.
+    events: broadcast::Sender<SecurityEvent>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Forwards NOTIFYs on EVENT_CHANNEL to `events` for as long as the store
+/// lives, reconnecting after the database comes back.
+async fn listen(pool: PgPool, events: broadcast::Sender<SecurityEvent>) {
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(EVENT_CHANNEL).await {
+                    tracing::warn!(error = %e, "cannot LISTEN for security events; retrying");
+                } else {
+                    loop {
+                        match listener.recv().await {
+                            Ok(n) => match serde_json::from_str::<SecurityEvent>(n.payload()) {
+                                Ok(event) => {
+                                    let _ = events.send(event);
+                                }
+                                Err(e) => tracing::warn!(error = %e, "unreadable security event"),
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "security event listener lost its connection");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "security event listener cannot connect yet"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 fn decode(row: &PgRow) -> Result<Row, sqlx::Error> {
@@ -121,7 +165,13 @@ impl PostgresStore {
                         ("plan_cache_mode", "force_generic_plan"),
                     ]),
             );
-        Ok(PostgresStore { pool })
+        let (events, _) = broadcast::channel(shared::EVENT_BUFFER);
+        let listener = tokio::spawn(listen(pool.clone(), events.clone()));
+        Ok(PostgresStore {
+            pool,
+            events,
+            listener,
+        })
     }
 
     /// The rows of `ids` that exist.
@@ -399,5 +449,37 @@ store_impl!(PostgresStore, pool, pool, sql, {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
+        let payload =
+            serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // One statement: the row and the NOTIFY commit together, and every
+        // replica's listener (this one's included) delivers the event.
+        sqlx::query(
+            "WITH e AS (INSERT INTO security_event \
+               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id) \
+             SELECT pg_notify($11, $12) FROM e",
+        )
+        .bind(event.at)
+        .bind(&event.kind)
+        .bind(&event.context)
+        .bind(&event.rule)
+        .bind(&event.user_id)
+        .bind(&event.ip)
+        .bind(&event.session_id)
+        .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
+        .bind(event.until)
+        .bind(event.permanent)
+        .bind(EVENT_CHANNEL)
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
+        self.events.subscribe()
     }
 });

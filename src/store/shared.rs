@@ -70,8 +70,12 @@ pub const EXPIRE_SESSIONS: &str = "UPDATE session SET status = 'expired', since 
 pub const SWEEP_SESSIONS: &str =
     "DELETE FROM session WHERE status <> 'authenticated' AND since <= $1";
 
-pub const APPEND_EVENT: &str = "INSERT INTO security_event (at, kind, context, rule, user_id, ip, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub const INSERT_EVENT: &str = "INSERT INTO security_event \
+       (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+/// How many events a subscriber may fall behind before it loses some.
+pub const EVENT_BUFFER: usize = 1024;
 
 /// How long a session that is not authenticated is kept after it changed.
 pub const SESSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
@@ -263,19 +267,6 @@ macro_rules! store_impl {
                 .collect()
         }
 
-        async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
-            sqlx::query($sql(shared::APPEND_EVENT))
-                .bind(event.at.0)
-                .bind(event.kind)
-                .bind(&event.context)
-                .bind(&event.rule)
-                .bind(&event.user_id)
-                .bind(&event.ip)
-                .bind(&event.detail)
-                .execute(&self.$pool)
-                .await?;
-            Ok(())
-        }
         }
     };
 }

@@ -8,6 +8,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use tokio::sync::broadcast;
 
 use super::shared::{self, store_impl};
 use super::{
@@ -38,6 +39,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// WAL lets readers run beside the writer.
     readers: SqlitePool,
+    /// One process: events go straight to its subscribers.
+    events: broadcast::Sender<SecurityEvent>,
 }
 
 fn decode(row: &SqliteRow) -> Result<Row, StoreError> {
@@ -117,7 +120,12 @@ impl SqliteStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, readers })
+        let (events, _) = broadcast::channel(shared::EVENT_BUFFER);
+        Ok(SqliteStore {
+            writer,
+            readers,
+            events,
+        })
     }
 }
 
@@ -278,5 +286,28 @@ store_impl!(SqliteStore, writer, readers, sql, {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
         Ok(())
+    }
+
+    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
+        sqlx::query(sql(shared::INSERT_EVENT))
+            .bind(event.at)
+            .bind(&event.kind)
+            .bind(&event.context)
+            .bind(&event.rule)
+            .bind(&event.user_id)
+            .bind(&event.ip)
+            .bind(&event.session_id)
+            .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
+            .bind(event.until)
+            .bind(event.permanent)
+            .execute(&self.writer)
+            .await?;
+        // No subscribers is not an error: the event is in the table.
+        let _ = self.events.send(event.clone());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
+        self.events.subscribe()
     }
 });

@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod admin;
+mod alerts;
 mod bad_input;
 mod citizenship;
 mod cli;

@@ -1,0 +1,135 @@
+//! WatchSecurityEvents: alerts from any replica, one per attack.
+
+use std::time::Duration;
+
+use authgate::grpc::proto::{self, Decision};
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+
+use crate::helpers::*;
+
+type Alerts = Streaming<proto::SecurityAlert>;
+
+async fn watch(
+    a: &mut proto::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+) -> Alerts {
+    a.watch_security_events(proto::WatchSecurityEventsRequest {
+        actor_user_id: "admin".into(),
+    })
+    .await
+    .expect("WatchSecurityEvents")
+    .into_inner()
+}
+
+async fn next(alerts: &mut Alerts) -> proto::SecurityAlert {
+    tokio::time::timeout(Duration::from_secs(10), alerts.next())
+        .await
+        .expect("an alert within 10 s")
+        .expect("the stream is open")
+        .expect("an alert, not an error")
+}
+
+/// Nothing more arrives within a short, bounded wait.
+async fn quiet(alerts: &mut Alerts) {
+    let more = tokio::time::timeout(Duration::from_millis(700), alerts.next()).await;
+    assert!(more.is_err(), "unexpected alert: {more:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_cross_replicas_once_per_attack() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AUTHGATE_DATABASE__URL", db.url()),
+        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+        (
+            "AUTHGATE_ACCESS__ALLOWED_USER_IDS",
+            "[\"admin\", \"alice\"]",
+        ),
+        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
+    ];
+    let replicas = [
+        ChildServer::spawn(dir.path(), &[], &env),
+        ChildServer::spawn(dir.path(), &[], &env),
+    ];
+    let mut alerts = watch(&mut replicas[1].admin().await).await;
+    let mut c = replicas[0].access().await;
+
+    for _ in 0..3 {
+        check(&mut c, "login", subject("mallory", "203.0.113.66")).await;
+    }
+    let first = next(&mut alerts).await;
+    assert_eq!((first.kind.as_str(), first.suppressed), ("not_allowed", 0));
+    assert_eq!(first.key.unwrap().user_id, "mallory");
+    // The third attempt blocked mallory: an alert of another kind.
+    let block = next(&mut alerts).await;
+    assert_eq!(
+        (block.kind.as_str(), block.context.as_str()),
+        ("lockout", "allow_list")
+    );
+    assert!(block.unblock_at.is_some() && !block.permanent);
+    // The second and third attempts were held back.
+    quiet(&mut alerts).await;
+
+    let non_admin = replicas[1]
+        .admin()
+        .await
+        .watch_security_events(proto::WatchSecurityEventsRequest {
+            actor_user_id: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(non_admin.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_alert_after_the_window_counts_the_suppressed() {
+    let server =
+        TestServer::spawn_with(Backend::Sqlite, "[access]\nallowed_user_ids = [\"admin\"]").await;
+    let mut alerts = watch(&mut server.admin().await).await;
+    let mut c = server.access().await;
+    let stranger = || subject("trudy", "");
+    check(&mut c, "bot", stranger()).await;
+    check(&mut c, "bot", stranger()).await;
+    assert_eq!(next(&mut alerts).await.suppressed, 0);
+    quiet(&mut alerts).await;
+
+    server.clock.advance(5 * MINUTE);
+    let v = check(&mut c, "bot", stranger()).await;
+    assert_eq!(decision(&v), Decision::Blocked);
+    let lockout = next(&mut alerts).await;
+    assert_eq!(lockout.kind, "lockout");
+    let again = next(&mut alerts).await;
+    assert_eq!((again.kind.as_str(), again.suppressed), ("not_allowed", 1));
+
+    // A TOTP block is an alert too.
+    let mut a = server.admin().await;
+    a.import_totp(proto::ImportTotpRequest {
+        actor_user_id: "admin".into(),
+        user_id: "admin".into(),
+        secret_base32: "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        c.verify_totp(proto::VerifyTotpRequest {
+            context: "admin".into(),
+            subject: subject("admin", ""),
+            code: "000000".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let totp = next(&mut alerts).await;
+    assert_eq!(
+        (totp.kind.as_str(), totp.context.as_str()),
+        ("totp_blocked", "totp")
+    );
+    // Shutting down ends the stream instead of waiting on it.
+    server.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), alerts.next())
+        .await
+        .expect("stream ends");
+    assert!(end.is_none() || end.is_some_and(|r| r.is_err()));
+}
