@@ -114,6 +114,7 @@ pub struct Application {
     metrics_refresh: Duration,
     gate: Arc<Gate>,
     cleanup_interval: Duration,
+    audit_retention: Duration,
 }
 
 /// Opens and migrates the configured store.
@@ -156,6 +157,7 @@ impl Application {
             metrics_refresh: config.metrics.refresh_interval,
             gate: Arc::new(Gate::new(policy, store, clock, keys)),
             cleanup_interval: config.cleanup.interval,
+            audit_retention: config.cleanup.audit_retention,
         })
     }
 
@@ -181,6 +183,7 @@ impl Application {
         let cleanup = tokio::spawn(cleanup_loop(
             self.gate.clone(),
             self.cleanup_interval,
+            self.audit_retention,
             stop_rx.clone(),
         ));
         let handle = metrics::handle();
@@ -280,7 +283,12 @@ async fn refresh_loop(
 /// Purges expired state every `interval` until told to stop. A failed pass
 /// is logged and retried at the next tick: purging is housekeeping, never
 /// needed for a correct decision.
-async fn cleanup_loop(gate: Arc<Gate>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn cleanup_loop(
+    gate: Arc<Gate>,
+    interval: Duration,
+    audit_retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     // The first pass waits one interval: replicas starting together would
     // otherwise all purge at once, for nothing.
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -290,11 +298,13 @@ async fn cleanup_loop(gate: Arc<Gate>, interval: Duration, mut stop: watch::Rece
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        match gate.purge_expired().await {
+        match gate.purge_expired(audit_retention).await {
             Ok(Some(p)) => tracing::debug!(
                 states = p.states,
                 sessions_expired = p.sessions_expired,
                 sessions_deleted = p.sessions_deleted,
+                locks_expired = p.locks_expired,
+                events_deleted = p.events_deleted,
                 "expired state purged"
             ),
             Ok(None) => tracing::debug!("cleanup running on another replica"),

@@ -144,12 +144,16 @@ pub struct CleanupConfig {
     /// Purging is housekeeping only: expired state never affects a decision.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// How long the audit trail keeps events.
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
 }
 
 impl Default for CleanupConfig {
     fn default() -> Self {
         CleanupConfig {
             interval: Duration::from_secs(600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }

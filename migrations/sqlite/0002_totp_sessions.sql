@@ -42,9 +42,10 @@ CREATE TABLE session (
 -- Statistics and the cleanup task count and sweep sessions by status.
 CREATE INDEX session_status ON session (status, expires_at);
 
--- Append-only: security events (lockouts, blocked strangers, TOTP blocks),
--- for the audit trail and the alert stream. Identifiers are kept in full:
--- this table is read by admins, never written to logs.
+-- The audit trail, append-only: every security-relevant event (failures,
+-- lockouts applied and expired, unlocks, strangers turned away, TOTP and
+-- session changes). Alert kinds also feed WatchSecurityEvents. Identifiers
+-- are kept in full: this table is read by admins, never written to logs.
 CREATE TABLE security_event (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     at          BIGINT  NOT NULL,
@@ -57,8 +58,21 @@ CREATE TABLE security_event (
     -- For lockouts: the tier, its end (NULL when permanent).
     tier        INTEGER NOT NULL DEFAULT 0,
     until_at    BIGINT,
-    permanent   BOOLEAN NOT NULL DEFAULT FALSE
+    permanent   BOOLEAN NOT NULL DEFAULT FALSE,
+    -- The admin who acted (unlocks, resets, revocations).
+    actor       TEXT    NOT NULL DEFAULT '',
+    detail      TEXT    NOT NULL DEFAULT ''
 );
 
--- The audit trail is read newest first, by time range.
+-- ListAuditEvents filters by user and by kind, newest (highest id) first;
+-- retention deletes by time.
+CREATE INDEX security_event_user ON security_event (user_id, id);
+CREATE INDEX security_event_kind ON security_event (kind, id);
 CREATE INDEX security_event_at ON security_event (at);
+
+-- Where the last cleanup pass stopped, shared by replicas, so each lock that
+-- ends is reported as expired exactly once.
+CREATE TABLE maintenance (
+    name    TEXT   PRIMARY KEY,
+    last_at BIGINT NOT NULL
+);

@@ -12,8 +12,8 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::service::Gate;
-use crate::store::SecurityEvent;
 use crate::store::{Cursor, StateId, UnlockScope};
+use crate::store::{EventFilter, SecurityEvent};
 use crate::telemetry::mask;
 use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
@@ -45,25 +45,34 @@ impl AdminApi {
 /// what that reader cannot keep up with.
 const ALERT_QUEUE: usize = 16;
 
-fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAlert {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let kind = match (opt(&e.user_id), opt(&e.ip), opt(&e.session_id)) {
-        (Some(_), Some(_), _) => proto::KeyKind::UserIp,
-        (Some(_), None, _) => proto::KeyKind::User,
-        (None, Some(_), _) => proto::KeyKind::Ip,
-        _ => proto::KeyKind::Session,
+/// The identifiers an event names, as a key of the kind they make up.
+fn event_key(e: &SecurityEvent) -> proto::Key {
+    let kind = match (
+        e.user_id.is_empty(),
+        e.ip.is_empty(),
+        e.session_id.is_empty(),
+    ) {
+        (false, false, _) => proto::KeyKind::UserIp,
+        (false, true, _) => proto::KeyKind::User,
+        (true, false, _) => proto::KeyKind::Ip,
+        (true, true, false) => proto::KeyKind::Session,
+        (true, true, true) => proto::KeyKind::Unspecified,
     };
+    proto::Key {
+        kind: kind.into(),
+        user_id: e.user_id.clone(),
+        ip: e.ip.clone(),
+        session_id: e.session_id.clone(),
+    }
+}
+
+fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAlert {
     proto::SecurityAlert {
         kind: e.kind.clone(),
         at: Some(convert::timestamp(UnixMillis(e.at))),
         context: e.context.clone(),
         rule: e.rule.clone(),
-        key: Some(proto::Key {
-            kind: kind.into(),
-            user_id: e.user_id.clone(),
-            ip: e.ip.clone(),
-            session_id: e.session_id.clone(),
-        }),
+        key: Some(event_key(e)),
         tier: e.tier,
         unblock_at: e.until.map(|t| convert::timestamp(UnixMillis(t))),
         permanent: e.permanent,
@@ -308,13 +317,84 @@ impl AdminService for AdminApi {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
+        observe("ListAuditEvents", async move {
+            let req = request.into_inner();
+            self.gate.authorize_admin(&req.actor_user_id)?;
+            let before_id =
+                match req.page_token.as_str() {
+                    "" => None,
+                    token => Some(token.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(
+                        || {
+                            Status::invalid_argument(
+                                "page_token: is not a token this server issued",
+                            )
+                        },
+                    )?),
+                };
+            let millis = |t: &prost_types::Timestamp| {
+                UnixMillis(
+                    t.seconds
+                        .saturating_mul(1000)
+                        .saturating_add(i64::from(t.nanos / 1_000_000)),
+                )
+            };
+            let filter = EventFilter {
+                user_id: req.user_id,
+                ip: req.ip,
+                session_id: req.session_id,
+                context: req.context,
+                kind: req.kind,
+                from: req.from.as_ref().map(millis),
+                to: req.to.as_ref().map(millis),
+                before_id,
+            };
+            let limit = match req.page_size {
+                0 => DEFAULT_PAGE,
+                n => n.min(MAX_PAGE),
+            };
+            let mut rows = self.gate.audit_events(&filter, limit + 1).await?;
+            let more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            let next_page_token = match rows.last() {
+                Some((id, _)) if more => id.to_string(),
+                _ => String::new(),
+            };
+            let events = rows
+                .iter()
+                .map(|(id, e)| proto::AuditEvent {
+                    id: u64::try_from(*id).unwrap_or(0),
+                    kind: e.kind.clone(),
+                    at: Some(convert::timestamp(UnixMillis(e.at))),
+                    context: e.context.clone(),
+                    rule: e.rule.clone(),
+                    key: Some(event_key(e)),
+                    tier: e.tier,
+                    unblock_at: e.until.map(|t| convert::timestamp(UnixMillis(t))),
+                    permanent: e.permanent,
+                    actor: e.actor.clone(),
+                    detail: e.detail.clone(),
+                })
+                .collect();
+            Ok(Response::new(proto::ListAuditEventsResponse {
+                events,
+                next_page_token,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn revoke_session(
         &self,
         request: Request<proto::RevokeSessionRequest>,
     ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
         observe("RevokeSession", async move {
             let req = request.into_inner();
-            self.gate.authorize_admin(&req.actor_user_id)?;
+            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
             use proto::revoke_session_request::Scope;
             let user = match req.scope {
                 Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
@@ -328,7 +408,7 @@ impl AdminService for AdminApi {
                     ));
                 }
             };
-            let revoked = self.gate.revoke_sessions(user.as_ref()).await?;
+            let revoked = self.gate.revoke_sessions(&actor, user.as_ref()).await?;
             Ok(Response::new(proto::RevokeSessionResponse { revoked }))
         })
         .await
@@ -365,7 +445,7 @@ impl AdminService for AdminApi {
             let req = request.into_inner();
             let actor = self.gate.authorize_admin(&req.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
-            let removed = self.gate.reset_totp(&user).await?;
+            let removed = self.gate.reset_totp(&actor, &user).await?;
             tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), removed, "TOTP reset");
             Ok(Response::new(proto::ResetTotpResponse { removed }))
         })

@@ -7,6 +7,7 @@ pub use totp::{Enrollment, TotpResult, VerifyOutcome};
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, SecretKeys};
@@ -16,8 +17,8 @@ use crate::domain::{
 };
 use crate::metrics;
 use crate::store::{
-    Cursor, Purged, SecurityEvent, StateId, Store, StoreError, Stored, StoredTotp, UnlockScope,
-    Update,
+    Cursor, EventFilter, Purged, SecurityEvent, StateId, Store, StoreError, Stored, StoredTotp,
+    UnlockScope, Update,
 };
 use crate::telemetry::mask;
 
@@ -185,24 +186,27 @@ impl Gate {
         state: &KeyState,
     ) -> Result<(), StoreError> {
         let lock = state.active_lock(now);
-        self.store
-            .append_event(&SecurityEvent {
-                at: now.0,
-                kind: kind.to_owned(),
-                context: slot.context.to_owned(),
-                rule: slot.rule.name.clone(),
-                user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
-                ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
-                session_id: slot
-                    .key
-                    .session()
-                    .map(|s| s.to_string())
-                    .unwrap_or_default(),
-                tier: lock.map_or(0, |l| l.tier),
-                until: lock.and_then(|l| l.until).map(|t| t.0),
-                permanent: lock.is_some_and(|l| l.until.is_none()),
-            })
-            .await
+        self.record(SecurityEvent {
+            context: slot.context.to_owned(),
+            rule: slot.rule.name.clone(),
+            user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
+            ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
+            session_id: slot
+                .key
+                .session()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            tier: lock.map_or(0, |l| l.tier),
+            until: lock.and_then(|l| l.until).map(|t| t.0),
+            permanent: lock.is_some_and(|l| l.until.is_none()),
+            ..SecurityEvent::new(kind, now)
+        })
+        .await
+    }
+
+    /// Appends to the audit trail (and, for alert kinds, the alert stream).
+    async fn record(&self, event: SecurityEvent) -> Result<(), StoreError> {
+        self.store.append_event(&event).await
     }
 
     /// Events from every replica, for AdminService.WatchSecurityEvents.
@@ -283,6 +287,12 @@ impl Gate {
         let now = self.now();
         let counting = ctx.slots(subject, Some(activity));
         let (states, lockout_applied) = self.fail(&counting, now).await?;
+        self.record(SecurityEvent {
+            context: context.to_owned(),
+            detail: activity.to_owned(),
+            ..SecurityEvent::new("failure_recorded", now).about(subject)
+        })
+        .await?;
         let mut verdicts = Self::judge(&counting, &states, now);
         // Rules that do not count this activity still judge the request.
         let others: Vec<Slot<'_>> = ctx
@@ -381,8 +391,26 @@ impl Gate {
                 .into());
             }
         }
-        let lifted = self.store.unlock(scope, self.now()).await?;
+        let now = self.now();
+        let lifted = self.store.unlock(scope, now).await?;
         metrics::unlocked(scope_name(scope), lifted);
+        let event = SecurityEvent {
+            actor: actor.to_string(),
+            detail: format!("scope={} lifted={lifted}", scope_name(scope)),
+            ..SecurityEvent::new("unlocked", now)
+        };
+        self.record(match scope {
+            UnlockScope::Key { context, key } => SecurityEvent {
+                context: context.clone(),
+                user_id: key.user().map(|u| u.to_string()).unwrap_or_default(),
+                ip: key.ip().map(|i| i.to_string()).unwrap_or_default(),
+                session_id: key.session().map(|s| s.to_string()).unwrap_or_default(),
+                ..event
+            },
+            UnlockScope::Subject(subject) => event.about(subject),
+            UnlockScope::All => event,
+        })
+        .await?;
         tracing::info!(actor = %crate::telemetry::mask(actor.as_str()), scope = scope_name(scope), lifted, "admin unlock");
         Ok(lifted)
     }
@@ -462,8 +490,22 @@ impl Gate {
     }
 
     /// One cleanup pass; `None` when another replica ran it.
-    pub async fn purge_expired(&self) -> Result<Option<Purged>, StoreError> {
-        self.store.purge_expired(self.now()).await
+    pub async fn purge_expired(
+        &self,
+        audit_retention: Duration,
+    ) -> Result<Option<Purged>, StoreError> {
+        self.store.purge_expired(self.now(), audit_retention).await
+    }
+
+    pub async fn audit_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<(i64, SecurityEvent)>, ServiceError> {
+        if !filter.context.is_empty() {
+            self.known_context("context", &filter.context)?;
+        }
+        Ok(self.store.list_events(filter, limit).await?)
     }
 }
 

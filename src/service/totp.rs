@@ -8,7 +8,7 @@ use crate::domain::{
     Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
     TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
-use crate::store::{Stats, StoredTotp};
+use crate::store::{SecurityEvent, Stats, StoredTotp};
 use crate::telemetry::mask;
 
 /// Smallest secret ImportTotp accepts: RFC 4226's minimum.
@@ -96,6 +96,12 @@ impl Gate {
         }
         if step.expired {
             tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "session expired");
+            self.record(SecurityEvent {
+                context: ctx.name.to_string(),
+                user_id: user.to_string(),
+                ..SecurityEvent::new("session_expired", now)
+            })
+            .await?;
         }
         Ok(step.verdict)
     }
@@ -186,6 +192,15 @@ impl Gate {
             self.forgive(std::slice::from_ref(&slot), counter).await?;
             let session = ctx.session.start(now);
             self.store.put_session(user, &session).await?;
+            if matched.is_some_and(|t| !t.confirmed) {
+                self.record(SecurityEvent::new("totp_confirmed", now).about(subject))
+                    .await?;
+            }
+            self.record(SecurityEvent {
+                context: ctx.name.to_string(),
+                ..SecurityEvent::new("session_started", now).about(subject)
+            })
+            .await?;
             tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "second factor accepted");
             return Ok(VerifyOutcome {
                 result: TotpResult::Ok,
@@ -196,6 +211,12 @@ impl Gate {
         // A replay is answered exactly as a wrong code, so the answer never
         // tells an attacker that a code they saw was once valid.
         let (states, lockout_applied) = self.fail(std::slice::from_ref(&slot), now).await?;
+        self.record(SecurityEvent {
+            context: ctx.name.to_string(),
+            detail: if replayed { "replay" } else { "invalid" }.into(),
+            ..SecurityEvent::new("totp_failed", now).about(subject)
+        })
+        .await?;
         let verdict = slot.rule.assess(&slot.key, &states[0], now);
         if lockout_applied {
             tracing::warn!(user = %mask(user.as_str()), "TOTP blocked after too many failed codes");
@@ -284,6 +305,12 @@ impl Gate {
             )
             .await?;
         tracing::info!(user = %mask(user.as_str()), "TOTP enrollment started");
+        self.record(SecurityEvent {
+            context: ctx.name.to_string(),
+            user_id: user.to_string(),
+            ..SecurityEvent::new("totp_enrolled", now)
+        })
+        .await?;
         Ok(Enrollment {
             secret_base32,
             uri: provision.uri,
@@ -325,14 +352,35 @@ impl Gate {
     }
 
     /// Removes the user's secret and ends their session.
-    pub async fn reset_totp(&self, user: &UserId) -> Result<bool, ServiceError> {
+    pub async fn reset_totp(&self, actor: &UserId, user: &UserId) -> Result<bool, ServiceError> {
+        let now = self.now();
         let removed = self.store.delete_totp(user).await?;
-        self.store.revoke_sessions(Some(user), self.now()).await?;
+        self.store.revoke_sessions(Some(user), now).await?;
+        self.record(SecurityEvent {
+            user_id: user.to_string(),
+            actor: actor.to_string(),
+            detail: format!("removed={removed}"),
+            ..SecurityEvent::new("totp_reset", now)
+        })
+        .await?;
         Ok(removed)
     }
 
-    pub async fn revoke_sessions(&self, user: Option<&UserId>) -> Result<u64, ServiceError> {
-        Ok(self.store.revoke_sessions(user, self.now()).await?)
+    pub async fn revoke_sessions(
+        &self,
+        actor: &UserId,
+        user: Option<&UserId>,
+    ) -> Result<u64, ServiceError> {
+        let now = self.now();
+        let revoked = self.store.revoke_sessions(user, now).await?;
+        self.record(SecurityEvent {
+            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+            actor: actor.to_string(),
+            detail: format!("revoked={revoked}"),
+            ..SecurityEvent::new("session_revoked", now)
+        })
+        .await?;
+        Ok(revoked)
     }
 
     pub async fn stats(&self) -> Result<Stats, ServiceError> {

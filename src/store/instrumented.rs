@@ -2,13 +2,13 @@
 //! is underneath.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{
-    Cursor, LockCount, Purged, SecurityEvent, StateId, Stats, Store, StoreError, Stored,
-    StoredTotp, TransitionFn, UnlockScope,
+    Cursor, EventFilter, LockCount, Purged, SecurityEvent, StateId, Stats, Store, StoreError,
+    Stored, StoredTotp, TransitionFn, UnlockScope,
 };
 use crate::domain::{KeyState, Session, Subject, UnixMillis, UserId};
 use crate::metrics;
@@ -61,8 +61,20 @@ impl Store for Instrumented {
         timed("subject_states", self.0.subject_states(subject)).await
     }
 
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError> {
-        timed("purge_expired", self.0.purge_expired(now)).await
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        retention: Duration,
+    ) -> Result<Option<Purged>, StoreError> {
+        timed("purge_expired", self.0.purge_expired(now, retention)).await
+    }
+
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<(i64, SecurityEvent)>, StoreError> {
+        timed("list_events", self.0.list_events(filter, limit)).await
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

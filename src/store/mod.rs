@@ -151,6 +151,70 @@ pub struct SecurityEvent {
     /// End of a temporary lock, Unix milliseconds.
     pub until: Option<i64>,
     pub permanent: bool,
+    /// The admin who acted, for unlocks, resets and revocations.
+    #[serde(default)]
+    pub actor: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The kinds WatchSecurityEvents delivers; every other kind is only in the
+/// audit trail.
+pub const ALERT_KINDS: [&str; 4] = [
+    "lockout",
+    "permanent_lockout",
+    "not_allowed",
+    "totp_blocked",
+];
+
+impl SecurityEvent {
+    /// An event of `kind` at `at` about nobody in particular; callers fill
+    /// in what they know.
+    pub fn new(kind: &str, at: UnixMillis) -> Self {
+        SecurityEvent {
+            at: at.0,
+            kind: kind.to_owned(),
+            context: String::new(),
+            rule: String::new(),
+            user_id: String::new(),
+            ip: String::new(),
+            session_id: String::new(),
+            tier: 0,
+            until: None,
+            permanent: false,
+            actor: String::new(),
+            detail: String::new(),
+        }
+    }
+
+    /// Fills in the subject's identifiers.
+    pub fn about(self, subject: &Subject) -> Self {
+        let (user_id, ip, session_id) = subject_columns(subject);
+        SecurityEvent {
+            user_id,
+            ip,
+            session_id,
+            ..self
+        }
+    }
+
+    pub fn is_alert(&self) -> bool {
+        ALERT_KINDS.contains(&self.kind.as_str())
+    }
+}
+
+/// ListAuditEvents' filters; empty strings and `None` match everything.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub user_id: String,
+    pub ip: String,
+    pub session_id: String,
+    pub context: String,
+    pub kind: String,
+    pub from: Option<UnixMillis>,
+    pub to: Option<UnixMillis>,
+    /// Only events older than this id (the previous page's last).
+    pub before_id: Option<i64>,
 }
 
 /// Locks in force in one context, of one kind.
@@ -171,6 +235,10 @@ pub struct Purged {
     /// Sessions that were not authenticated, deleted a day after their last
     /// change.
     pub sessions_deleted: u64,
+    /// Locks that ended since the previous pass, now in the audit trail.
+    pub locks_expired: u64,
+    /// Audit events past retention, deleted.
+    pub events_deleted: u64,
 }
 
 /// Where ListLocked resumes: the last id of the previous page.
@@ -208,9 +276,22 @@ pub trait Store: Send + Sync + 'static {
     /// Every state involving any identifier of `subject`, ordered by id.
     async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError>;
 
-    /// Deletes state that expired before `now` and sweeps sessions. Returns
-    /// `None` when another replica is purging at the same moment.
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError>;
+    /// Deletes state that expired before `now`, sweeps sessions, records the
+    /// locks and sessions that ended since the previous pass and drops audit
+    /// events older than `retention`. Returns `None` when another replica is
+    /// purging at the same moment.
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        retention: Duration,
+    ) -> Result<Option<Purged>, StoreError>;
+
+    /// Audit events matching `filter`, newest first, with their ids.
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<(i64, SecurityEvent)>, StoreError>;
 
     /// The user's secrets: the confirmed one first, then a pending one.
     async fn totp(&self, user: &UserId) -> Result<Vec<StoredTotp>, StoreError>;
@@ -246,8 +327,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError>;
 
-    /// Appends `event` durably, then delivers it to the subscribers of
-    /// every replica sharing this store.
+    /// Appends `event` durably; an alert kind is then delivered to the
+    /// subscribers of every replica sharing this store.
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
 
     /// Events appended from now on, by any replica. The buffer is bounded:

@@ -3,13 +3,15 @@
 use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
+use std::time::Duration;
+
 use tokio::sync::broadcast;
 
-use super::shared::{self, store_impl};
+use super::shared::{self, cleanup_pass, store_impl};
 use super::{
-    Cursor, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError,
-    Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
-    subject_columns,
+    Cursor, EventFilter, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats,
+    Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns,
+    next_rows, push_scope, subject_columns,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -414,7 +416,11 @@ store_impl!(PostgresStore, pool, pool, sql, {
         stored(&rows)
     }
 
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError> {
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        retention: Duration,
+    ) -> Result<Option<Purged>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(CLEANUP_LOCK)
@@ -423,27 +429,9 @@ store_impl!(PostgresStore, pool, pool, sql, {
         if !won {
             return Ok(None);
         }
-        let states = sqlx::query("DELETE FROM key_state WHERE expires_at <= $1")
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions_expired = sqlx::query(shared::EXPIRE_SESSIONS)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions_deleted = sqlx::query(shared::SWEEP_SESSIONS)
-            .bind(now.0 - shared::SESSION_RETENTION_MS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let purged = cleanup_pass!(tx, sql, now, retention);
         tx.commit().await?;
-        Ok(Some(Purged {
-            states,
-            sessions_expired,
-            sessions_deleted,
-        }))
+        Ok(Some(purged))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -454,13 +442,14 @@ store_impl!(PostgresStore, pool, pool, sql, {
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
         let payload =
             serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        // One statement: the row and the NOTIFY commit together, and every
-        // replica's listener (this one's included) delivers the event.
+        // One statement: the row and, for an alert, the NOTIFY commit
+        // together, and every replica's listener (this one's included)
+        // delivers the event.
         sqlx::query(
             "WITH e AS (INSERT INTO security_event \
-               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id) \
-             SELECT pg_notify($11, $12) FROM e",
+               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
+             SELECT pg_notify($13, $14) FROM e WHERE $15",
         )
         .bind(event.at)
         .bind(&event.kind)
@@ -472,8 +461,11 @@ store_impl!(PostgresStore, pool, pool, sql, {
         .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
         .bind(event.until)
         .bind(event.permanent)
+        .bind(&event.actor)
+        .bind(&event.detail)
         .bind(EVENT_CHANNEL)
         .bind(payload)
+        .bind(event.is_alert())
         .execute(&self.pool)
         .await?;
         Ok(())

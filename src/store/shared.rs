@@ -67,12 +67,33 @@ pub const ACTIVE_LOCKS: &str = "SELECT context, locked_until IS NULL AS permanen
 /// them), and sessions that are not authenticated are forgotten a day after
 /// they last changed.
 pub const EXPIRE_SESSIONS: &str = "UPDATE session SET status = 'expired', since = $1 WHERE status = 'authenticated' AND expires_at <= $1";
+pub const DELETE_EXPIRED_STATES: &str = "DELETE FROM key_state WHERE expires_at <= $1";
 pub const SWEEP_SESSIONS: &str =
     "DELETE FROM session WHERE status <> 'authenticated' AND since <= $1";
 
 pub const INSERT_EVENT: &str = "INSERT INTO security_event \
-       (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+       (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+
+pub const LIST_EVENTS: &str = "SELECT id, at, kind, context, rule, user_id, ip, session_id, tier, \
+       until_at, permanent, actor, detail FROM security_event \
+     WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR ip = $2) AND ($3 = '' OR session_id = $3) \
+       AND ($4 = '' OR context = $4) AND ($5 = '' OR kind = $5) AND at >= $6 AND at < $7 AND id < $8 \
+     ORDER BY id DESC LIMIT $9";
+
+/// The cleanup pass, in order: locks that ended since the last pass become
+/// audit events (before their rows can be purged), then the marker moves.
+pub const LAST_PASS: &str = "SELECT last_at FROM maintenance WHERE name = 'cleanup'";
+pub const LOCKS_EXPIRED: &str = "INSERT INTO security_event \
+       (at, kind, context, rule, user_id, ip, session_id, tier, until_at) \
+     SELECT locked_until, 'lockout_expired', context, rule, user_id, ip, session_id, lock_tier, locked_until \
+     FROM key_state WHERE locked_until > $1 AND locked_until <= $2";
+pub const MARK_PASS: &str = "INSERT INTO maintenance (name, last_at) VALUES ('cleanup', $1) \
+     ON CONFLICT (name) DO UPDATE SET last_at = excluded.last_at";
+pub const SESSIONS_EXPIRED: &str = "INSERT INTO security_event (at, kind, user_id) \
+     SELECT expires_at, 'session_expired', user_id FROM session \
+     WHERE status = 'authenticated' AND expires_at <= $1";
+pub const DROP_OLD_EVENTS: &str = "DELETE FROM security_event WHERE at < $1";
 
 /// How many events a subscriber may fall behind before it loses some.
 pub const EVENT_BUFFER: usize = 1024;
@@ -250,6 +271,43 @@ macro_rules! store_impl {
             })
         }
 
+        async fn list_events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<(i64, SecurityEvent)>, StoreError> {
+            let rows = sqlx::query($sql(shared::LIST_EVENTS))
+                .bind(&filter.user_id)
+                .bind(&filter.ip)
+                .bind(&filter.session_id)
+                .bind(&filter.context)
+                .bind(&filter.kind)
+                .bind(filter.from.map_or(i64::MIN, |t| t.0))
+                .bind(filter.to.map_or(i64::MAX, |t| t.0))
+                .bind(filter.before_id.unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.$readers)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let tier: i32 = r.try_get("tier")?;
+                    Ok((
+                        r.try_get("id")?,
+                        SecurityEvent {
+                            at: r.try_get("at")?,
+                            kind: r.try_get("kind")?,
+                            context: r.try_get("context")?,
+                            rule: r.try_get("rule")?,
+                            user_id: r.try_get("user_id")?,
+                            ip: r.try_get("ip")?,
+                            session_id: r.try_get("session_id")?,
+                            tier: u32::try_from(tier).unwrap_or(0),
+                            until: r.try_get("until_at")?,
+                            permanent: r.try_get("permanent")?,
+                            actor: r.try_get("actor")?,
+                            detail: r.try_get("detail")?,
+                        },
+                    ))
+                })
+                .collect()
+        }
+
         async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError> {
             let rows = sqlx::query($sql(shared::ACTIVE_LOCKS))
                 .bind(now.0)
@@ -272,3 +330,58 @@ macro_rules! store_impl {
 }
 
 pub(crate) use store_impl;
+
+/// One cleanup pass inside the caller's transaction `$tx` (see the
+/// statements above for the order and why).
+macro_rules! cleanup_pass {
+    ($tx:expr, $sql:path, $now:expr, $retention:expr) => {{
+        let now: UnixMillis = $now;
+        let last: Option<i64> = sqlx::query_scalar($sql(shared::LAST_PASS))
+            .fetch_optional(&mut *$tx)
+            .await?;
+        let locks_expired = sqlx::query($sql(shared::LOCKS_EXPIRED))
+            .bind(last.unwrap_or(i64::MIN))
+            .bind(now.0)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        sqlx::query($sql(shared::MARK_PASS))
+            .bind(now.0)
+            .execute(&mut *$tx)
+            .await?;
+        let states = sqlx::query($sql(shared::DELETE_EXPIRED_STATES))
+            .bind(now.0)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        sqlx::query($sql(shared::SESSIONS_EXPIRED))
+            .bind(now.0)
+            .execute(&mut *$tx)
+            .await?;
+        let sessions_expired = sqlx::query($sql(shared::EXPIRE_SESSIONS))
+            .bind(now.0)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        let sessions_deleted = sqlx::query($sql(shared::SWEEP_SESSIONS))
+            .bind(now.0 - shared::SESSION_RETENTION_MS)
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        let retention_ms = i64::try_from($retention.as_millis()).unwrap_or(i64::MAX);
+        let events_deleted = sqlx::query($sql(shared::DROP_OLD_EVENTS))
+            .bind(now.0.saturating_sub(retention_ms))
+            .execute(&mut *$tx)
+            .await?
+            .rows_affected();
+        Purged {
+            states,
+            sessions_expired,
+            sessions_deleted,
+            locks_expired,
+            events_deleted,
+        }
+    }};
+}
+
+pub(crate) use cleanup_pass;

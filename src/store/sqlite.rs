@@ -10,11 +10,11 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
-use super::shared::{self, store_impl};
+use super::shared::{self, cleanup_pass, store_impl};
 use super::{
-    Cursor, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats, Store, StoreError,
-    Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
-    subject_columns,
+    Cursor, EventFilter, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats,
+    Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns,
+    next_rows, push_scope, subject_columns,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -258,29 +258,15 @@ store_impl!(SqliteStore, writer, readers, sql, {
         stored(&rows)
     }
 
-    async fn purge_expired(&self, now: UnixMillis) -> Result<Option<Purged>, StoreError> {
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        retention: Duration,
+    ) -> Result<Option<Purged>, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let states = sqlx::query("DELETE FROM key_state WHERE expires_at <= ?")
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions_expired = sqlx::query(sql(shared::EXPIRE_SESSIONS))
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let sessions_deleted = sqlx::query(sql(shared::SWEEP_SESSIONS))
-            .bind(now.0 - shared::SESSION_RETENTION_MS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let purged = cleanup_pass!(tx, sql, now, retention);
         tx.commit().await?;
-        Ok(Some(Purged {
-            states,
-            sessions_expired,
-            sessions_deleted,
-        }))
+        Ok(Some(purged))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -300,10 +286,14 @@ store_impl!(SqliteStore, writer, readers, sql, {
             .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
             .bind(event.until)
             .bind(event.permanent)
+            .bind(&event.actor)
+            .bind(&event.detail)
             .execute(&self.writer)
             .await?;
         // No subscribers is not an error: the event is in the table.
-        let _ = self.events.send(event.clone());
+        if event.is_alert() {
+            let _ = self.events.send(event.clone());
+        }
         Ok(())
     }
 

@@ -176,7 +176,7 @@ async fn cleanup_purges_only_what_expired(backend: Backend) {
     let store = authgate::app::open_store(&config).await.unwrap();
     let now = authgate::domain::UnixMillis(EPOCH.0 + 26 * 3600 * 1000);
     let purged = store
-        .purge_expired(now)
+        .purge_expired(now, RETENTION)
         .await
         .unwrap()
         .expect("no other replica purging");
@@ -197,7 +197,7 @@ async fn one_replica_purges_at_a_time() {
     let (config, _) = config("", &db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let now = authgate::domain::UnixMillis(EPOCH.0);
-    assert!(store.purge_expired(now).await.unwrap().is_some());
+    assert!(store.purge_expired(now, RETENTION).await.unwrap().is_some());
 
     // Another replica mid-purge holds the lock.
     let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
@@ -207,7 +207,7 @@ async fn one_replica_purges_at_a_time() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(store.purge_expired(now).await.unwrap(), None);
+    assert_eq!(store.purge_expired(now, RETENTION).await.unwrap(), None);
     tx.rollback().await.unwrap();
-    assert!(store.purge_expired(now).await.unwrap().is_some());
+    assert!(store.purge_expired(now, RETENTION).await.unwrap().is_some());
 }

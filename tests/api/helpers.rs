@@ -22,6 +22,9 @@ use tonic::transport::Channel;
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 
+/// The audit retention tests purge with: long enough to keep everything.
+pub const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
 /// The TOTP encryption key of test servers (base64 of 32 bytes).
 pub const TEST_KEY: &str = "YXV0aGdhdGUtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE=";
 

@@ -6,6 +6,7 @@ mod helpers;
 mod access;
 mod admin;
 mod alerts;
+mod audit;
 mod bad_input;
 mod citizenship;
 mod cli;

@@ -482,7 +482,7 @@ async fn cleanup_expires_sessions(backend: Backend) {
     let (config, _) = config("", &server.db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let purged = store
-        .purge_expired(UnixMillis(EPOCH.0 + 11 * 60_000))
+        .purge_expired(UnixMillis(EPOCH.0 + 11 * 60_000), RETENTION)
         .await
         .unwrap()
         .unwrap();
