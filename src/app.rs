@@ -122,6 +122,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     let settings = PoolSettings {
         max_connections: config.database.max_connections,
         acquire_timeout: config.database.acquire_timeout,
+        event_buffer: config.alerts.buffer,
     };
     let store: Arc<dyn Store> = Arc::new(Instrumented(
         store::connect(config.database.url.expose(), &settings).await?,

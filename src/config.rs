@@ -193,12 +193,16 @@ pub struct AlertsConfig {
     /// held back this long (pyTMBot's ADMIN_NOTIFY_SUPPRESSION).
     #[serde(with = "humantime_serde")]
     pub suppression: Duration,
+    /// Events a subscriber may fall behind before it loses the oldest (and
+    /// is told how many); bounds memory and keeps RPCs from ever waiting.
+    pub buffer: usize,
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             suppression: Duration::from_secs(300),
+            buffer: 1024,
         }
     }
 }

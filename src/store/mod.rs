@@ -348,6 +348,9 @@ pub trait Store: Send + Sync + 'static {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// How many security events a subscriber may fall behind before it
+    /// loses the oldest.
+    pub event_buffer: usize,
 }
 
 /// The database file of an SQLite URL; `None` for other URLs and for

@@ -167,7 +167,7 @@ impl PostgresStore {
                         ("plan_cache_mode", "force_generic_plan"),
                     ]),
             );
-        let (events, _) = broadcast::channel(shared::EVENT_BUFFER);
+        let (events, _) = broadcast::channel(settings.event_buffer.max(1));
         let listener = tokio::spawn(listen(pool.clone(), events.clone()));
         Ok(PostgresStore {
             pool,

@@ -95,9 +95,6 @@ pub const SESSIONS_EXPIRED: &str = "INSERT INTO security_event (at, kind, user_i
      WHERE status = 'authenticated' AND expires_at <= $1";
 pub const DROP_OLD_EVENTS: &str = "DELETE FROM security_event WHERE at < $1";
 
-/// How many events a subscriber may fall behind before it loses some.
-pub const EVENT_BUFFER: usize = 1024;
-
 /// How long a session that is not authenticated is kept after it changed.
 pub const SESSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
 

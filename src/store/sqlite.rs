@@ -120,7 +120,7 @@ impl SqliteStore {
             .acquire_timeout(settings.acquire_timeout)
             .connect_with(options.read_only(true))
             .await?;
-        let (events, _) = broadcast::channel(shared::EVENT_BUFFER);
+        let (events, _) = broadcast::channel(settings.event_buffer.max(1));
         Ok(SqliteStore {
             writer,
             readers,

@@ -133,3 +133,40 @@ async fn the_next_alert_after_the_window_counts_the_suppressed() {
         .expect("stream ends");
     assert!(end.is_none() || end.is_some_and(|r| r.is_err()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_is_told_what_it_lost() {
+    let server = TestServer::spawn_with(
+        Backend::Sqlite,
+        "[access]\nallowed_user_ids = [\"admin\"]\n[alerts]\nbuffer = 8",
+    )
+    .await;
+    // A subscriber on a slow link: a small HTTP/2 window fills after a few
+    // alerts, and then the server must hold or drop the rest.
+    let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(1024)
+        .connect()
+        .await
+        .unwrap();
+    let mut alerts = watch(&mut proto::admin_service_client::AdminServiceClient::new(
+        slow,
+    ))
+    .await;
+    let mut c = server.access().await;
+    // More distinct strangers than the stream's buffers hold, while the
+    // subscriber reads nothing: RPCs go on at full speed regardless.
+    for i in 0..200 {
+        check(&mut c, "bot", subject(&format!("stranger-{i}"), "")).await;
+    }
+    let mut dropped = 0;
+    let mut seen = 0;
+    while dropped == 0 {
+        let alert = next(&mut alerts).await;
+        dropped += alert.dropped;
+        seen += 1;
+        assert!(seen <= 200, "no alert ever reported a drop");
+    }
+    assert!(dropped > 0);
+    server.stop().await;
+}
