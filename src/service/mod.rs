@@ -108,12 +108,17 @@ impl Gate {
 
     /// Records one failure on every slot, atomically per request. Slots are
     /// sorted first so concurrent requests lock shared rows in one order.
+    /// `audit` is recorded with the failure, atomically.
     async fn fail(
         &self,
         slots: &[Slot<'_>],
         now: UnixMillis,
+        audit: &[SecurityEvent],
     ) -> Result<(Vec<KeyState>, bool), StoreError> {
         if slots.is_empty() {
+            for event in audit {
+                self.record(event.clone()).await?;
+            }
             return Ok((Vec::new(), false));
         }
         let mut order: Vec<usize> = (0..slots.len()).collect();
@@ -124,24 +129,28 @@ impl Gate {
         let applied = Mutex::new(vec![false; slots.len()]);
         let states = self
             .store
-            .transition(&ids, &|current| {
-                let mut locked = vec![false; slots.len()];
-                let updates = order
-                    .iter()
-                    .zip(current)
-                    .map(|(&i, state)| {
-                        let rule = slots[i].rule;
-                        let t = rule.record_failure(&state.clone().unwrap_or_default(), now);
-                        locked[i] = t.lockout_applied;
-                        Update {
-                            expires_at: rule.expires_at(&t.state),
-                            state: t.state,
-                        }
-                    })
-                    .collect();
-                *applied.lock().unwrap_or_else(|e| e.into_inner()) = locked;
-                updates
-            })
+            .transition(
+                &ids,
+                &|current| {
+                    let mut locked = vec![false; slots.len()];
+                    let updates = order
+                        .iter()
+                        .zip(current)
+                        .map(|(&i, state)| {
+                            let rule = slots[i].rule;
+                            let t = rule.record_failure(&state.clone().unwrap_or_default(), now);
+                            locked[i] = t.lockout_applied;
+                            Update {
+                                expires_at: rule.expires_at(&t.state),
+                                state: t.state,
+                            }
+                        })
+                        .collect();
+                    *applied.lock().unwrap_or_else(|e| e.into_inner()) = locked;
+                    updates
+                },
+                audit,
+            )
             .await?;
         let mut by_slot = vec![KeyState::default(); slots.len()];
         for (&i, state) in order.iter().zip(states) {
@@ -249,7 +258,7 @@ impl Gate {
         };
         let slots = [slot];
         let states = if count {
-            let states = self.fail(&slots, now).await?.0;
+            let states = self.fail(&slots, now, &[]).await?.0;
             self.alert("not_allowed", &slots[0], now, &states[0])
                 .await?;
             states
@@ -286,13 +295,12 @@ impl Gate {
         let ctx = self.policy.context("context", context)?;
         let now = self.now();
         let counting = ctx.slots(subject, Some(activity));
-        let (states, lockout_applied) = self.fail(&counting, now).await?;
-        self.record(SecurityEvent {
+        let recorded = SecurityEvent {
             context: context.to_owned(),
             detail: activity.to_owned(),
             ..SecurityEvent::new("failure_recorded", now).about(subject)
-        })
-        .await?;
+        };
+        let (states, lockout_applied) = self.fail(&counting, now, &[recorded]).await?;
         let mut verdicts = Self::judge(&counting, &states, now);
         // Rules that do not count this activity still judge the request.
         let others: Vec<Slot<'_>> = ctx
@@ -337,20 +345,24 @@ impl Gate {
             let ids: Vec<StateId> = dirty.iter().map(|&i| id_of(&slots[i])).collect();
             let written = self
                 .store
-                .transition(&ids, &|current| {
-                    dirty
-                        .iter()
-                        .zip(current)
-                        .map(|(&i, state)| {
-                            let rule = slots[i].rule;
-                            let next = rule.record_success(&state.clone().unwrap_or_default());
-                            Update {
-                                expires_at: rule.expires_at(&next),
-                                state: next,
-                            }
-                        })
-                        .collect()
-                })
+                .transition(
+                    &ids,
+                    &|current| {
+                        dirty
+                            .iter()
+                            .zip(current)
+                            .map(|(&i, state)| {
+                                let rule = slots[i].rule;
+                                let next = rule.record_success(&state.clone().unwrap_or_default());
+                                Update {
+                                    expires_at: rule.expires_at(&next),
+                                    state: next,
+                                }
+                            })
+                            .collect()
+                    },
+                    &[],
+                )
                 .await?;
             for (&i, state) in dirty.iter().zip(written) {
                 states[i] = state;

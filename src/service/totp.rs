@@ -210,13 +210,14 @@ impl Gate {
         }
         // A replay is answered exactly as a wrong code, so the answer never
         // tells an attacker that a code they saw was once valid.
-        let (states, lockout_applied) = self.fail(std::slice::from_ref(&slot), now).await?;
-        self.record(SecurityEvent {
+        let failed = SecurityEvent {
             context: ctx.name.to_string(),
             detail: if replayed { "replay" } else { "invalid" }.into(),
             ..SecurityEvent::new("totp_failed", now).about(subject)
-        })
-        .await?;
+        };
+        let (states, lockout_applied) = self
+            .fail(std::slice::from_ref(&slot), now, &[failed])
+            .await?;
         let verdict = slot.rule.assess(&slot.key, &states[0], now);
         if lockout_applied {
             tracing::warn!(user = %mask(user.as_str()), "TOTP blocked after too many failed codes");

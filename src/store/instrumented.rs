@@ -35,8 +35,9 @@ impl Store for Instrumented {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
+        events: &[SecurityEvent],
     ) -> Result<Vec<KeyState>, StoreError> {
-        timed("transition", self.0.transition(ids, f)).await
+        timed("transition", self.0.transition(ids, f, events)).await
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {

@@ -253,10 +253,13 @@ pub trait Store: Send + Sync + 'static {
     /// atomic step: concurrent transitions on the same ids, from any
     /// replica, run one after another, and the result is committed before
     /// this returns. Returns the new states in the order of `ids`.
+    /// `events` (audit records, never alerts) are appended in the same
+    /// atomic step.
     async fn transition(
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
+        events: &[SecurityEvent],
     ) -> Result<Vec<KeyState>, StoreError>;
 
     /// Resets every key in `scope`: lifts its lock, forgets its recent

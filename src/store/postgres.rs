@@ -205,7 +205,11 @@ impl PostgresStore {
     /// Writes `rows` as one compare-and-set: each row only if it is still at
     /// the version before its own, and all of them or none (the statement
     /// aborts with serialization_failure otherwise).
-    async fn write<'c>(conn: impl PgExecutor<'c>, rows: &[Row]) -> Result<(), sqlx::Error> {
+    async fn write<'c>(
+        conn: impl PgExecutor<'c>,
+        rows: &[Row],
+        events: &[SecurityEvent],
+    ) -> Result<(), sqlx::Error> {
         let text = |f: fn(&Row) -> &str| rows.iter().map(|r| f(r).to_owned()).collect::<Vec<_>>();
         let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
         let opt = |f: fn(&Row) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
@@ -236,7 +240,11 @@ impl PostgresStore {
                  lockouts_total = EXCLUDED.lockouts_total, expires_at = EXCLUDED.expires_at, \
                  version = EXCLUDED.version \
                WHERE key_state.version = EXCLUDED.version - 1 \
-               RETURNING 1) \
+               RETURNING 1), \
+             logged AS (INSERT INTO security_event \
+               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail) \
+               SELECT * FROM UNNEST($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
+                 $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[])) \
              SELECT authgate_expect_written((SELECT count(*) FROM written), $18)"
         ))
         .bind(text(|r| &r.context))
@@ -257,6 +265,20 @@ impl PostgresStore {
         .bind(opt(|r| r.expires_at))
         .bind(int(|r| r.version))
         .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+        // The audit records travel in the same statement: they commit with
+        // the state change or not at all, at no extra round trip.
+        .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.context.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.rule.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.user_id.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.session_id.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| i32::try_from(e.tier).unwrap_or(i32::MAX)).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.until).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.permanent).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>())
         .execute(conn)
         .await?;
         Ok(())
@@ -269,10 +291,11 @@ impl PostgresStore {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
+        events: &[SecurityEvent],
     ) -> Result<Vec<KeyState>, sqlx::Error> {
         let current = self.fetch(&self.pool, ids).await?;
         let (rows, states) = next_rows(ids, &current, f);
-        Self::write(&self.pool, &rows).await?;
+        Self::write(&self.pool, &rows, events).await?;
         Ok(states)
     }
 
@@ -283,6 +306,7 @@ impl PostgresStore {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
+        events: &[SecurityEvent],
     ) -> Result<Vec<KeyState>, sqlx::Error> {
         let cols = IdColumns::of(ids);
         let mut tx = self.pool.begin().await?;
@@ -308,7 +332,7 @@ impl PostgresStore {
         .map(decode)
         .collect::<Result<Vec<_>, _>>()?;
         let (rows, states) = next_rows(ids, &current, f);
-        Self::write(&mut *tx, &rows).await?;
+        Self::write(&mut *tx, &rows, events).await?;
         tx.commit().await?;
         Ok(states)
     }
@@ -323,14 +347,15 @@ store_impl!(PostgresStore, pool, pool, sql, {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
+        events: &[SecurityEvent],
     ) -> Result<Vec<KeyState>, StoreError> {
-        match self.optimistic(ids, f).await {
+        match self.optimistic(ids, f, events).await {
             Err(e) if is_retryable(&e) => tracing::debug!("compare-and-set lost; locking the rows"),
             result => return result.map_err(StoreError::from),
         }
         let mut attempt = 1;
         loop {
-            match self.locking(ids, f).await {
+            match self.locking(ids, f, events).await {
                 Err(e) if is_retryable(&e) && attempt < MAX_ATTEMPTS => attempt += 1,
                 result => return result.map_err(StoreError::from),
             }

@@ -101,6 +101,28 @@ async fn fetch_rows(conn: &mut SqliteConnection, ids: &[StateId]) -> Result<Vec<
     Ok(rows)
 }
 
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    event: &SecurityEvent,
+) -> Result<(), StoreError> {
+    sqlx::query(sql(shared::INSERT_EVENT))
+        .bind(event.at)
+        .bind(&event.kind)
+        .bind(&event.context)
+        .bind(&event.rule)
+        .bind(&event.user_id)
+        .bind(&event.ip)
+        .bind(&event.session_id)
+        .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
+        .bind(event.until)
+        .bind(event.permanent)
+        .bind(&event.actor)
+        .bind(&event.detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -140,6 +162,7 @@ store_impl!(SqliteStore, writer, readers, sql, {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
+        events: &[SecurityEvent],
     ) -> Result<Vec<KeyState>, StoreError> {
         // IMMEDIATE takes the write lock before reading, so no other process
         // can change these rows between the read and the write.
@@ -179,6 +202,10 @@ store_impl!(SqliteStore, writer, readers, sql, {
             .bind(r.version)
             .execute(&mut *tx)
             .await?;
+        }
+        // The audit records commit with the state change or not at all.
+        for event in events {
+            insert_event(&mut tx, event).await?;
         }
         tx.commit().await?;
         Ok(states)
@@ -275,21 +302,8 @@ store_impl!(SqliteStore, writer, readers, sql, {
     }
 
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
-        sqlx::query(sql(shared::INSERT_EVENT))
-            .bind(event.at)
-            .bind(&event.kind)
-            .bind(&event.context)
-            .bind(&event.rule)
-            .bind(&event.user_id)
-            .bind(&event.ip)
-            .bind(&event.session_id)
-            .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
-            .bind(event.until)
-            .bind(event.permanent)
-            .bind(&event.actor)
-            .bind(&event.detail)
-            .execute(&self.writer)
-            .await?;
+        let mut conn = self.writer.acquire().await?;
+        insert_event(&mut conn, event).await?;
         // No subscribers is not an error: the event is in the table.
         if event.is_alert() {
             let _ = self.events.send(event.clone());

@@ -67,6 +67,11 @@ async fn two_processes_count_every_failure_exactly_once() {
     let ip = report(&mut admin, subject("", "198.51.100.1")).await;
     let ip_rule = ip.states.iter().find(|s| s.rule == "ip").unwrap();
     assert_eq!((ip_rule.failures_total, ip_rule.lockouts_total), (200, 1));
+    // The audit trail took each failure exactly once, retries and all.
+    let audited = db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind = 'failure_recorded'")
+        .await;
+    assert_eq!(audited, 200);
 
     // The lockouts were logged, with the user and address masked.
     let logs: Vec<String> = replicas.into_iter().flat_map(|r| r.terminate().1).collect();
