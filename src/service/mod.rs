@@ -98,10 +98,6 @@ impl Gate {
         &self.policy
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
     }
