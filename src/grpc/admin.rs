@@ -81,6 +81,26 @@ fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAle
     }
 }
 
+/// The page size a request asked for, within bounds.
+fn page_size(asked: u32) -> u32 {
+    match asked {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+/// Cuts `rows`, fetched one longer than `limit` (the extra row tells that
+/// another page follows), to the page, with the token for the next one.
+fn paginate<T>(mut rows: Vec<T>, limit: u32, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = match rows.last() {
+        Some(last) if more => token(last),
+        _ => String::new(),
+    };
+    (rows, next)
+}
+
 /// An opaque resume point: the last id of the page.
 fn page_token(id: &StateId) -> String {
     let k = &id.key;
@@ -221,23 +241,14 @@ impl AdminService for AdminApi {
             let after = (!req.page_token.is_empty())
                 .then(|| parse_page_token(&req.page_token))
                 .transpose()?;
-            let limit = match req.page_size {
-                0 => DEFAULT_PAGE,
-                n => n.min(MAX_PAGE),
-            };
+            let limit = page_size(req.page_size);
             let context = (!req.context.is_empty()).then_some(req.context.as_str());
-            // One more than asked tells whether another page follows.
-            let mut rows = self
+            let rows = self
                 .gate
                 .list_locked(context, after.as_ref(), limit + 1)
                 .await?;
-            let more = rows.len() > limit as usize;
-            rows.truncate(limit as usize);
+            let (rows, next_page_token) = paginate(rows, limit, |last| page_token(&last.id));
             let now = self.gate.now();
-            let next_page_token = match rows.last() {
-                Some(last) if more => page_token(&last.id),
-                _ => String::new(),
-            };
             let locks = rows
                 .iter()
                 .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l)))
@@ -352,17 +363,9 @@ impl AdminService for AdminApi {
                 to: req.to.as_ref().map(millis),
                 before_id,
             };
-            let limit = match req.page_size {
-                0 => DEFAULT_PAGE,
-                n => n.min(MAX_PAGE),
-            };
-            let mut rows = self.gate.audit_events(&filter, limit + 1).await?;
-            let more = rows.len() > limit as usize;
-            rows.truncate(limit as usize);
-            let next_page_token = match rows.last() {
-                Some((id, _)) if more => id.to_string(),
-                _ => String::new(),
-            };
+            let limit = page_size(req.page_size);
+            let rows = self.gate.audit_events(&filter, limit + 1).await?;
+            let (rows, next_page_token) = paginate(rows, limit, |(id, _)| id.to_string());
             let events = rows
                 .iter()
                 .map(|(id, e)| proto::AuditEvent {
