@@ -545,8 +545,8 @@ impl Config {
         Self::from_figment(figment.merge(Self::env()))
     }
 
-    /// `AUTHGATE_CONFIG` names the file rather than a key, and `AUTHGATE_LOG`
-    /// would shadow `[log]`, so both are left out of the key namespace.
+    /// `AUTHGATE_CONFIG` names the file (the CLI reads it), not a key, so it
+    /// is left out of the key namespace.
     fn env() -> Env {
         Env::prefixed("AUTHGATE_").ignore(&["config"]).split("__")
     }
