@@ -143,6 +143,27 @@ pub enum Key {
 }
 
 impl Key {
+    /// A key of `kind` from its identifiers as text; only the parts the kind
+    /// needs are read. `field` prefixes the names of the parts in errors.
+    pub fn from_parts(
+        field: &str,
+        kind: KeyKind,
+        user: &str,
+        ip: &str,
+        session: &str,
+    ) -> Result<Key, FieldError> {
+        let user = || UserId::parse(&format!("{field}.user_id"), user);
+        let ip = || IpAddress::parse(&format!("{field}.ip"), ip);
+        Ok(match kind {
+            KeyKind::User => Key::User(user()?),
+            KeyKind::Ip => Key::Ip(ip()?),
+            KeyKind::UserIp => Key::UserIp(user()?, ip()?),
+            KeyKind::Session => {
+                Key::Session(SessionId::parse(&format!("{field}.session_id"), session)?)
+            }
+        })
+    }
+
     pub fn kind(&self) -> KeyKind {
         match self {
             Key::User(_) => KeyKind::User,

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{convert, observe};
 use crate::domain::{
-    FieldError, IpAddress, Key, KeyKind, SessionId, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
-    TotpParams, UnixMillis, UserId,
+    FieldError, Key, KeyKind, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis,
+    UserId,
 };
 use crate::metrics;
 use crate::service::Gate;
@@ -123,16 +123,8 @@ fn parse_page_token(token: &str) -> Result<Cursor, FieldError> {
     let [context, rule, kind, user, ip, session] = parts[..] else {
         return Err(bad());
     };
-    let user = || UserId::parse("page_token", user).map_err(|_| bad());
-    let ip = || IpAddress::parse("page_token", ip).map_err(|_| bad());
-    let key = match KeyKind::from_name(kind).ok_or_else(bad)? {
-        KeyKind::User => Key::User(user()?),
-        KeyKind::Ip => Key::Ip(ip()?),
-        KeyKind::UserIp => Key::UserIp(user()?, ip()?),
-        KeyKind::Session => {
-            Key::Session(SessionId::parse("page_token", session).map_err(|_| bad())?)
-        }
-    };
+    let kind = KeyKind::from_name(kind).ok_or_else(bad)?;
+    let key = Key::from_parts("page_token", kind, user, ip, session).map_err(|_| bad())?;
     Ok(StateId {
         context: context.to_owned(),
         rule: rule.to_owned(),
@@ -494,6 +486,7 @@ impl AdminService for AdminApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::IpAddress;
 
     #[test]
     fn page_tokens_round_trip_and_reject_forgeries() {

@@ -5,8 +5,7 @@ use prost_types::Timestamp;
 
 use super::proto;
 use crate::domain::{
-    Decision, FieldError, IpAddress, Key, KeyKind, Lock, SessionId, SessionStatus, Subject,
-    UnixMillis, UserId, Verdict,
+    Decision, FieldError, Key, KeyKind, Lock, SessionStatus, Subject, UnixMillis, Verdict,
 };
 use crate::store::Stored;
 
@@ -54,16 +53,11 @@ pub fn key(k: &Key) -> proto::Key {
 /// A key from a request: the fields its kind needs, and no others.
 pub fn parse_key(field: &str, k: Option<&proto::Key>) -> Result<Key, FieldError> {
     let k = k.ok_or_else(|| FieldError::new(field, "is required"))?;
-    let user = || UserId::parse(&format!("{field}.user_id"), &k.user_id);
-    let ip = || IpAddress::parse(&format!("{field}.ip"), &k.ip);
-    let key = match proto::KeyKind::try_from(k.kind) {
-        Ok(proto::KeyKind::User) => Key::User(user()?),
-        Ok(proto::KeyKind::Ip) => Key::Ip(ip()?),
-        Ok(proto::KeyKind::UserIp) => Key::UserIp(user()?, ip()?),
-        Ok(proto::KeyKind::Session) => Key::Session(SessionId::parse(
-            &format!("{field}.session_id"),
-            &k.session_id,
-        )?),
+    let kind = match proto::KeyKind::try_from(k.kind) {
+        Ok(proto::KeyKind::User) => KeyKind::User,
+        Ok(proto::KeyKind::Ip) => KeyKind::Ip,
+        Ok(proto::KeyKind::UserIp) => KeyKind::UserIp,
+        Ok(proto::KeyKind::Session) => KeyKind::Session,
         _ => {
             return Err(FieldError::new(
                 format!("{field}.kind"),
@@ -71,6 +65,7 @@ pub fn parse_key(field: &str, k: Option<&proto::Key>) -> Result<Key, FieldError>
             ));
         }
     };
+    let key = Key::from_parts(field, kind, &k.user_id, &k.ip, &k.session_id)?;
     let stray = [
         ("user_id", !k.user_id.is_empty() && key.user().is_none()),
         ("ip", !k.ip.is_empty() && key.ip().is_none()),

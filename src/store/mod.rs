@@ -21,8 +21,7 @@ use async_trait::async_trait;
 
 use crate::crypto::Sealed;
 use crate::domain::{
-    IpAddress, Key, KeyKind, KeyState, Lock, Session, SessionId, Subject, TotpParams, UnixMillis,
-    UserId,
+    Key, KeyKind, KeyState, Lock, Session, Subject, TotpParams, UnixMillis, UserId,
 };
 
 pub use instrumented::Instrumented;
@@ -467,17 +466,8 @@ impl Row {
         let corrupt =
             |what: &str| StoreError::Corrupt(format!("{what} in {}/{}", self.context, self.rule));
         let kind = KeyKind::from_name(&self.kind).ok_or_else(|| corrupt("unknown key kind"))?;
-        let user = || UserId::parse("user_id", &self.user_id).map_err(|_| corrupt("bad user_id"));
-        let ip = || IpAddress::parse("ip", &self.ip).map_err(|_| corrupt("bad ip"));
-        let key = match kind {
-            KeyKind::User => Key::User(user()?),
-            KeyKind::Ip => Key::Ip(ip()?),
-            KeyKind::UserIp => Key::UserIp(user()?, ip()?),
-            KeyKind::Session => Key::Session(
-                SessionId::parse("session_id", &self.session_id)
-                    .map_err(|_| corrupt("bad session_id"))?,
-            ),
-        };
+        let key = Key::from_parts("key", kind, &self.user_id, &self.ip, &self.session_id)
+            .map_err(|e| corrupt(&format!("bad {}", e.field)))?;
         Ok(StateId {
             context: self.context.clone(),
             rule: self.rule.clone(),
@@ -580,6 +570,7 @@ fn next_rows(ids: &[StateId], current: &[Row], f: &TransitionFn<'_>) -> (Vec<Row
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::IpAddress;
 
     #[test]
     fn a_row_round_trips() {
