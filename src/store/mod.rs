@@ -10,11 +10,13 @@ macro_rules! columns {
     };
 }
 
+mod batch;
 mod instrumented;
 mod postgres;
 mod shared;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,19 +30,20 @@ pub use instrumented::Instrumented;
 pub use postgres::{CLEANUP_LOCK, PostgresStore};
 pub use sqlite::SqliteStore;
 
-#[derive(Debug, thiserror::Error)]
+/// Clone, because one failed read answers every request that shared it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is refusing work right now; the
     /// caller should retry later. Becomes UNAVAILABLE.
     #[error("store unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// A row that the domain cannot read: a bug or a hand-edited database.
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
     #[error("store error: {0}")]
-    Other(#[source] sqlx::Error),
+    Other(#[source] Arc<sqlx::Error>),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -60,10 +63,16 @@ impl From<sqlx::Error> for StoreError {
             _ => false,
         };
         if unavailable {
-            StoreError::Unavailable(e)
+            StoreError::Unavailable(Arc::new(e))
         } else {
-            StoreError::Other(e)
+            StoreError::Other(Arc::new(e))
         }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(Arc::new(e))
     }
 }
 

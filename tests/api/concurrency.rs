@@ -9,17 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_count_every_failure_exactly_once() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AUTHGATE_DATABASE__URL", db.url()),
-        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
-        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
-    ];
-    let replicas = [
-        ChildServer::spawn(dir.path(), &[], &env),
-        ChildServer::spawn(dir.path(), &[], &env),
-    ];
+    let (db, _dir, replicas) = two_replicas().await;
     let clients = [replicas[0].access().await, replicas[1].access().await];
 
     let calls = (0..200).map(|i| {
@@ -81,6 +71,69 @@ async fn two_processes_count_every_failure_exactly_once() {
         !text.contains("racer") && !text.contains("198.51.100.1"),
         "{text}"
     );
+}
+
+/// Many users behind a few shared addresses: concurrent failures on
+/// overlapping keys share read and write batches, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_keys_in_concurrent_batches_lose_nothing() {
+    let (db, _dir, replicas) = two_replicas().await;
+    let clients = [replicas[0].access().await, replicas[1].access().await];
+    let (users, ips, per_user) = (40, 4, 10);
+
+    let calls = (0..users * per_user).map(|i| {
+        let mut c = clients[i % 2].clone();
+        let user = i % users;
+        let ip = format!("203.0.113.{}", user % ips);
+        tokio::spawn(async move { fail(&mut c, "login", subject(&format!("u{user}"), &ip)).await })
+    });
+    let responses = futures_join_all(calls).await;
+    assert_eq!(responses.len(), users * per_user);
+
+    let mut admin = replicas[0].admin().await;
+    for user in 0..users {
+        let states = report(&mut admin, subject(&format!("u{user}"), ""))
+            .await
+            .states;
+        let totals: BTreeMap<String, (u64, u64)> = states
+            .iter()
+            .map(|s| (s.rule.clone(), (s.failures_total, s.lockouts_total)))
+            .collect();
+        assert_eq!(totals["user_ip"], (per_user as u64, 1), "u{user}");
+        assert_eq!(totals["user"].0, per_user as u64, "u{user}");
+    }
+    for ip in 0..ips {
+        let states = report(&mut admin, subject("", &format!("203.0.113.{ip}")))
+            .await
+            .states;
+        let rule = states.iter().find(|s| s.rule == "ip").unwrap();
+        let expected = (users / ips * per_user) as u64;
+        assert_eq!(
+            (rule.failures_total, rule.lockouts_total),
+            (expected, 1),
+            "ip {ip}"
+        );
+    }
+    let audited = db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind = 'failure_recorded'")
+        .await;
+    assert_eq!(audited, (users * per_user) as i64);
+}
+
+/// Two authgate processes on one fresh Postgres database.
+async fn two_replicas() -> (TestDb, tempfile::TempDir, [ChildServer; 2]) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AUTHGATE_DATABASE__URL", db.url()),
+        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
+    ];
+    let replicas = [
+        ChildServer::spawn(dir.path(), &[], &env),
+        ChildServer::spawn(dir.path(), &[], &env),
+    ];
+    (db, dir, replicas)
 }
 
 /// Awaits every task, in order.
