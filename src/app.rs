@@ -9,19 +9,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
+use crate::auth::{Authenticator, Role};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, TlsConfig};
 use crate::crypto::{self, CryptoError, SecretKeys};
 use crate::domain::Policy;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
-use crate::grpc::{AccessApi, AdminApi, RequestIdLayer, proto};
+use crate::grpc::{AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, proto};
 use crate::metrics;
 use crate::service::Gate;
 use crate::store::{self, Instrumented, PoolSettings, Store, StoreError};
@@ -29,6 +34,19 @@ use crate::store::{self, Instrumented, PoolSettings, Store, StoreError};
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How often this replica asks the store whether it answers, for the health
+/// service: often enough that a load balancer stops sending within seconds
+/// of an outage, rarely enough to cost the store nothing.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A probe that takes longer than this counts as the store being down.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health service name that stays SERVING for as long as the process
+/// runs: Kubernetes' liveness probe asks for it, so a database outage takes
+/// replicas out of rotation (readiness, the overall status) without having
+/// them restarted.
+pub const LIVENESS: &str = "liveness";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -45,6 +63,13 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("TOTP key file {path}: {source}")]
     KeyFile {
         path: PathBuf,
@@ -104,11 +129,35 @@ fn secret_keys(config: &Config) -> Result<Option<Arc<SecretKeys>>, StartError> {
     Ok(Some(Arc::new(SecretKeys::new(keys, &active)?)))
 }
 
+/// The server's TLS settings: its identity and, for mutual TLS, the CA
+/// that client certificates must chain to.
+fn server_tls(t: &TlsConfig) -> Result<ServerTlsConfig, StartError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| StartError::TlsFile {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&t.cert_file)?, read(&t.key_file)?));
+    if let Some(ca) = &t.client_ca_file {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(!t.require_client_cert);
+    }
+    Ok(tls)
+}
+
 /// The id of the generated key of the embedded default.
 const LOCAL_KEY: &str = "local";
 
 pub struct Application {
     listener: TcpListener,
+    auth: Arc<Authenticator>,
+    tls: Option<ServerTlsConfig>,
+    limits: LimitsLayer,
+    shutdown_grace: Duration,
+    max_connection_age: Duration,
     metrics_listener: TcpListener,
     metrics_path: String,
     metrics_refresh: Duration,
@@ -151,8 +200,25 @@ impl Application {
                     source,
                 })?;
         let keys = secret_keys(config)?;
+        let auth = Arc::new(config.authenticator()?);
+        if auth.is_anonymous() {
+            tracing::warn!(
+                listen = %config.server.listen,
+                "NO API KEYS CONFIGURED: every caller may check, record failures and unlock \
+                 accounts. Add auth.keys (authgate keygen) before exposing this service"
+            );
+        }
+        let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
         Ok(Application {
             listener,
+            auth,
+            tls,
+            limits: LimitsLayer::new(
+                config.server.max_concurrent_requests,
+                config.server.request_timeout,
+            ),
+            shutdown_grace: config.server.shutdown_grace,
+            max_connection_age: config.server.max_connection_age,
             metrics_listener,
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
@@ -197,7 +263,7 @@ impl Application {
         let metrics_addr = self.metrics_addr();
         let addr = self.local_addr();
         let stop_for_streams = stop_rx.clone();
-        let mut metrics_stop = stop_rx;
+        let mut metrics_stop = stop_rx.clone();
         let exporter = tokio::spawn(metrics::serve(
             self.metrics_listener,
             self.metrics_path.clone(),
@@ -209,11 +275,13 @@ impl Application {
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<AccessServiceServer<AccessApi>>()
+            .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
-        health_reporter
-            .set_serving::<AdminServiceServer<AdminApi>>()
-            .await;
+        let prober = tokio::spawn(health_loop(
+            self.gate.clone(),
+            health_reporter.clone(),
+            stop_rx.clone(),
+        ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -222,32 +290,55 @@ impl Application {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
+        let guard = |role| Authenticate::new(self.auth.clone(), role);
 
         tracing::info!(
             addr = %addr,
             metrics = %format!("http://{metrics_addr}{}", self.metrics_path),
+            tls = self.tls.is_some(),
             "authgate listening"
         );
-        let result = Server::builder()
+        let mut builder = Server::builder().max_connection_age(self.max_connection_age);
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let mut grace_timer = stop_for_streams.clone();
+        let server = builder
             .layer(RequestIdLayer)
+            .layer(self.limits)
             .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(InterceptedService::new(reflection_v1, guard(None)))
+            .add_service(InterceptedService::new(reflection_v1alpha, guard(None)))
+            .add_service(InterceptedService::new(
                 AccessServiceServer::new(AccessApi::new(self.gate.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
+                guard(Some(Role::Check)),
+            ))
+            .add_service(InterceptedService::new(
                 AdminServiceServer::new(AdminApi::new(self.gate.clone(), stop_for_streams))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            )
+                guard(Some(Role::Admin)),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 shutdown.await;
-                // Ends alert streams and background loops, so draining
-                // waits only for calls that will finish.
+                tracing::info!("shutting down: no new connections; draining calls in flight");
+                // Ends alert streams and background loops and turns the
+                // health service NOT_SERVING, so draining waits only for
+                // calls that will finish.
                 let _ = stop_tx.send(true);
-            })
-            .await;
+            });
+        let grace = self.shutdown_grace;
+        let result = tokio::select! {
+            served = server => served,
+            () = async move {
+                let _ = grace_timer.changed().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace = ?grace, "calls still in flight after server.shutdown_grace; exiting anyway");
+                Ok(())
+            }
+        };
+        let _ = prober.await;
         let _ = cleanup.await;
         let _ = refresher.await;
         if let Ok(Err(e)) = exporter.await {
@@ -256,6 +347,55 @@ impl Application {
         tracing::info!("authgate stopped");
         Ok(result?)
     }
+}
+
+/// Asks the store every STORE_PROBE_INTERVAL whether it answers and reports
+/// it through the health service: the overall status and every service's
+/// turn NOT_SERVING while it does not (the liveness name stays SERVING), and
+/// all of them once shutdown begins.
+async fn health_loop(gate: Arc<Gate>, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let services = [
+        "",
+        <AccessServiceServer<AccessApi> as NamedService>::NAME,
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    ];
+    let set = |status| {
+        let reporter = reporter.clone();
+        async move {
+            for service in services {
+                reporter.set_service_status(service, status).await;
+            }
+        }
+    };
+    let mut was_up = None;
+    loop {
+        let up = matches!(
+            tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping()).await,
+            Ok(Ok(()))
+        );
+        if was_up != Some(up) {
+            match (was_up, up) {
+                (_, true) if was_up.is_some() => {
+                    tracing::info!("state store answers again: SERVING")
+                }
+                (_, false) => tracing::warn!("state store unreachable: health NOT_SERVING"),
+                _ => {}
+            }
+            metrics::store_up(up);
+            set(if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            })
+            .await;
+            was_up = Some(up);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    set(ServingStatus::NotServing).await;
 }
 
 /// Recomputes the store-wide gauges every `interval`, so every replica

@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Authenticator, Credential, KeyHash, Role};
 use crate::domain::{
     AccessList, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration, Policy, Rule,
     SessionPolicy, TimeoutMode, TotpAlgorithm, TotpParams, TotpPolicy, UserId, Window,
@@ -38,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub database: DatabaseConfig,
     #[serde(default)]
     pub cleanup: CleanupConfig,
@@ -62,14 +65,98 @@ pub struct Config {
 pub struct ServerConfig {
     /// gRPC listen address. Loopback by default: exposing it is a decision.
     pub listen: SocketAddr,
+    /// Longest a call may run before it is answered DEADLINE_EXCEEDED
+    /// (a caller's shorter grpc-timeout wins), so a stuck store cannot pile
+    /// up requests.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Calls served at once; beyond it new calls are answered
+    /// RESOURCE_EXHAUSTED at once rather than queued without bound, so an
+    /// overloaded replica sheds load and clients retry elsewhere. Health
+    /// checks are exempt.
+    pub max_concurrent_requests: usize,
+    /// After SIGTERM or SIGINT: how long in-flight calls may take to finish
+    /// before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Connections are closed (gracefully, with GOAWAY) after this long, so
+    /// clients balancing over the headless Service's addresses reconnect
+    /// and spread onto replicas added since.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// TLS for the gRPC port; plaintext when absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            request_timeout: Duration::from_secs(5),
+            max_concurrent_requests: 256,
+            shutdown_grace: Duration::from_secs(20),
+            max_connection_age: Duration::from_secs(300),
+            tls: None,
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key of the server.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates are verified against; enables
+    /// mutual TLS. A verified certificate whose name is in auth.certs
+    /// authenticates its caller without an API key.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse connections without a valid client certificate (with
+    /// client_ca_file); otherwise they may still authenticate with a key.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Serve without credentials on a non-loopback address. Without keys
+    /// or certs every caller is anonymous and may do everything, which is
+    /// only safe where the network itself is trusted.
+    pub allow_anonymous: bool,
+    /// API keys: `{ name, hash = "sha256:...", roles = ["check", "admin"] }`.
+    /// `authgate keygen` prints a key and its hash.
+    pub keys: Vec<ApiKeyConfig>,
+    /// A TOML file with more keys as `[[keys]]` tables (a mounted Secret).
+    pub keys_file: Option<PathBuf>,
+    /// mTLS callers: `{ name, roles }`, name being a verified client
+    /// certificate's subject common name or DNS subject-alternative name.
+    pub certs: Vec<CertCallerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key; logged and recorded in the audit trail.
+    pub name: String,
+    pub hash: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertCallerConfig {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+/// The layout of auth.keys_file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<ApiKeyConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,6 +364,19 @@ pub struct ContextConfig {
     /// `absolute`: from the login; `idle`: from the last allowed request.
     #[serde(default)]
     pub session_mode: SessionMode,
+    /// What CheckAccess answers while the store is unreachable:
+    /// `fail_closed` (UNAVAILABLE; callers deny) or `fail_open` (ALLOW with
+    /// reason store_unavailable).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    FailClosed,
+    FailOpen,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,6 +591,7 @@ fn default_contexts() -> BTreeMap<String, ContextConfig> {
         totp,
         session_timeout: ten_minutes(),
         session_mode: SessionMode::Absolute,
+        failure_mode: FailureMode::FailClosed,
     };
     [
         ("login", context(login, false)),
@@ -508,6 +609,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            auth: AuthConfig::default(),
             database: DatabaseConfig::default(),
             cleanup: CleanupConfig::default(),
             log: LogConfig::default(),
@@ -591,6 +693,15 @@ impl Config {
         if self.cleanup.interval.is_zero() {
             return Err(invalid("cleanup.interval", "must be more than 0"));
         }
+        if self.server.request_timeout.is_zero() {
+            return Err(invalid("server.request_timeout", "must be more than 0"));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
         let user_ids = |key: &str, raw: &[String]| -> Result<BTreeSet<UserId>, ConfigError> {
             raw.iter()
                 .enumerate()
@@ -640,6 +751,12 @@ impl Config {
             if name == crate::domain::ALLOW_LIST_CONTEXT || name == crate::domain::TOTP_CONTEXT {
                 return Err(invalid(key, "the name is reserved"));
             }
+            if ctx.totp && ctx.failure_mode == FailureMode::FailOpen {
+                return Err(invalid(
+                    format!("{key}.failure_mode"),
+                    "fail_open would skip the second factor this context requires",
+                ));
+            }
             if ctx.session_timeout.is_zero() {
                 return Err(invalid(
                     format!("{key}.session_timeout"),
@@ -661,6 +778,7 @@ impl Config {
                 name: cname,
                 rules,
                 totp: ctx.totp,
+                fail_open: ctx.failure_mode == FailureMode::FailOpen,
                 session: SessionPolicy {
                     timeout: ctx.session_timeout,
                     mode: match ctx.session_mode {
@@ -671,6 +789,105 @@ impl Config {
             });
         }
         Ok(Policy::new(contexts, access, totp, self.alerts.suppression))
+    }
+}
+
+impl Config {
+    /// The credentials callers must present, read from auth.keys and
+    /// auth.keys_file. Refuses to serve a non-loopback address without any
+    /// unless auth.allow_anonymous says so.
+    pub fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        let mut entries: Vec<(String, ApiKeyConfig)> = self
+            .auth
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("auth.keys[{i}]"), k.clone()))
+            .collect();
+        if let Some(path) = &self.auth.keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("auth.keys_file", format!("{}: {e}", path.display())))?;
+            let file: KeysFile = toml::from_str(&text)
+                .map_err(|e| invalid("auth.keys_file", format!("{}: {e}", path.display())))?;
+            entries.extend(
+                file.keys
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, k)| (format!("auth.keys_file {} keys[{i}]", path.display()), k)),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = Vec::new();
+        for (key, k) in entries {
+            if k.name.is_empty() || k.name.len() > 64 {
+                return Err(invalid(format!("{key}.name"), "must be 1 to 64 bytes"));
+            }
+            if !names.insert(k.name.clone()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate key name {:?}", k.name),
+                ));
+            }
+            if k.roles.is_empty() {
+                return Err(invalid(
+                    format!("{key}.roles"),
+                    "needs check, admin or both",
+                ));
+            }
+            let hash = KeyHash::parse(&k.hash).map_err(|p| invalid(format!("{key}.hash"), p))?;
+            keys.push(Credential {
+                name: k.name,
+                hash,
+                roles: k.roles.into_iter().collect(),
+            });
+        }
+        let mut certs = BTreeMap::new();
+        for (i, c) in self.auth.certs.iter().enumerate() {
+            if c.roles.is_empty() {
+                return Err(invalid(
+                    format!("auth.certs[{i}].roles"),
+                    "needs check, admin or both",
+                ));
+            }
+            if certs
+                .insert(c.name.clone(), c.roles.iter().copied().collect())
+                .is_some()
+            {
+                return Err(invalid(
+                    format!("auth.certs[{i}].name"),
+                    format!("duplicate name {:?}", c.name),
+                ));
+            }
+        }
+        if !certs.is_empty()
+            && self
+                .server
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_ca_file.as_ref())
+                .is_none()
+        {
+            return Err(invalid(
+                "auth.certs",
+                "needs server.tls.client_ca_file, or no certificate could ever be verified",
+            ));
+        }
+        let auth = Authenticator::new(keys, certs);
+        if auth.is_anonymous()
+            && !self.server.listen.ip().is_loopback()
+            && !self.auth.allow_anonymous
+        {
+            return Err(invalid(
+                "auth.keys",
+                format!(
+                    "no API keys configured and server.listen ({}) is not loopback: anyone who \
+                     can reach it could unlock accounts. Add keys (authgate keygen) or set \
+                     auth.allow_anonymous = true",
+                    self.server.listen
+                ),
+            ));
+        }
+        Ok(auth)
     }
 }
 

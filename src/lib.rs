@@ -2,6 +2,8 @@
 //! and admin unlocks over gRPC, backed by Postgres or an embedded SQLite file.
 
 pub mod app;
+pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;

@@ -27,11 +27,37 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Print a new API key and the config entry holding its hash.
+    Keygen {
+        /// Who will hold the key (logged and audited as the caller).
+        #[arg(long, default_value = "bot")]
+        name: String,
+        /// check (AccessService), admin (AdminService), or both.
+        #[arg(long, value_delimiter = ',', default_value = "check")]
+        roles: Vec<String>,
+    },
+    /// Operator commands over AdminService: unlock, list-locked, subject,
+    /// stats, events.
+    Admin(Box<authgate::cli::AdminArgs>),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client commands need no server configuration.
+    match cli.command {
+        Some(Command::Keygen { name, roles }) => return keygen(&name, &roles),
+        Some(Command::Admin(args)) => {
+            return match authgate::cli::admin(*args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("authgate admin: {}", client_error(&e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let (config, policy) = match Config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -41,15 +67,16 @@ async fn main() -> ExitCode {
     };
     authgate::telemetry::init(&config.log);
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            print!("{}", config.to_toml());
-            Ok(())
-        }
+        Command::CheckConfig => config
+            .authenticator()
+            .map(|_| print!("{}", config.to_toml()))
+            .map_err(anyhow::Error::from),
         Command::Migrate => open_store(&config)
             .await
             .map(|_| tracing::info!("migrations applied"))
             .map_err(anyhow::Error::from),
         Command::Serve => serve(config, policy).await,
+        Command::Keygen { .. } | Command::Admin(_) => unreachable!("handled before loading config"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +85,35 @@ async fn main() -> ExitCode {
             eprintln!("authgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn keygen(name: &str, roles: &[String]) -> ExitCode {
+    if let Some(bad) = roles
+        .iter()
+        .find(|r| !["check", "admin"].contains(&r.as_str()))
+    {
+        eprintln!("authgate keygen: --roles {bad:?}: use check, admin or check,admin");
+        return ExitCode::from(2);
+    }
+    let (key, hash) = authgate::auth::generate_key();
+    let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+    println!("# The key, for the caller only (authgate keeps just its hash):");
+    println!("{}", key.as_str());
+    println!();
+    println!("# For auth.keys_file, or under [auth] as [[auth.keys]]:");
+    println!("[[keys]]");
+    println!("name = {name:?}");
+    println!("hash = \"{hash}\"");
+    println!("roles = [{}]", roles.join(", "));
+    ExitCode::SUCCESS
+}
+
+/// A gRPC error as an operator should read it: the status and its message.
+fn client_error(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) => format!("{:?}: {}", s.code(), s.message()),
+        None => format!("{e:#}"),
     }
 }
 

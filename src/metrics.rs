@@ -26,6 +26,10 @@ pub const STORE_DURATION: &str = "authgate_store_duration_seconds";
 pub const STORE_ERRORS: &str = "authgate_store_errors_total";
 pub const BUILD_INFO: &str = "authgate_build_info";
 pub const EVENTS_DROPPED: &str = "authgate_security_events_dropped_total";
+pub const AUTH_REJECTED: &str = "authgate_auth_rejected_total";
+pub const SHED: &str = "authgate_requests_shed_total";
+pub const STORE_UP: &str = "authgate_store_up";
+pub const FAIL_OPEN: &str = "authgate_fail_open_decisions_total";
 
 /// 50 µs to 1 s: a cached check is tens of microseconds, a store under
 /// strain hundreds of milliseconds.
@@ -85,6 +89,22 @@ fn describe() {
         STORE_ERRORS,
         "State store operations that failed, by operation"
     );
+    describe_counter!(
+        AUTH_REJECTED,
+        "Calls refused before reaching a service, by reason (missing, malformed, unknown_key, role)"
+    );
+    describe_counter!(
+        SHED,
+        "Calls answered RESOURCE_EXHAUSTED because server.max_concurrent_requests were in flight"
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 while the state store answers this replica's health probe, 0 while it does not"
+    );
+    describe_counter!(
+        FAIL_OPEN,
+        "CheckAccess calls answered ALLOW because the store was unreachable, by context (failure_mode = fail_open)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label names the running build"
@@ -140,6 +160,22 @@ pub fn store_done(op: &'static str, ok: bool, took: Duration) {
 
 pub fn events_dropped(n: u64) {
     counter!(EVENTS_DROPPED).increment(n);
+}
+
+pub fn auth_rejected(reason: &'static str) {
+    counter!(AUTH_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn shed() {
+    counter!(SHED).increment(1);
+}
+
+pub fn store_up(up: bool) {
+    gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn failed_open(context: &str) {
+    counter!(FAIL_OPEN, "context" => context.to_owned()).increment(1);
 }
 
 pub fn sessions(state: &'static str, n: u64) {

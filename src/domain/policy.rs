@@ -79,6 +79,20 @@ impl AccessList {
         }
     }
 
+    /// What a fail-open context answers while the store is unreachable: the
+    /// allow list needs no store, so strangers are still denied.
+    pub fn unchecked(&self, subject: &Subject) -> Verdict {
+        let verdict = Verdict {
+            reason: Reason::StoreUnavailable,
+            ..Verdict::allow()
+        };
+        if self.slot(subject).is_some() {
+            self.judge(verdict)
+        } else {
+            verdict
+        }
+    }
+
     /// The allow list's counter for this subject, when the subject names a
     /// user who is not allowed. Requests without a user id are judged by the
     /// context's rules alone: the list is a list of users.
@@ -106,6 +120,9 @@ pub struct ContextPolicy {
     pub rules: Vec<Rule>,
     /// Requests here need a second factor.
     pub totp: bool,
+    /// CheckAccess answers ALLOW (reason store_unavailable) while the store
+    /// is unreachable, instead of UNAVAILABLE.
+    pub fail_open: bool,
     pub session: SessionPolicy,
 }
 
@@ -296,6 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn failing_open_still_denies_strangers() {
+        let list = AccessList::new(ids(&["a"]), ids(&[]), rule("l", KeyKind::User)).unwrap();
+        let friend = list.unchecked(&Subject::parse("s", "a", "", "").unwrap());
+        assert_eq!(
+            (friend.decision, friend.reason),
+            (Decision::Allow, Reason::StoreUnavailable)
+        );
+        let stranger = list.unchecked(&Subject::parse("s", "b", "", "").unwrap());
+        assert_eq!(
+            (stranger.decision, stranger.reason),
+            (Decision::Deny, Reason::NotOnAllowList)
+        );
+    }
+
+    #[test]
     fn slots_follow_supplied_keys_and_activities() {
         let mut spam = rule("spam", KeyKind::User);
         spam.activities = vec!["spam".into()];
@@ -303,6 +335,7 @@ mod tests {
             name: ContextName::parse("c", "bot").unwrap(),
             rules: vec![rule("pair", KeyKind::UserIp), rule("ip", KeyKind::Ip), spam],
             totp: false,
+            fail_open: false,
             session: crate::domain::SessionPolicy {
                 timeout: Duration::from_secs(600),
                 mode: crate::domain::TimeoutMode::Absolute,

@@ -29,6 +29,9 @@ pub enum Reason {
     TotpEnrollmentRequired,
     InvalidCode,
     ClockSkew,
+    /// Allowed unchecked: the store is unreachable and the context is
+    /// configured to fail open.
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -44,6 +47,7 @@ impl Reason {
             Reason::TotpEnrollmentRequired => "totp_enrollment_required",
             Reason::InvalidCode => "invalid_code",
             Reason::ClockSkew => "clock_skew",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 }

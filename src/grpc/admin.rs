@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, admin_service_server::AdminService};
-use super::{convert, observe};
+use super::{caller, convert, observe};
 use crate::domain::{
     FieldError, Key, KeyKind, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis,
     UserId,
@@ -143,14 +143,14 @@ impl AdminService for AdminApi {
         request: Request<proto::WatchSecurityEventsRequest>,
     ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
         observe("WatchSecurityEvents", async move {
-            let actor = self
+            let admin = self
                 .gate
-                .authorize_admin(&request.get_ref().actor_user_id)?;
+                .authorize_admin(&caller(&request)?.name, &request.get_ref().actor_user_id)?;
             let mut events = self.gate.subscribe();
             let mut suppressor = Suppressor::new(self.gate.policy().alert_suppression);
             let mut stop = self.stop.clone();
             let (tx, rx) = mpsc::channel(ALERT_QUEUE);
-            tracing::info!(actor = %mask(actor.as_str()), "alert subscriber joined");
+            tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, "alert subscriber joined");
             tokio::spawn(async move {
                 let mut dropped = 0u64;
                 loop {
@@ -195,8 +195,9 @@ impl AdminService for AdminApi {
         request: Request<proto::AdminUnlockRequest>,
     ) -> Result<Response<proto::AdminUnlockResponse>, Status> {
         observe("AdminUnlock", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            let admin = self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             use proto::admin_unlock_request::Scope;
             let scope = match req.scope {
                 Some(Scope::Key(k)) => UnlockScope::Key {
@@ -216,7 +217,7 @@ impl AdminService for AdminApi {
                     ));
                 }
             };
-            let unlocked = self.gate.unlock(&actor, &scope).await?;
+            let unlocked = self.gate.unlock(&admin, &scope).await?;
             Ok(Response::new(proto::AdminUnlockResponse { unlocked }))
         })
         .await
@@ -228,8 +229,9 @@ impl AdminService for AdminApi {
         request: Request<proto::ListLockedRequest>,
     ) -> Result<Response<proto::ListLockedResponse>, Status> {
         observe("ListLocked", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            self.gate.authorize_admin(&req.actor_user_id)?;
+            self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             let after = (!req.page_token.is_empty())
                 .then(|| parse_page_token(&req.page_token))
                 .transpose()?;
@@ -259,8 +261,9 @@ impl AdminService for AdminApi {
         request: Request<proto::GetSubjectRequest>,
     ) -> Result<Response<proto::GetSubjectResponse>, Status> {
         observe("GetSubject", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            self.gate.authorize_admin(&req.actor_user_id)?;
+            self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             let subject = convert::subject("subject", req.subject.as_ref())?;
             let report = self.gate.subject(&subject).await?;
             let now = self.gate.now();
@@ -325,8 +328,9 @@ impl AdminService for AdminApi {
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
         observe("ListAuditEvents", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            self.gate.authorize_admin(&req.actor_user_id)?;
+            self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             let before_id =
                 match req.page_token.as_str() {
                     "" => None,
@@ -371,6 +375,7 @@ impl AdminService for AdminApi {
                     unblock_at: e.until.map(|t| convert::timestamp(UnixMillis(t))),
                     permanent: e.permanent,
                     actor: e.actor.clone(),
+                    caller: e.caller.clone(),
                     detail: e.detail.clone(),
                 })
                 .collect();
@@ -388,8 +393,9 @@ impl AdminService for AdminApi {
         request: Request<proto::RevokeSessionRequest>,
     ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
         observe("RevokeSession", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            let admin = self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             use proto::revoke_session_request::Scope;
             let user = match req.scope {
                 Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
@@ -403,7 +409,7 @@ impl AdminService for AdminApi {
                     ));
                 }
             };
-            let revoked = self.gate.revoke_sessions(&actor, user.as_ref()).await?;
+            let revoked = self.gate.revoke_sessions(&admin, user.as_ref()).await?;
             Ok(Response::new(proto::RevokeSessionResponse { revoked }))
         })
         .await
@@ -416,7 +422,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         observe("GetStats", async move {
             self.gate
-                .authorize_admin(&request.get_ref().actor_user_id)?;
+                .authorize_admin(&caller(&request)?.name, &request.get_ref().actor_user_id)?;
             let s = self.gate.stats().await?;
             Ok(Response::new(proto::GetStatsResponse {
                 total: s.total,
@@ -437,11 +443,12 @@ impl AdminService for AdminApi {
         request: Request<proto::ResetTotpRequest>,
     ) -> Result<Response<proto::ResetTotpResponse>, Status> {
         observe("ResetTotp", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            let admin = self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
-            let removed = self.gate.reset_totp(&actor, &user).await?;
-            tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), removed, "TOTP reset");
+            let removed = self.gate.reset_totp(&admin, &user).await?;
+            tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), removed, "TOTP reset");
             Ok(Response::new(proto::ResetTotpResponse { removed }))
         })
         .await
@@ -453,8 +460,9 @@ impl AdminService for AdminApi {
         request: Request<proto::ImportTotpRequest>,
     ) -> Result<Response<proto::ImportTotpResponse>, Status> {
         observe("ImportTotp", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            let actor = self.gate.authorize_admin(&req.actor_user_id)?;
+            let admin = self.gate.authorize_admin(&caller, &req.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let algorithm = match req.algorithm.as_str() {
                 "" => TotpAlgorithm::Sha1,
@@ -474,9 +482,9 @@ impl AdminService for AdminApi {
                 },
             };
             self.gate
-                .import_totp(&user, &req.secret_base32, params)
+                .import_totp(&admin, &user, &req.secret_base32, params)
                 .await?;
-            tracing::info!(actor = %mask(actor.as_str()), user = %mask(user.as_str()), "TOTP imported");
+            tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), "TOTP imported");
             Ok(Response::new(proto::ImportTotpResponse {}))
         })
         .await

@@ -3,11 +3,15 @@
 
 mod access;
 mod admin;
+mod auth;
 mod convert;
+mod limits;
 mod request_id;
 
 pub use access::AccessApi;
 pub use admin::AdminApi;
+pub use auth::{Authenticate, caller};
+pub use limits::LimitsLayer;
 pub use request_id::RequestIdLayer;
 
 /// Code generated from proto/authgate/v1 by build.rs.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, SecretKeys};
 use crate::domain::{
-    ALLOW_LIST_CONTEXT, FieldError, Key, KeyState, Policy, Session, Slot, Subject, TOTP_CONTEXT,
-    UnixMillis, UserId, Verdict,
+    ALLOW_LIST_CONTEXT, ContextPolicy, FieldError, Key, KeyState, Policy, Session, Slot, Subject,
+    TOTP_CONTEXT, UnixMillis, UserId, Verdict,
 };
 use crate::metrics;
 use crate::store::{
@@ -60,6 +60,23 @@ pub struct SubjectReport {
     pub session: Option<Session>,
     /// The confirmed secret, else a pending one.
     pub totp: Option<StoredTotp>,
+}
+
+/// An admin call's authority: the admin user it acts for and the
+/// authenticated caller that made it, both recorded in the audit trail.
+pub struct Admin {
+    pub actor: UserId,
+    pub caller: String,
+}
+
+impl Admin {
+    fn event(&self, kind: &str, now: UnixMillis) -> SecurityEvent {
+        SecurityEvent {
+            actor: self.actor.to_string(),
+            caller: self.caller.clone(),
+            ..SecurityEvent::new(kind, now)
+        }
+    }
 }
 
 pub struct Gate {
@@ -271,6 +288,25 @@ impl Gate {
         subject: &Subject,
     ) -> Result<Verdict, ServiceError> {
         let ctx = self.policy.context("context", context)?;
+        match self.judge_access(ctx, subject).await {
+            // A second factor cannot be checked without the store, so it
+            // never fails open.
+            Err(ServiceError::Store(StoreError::Unavailable(cause)))
+                if ctx.fail_open && !self.policy.requires_totp(ctx, subject.user.as_ref()) =>
+            {
+                tracing::warn!(context, error = %cause, "store unavailable; failing open");
+                metrics::failed_open(context);
+                Ok(self.policy.access.unchecked(subject))
+            }
+            judged => judged,
+        }
+    }
+
+    async fn judge_access(
+        &self,
+        ctx: &ContextPolicy,
+        subject: &Subject,
+    ) -> Result<Verdict, ServiceError> {
         let now = self.now();
         let slots = ctx.slots(subject, None);
         let mut verdicts = Self::judge(&slots, &self.load(&slots).await?, now);
@@ -367,18 +403,22 @@ impl Gate {
         Ok(states)
     }
 
-    /// Admin calls act on behalf of a user on the admin list.
-    pub fn authorize_admin(&self, actor: &str) -> Result<UserId, ServiceError> {
+    /// Admin calls act on behalf of a user on the admin list, through an
+    /// authenticated caller.
+    pub fn authorize_admin(&self, caller: &str, actor: &str) -> Result<Admin, ServiceError> {
         let actor = UserId::parse("actor_user_id", actor)?;
         if !self.policy.access.is_admin(&actor) {
             return Err(ServiceError::PermissionDenied(
                 "actor_user_id is not on the admin list".into(),
             ));
         }
-        Ok(actor)
+        Ok(Admin {
+            actor,
+            caller: caller.to_owned(),
+        })
     }
 
-    pub async fn unlock(&self, actor: &UserId, scope: &UnlockScope) -> Result<u64, ServiceError> {
+    pub async fn unlock(&self, admin: &Admin, scope: &UnlockScope) -> Result<u64, ServiceError> {
         if let UnlockScope::Key { context, key } = scope {
             self.known_context("key.context", context)?;
             let kind_known = context == ALLOW_LIST_CONTEXT
@@ -403,9 +443,8 @@ impl Gate {
         let lifted = self.store.unlock(scope, now).await?;
         metrics::unlocked(scope_name(scope), lifted);
         let event = SecurityEvent {
-            actor: actor.to_string(),
             detail: format!("scope={} lifted={lifted}", scope_name(scope)),
-            ..SecurityEvent::new("unlocked", now)
+            ..admin.event("unlocked", now)
         };
         self.record(match scope {
             UnlockScope::Key { context, key } => SecurityEvent {
@@ -419,7 +458,7 @@ impl Gate {
             UnlockScope::All => event,
         })
         .await?;
-        tracing::info!(actor = %crate::telemetry::mask(actor.as_str()), scope = scope_name(scope), lifted, "admin unlock");
+        tracing::info!(actor = %crate::telemetry::mask(admin.actor.as_str()), caller = %admin.caller, scope = scope_name(scope), lifted, "admin unlock");
         Ok(lifted)
     }
 

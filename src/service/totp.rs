@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Gate, ServiceError, required_user};
+use super::{Admin, Gate, ServiceError, required_user};
 use crate::crypto::SecretKeys;
 use crate::domain::{
     Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
@@ -322,6 +322,7 @@ impl Gate {
 
     pub async fn import_totp(
         &self,
+        admin: &Admin,
         user: &UserId,
         secret_base32: &str,
         params: TotpParams,
@@ -349,19 +350,23 @@ impl Gate {
                 },
             )
             .await?;
+        self.record(SecurityEvent {
+            user_id: user.to_string(),
+            ..admin.event("totp_imported", self.now())
+        })
+        .await?;
         Ok(())
     }
 
     /// Removes the user's secret and ends their session.
-    pub async fn reset_totp(&self, actor: &UserId, user: &UserId) -> Result<bool, ServiceError> {
+    pub async fn reset_totp(&self, admin: &Admin, user: &UserId) -> Result<bool, ServiceError> {
         let now = self.now();
         let removed = self.store.delete_totp(user).await?;
         self.store.revoke_sessions(Some(user), now).await?;
         self.record(SecurityEvent {
             user_id: user.to_string(),
-            actor: actor.to_string(),
             detail: format!("removed={removed}"),
-            ..SecurityEvent::new("totp_reset", now)
+            ..admin.event("totp_reset", now)
         })
         .await?;
         Ok(removed)
@@ -369,19 +374,23 @@ impl Gate {
 
     pub async fn revoke_sessions(
         &self,
-        actor: &UserId,
+        admin: &Admin,
         user: Option<&UserId>,
     ) -> Result<u64, ServiceError> {
         let now = self.now();
         let revoked = self.store.revoke_sessions(user, now).await?;
         self.record(SecurityEvent {
             user_id: user.map(|u| u.to_string()).unwrap_or_default(),
-            actor: actor.to_string(),
             detail: format!("revoked={revoked}"),
-            ..SecurityEvent::new("session_revoked", now)
+            ..admin.event("session_revoked", now)
         })
         .await?;
         Ok(revoked)
+    }
+
+    /// Whether the store answers at all.
+    pub async fn ping(&self) -> Result<(), ServiceError> {
+        Ok(self.store.ping().await?)
     }
 
     pub async fn stats(&self) -> Result<Stats, ServiceError> {

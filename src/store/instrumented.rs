@@ -131,6 +131,10 @@ impl Store for Instrumented {
         timed("append_event", self.0.append_event(event)).await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        timed("ping", self.0.ping()).await
+    }
+
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
         self.0.subscribe()
     }

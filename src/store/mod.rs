@@ -162,6 +162,10 @@ pub struct SecurityEvent {
     /// The admin who acted, for unlocks, resets and revocations.
     #[serde(default)]
     pub actor: String,
+    /// The authenticated caller (API key or certificate name) that made
+    /// the admin call.
+    #[serde(default)]
+    pub caller: String,
     #[serde(default)]
     pub detail: String,
 }
@@ -191,6 +195,7 @@ impl SecurityEvent {
             until: None,
             permanent: false,
             actor: String::new(),
+            caller: String::new(),
             detail: String::new(),
         }
     }
@@ -352,6 +357,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs the embedded migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// One trivial round trip: whether the store answers at all (the
+    /// health service reports it).
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// Connection settings shared by both implementations.

@@ -566,9 +566,9 @@ store_impl!(PostgresStore, pool, pool, sql, {
         // delivers the event.
         sqlx::query(
             "WITH e AS (INSERT INTO security_event \
-               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id) \
-             SELECT pg_notify($13, $14) FROM e WHERE $15",
+               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, caller, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id) \
+             SELECT pg_notify($14, $15) FROM e WHERE $16",
         )
         .bind(event.at)
         .bind(&event.kind)
@@ -581,6 +581,7 @@ store_impl!(PostgresStore, pool, pool, sql, {
         .bind(event.until)
         .bind(event.permanent)
         .bind(&event.actor)
+        .bind(&event.caller)
         .bind(&event.detail)
         .bind(EVENT_CHANNEL)
         .bind(payload)

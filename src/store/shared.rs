@@ -72,11 +72,11 @@ pub const SWEEP_SESSIONS: &str =
     "DELETE FROM session WHERE status <> 'authenticated' AND since <= $1";
 
 pub const INSERT_EVENT: &str = "INSERT INTO security_event \
-       (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+       (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, caller, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 pub const LIST_EVENTS: &str = "SELECT id, at, kind, context, rule, user_id, ip, session_id, tier, \
-       until_at, permanent, actor, detail FROM security_event \
+       until_at, permanent, actor, caller, detail FROM security_event \
      WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR ip = $2) AND ($3 = '' OR session_id = $3) \
        AND ($4 = '' OR context = $4) AND ($5 = '' OR kind = $5) AND at >= $6 AND at < $7 AND id < $8 \
      ORDER BY id DESC LIMIT $9";
@@ -108,6 +108,11 @@ macro_rules! store_impl {
         #[async_trait::async_trait]
         impl Store for $store {
         $($own)*
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            sqlx::query("SELECT 1").execute(&self.$pool).await?;
+            Ok(())
+        }
 
         async fn totp(&self, user: &UserId) -> Result<Vec<StoredTotp>, StoreError> {
             let rows = sqlx::query($sql(shared::GET_TOTP))
@@ -298,6 +303,7 @@ macro_rules! store_impl {
                             until: r.try_get("until_at")?,
                             permanent: r.try_get("permanent")?,
                             actor: r.try_get("actor")?,
+                            caller: r.try_get("caller")?,
                             detail: r.try_get("detail")?,
                         },
                     ))

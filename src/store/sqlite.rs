@@ -117,6 +117,7 @@ async fn insert_event(
         .bind(event.until)
         .bind(event.permanent)
         .bind(&event.actor)
+        .bind(&event.caller)
         .bind(&event.detail)
         .execute(conn)
         .await?;

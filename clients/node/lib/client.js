@@ -1,0 +1,75 @@
+'use strict';
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+// The repository's proto/ directory: the package is used from a checkout
+// (or a file: dependency on one) rather than published with copies.
+const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
+
+function loadAccessService(protoDir) {
+  const definition = protoLoader.loadSync('authgate/v1/access.proto', {
+    includeDirs: [protoDir],
+    // Counts and seconds in responses stay far below 2^53.
+    longs: Number,
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition).authgate.v1.AccessService;
+}
+
+// Telegram ids are numbers; authgate's are strings, with '' meaning absent.
+function subject({ userId, ip, sessionId }) {
+  return {
+    userId: userId == null ? '' : String(userId),
+    ip: ip ?? '',
+    sessionId: sessionId ?? '',
+  };
+}
+
+/**
+ * An AccessService client whose calls return promises of the responses
+ * (camelCase fields, enums as their names: verdict.decision ===
+ * 'DECISION_ALLOW'). Every call carries `authorization: Bearer <apiKey>`
+ * when a key is given and a deadline of timeoutMs. Failed calls reject with
+ * grpc-js errors whose `code` is a grpc.status.
+ */
+function createClient({
+  address,
+  apiKey,
+  credentials = grpc.credentials.createInsecure(),
+  protoDir = DEFAULT_PROTO_DIR,
+  timeoutMs = 5000,
+}) {
+  const AccessService = loadAccessService(protoDir);
+  const stub = new AccessService(address, credentials);
+
+  function call(method, request) {
+    const metadata = new grpc.Metadata();
+    if (apiKey) metadata.set('authorization', `Bearer ${apiKey}`);
+    const options = { deadline: Date.now() + timeoutMs };
+    return new Promise((resolve, reject) => {
+      stub[method](request, metadata, options, (error, response) =>
+        error ? reject(error) : resolve(response),
+      );
+    });
+  }
+
+  return {
+    checkAccess: ({ context, ...who }) =>
+      call('CheckAccess', { context, subject: subject(who) }),
+    recordFailure: ({ context, activity = '', ...who }) =>
+      call('RecordFailure', { context, subject: subject(who), activity }),
+    recordSuccess: ({ context, ...who }) =>
+      call('RecordSuccess', { context, subject: subject(who) }),
+    verifyTotp: ({ context, code, ...who }) =>
+      call('VerifyTotp', { context, subject: subject(who), code }),
+    enrollTotp: ({ context, accountName = '', ...who }) =>
+      call('EnrollTotp', { context, subject: subject(who), accountName }),
+    close: () => stub.close(),
+  };
+}
+
+module.exports = { createClient, DEFAULT_PROTO_DIR };

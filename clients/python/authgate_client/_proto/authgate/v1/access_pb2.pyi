@@ -1,0 +1,191 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    DECISION_ALLOW: _ClassVar[Decision]
+    DECISION_DENY: _ClassVar[Decision]
+    DECISION_CHALLENGE_CAPTCHA: _ClassVar[Decision]
+    DECISION_BLOCKED: _ClassVar[Decision]
+    DECISION_CHALLENGE_TOTP: _ClassVar[Decision]
+    DECISION_ENROLL_TOTP: _ClassVar[Decision]
+
+class KeyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_KIND_UNSPECIFIED: _ClassVar[KeyKind]
+    KEY_KIND_USER: _ClassVar[KeyKind]
+    KEY_KIND_IP: _ClassVar[KeyKind]
+    KEY_KIND_USER_IP: _ClassVar[KeyKind]
+    KEY_KIND_SESSION: _ClassVar[KeyKind]
+
+class TotpResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOTP_RESULT_UNSPECIFIED: _ClassVar[TotpResult]
+    TOTP_RESULT_OK: _ClassVar[TotpResult]
+    TOTP_RESULT_INVALID: _ClassVar[TotpResult]
+    TOTP_RESULT_CLOCK_SKEW: _ClassVar[TotpResult]
+    TOTP_RESULT_BLOCKED: _ClassVar[TotpResult]
+    TOTP_RESULT_NOT_ENROLLED: _ClassVar[TotpResult]
+DECISION_UNSPECIFIED: Decision
+DECISION_ALLOW: Decision
+DECISION_DENY: Decision
+DECISION_CHALLENGE_CAPTCHA: Decision
+DECISION_BLOCKED: Decision
+DECISION_CHALLENGE_TOTP: Decision
+DECISION_ENROLL_TOTP: Decision
+KEY_KIND_UNSPECIFIED: KeyKind
+KEY_KIND_USER: KeyKind
+KEY_KIND_IP: KeyKind
+KEY_KIND_USER_IP: KeyKind
+KEY_KIND_SESSION: KeyKind
+TOTP_RESULT_UNSPECIFIED: TotpResult
+TOTP_RESULT_OK: TotpResult
+TOTP_RESULT_INVALID: TotpResult
+TOTP_RESULT_CLOCK_SKEW: TotpResult
+TOTP_RESULT_BLOCKED: TotpResult
+TOTP_RESULT_NOT_ENROLLED: TotpResult
+
+class Subject(_message.Message):
+    __slots__ = ("user_id", "ip", "session_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    ip: str
+    session_id: str
+    def __init__(self, user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class Key(_message.Message):
+    __slots__ = ("kind", "user_id", "ip", "session_id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    kind: KeyKind
+    user_id: str
+    ip: str
+    session_id: str
+    def __init__(self, kind: _Optional[_Union[KeyKind, str]] = ..., user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("decision", "reason", "rule", "key", "remaining_attempts", "unblock_at", "retry_after_seconds", "permanent")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCK_AT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    reason: str
+    rule: str
+    key: Key
+    remaining_attempts: int
+    unblock_at: _timestamp_pb2.Timestamp
+    retry_after_seconds: int
+    permanent: bool
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., remaining_attempts: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_after_seconds: _Optional[int] = ..., permanent: _Optional[bool] = ...) -> None: ...
+
+class CheckAccessRequest(_message.Message):
+    __slots__ = ("context", "subject")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
+
+class CheckAccessResponse(_message.Message):
+    __slots__ = ("verdict",)
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    verdict: Verdict
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+
+class RecordFailureRequest(_message.Message):
+    __slots__ = ("context", "subject", "activity")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    activity: str
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., activity: _Optional[str] = ...) -> None: ...
+
+class RecordFailureResponse(_message.Message):
+    __slots__ = ("verdict", "lockout_applied")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    LOCKOUT_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    verdict: Verdict
+    lockout_applied: bool
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., lockout_applied: _Optional[bool] = ...) -> None: ...
+
+class RecordSuccessRequest(_message.Message):
+    __slots__ = ("context", "subject")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
+
+class RecordSuccessResponse(_message.Message):
+    __slots__ = ("verdict",)
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    verdict: Verdict
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+
+class VerifyTotpRequest(_message.Message):
+    __slots__ = ("context", "subject", "code")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    code: str
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., code: _Optional[str] = ...) -> None: ...
+
+class VerifyTotpResponse(_message.Message):
+    __slots__ = ("result", "verdict", "clock_drift_seconds", "session_expires_at")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_DRIFT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    result: TotpResult
+    verdict: Verdict
+    clock_drift_seconds: int
+    session_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, result: _Optional[_Union[TotpResult, str]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., clock_drift_seconds: _Optional[int] = ..., session_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class EnrollTotpRequest(_message.Message):
+    __slots__ = ("context", "subject", "account_name")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_NAME_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    account_name: str
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., account_name: _Optional[str] = ...) -> None: ...
+
+class EnrollTotpResponse(_message.Message):
+    __slots__ = ("secret_base32", "otpauth_uri", "qr_png", "algorithm", "digits", "period_seconds")
+    SECRET_BASE32_FIELD_NUMBER: _ClassVar[int]
+    OTPAUTH_URI_FIELD_NUMBER: _ClassVar[int]
+    QR_PNG_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DIGITS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    secret_base32: str
+    otpauth_uri: str
+    qr_png: bytes
+    algorithm: str
+    digits: int
+    period_seconds: int
+    def __init__(self, secret_base32: _Optional[str] = ..., otpauth_uri: _Optional[str] = ..., qr_png: _Optional[bytes] = ..., algorithm: _Optional[str] = ..., digits: _Optional[int] = ..., period_seconds: _Optional[int] = ...) -> None: ...

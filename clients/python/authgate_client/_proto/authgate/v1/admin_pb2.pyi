@@ -1,0 +1,322 @@
+import datetime
+
+from authgate_client._proto.authgate.v1 import access_pb2 as _access_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SESSION_STATE_UNSPECIFIED: _ClassVar[SessionState]
+    SESSION_STATE_UNAUTHENTICATED: _ClassVar[SessionState]
+    SESSION_STATE_PROCESSING: _ClassVar[SessionState]
+    SESSION_STATE_AUTHENTICATED: _ClassVar[SessionState]
+    SESSION_STATE_BLOCKED: _ClassVar[SessionState]
+    SESSION_STATE_EXPIRED: _ClassVar[SessionState]
+SESSION_STATE_UNSPECIFIED: SessionState
+SESSION_STATE_UNAUTHENTICATED: SessionState
+SESSION_STATE_PROCESSING: SessionState
+SESSION_STATE_AUTHENTICATED: SessionState
+SESSION_STATE_BLOCKED: SessionState
+SESSION_STATE_EXPIRED: SessionState
+
+class KeyRef(_message.Message):
+    __slots__ = ("context", "key")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    key: _access_pb2.Key
+    def __init__(self, context: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ...) -> None: ...
+
+class AdminUnlockRequest(_message.Message):
+    __slots__ = ("actor_user_id", "key", "subject", "all")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    key: KeyRef
+    subject: _access_pb2.Subject
+    all: bool
+    def __init__(self, actor_user_id: _Optional[str] = ..., key: _Optional[_Union[KeyRef, _Mapping]] = ..., subject: _Optional[_Union[_access_pb2.Subject, _Mapping]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class AdminUnlockResponse(_message.Message):
+    __slots__ = ("unlocked",)
+    UNLOCKED_FIELD_NUMBER: _ClassVar[int]
+    unlocked: int
+    def __init__(self, unlocked: _Optional[int] = ...) -> None: ...
+
+class Lock(_message.Message):
+    __slots__ = ("context", "rule", "key", "tier", "locked_at", "unblock_at", "permanent")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCK_AT_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    rule: str
+    key: _access_pb2.Key
+    tier: int
+    locked_at: _timestamp_pb2.Timestamp
+    unblock_at: _timestamp_pb2.Timestamp
+    permanent: bool
+    def __init__(self, context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., locked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ...) -> None: ...
+
+class ListLockedRequest(_message.Message):
+    __slots__ = ("actor_user_id", "context", "page_size", "page_token")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    context: str
+    page_size: int
+    page_token: str
+    def __init__(self, actor_user_id: _Optional[str] = ..., context: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListLockedResponse(_message.Message):
+    __slots__ = ("locks", "next_page_token")
+    LOCKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    locks: _containers.RepeatedCompositeFieldContainer[Lock]
+    next_page_token: str
+    def __init__(self, locks: _Optional[_Iterable[_Union[Lock, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetSubjectRequest(_message.Message):
+    __slots__ = ("actor_user_id", "subject")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    subject: _access_pb2.Subject
+    def __init__(self, actor_user_id: _Optional[str] = ..., subject: _Optional[_Union[_access_pb2.Subject, _Mapping]] = ...) -> None: ...
+
+class KeyState(_message.Message):
+    __slots__ = ("context", "rule", "key", "failures_in_window", "failures_total", "last_failure_at", "recent_lockouts", "lockouts_total", "lock")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_AT_FIELD_NUMBER: _ClassVar[int]
+    RECENT_LOCKOUTS_FIELD_NUMBER: _ClassVar[int]
+    LOCKOUTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LOCK_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    rule: str
+    key: _access_pb2.Key
+    failures_in_window: int
+    failures_total: int
+    last_failure_at: _timestamp_pb2.Timestamp
+    recent_lockouts: int
+    lockouts_total: int
+    lock: Lock
+    def __init__(self, context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., failures_in_window: _Optional[int] = ..., failures_total: _Optional[int] = ..., last_failure_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_lockouts: _Optional[int] = ..., lockouts_total: _Optional[int] = ..., lock: _Optional[_Union[Lock, _Mapping]] = ...) -> None: ...
+
+class GetSubjectResponse(_message.Message):
+    __slots__ = ("allowed", "admin", "states", "session", "totp")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TOTP_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    admin: bool
+    states: _containers.RepeatedCompositeFieldContainer[KeyState]
+    session: Session
+    totp: TotpEnrollment
+    def __init__(self, allowed: _Optional[bool] = ..., admin: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[KeyState, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., totp: _Optional[_Union[TotpEnrollment, _Mapping]] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("state", "since", "last_seen_at")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
+    state: SessionState
+    since: _timestamp_pb2.Timestamp
+    last_seen_at: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[_Union[SessionState, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TotpEnrollment(_message.Message):
+    __slots__ = ("confirmed", "algorithm", "digits", "period_seconds", "created_at")
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DIGITS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    confirmed: bool
+    algorithm: str
+    digits: int
+    period_seconds: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, confirmed: _Optional[bool] = ..., algorithm: _Optional[str] = ..., digits: _Optional[int] = ..., period_seconds: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RevokeSessionRequest(_message.Message):
+    __slots__ = ("actor_user_id", "user_id", "all")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    user_id: str
+    all: bool
+    def __init__(self, actor_user_id: _Optional[str] = ..., user_id: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class RevokeSessionResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: int
+    def __init__(self, revoked: _Optional[int] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ("actor_user_id",)
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    def __init__(self, actor_user_id: _Optional[str] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("total", "authenticated", "processing", "blocked", "expired", "locks_temporary", "locks_permanent")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
+    PROCESSING_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_TEMPORARY_FIELD_NUMBER: _ClassVar[int]
+    LOCKS_PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    authenticated: int
+    processing: int
+    blocked: int
+    expired: int
+    locks_temporary: int
+    locks_permanent: int
+    def __init__(self, total: _Optional[int] = ..., authenticated: _Optional[int] = ..., processing: _Optional[int] = ..., blocked: _Optional[int] = ..., expired: _Optional[int] = ..., locks_temporary: _Optional[int] = ..., locks_permanent: _Optional[int] = ...) -> None: ...
+
+class ResetTotpRequest(_message.Message):
+    __slots__ = ("actor_user_id", "user_id")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    user_id: str
+    def __init__(self, actor_user_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ResetTotpResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ImportTotpRequest(_message.Message):
+    __slots__ = ("actor_user_id", "user_id", "secret_base32", "algorithm", "digits", "period_seconds")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_BASE32_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DIGITS_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    user_id: str
+    secret_base32: str
+    algorithm: str
+    digits: int
+    period_seconds: int
+    def __init__(self, actor_user_id: _Optional[str] = ..., user_id: _Optional[str] = ..., secret_base32: _Optional[str] = ..., algorithm: _Optional[str] = ..., digits: _Optional[int] = ..., period_seconds: _Optional[int] = ...) -> None: ...
+
+class ImportTotpResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchSecurityEventsRequest(_message.Message):
+    __slots__ = ("actor_user_id",)
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    def __init__(self, actor_user_id: _Optional[str] = ...) -> None: ...
+
+class SecurityAlert(_message.Message):
+    __slots__ = ("kind", "at", "context", "rule", "key", "tier", "unblock_at", "permanent", "suppressed", "dropped")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCK_AT_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    at: _timestamp_pb2.Timestamp
+    context: str
+    rule: str
+    key: _access_pb2.Key
+    tier: int
+    unblock_at: _timestamp_pb2.Timestamp
+    permanent: bool
+    suppressed: int
+    dropped: int
+    def __init__(self, kind: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ..., suppressed: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("actor_user_id", "user_id", "ip", "session_id", "context", "kind", "to", "page_size", "page_token")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    user_id: str
+    ip: str
+    session_id: str
+    context: str
+    kind: str
+    to: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, actor_user_id: _Optional[str] = ..., user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ..., context: _Optional[str] = ..., kind: _Optional[str] = ..., to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., **kwargs) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("id", "kind", "at", "context", "rule", "key", "tier", "unblock_at", "permanent", "actor", "detail", "caller")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCK_AT_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    kind: str
+    at: _timestamp_pb2.Timestamp
+    context: str
+    rule: str
+    key: _access_pb2.Key
+    tier: int
+    unblock_at: _timestamp_pb2.Timestamp
+    permanent: bool
+    actor: str
+    detail: str
+    caller: str
+    def __init__(self, id: _Optional[int] = ..., kind: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ..., actor: _Optional[str] = ..., detail: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

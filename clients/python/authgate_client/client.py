@@ -1,0 +1,126 @@
+"""An asyncio client for authgate's AccessService."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import grpc
+
+from ._proto.authgate.v1 import access_pb2, access_pb2_grpc
+
+Id = Union[str, int]
+
+
+def _subject(
+    user_id: Optional[Id], ip: Optional[str], session_id: Optional[str]
+) -> access_pb2.Subject:
+    # Telegram ids are ints; authgate's are strings, with "" meaning absent.
+    return access_pb2.Subject(
+        user_id="" if user_id is None else str(user_id),
+        ip=ip or "",
+        session_id=session_id or "",
+    )
+
+
+class AuthgateClient:
+    """AccessService over one grpc.aio channel.
+
+    Every call carries `authorization: Bearer <api_key>` when a key is given
+    and a deadline of `timeout` seconds. Errors are raised as
+    grpc.aio.AioRpcError; authgate answers UNAVAILABLE when its store is
+    down, and callers should then deny (see AuthgateMiddleware).
+
+    Create it inside the event loop that will use it (grpc.aio channels are
+    bound to one loop) and close it with `await client.close()` or
+    `async with`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        api_key: Optional[str] = None,
+        *,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+        timeout: float = 5.0,
+    ) -> None:
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(target)
+        else:
+            self._channel = grpc.aio.secure_channel(target, credentials)
+        self._stub = access_pb2_grpc.AccessServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._timeout = timeout
+
+    async def __aenter__(self) -> "AuthgateClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def check_access(
+        self,
+        context: str,
+        user_id: Optional[Id] = None,
+        ip: Optional[str] = None,
+        session_id: Optional[str] = None,
+    ) -> access_pb2.CheckAccessResponse:
+        request = access_pb2.CheckAccessRequest(
+            context=context, subject=_subject(user_id, ip, session_id)
+        )
+        return await self._stub.CheckAccess(request, timeout=self._timeout, metadata=self._metadata)
+
+    async def record_failure(
+        self,
+        context: str,
+        user_id: Optional[Id] = None,
+        ip: Optional[str] = None,
+        session_id: Optional[str] = None,
+        activity: str = "",
+    ) -> access_pb2.RecordFailureResponse:
+        request = access_pb2.RecordFailureRequest(
+            context=context, subject=_subject(user_id, ip, session_id), activity=activity
+        )
+        return await self._stub.RecordFailure(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+
+    async def record_success(
+        self,
+        context: str,
+        user_id: Optional[Id] = None,
+        ip: Optional[str] = None,
+        session_id: Optional[str] = None,
+    ) -> access_pb2.RecordSuccessResponse:
+        request = access_pb2.RecordSuccessRequest(
+            context=context, subject=_subject(user_id, ip, session_id)
+        )
+        return await self._stub.RecordSuccess(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+
+    async def verify_totp(
+        self,
+        context: str,
+        user_id: Id,
+        code: str,
+        ip: Optional[str] = None,
+        session_id: Optional[str] = None,
+    ) -> access_pb2.VerifyTotpResponse:
+        request = access_pb2.VerifyTotpRequest(
+            context=context, subject=_subject(user_id, ip, session_id), code=code
+        )
+        return await self._stub.VerifyTotp(request, timeout=self._timeout, metadata=self._metadata)
+
+    async def enroll_totp(
+        self,
+        context: str,
+        user_id: Id,
+        account_name: str = "",
+    ) -> access_pb2.EnrollTotpResponse:
+        request = access_pb2.EnrollTotpRequest(
+            context=context, subject=_subject(user_id, None, None), account_name=account_name
+        )
+        return await self._stub.EnrollTotp(request, timeout=self._timeout, metadata=self._metadata)

@@ -1,0 +1,487 @@
+//! `authgate admin ...`: the operator's client for AdminService, so a locked
+//! admin can be unlocked at 3 a.m. without grpcurl and a proto file. Tables
+//! for people, `--json` (one array of objects) for scripts.
+
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+use crate::grpc::proto::admin_service_client::AdminServiceClient;
+use crate::grpc::proto::{self, admin_unlock_request::Scope};
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The authgate to talk to (https:// for TLS).
+    #[arg(long, env = "AUTHGATE_ADDR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// An API key with the admin role.
+    #[arg(long, env = "AUTHGATE_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// The admin user on whose behalf to act (must be on access.admin_user_ids).
+    #[arg(long, env = "AUTHGATE_ACTOR")]
+    actor: String,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    /// PEM CA bundle to verify the server's certificate.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate and key, for mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// How long to wait for the server.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Lift locks: everything of a subject (--user/--ip/--session), one key
+    /// (add --context and --kind), or --all.
+    Unlock {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// With --kind: lift only this context's key.
+        #[arg(long, requires = "kind")]
+        context: Option<String>,
+        /// user, ip, user+ip or session.
+        #[arg(long, requires = "context")]
+        kind: Option<String>,
+        /// Lift every lock there is.
+        #[arg(long, conflicts_with_all = ["user", "ip", "session", "context"])]
+        all: bool,
+    },
+    /// Locks in force.
+    ListLocked {
+        #[arg(long, default_value = "")]
+        context: String,
+        /// At most this many (all pages are fetched up to it).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Everything stored about a subject.
+    Subject {
+        #[command(flatten)]
+        subject: SubjectArgs,
+    },
+    /// Session and lock counts across all replicas.
+    Stats,
+    /// The audit trail, newest first.
+    Events {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        #[arg(long, default_value = "")]
+        context: String,
+        /// e.g. lockout, unlocked, failure_recorded.
+        #[arg(long, default_value = "")]
+        kind: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Args)]
+struct SubjectArgs {
+    #[arg(long, default_value = "")]
+    user: String,
+    #[arg(long, default_value = "")]
+    ip: String,
+    #[arg(long, default_value = "")]
+    session: String,
+}
+
+impl SubjectArgs {
+    fn proto(&self) -> proto::Subject {
+        proto::Subject {
+            user_id: self.user.clone(),
+            ip: self.ip.clone(),
+            session_id: self.session.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.user.is_empty() && self.ip.is_empty() && self.session.is_empty()
+    }
+}
+
+/// Rows with named columns, printed as a table or as JSON objects.
+struct Table {
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<Value>>,
+}
+
+impl Table {
+    fn new(columns: &[&'static str]) -> Self {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn render(&self, as_json: bool) -> String {
+        if as_json {
+            let objects: Vec<Value> = self
+                .rows
+                .iter()
+                .map(|row| {
+                    let object: Map<String, Value> = self
+                        .columns
+                        .iter()
+                        .map(|c| (*c).to_owned())
+                        .zip(row.iter().cloned())
+                        .collect();
+                    Value::Object(object)
+                })
+                .collect();
+            return serde_json::to_string_pretty(&objects).unwrap_or_default() + "\n";
+        }
+        let cell = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| r.iter().map(cell).collect())
+            .collect();
+        let widths: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                cells
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([c.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |values: Vec<String>| {
+            let padded: Vec<String> = values
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!("{v:<w$}"))
+                .collect();
+            padded.join("  ").trim_end().to_owned() + "\n"
+        };
+        let mut out = line(self.columns.iter().map(|c| c.to_uppercase()).collect());
+        for row in cells {
+            out += &line(row);
+        }
+        if self.rows.is_empty() {
+            out += "(none)\n";
+        }
+        out
+    }
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> Value {
+    t.and_then(|t| {
+        let secs = u64::try_from(t.seconds).ok()?;
+        let at = UNIX_EPOCH + Duration::from_secs(secs);
+        Some(Value::String(
+            humantime::format_rfc3339_seconds(at).to_string(),
+        ))
+    })
+    .unwrap_or(Value::Null)
+}
+
+fn key_text(key: Option<&proto::Key>) -> Value {
+    let Some(k) = key else {
+        return Value::Null;
+    };
+    let parts: Vec<String> = [
+        ("user", &k.user_id),
+        ("ip", &k.ip),
+        ("session", &k.session_id),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(n, v)| format!("{n}={v}"))
+    .collect();
+    Value::String(parts.join(" "))
+}
+
+fn until(t: Option<&prost_types::Timestamp>, permanent: bool) -> Value {
+    if permanent {
+        Value::String("permanent".into())
+    } else {
+        time(t)
+    }
+}
+
+async fn channel(args: &AdminArgs) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(args.addr.clone())?
+        .connect_timeout(args.timeout)
+        .timeout(args.timeout);
+    if args.addr.starts_with("https://") || args.ca_cert.is_some() {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.ca_cert {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert)?,
+                std::fs::read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect().await?)
+}
+
+/// Runs one admin command and prints its answer.
+pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let bearer: Option<MetadataValue<_>> = match &args.key {
+        Some(k) => Some(format!("Bearer {k}").parse().map_err(|_| {
+            anyhow::anyhow!("--key holds characters that cannot be sent as metadata")
+        })?),
+        None => None,
+    };
+    let channel = channel(&args).await?;
+    let mut client = AdminServiceClient::with_interceptor(channel, move |mut r: Request<()>| {
+        if let Some(b) = &bearer {
+            r.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok::<_, Status>(r)
+    });
+    let actor = args.actor.clone();
+    let out = match args.command {
+        AdminCommand::Unlock {
+            subject,
+            context,
+            kind,
+            all,
+        } => {
+            let scope = match (all, context, kind) {
+                (true, _, _) => Scope::All(true),
+                (false, Some(context), Some(kind)) => Scope::Key(proto::KeyRef {
+                    context,
+                    key: Some(proto::Key {
+                        kind: key_kind(&kind)? as i32,
+                        ..key_of(&subject)
+                    }),
+                }),
+                _ if subject.is_empty() => {
+                    anyhow::bail!("say what to unlock: --user/--ip/--session, or --all")
+                }
+                _ => Scope::Subject(subject.proto()),
+            };
+            let r = client
+                .admin_unlock(proto::AdminUnlockRequest {
+                    actor_user_id: actor,
+                    scope: Some(scope),
+                })
+                .await?
+                .into_inner();
+            let mut t = Table::new(&["unlocked"]);
+            t.rows.push(vec![json!(r.unlocked)]);
+            t
+        }
+        AdminCommand::ListLocked { context, limit } => {
+            let mut t = Table::new(&["context", "rule", "key", "tier", "locked_at", "until"]);
+            let mut page_token = String::new();
+            loop {
+                let r = client
+                    .list_locked(proto::ListLockedRequest {
+                        actor_user_id: actor.clone(),
+                        context: context.clone(),
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                for l in r.locks {
+                    t.rows.push(vec![
+                        json!(l.context),
+                        json!(l.rule),
+                        key_text(l.key.as_ref()),
+                        json!(l.tier),
+                        time(l.locked_at.as_ref()),
+                        until(l.unblock_at.as_ref(), l.permanent),
+                    ]);
+                }
+                page_token = r.next_page_token;
+                if page_token.is_empty() || t.rows.len() >= limit {
+                    break;
+                }
+            }
+            t.rows.truncate(limit);
+            t
+        }
+        AdminCommand::Subject { subject } => {
+            if subject.is_empty() {
+                anyhow::bail!("name the subject: --user, --ip and/or --session");
+            }
+            let r = client
+                .get_subject(proto::GetSubjectRequest {
+                    actor_user_id: actor,
+                    subject: Some(subject.proto()),
+                })
+                .await?
+                .into_inner();
+            let mut t = Table::new(&[
+                "context",
+                "rule",
+                "key",
+                "failures_in_window",
+                "failures_total",
+                "lockouts_total",
+                "locked_until",
+            ]);
+            for s in r.states {
+                t.rows.push(vec![
+                    json!(s.context),
+                    json!(s.rule),
+                    key_text(s.key.as_ref()),
+                    json!(s.failures_in_window),
+                    json!(s.failures_total),
+                    json!(s.lockouts_total),
+                    s.lock
+                        .as_ref()
+                        .map_or(Value::Null, |l| until(l.unblock_at.as_ref(), l.permanent)),
+                ]);
+            }
+            t
+        }
+        AdminCommand::Stats => {
+            let s = client
+                .get_stats(proto::GetStatsRequest {
+                    actor_user_id: actor,
+                })
+                .await?
+                .into_inner();
+            let mut t = Table::new(&[
+                "sessions",
+                "authenticated",
+                "processing",
+                "blocked",
+                "expired",
+                "locks_temporary",
+                "locks_permanent",
+            ]);
+            t.rows.push(vec![
+                json!(s.total),
+                json!(s.authenticated),
+                json!(s.processing),
+                json!(s.blocked),
+                json!(s.expired),
+                json!(s.locks_temporary),
+                json!(s.locks_permanent),
+            ]);
+            t
+        }
+        AdminCommand::Events {
+            subject,
+            context,
+            kind,
+            limit,
+        } => {
+            let mut t = Table::new(&[
+                "at", "kind", "context", "rule", "key", "actor", "caller", "detail",
+            ]);
+            let mut page_token = String::new();
+            loop {
+                let r = client
+                    .list_audit_events(proto::ListAuditEventsRequest {
+                        actor_user_id: actor.clone(),
+                        user_id: subject.user.clone(),
+                        ip: subject.ip.clone(),
+                        session_id: subject.session.clone(),
+                        context: context.clone(),
+                        kind: kind.clone(),
+                        from: None,
+                        to: None,
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                for e in r.events {
+                    t.rows.push(vec![
+                        time(e.at.as_ref()),
+                        json!(e.kind),
+                        json!(e.context),
+                        json!(e.rule),
+                        key_text(e.key.as_ref()),
+                        json!(e.actor),
+                        json!(e.caller),
+                        json!(e.detail),
+                    ]);
+                }
+                page_token = r.next_page_token;
+                if page_token.is_empty() || t.rows.len() >= limit {
+                    break;
+                }
+            }
+            t.rows.truncate(limit);
+            t
+        }
+    };
+    print!("{}", out.render(args.json));
+    Ok(())
+}
+
+fn key_kind(name: &str) -> anyhow::Result<proto::KeyKind> {
+    Ok(match name {
+        "user" => proto::KeyKind::User,
+        "ip" => proto::KeyKind::Ip,
+        "user+ip" => proto::KeyKind::UserIp,
+        "session" => proto::KeyKind::Session,
+        other => anyhow::bail!("--kind {other:?}: use user, ip, user+ip or session"),
+    })
+}
+
+fn key_of(subject: &SubjectArgs) -> proto::Key {
+    proto::Key {
+        kind: 0,
+        user_id: subject.user.clone(),
+        ip: subject.ip.clone(),
+        session_id: subject.session.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn tables_align_and_json_keeps_types() {
+        let mut t = Table::new(&["context", "tier", "until"]);
+        t.rows
+            .push(vec![json!("login"), json!(2), until(None, true)]);
+        t.rows.push(vec![
+            json!("password_reset"),
+            json!(1),
+            until(Some(&at(1_700_000_000)), false),
+        ]);
+        assert_eq!(
+            t.render(false),
+            "CONTEXT         TIER  UNTIL\n\
+             login           2     permanent\n\
+             password_reset  1     2023-11-14T22:13:20Z\n"
+        );
+        let parsed: Value = serde_json::from_str(&t.render(true)).unwrap();
+        assert_eq!(parsed[0]["tier"], json!(2));
+        assert_eq!(parsed[1]["until"], json!("2023-11-14T22:13:20Z"));
+        assert_eq!(
+            Table::new(&["unlocked"]).render(false),
+            "UNLOCKED\n(none)\n"
+        );
+    }
+}
