@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the integration tests need when it is
-# missing (Postgres server binaries, oathtool, Prometheus, the Python gRPC
-# packages), then runs every test. Extra arguments go to `cargo test`.
+# missing (Postgres server binaries, oathtool, Prometheus, the Python and
+# Node packages of the client tests), then runs every test. Extra arguments
+# go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +30,16 @@ fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --no-create-home postgres
 fi
-if ! python3 -c 'import grpc, grpc_tools, grpc_reflection' 2>/dev/null; then
-  echo "== installing the Python client's packages (pip)"
-  python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# The Python packages of the cross-language test and of clients/python (whose
+# generator is pinned: its stubs are compared with the committed ones). pip
+# returns at once when everything is there.
+echo "== Python packages (pip)"
+python3 -m pip install --quiet --disable-pip-version-check \
+  -r tests/python/requirements.txt -r clients/python/requirements-test.txt
+# clients/node's dependencies, from its lock file.
+if [ ! -d clients/node/node_modules ]; then
+  echo "== clients/node dependencies (npm ci)"
+  (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 cargo test --locked "$@"

@@ -98,10 +98,9 @@ fn keygen(name: &str, roles: &[String]) -> ExitCode {
     }
     let (key, hash) = authgate::auth::generate_key();
     let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
-    println!("# The key, for the caller only (authgate keeps just its hash):");
-    println!("{}", key.as_str());
-    println!();
-    println!("# For auth.keys_file, or under [auth] as [[auth.keys]]:");
+    // The whole output is valid TOML for auth.keys_file; the key itself is
+    // in a comment, for the caller only (authgate keeps just the hash).
+    println!("# key: {}", key.as_str());
     println!("[[keys]]");
     println!("name = {name:?}");
     println!("hash = \"{hash}\"");

@@ -597,3 +597,54 @@ impl Drop for ChildServer {
         let _ = self.child.wait();
     }
 }
+
+/// Sends an API key as `authorization: Bearer <key>` on every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(key: &str) -> Self {
+        Bearer(format!("Bearer {key}").parse().expect("ASCII key"))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+pub type Keyed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// API keys for a test server: `check` for a bot, `admin` for an operator,
+/// and the [auth] TOML that configures their hashes.
+pub struct TestKeys {
+    pub check: String,
+    pub admin: String,
+    pub toml: String,
+}
+
+impl TestKeys {
+    pub fn new() -> TestKeys {
+        let (check, check_hash) = authgate::auth::generate_key();
+        let (admin, admin_hash) = authgate::auth::generate_key();
+        TestKeys {
+            check: check.to_string(),
+            admin: admin.to_string(),
+            toml: format!(
+                "[auth]\nkeys = [\
+                 {{ name = \"chat-bot\", hash = \"{check_hash}\", roles = [\"check\"] }}, \
+                 {{ name = \"ops\", hash = \"{admin_hash}\", roles = [\"admin\"] }}]\n"
+            ),
+        }
+    }
+}
+
+pub fn keyed_access(channel: Channel, key: &str) -> AccessServiceClient<Keyed> {
+    AccessServiceClient::with_interceptor(channel, Bearer::new(key))
+}
+
+pub fn keyed_admin(channel: Channel, key: &str) -> AdminServiceClient<Keyed> {
+    AdminServiceClient::with_interceptor(channel, Bearer::new(key))
+}

@@ -1,30 +1,109 @@
 //! Postgres going away: UNAVAILABLE, never a guessed decision, and recovery
 //! without a restart.
 
-use authgate::grpc::proto::Decision;
+use std::time::Duration;
+
+use authgate::grpc::proto::{self, Decision};
 use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::*;
+
+/// "login" fails closed (the default); "feed" fails open. Both lock after
+/// a few failures, and only listed users may act.
+const CONTEXTS: &str = r#"
+[database]
+acquire_timeout = "500ms"
+[access]
+allowed_user_ids = ["dave", "erin", "admin"]
+admin_user_ids = ["admin"]
+[[contexts.login.rules]]
+name = "user_ip"
+key = "user+ip"
+window = "30m"
+lock_after = 5
+lockout = ["30m", "permanent"]
+[contexts.feed]
+failure_mode = "fail_open"
+[[contexts.feed.rules]]
+name = "user"
+key = "user"
+window = "30m"
+lock_after = 3
+lockout = ["30m"]
+"#;
+
+/// Waits (boundedly) until the health service reports `want` for `service`:
+/// the store is probed once a second.
+async fn health_becomes(channel: Channel, service: &str, want: ServingStatus) {
+    let mut health = HealthClient::new(channel);
+    for _ in 0..100 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers while the store is down")
+            .into_inner()
+            .status;
+        if status == want as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health of {service:?} never became {want:?}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_while_postgres_is_down_then_recovers() {
     // Its own cluster: stopping the shared one would break other tests.
     let cluster = PgCluster::start();
-    let server = TestServer::spawn_on(
-        cluster.database().await,
-        "[database]\nacquire_timeout = \"500ms\"",
-    )
-    .await;
+    let server = TestServer::spawn_on(cluster.database().await, CONTEXTS).await;
     let mut c = server.access().await;
     let who = || subject("dave", "192.0.2.44");
     for _ in 0..2 {
         fail(&mut c, "login", who()).await;
     }
+    fail(&mut c, "feed", subject("erin", "")).await;
+    health_becomes(server.channel().await, "", ServingStatus::Serving).await;
 
     cluster.stop();
+    health_becomes(server.channel().await, "", ServingStatus::NotServing).await;
+    health_becomes(
+        server.channel().await,
+        "authgate.v1.AccessService",
+        ServingStatus::NotServing,
+    )
+    .await;
+    // Liveness stays up: an outage must not make Kubernetes restart us.
+    health_becomes(server.channel().await, "liveness", ServingStatus::Serving).await;
+
+    // fail_open: allowed, and told why; strangers are still denied, since
+    // the allow list needs no store; recording still refuses, since nothing
+    // may be acknowledged that was not stored.
+    let open = check(&mut c, "feed", subject("erin", "")).await;
+    assert_eq!(
+        (decision(&open), open.reason.as_str()),
+        (Decision::Allow, "store_unavailable")
+    );
+    let stranger = check(&mut c, "feed", subject("mallory", "")).await;
+    assert_eq!(decision(&stranger), Decision::Deny);
+    let err = c
+        .record_failure(proto::RecordFailureRequest {
+            context: "feed".into(),
+            subject: subject("erin", ""),
+            activity: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+
     for _ in 0..3 {
         let err = c
-            .check_access(authgate::grpc::proto::CheckAccessRequest {
+            .check_access(proto::CheckAccessRequest {
                 context: "login".into(),
                 subject: who(),
             })
@@ -36,7 +115,7 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
             "no connection details leak"
         );
         let err = c
-            .record_failure(authgate::grpc::proto::RecordFailureRequest {
+            .record_failure(proto::RecordFailureRequest {
                 context: "login".into(),
                 subject: who(),
                 activity: String::new(),
@@ -47,6 +126,14 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
     }
 
     cluster.restart();
+    health_becomes(server.channel().await, "", ServingStatus::Serving).await;
+    let closed_again = check(&mut c, "feed", subject("erin", "")).await;
+    assert_eq!(closed_again.reason, "ok", "judged by the store again");
+    let erin = report(&mut server.admin().await, subject("erin", "")).await;
+    assert_eq!(
+        erin.states[0].failures_total, 1,
+        "only the acknowledged failure"
+    );
     // The pool reconnects by itself; the two failures acknowledged before
     // the outage still count, the three refused during it do not.
     let v = fail(&mut c, "login", who()).await.verdict.unwrap();
