@@ -3,7 +3,7 @@
 use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -177,16 +177,43 @@ async fn fetch<'c>(conn: impl PgExecutor<'c>, ids: &[StateId]) -> Result<Vec<Row
 async fn fetch_batch(pool: PgPool, calls: Vec<Vec<StateId>>) -> Vec<Result<Vec<Row>, StoreError>> {
     let all: Vec<StateId> = calls.iter().flatten().cloned().collect();
     match fetch(&pool, &all).await {
-        Ok(rows) => calls
-            .iter()
-            .map(|ids| {
-                Ok(rows
-                    .iter()
-                    .filter(|r| ids.iter().any(|id| r.is(id)))
-                    .cloned()
-                    .collect())
-            })
-            .collect(),
+        Ok(rows) => {
+            // Matching each call's ids against every row of the batch is
+            // quadratic in the batch; an index by key is not.
+            let by_key: HashMap<(&str, &str, &str, &str, &str), &Row> = rows
+                .iter()
+                .map(|r| {
+                    let key = (
+                        r.context.as_str(),
+                        r.rule.as_str(),
+                        r.user_id.as_str(),
+                        r.ip.as_str(),
+                        r.session_id.as_str(),
+                    );
+                    (key, r)
+                })
+                .collect();
+            calls
+                .iter()
+                .map(|ids| {
+                    Ok(ids
+                        .iter()
+                        .filter_map(|id| {
+                            let (_, user_id, ip, session_id) = key_columns(&id.key);
+                            by_key
+                                .get(&(
+                                    id.context.as_str(),
+                                    id.rule.as_str(),
+                                    user_id.as_str(),
+                                    ip.as_str(),
+                                    session_id.as_str(),
+                                ))
+                                .map(|r| (*r).clone())
+                        })
+                        .collect())
+                })
+                .collect()
+        }
         Err(e) => {
             let e = StoreError::from(e);
             calls.iter().map(|_| Err(e.clone())).collect()
