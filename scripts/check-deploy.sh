@@ -46,6 +46,10 @@ known_metrics=(
   authgate_store_errors_total
   authgate_security_events_dropped_total
   authgate_build_info
+  authgate_auth_rejected_total
+  authgate_requests_shed_total
+  authgate_store_up
+  authgate_fail_open_decisions_total
 )
 
 write=false
