@@ -3,7 +3,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, access_service_server::AccessService};
-use super::{convert, observe};
+use super::{caller, convert, observe};
 use crate::metrics;
 use crate::service::{Gate, TotpResult};
 
@@ -42,6 +42,7 @@ impl AccessService for AccessApi {
         request: Request<proto::RecordFailureRequest>,
     ) -> Result<Response<proto::RecordFailureResponse>, Status> {
         observe("RecordFailure", async move {
+            let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
             let subject = convert::subject("subject", req.subject.as_ref())?;
             if req.activity.len() > 64 || req.activity.chars().any(char::is_control) {
@@ -51,7 +52,7 @@ impl AccessService for AccessApi {
             }
             let outcome = self
                 .gate
-                .record_failure(&req.context, &subject, &req.activity)
+                .record_failure(&req.context, &subject, &req.activity, &caller)
                 .await?;
             metrics::decided("RecordFailure", &req.context, outcome.verdict.decision);
             Ok(Response::new(proto::RecordFailureResponse {

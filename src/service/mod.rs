@@ -323,12 +323,15 @@ impl Gate {
         context: &str,
         subject: &Subject,
         activity: &str,
+        caller: &str,
     ) -> Result<Outcome, ServiceError> {
         let ctx = self.policy.context("context", context)?;
         let now = self.now();
         let counting = ctx.slots(subject, Some(activity));
+        // The failure's audit record names the service that reported it.
         let recorded = SecurityEvent {
             context: context.to_owned(),
+            caller: caller.to_owned(),
             detail: activity.to_owned(),
             ..SecurityEvent::new("failure_recorded", now).about(subject)
         };

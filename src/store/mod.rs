@@ -163,7 +163,7 @@ pub struct SecurityEvent {
     #[serde(default)]
     pub actor: String,
     /// The authenticated caller (API key or certificate name) that made
-    /// the admin call.
+    /// the admin call or reported the failure.
     #[serde(default)]
     pub caller: String,
     #[serde(default)]

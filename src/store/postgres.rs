@@ -359,9 +359,10 @@ impl PostgresStore {
                WHERE key_state.version = EXCLUDED.version - 1 \
                RETURNING 1), \
              logged AS (INSERT INTO security_event \
-               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail) \
+               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail, caller) \
                SELECT * FROM UNNEST($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
-                 $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[])) \
+                 $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[], \
+                 $31::text[])) \
              SELECT authgate_expect_written((SELECT count(*) FROM written), $18)"
         ))
         .bind(text(|r| &r.context))
@@ -396,6 +397,7 @@ impl PostgresStore {
         .bind(events.iter().map(|e| e.permanent).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.caller.clone()).collect::<Vec<_>>())
         .execute(conn)
         .await?;
         Ok(())

@@ -10,6 +10,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 
 use authgate::grpc::proto::{self, Decision};
 
+use crate::both_backends;
 use crate::helpers::*;
 
 fn check_request() -> proto::CheckAccessRequest {
@@ -112,10 +113,11 @@ async fn every_call_but_health_needs_a_key_with_the_right_role() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_audit_trail_names_the_caller_and_the_acting_admin() {
+both_backends!(the_audit_trail_names_the_caller_and_the_acting_admin);
+
+async fn the_audit_trail_names_the_caller_and_the_acting_admin(backend: Backend) {
     let keys = TestKeys::new();
-    let server = TestServer::spawn_with(Backend::Sqlite, &keys.toml).await;
+    let server = TestServer::spawn_with(backend, &keys.toml).await;
     let channel = server.channel().await;
     let mut bot = keyed_access(channel.clone(), &keys.check);
     for _ in 0..5 {
@@ -154,6 +156,22 @@ async fn the_audit_trail_names_the_caller_and_the_acting_admin() {
     assert_eq!(
         (events[0].actor.as_str(), events[0].caller.as_str()),
         ("admin", "ops")
+    );
+    // Each failure's record names the service that reported it.
+    let failures = admin
+        .list_audit_events(proto::ListAuditEventsRequest {
+            actor_user_id: "admin".into(),
+            kind: "failure_recorded".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(failures.len(), 5);
+    assert!(
+        failures.iter().all(|e| e.caller == "chat-bot"),
+        "{failures:?}"
     );
     server.stop().await;
 }
