@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::batch::Batcher;
-use super::shared::{self, cleanup_pass, store_impl};
+use super::shared::{self, bind_event, cleanup_pass, insert_event, store_impl};
 use super::{
     Cursor, EventFilter, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats,
     Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns,
@@ -593,25 +593,14 @@ store_impl!(PostgresStore, pool, pool, sql, {
         // One statement: the row and, for an alert, the NOTIFY commit
         // together, and every replica's listener (this one's included)
         // delivers the event.
-        sqlx::query(
-            "WITH e AS (INSERT INTO security_event \
-               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, caller, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id) \
-             SELECT pg_notify($14, $15) FROM e WHERE $16",
+        bind_event!(
+            sqlx::query(concat!(
+                "WITH e AS (",
+                insert_event!(),
+                " RETURNING id) SELECT pg_notify($14, $15) FROM e WHERE $16"
+            )),
+            event
         )
-        .bind(event.at)
-        .bind(&event.kind)
-        .bind(&event.context)
-        .bind(&event.rule)
-        .bind(&event.user_id)
-        .bind(&event.ip)
-        .bind(&event.session_id)
-        .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
-        .bind(event.until)
-        .bind(event.permanent)
-        .bind(&event.actor)
-        .bind(&event.caller)
-        .bind(&event.detail)
         .bind(EVENT_CHANNEL)
         .bind(payload)
         .bind(event.is_alert())

@@ -71,9 +71,40 @@ pub const DELETE_EXPIRED_STATES: &str = "DELETE FROM key_state WHERE expires_at 
 pub const SWEEP_SESSIONS: &str =
     "DELETE FROM session WHERE status <> 'authenticated' AND since <= $1";
 
-pub const INSERT_EVENT: &str = "INSERT INTO security_event \
-       (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, caller, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+/// One security event as $1..$13, in the order `bind_event!` binds them;
+/// a macro so Postgres can wrap it in its NOTIFY statement with `concat!`.
+macro_rules! insert_event {
+    () => {
+        "INSERT INTO security_event \
+           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, caller, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    };
+}
+pub(super) use insert_event;
+
+pub const INSERT_EVENT: &str = insert_event!();
+
+/// Binds an event's fields as `insert_event!` numbers them.
+macro_rules! bind_event {
+    ($query:expr, $event:expr) => {{
+        let e: &SecurityEvent = $event;
+        $query
+            .bind(e.at)
+            .bind(&e.kind)
+            .bind(&e.context)
+            .bind(&e.rule)
+            .bind(&e.user_id)
+            .bind(&e.ip)
+            .bind(&e.session_id)
+            .bind(i32::try_from(e.tier).unwrap_or(i32::MAX))
+            .bind(e.until)
+            .bind(e.permanent)
+            .bind(&e.actor)
+            .bind(&e.caller)
+            .bind(&e.detail)
+    }};
+}
+pub(super) use bind_event;
 
 pub const LIST_EVENTS: &str = "SELECT id, at, kind, context, rule, user_id, ip, session_id, tier, \
        until_at, permanent, actor, caller, detail FROM security_event \

@@ -10,7 +10,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
-use super::shared::{self, cleanup_pass, store_impl};
+use super::shared::{self, bind_event, cleanup_pass, store_impl};
 use super::{
     Cursor, EventFilter, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats,
     Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns,
@@ -105,20 +105,7 @@ async fn insert_event(
     conn: &mut SqliteConnection,
     event: &SecurityEvent,
 ) -> Result<(), StoreError> {
-    sqlx::query(sql(shared::INSERT_EVENT))
-        .bind(event.at)
-        .bind(&event.kind)
-        .bind(&event.context)
-        .bind(&event.rule)
-        .bind(&event.user_id)
-        .bind(&event.ip)
-        .bind(&event.session_id)
-        .bind(i32::try_from(event.tier).unwrap_or(i32::MAX))
-        .bind(event.until)
-        .bind(event.permanent)
-        .bind(&event.actor)
-        .bind(&event.caller)
-        .bind(&event.detail)
+    bind_event!(sqlx::query(sql(shared::INSERT_EVENT)), event)
         .execute(conn)
         .await?;
     Ok(())
