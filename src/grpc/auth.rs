@@ -27,14 +27,19 @@ impl Authenticate {
 
 impl Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let names = request
-            .peer_certs()
-            .and_then(|chain| chain.first().map(|leaf| names_of(leaf.as_ref())))
-            .unwrap_or_default();
         let authorization = request
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes());
+        // A key, when sent, decides; the certificate is parsed only without
+        // one.
+        let names = match authorization {
+            Some(_) => Vec::new(),
+            None => request
+                .peer_certs()
+                .and_then(|chain| chain.first().map(|leaf| names_of(leaf.as_ref())))
+                .unwrap_or_default(),
+        };
         let caller = self.auth.authenticate(authorization, &names).map_err(|e| {
             metrics::auth_rejected(match e {
                 AuthError::Missing => "missing",
