@@ -34,6 +34,18 @@ impl fmt::Display for Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "check" => Ok(Role::Check),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?}: use check or admin")),
+        }
+    }
+}
+
 /// The authenticated caller of one request: a service or bot, not the end
 /// user it acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use authgate::app::{Application, open_store};
 use authgate::clock::SystemClock;
-use authgate::config::Config;
+use authgate::config::{ApiKeyConfig, Config};
 
 /// authgate: may this user do this now?
 #[derive(Parser)]
@@ -34,7 +34,7 @@ enum Command {
         name: String,
         /// check (AccessService), admin (AdminService), or both.
         #[arg(long, value_delimiter = ',', default_value = "check")]
-        roles: Vec<String>,
+        roles: Vec<authgate::auth::Role>,
     },
     /// Operator commands over AdminService: unlock, list-locked, subject,
     /// stats, events.
@@ -46,7 +46,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The client commands need no server configuration.
     match cli.command {
-        Some(Command::Keygen { name, roles }) => return keygen(&name, &roles),
+        Some(Command::Keygen { name, roles }) => return keygen(name, roles),
         Some(Command::Admin(args)) => {
             return match authgate::cli::admin(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -88,23 +88,24 @@ async fn main() -> ExitCode {
     }
 }
 
-fn keygen(name: &str, roles: &[String]) -> ExitCode {
-    if let Some(bad) = roles
-        .iter()
-        .find(|r| !["check", "admin"].contains(&r.as_str()))
-    {
-        eprintln!("authgate keygen: --roles {bad:?}: use check, admin or check,admin");
-        return ExitCode::from(2);
+fn keygen(name: String, roles: Vec<authgate::auth::Role>) -> ExitCode {
+    /// The layout of auth.keys_file, for one key.
+    #[derive(serde::Serialize)]
+    struct Entry {
+        keys: [ApiKeyConfig; 1],
     }
     let (key, hash) = authgate::auth::generate_key();
-    let roles: Vec<String> = roles.iter().map(|r| format!("{r:?}")).collect();
+    let entry = Entry {
+        keys: [ApiKeyConfig {
+            name,
+            hash: hash.to_string(),
+            roles,
+        }],
+    };
     // The whole output is valid TOML for auth.keys_file; the key itself is
     // in a comment, for the caller only (authgate keeps just the hash).
     println!("# key: {}", key.as_str());
-    println!("[[keys]]");
-    println!("name = {name:?}");
-    println!("hash = \"{hash}\"");
-    println!("roles = [{}]", roles.join(", "));
+    print!("{}", toml::to_string(&entry).unwrap_or_default());
     ExitCode::SUCCESS
 }
 
