@@ -1124,6 +1124,13 @@ mod tests {
                 .contains("not there: b")
         );
         assert!(err("[server]\nlisen = \"x\"").contains("lisen"));
+        assert!(
+            err("[contexts.admin]\ntotp = true\nfailure_mode = \"fail_open\"")
+                .contains("contexts.admin.failure_mode")
+        );
+        assert!(
+            err("[server]\nmax_concurrent_requests = 0").contains("server.max_concurrent_requests")
+        );
     }
 
     #[test]

@@ -89,6 +89,12 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
         (decision(&open), open.reason.as_str()),
         (Decision::Allow, "store_unavailable")
     );
+    assert!(
+        authgate::metrics::handle()
+            .render()
+            .contains("authgate_fail_open_decisions_total{context=\"feed\"}"),
+        "fail-open decisions are counted"
+    );
     let stranger = check(&mut c, "feed", subject("mallory", "")).await;
     assert_eq!(decision(&stranger), Decision::Deny);
     let err = c

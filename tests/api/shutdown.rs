@@ -148,6 +148,13 @@ async fn a_full_replica_sheds_load_and_cuts_off_stuck_calls() {
         .await
         .expect_err("a second call is refused while the slot is taken");
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    let metrics = authgate::metrics::handle().render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("authgate_requests_shed_total ")),
+        "{metrics}"
+    );
     assert!(
         shed.message().contains("max_concurrent_requests"),
         "{shed:?}"
