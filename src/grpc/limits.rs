@@ -13,6 +13,7 @@ use http::{Request, Response};
 use tokio::sync::Semaphore;
 use tonic::Status;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::metrics;
 
@@ -80,17 +81,82 @@ where
                 .into_http())
             });
         };
-        let timeout = self.limits.timeout;
+        // The caller's own deadline, when shorter, bounds the call too. The
+        // timer starts here, before tonic starts its own for grpc-timeout:
+        // when both run out together, this one's DEADLINE_EXCEEDED is the
+        // answer rather than tonic's CANCELLED.
+        let budget = client_timeout(request.headers())
+            .map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
+        let deadline = tokio::time::sleep(budget);
         let call = self.inner.call(request);
         Box::pin(async move {
-            let answer = tokio::time::timeout(timeout, call).await;
-            drop(permit);
-            answer.unwrap_or_else(|_| {
-                Ok(
-                    Status::deadline_exceeded("the call exceeded server.request_timeout")
-                        .into_http(),
+            // The call runs in its own task: a caller that cancels, times
+            // out or disconnects stops waiting for the answer, never the
+            // work, so no store transaction is ever left half-done. The
+            // permit goes with the work: abandoned calls still count.
+            let work = tokio::spawn(
+                async move {
+                    let answer = call.await;
+                    drop(permit);
+                    answer
+                }
+                .in_current_span(),
+            );
+            tokio::select! {
+                biased;
+                joined = work => joined.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a call's task failed");
+                    Ok(Status::internal("internal error").into_http())
+                }),
+                () = deadline => Ok(Status::deadline_exceeded(
+                    "the call exceeded its deadline (the caller's or server.request_timeout)",
                 )
-            })
+                .into_http()),
+            }
         })
+    }
+}
+
+/// The `grpc-timeout` a caller sent: up to eight digits and a unit.
+fn client_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_timeout;
+    use http::{HeaderMap, HeaderValue};
+    use std::time::Duration;
+
+    fn parse(value: &'static str) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", HeaderValue::from_static(value));
+        client_timeout(&h)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        assert_eq!(parse("10m"), Some(Duration::from_millis(10)));
+        assert_eq!(parse("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse("500u"), Some(Duration::from_micros(500)));
+        assert_eq!(parse("123456789S"), None, "more than eight digits");
+        assert_eq!(parse("10x"), None);
+        assert_eq!(parse("S"), None);
+        assert_eq!(client_timeout(&HeaderMap::new()), None);
     }
 }

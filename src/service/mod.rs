@@ -6,7 +6,6 @@ mod totp;
 pub use totp::{Enrollment, TotpResult, VerifyOutcome};
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -18,7 +17,7 @@ use crate::domain::{
 use crate::metrics;
 use crate::store::{
     Cursor, EventFilter, Purged, SecurityEvent, StateId, Store, StoreError, Stored, StoredTotp,
-    UnlockScope, Update,
+    Transition, UnlockScope, Update,
 };
 use crate::telemetry::mask;
 
@@ -119,14 +118,18 @@ impl Gate {
         self.clock.now()
     }
 
-    /// Records one failure on every slot, atomically per request. Slots are
-    /// sorted first so concurrent requests lock shared rows in one order.
-    /// `audit` is recorded with the failure, atomically.
+    /// Records one failure on every slot, atomically per request, together
+    /// with `audit` and the alerts the failure causes: a lockout on any slot
+    /// and, with `alert_each`, an alert of that kind for every slot. Slots
+    /// are sorted first so concurrent requests lock shared rows in one
+    /// order. Returns the new states and whether this failure locked any
+    /// slot.
     async fn fail(
         &self,
         slots: &[Slot<'_>],
         now: UnixMillis,
         audit: &[SecurityEvent],
+        alert_each: Option<&str>,
     ) -> Result<(Vec<KeyState>, bool), StoreError> {
         if slots.is_empty() {
             for event in audit {
@@ -137,47 +140,51 @@ impl Gate {
         let mut order: Vec<usize> = (0..slots.len()).collect();
         order.sort_by_key(|&i| id_of(&slots[i]));
         let ids: Vec<StateId> = order.iter().map(|&i| id_of(&slots[i])).collect();
-        // Which slots this failure locked, as decided by the last (the
-        // committed) run of the transition.
-        let applied = Mutex::new(vec![false; slots.len()]);
-        let states = self
+        let applied = self
             .store
-            .transition(
-                &ids,
-                &|current| {
-                    let mut locked = vec![false; slots.len()];
-                    let updates = order
-                        .iter()
-                        .zip(current)
-                        .map(|(&i, state)| {
-                            let rule = slots[i].rule;
-                            let t = rule.record_failure(&state.clone().unwrap_or_default(), now);
-                            locked[i] = t.lockout_applied;
-                            Update {
-                                expires_at: rule.expires_at(&t.state),
-                                state: t.state,
-                            }
-                        })
-                        .collect();
-                    *applied.lock().unwrap_or_else(|e| e.into_inner()) = locked;
-                    updates
-                },
-                audit,
-            )
+            .transition(&ids, &|current| {
+                let mut events = audit.to_vec();
+                let updates = order
+                    .iter()
+                    .zip(current)
+                    .map(|(&i, state)| {
+                        let slot = &slots[i];
+                        let t = slot
+                            .rule
+                            .record_failure(&state.clone().unwrap_or_default(), now);
+                        if t.lockout_applied {
+                            events.push(slot_event(
+                                lockout_kind(slot, &t.state),
+                                slot,
+                                now,
+                                &t.state,
+                            ));
+                        }
+                        if let Some(kind) = alert_each {
+                            events.push(slot_event(kind, slot, now, &t.state));
+                        }
+                        Update {
+                            expires_at: slot.rule.expires_at(&t.state),
+                            state: t.state,
+                        }
+                    })
+                    .collect();
+                Transition { updates, events }
+            })
             .await?;
         let mut by_slot = vec![KeyState::default(); slots.len()];
-        for (&i, state) in order.iter().zip(states) {
-            by_slot[i] = state;
+        let mut locked = vec![false; slots.len()];
+        for ((&i, before), after) in order.iter().zip(applied.before).zip(applied.after) {
+            // The rule is pure: run on the committed run's input, it tells
+            // what that run decided.
+            locked[i] = slots[i]
+                .rule
+                .record_failure(&before.unwrap_or_default(), now)
+                .lockout_applied;
+            by_slot[i] = after;
         }
-        let applied = applied.into_inner().unwrap_or_else(|e| e.into_inner());
         metrics::failure(slots[0].context);
-        for ((slot, state), _) in slots
-            .iter()
-            .zip(&by_slot)
-            .zip(&applied)
-            .filter(|(_, a)| **a)
-        {
-            let lock = state.lock.as_ref();
+        for ((slot, state), _) in slots.iter().zip(&by_slot).zip(&locked).filter(|(_, l)| **l) {
             metrics::lockout(slot.context, state.recent_lockouts);
             tracing::info!(
                 context = slot.context,
@@ -186,44 +193,8 @@ impl Gate {
                 tier = state.recent_lockouts,
                 "lockout applied"
             );
-            let kind = if slot.context == TOTP_CONTEXT {
-                "totp_blocked"
-            } else if lock.is_some_and(|l| l.until.is_none()) {
-                "permanent_lockout"
-            } else {
-                "lockout"
-            };
-            self.alert(kind, slot, now, state).await?;
         }
-        Ok((by_slot, applied.contains(&true)))
-    }
-
-    /// Records a security event and hands it to every replica's alert
-    /// subscribers.
-    async fn alert(
-        &self,
-        kind: &str,
-        slot: &Slot<'_>,
-        now: UnixMillis,
-        state: &KeyState,
-    ) -> Result<(), StoreError> {
-        let lock = state.active_lock(now);
-        self.record(SecurityEvent {
-            context: slot.context.to_owned(),
-            rule: slot.rule.name.clone(),
-            user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
-            ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
-            session_id: slot
-                .key
-                .session()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            tier: lock.map_or(0, |l| l.tier),
-            until: lock.and_then(|l| l.until).map(|t| t.0),
-            permanent: lock.is_some_and(|l| l.until.is_none()),
-            ..SecurityEvent::new(kind, now)
-        })
-        .await
+        Ok((by_slot, locked.contains(&true)))
     }
 
     /// Appends to the audit trail (and, for alert kinds, the alert stream).
@@ -271,10 +242,7 @@ impl Gate {
         };
         let slots = [slot];
         let states = if count {
-            let states = self.fail(&slots, now, &[]).await?.0;
-            self.alert("not_allowed", &slots[0], now, &states[0])
-                .await?;
-            states
+            self.fail(&slots, now, &[], Some("not_allowed")).await?.0
         } else {
             self.load(&slots).await?
         };
@@ -335,7 +303,7 @@ impl Gate {
             detail: activity.to_owned(),
             ..SecurityEvent::new("failure_recorded", now).about(subject)
         };
-        let (states, lockout_applied) = self.fail(&counting, now, &[recorded]).await?;
+        let (states, lockout_applied) = self.fail(&counting, now, &[recorded], None).await?;
         let mut verdicts = Self::judge(&counting, &states, now);
         // Rules that do not count this activity still judge the request.
         let others: Vec<Slot<'_>> = ctx
@@ -380,26 +348,23 @@ impl Gate {
             let ids: Vec<StateId> = dirty.iter().map(|&i| id_of(&slots[i])).collect();
             let written = self
                 .store
-                .transition(
-                    &ids,
-                    &|current| {
-                        dirty
-                            .iter()
-                            .zip(current)
-                            .map(|(&i, state)| {
-                                let rule = slots[i].rule;
-                                let next = rule.record_success(&state.clone().unwrap_or_default());
-                                Update {
-                                    expires_at: rule.expires_at(&next),
-                                    state: next,
-                                }
-                            })
-                            .collect()
-                    },
-                    &[],
-                )
+                .transition(&ids, &|current| Transition {
+                    updates: dirty
+                        .iter()
+                        .zip(current)
+                        .map(|(&i, state)| {
+                            let rule = slots[i].rule;
+                            let next = rule.record_success(&state.clone().unwrap_or_default());
+                            Update {
+                                expires_at: rule.expires_at(&next),
+                                state: next,
+                            }
+                        })
+                        .collect(),
+                    events: Vec::new(),
+                })
                 .await?;
-            for (&i, state) in dirty.iter().zip(written) {
+            for (&i, state) in dirty.iter().zip(written.after) {
                 states[i] = state;
             }
         }
@@ -556,6 +521,37 @@ impl Gate {
             self.known_context("context", &filter.context)?;
         }
         Ok(self.store.list_events(filter, limit).await?)
+    }
+}
+
+/// The alert a lock on `slot` raises.
+fn lockout_kind(slot: &Slot<'_>, state: &KeyState) -> &'static str {
+    if slot.context == TOTP_CONTEXT {
+        "totp_blocked"
+    } else if state.lock.as_ref().is_some_and(|l| l.until.is_none()) {
+        "permanent_lockout"
+    } else {
+        "lockout"
+    }
+}
+
+/// A security event of `kind` about `slot`'s key in `state`.
+fn slot_event(kind: &str, slot: &Slot<'_>, now: UnixMillis, state: &KeyState) -> SecurityEvent {
+    let lock = state.active_lock(now);
+    SecurityEvent {
+        context: slot.context.to_owned(),
+        rule: slot.rule.name.clone(),
+        user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
+        ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
+        session_id: slot
+            .key
+            .session()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        tier: lock.map_or(0, |l| l.tier),
+        until: lock.and_then(|l| l.until).map(|t| t.0),
+        permanent: lock.is_some_and(|l| l.until.is_none()),
+        ..SecurityEvent::new(kind, now)
     }
 }
 

@@ -216,7 +216,7 @@ impl Gate {
             ..SecurityEvent::new("totp_failed", now).about(subject)
         };
         let (states, lockout_applied) = self
-            .fail(std::slice::from_ref(&slot), now, &[failed])
+            .fail(std::slice::from_ref(&slot), now, &[failed], None)
             .await?;
         let verdict = slot.rule.assess(&slot.key, &states[0], now);
         if lockout_applied {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Cursor, EventFilter, LockCount, Purged, SecurityEvent, StateId, Stats, Store, StoreError,
-    Stored, StoredTotp, TransitionFn, UnlockScope,
+    Applied, Cursor, EventFilter, LockCount, Purged, SecurityEvent, StateId, Stats, Store,
+    StoreError, Stored, StoredTotp, TransitionFn, UnlockScope,
 };
 use crate::domain::{KeyState, Session, Subject, UnixMillis, UserId};
 use crate::metrics;
@@ -35,9 +35,8 @@ impl Store for Instrumented {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
-        events: &[SecurityEvent],
-    ) -> Result<Vec<KeyState>, StoreError> {
-        timed("transition", self.0.transition(ids, f, events)).await
+    ) -> Result<Applied, StoreError> {
+        timed("transition", self.0.transition(ids, f)).await
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
@@ -137,6 +136,10 @@ impl Store for Instrumented {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
         self.0.subscribe()
+    }
+
+    async fn events_ready(&self, within: Duration) -> bool {
+        self.0.events_ready(within).await
     }
 
     async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError> {

@@ -10,6 +10,14 @@ macro_rules! columns {
     };
 }
 
+/// The columns of a security event, without its id; a macro for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, \
+         caller, detail"
+    };
+}
+
 mod batch;
 mod instrumented;
 mod postgres;
@@ -99,10 +107,29 @@ pub struct Update {
     pub expires_at: Option<UnixMillis>,
 }
 
-/// Computes the new states from the current ones (`None`: nothing stored),
-/// in the order of the ids given. Pure, and may run more than once when the
-/// database asks for a retry.
-pub type TransitionFn<'a> = dyn Fn(&[Option<KeyState>]) -> Vec<Update> + Send + Sync + 'a;
+/// What a transition writes: the new states, in the order of the ids, and
+/// the security events that commit with them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Transition {
+    pub updates: Vec<Update>,
+    /// Audit records, and alerts (delivered to every replica's subscribers
+    /// once committed); derived from the states they describe, so a lock
+    /// and its alert commit together or not at all.
+    pub events: Vec<SecurityEvent>,
+}
+
+/// Computes the new states, and the events they cause, from the current
+/// ones (`None`: nothing stored), in the order of the ids given. Pure, and
+/// may run more than once when the database asks for a retry.
+pub type TransitionFn<'a> = dyn Fn(&[Option<KeyState>]) -> Transition + Send + Sync + 'a;
+
+/// A committed transition: the states it started from (those of the run
+/// that committed) and the states it wrote, in the order of the ids.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Applied {
+    pub before: Vec<Option<KeyState>>,
+    pub after: Vec<KeyState>,
+}
 
 /// Which locks AdminUnlock lifts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +184,7 @@ pub struct SecurityEvent {
     pub session_id: String,
     pub tier: u32,
     /// End of a temporary lock, Unix milliseconds.
+    #[serde(rename = "until_at")]
     pub until: Option<i64>,
     pub permanent: bool,
     /// The admin who acted, for unlocks, resets and revocations.
@@ -262,18 +290,15 @@ pub trait Store: Send + Sync + 'static {
     /// Current states of `ids`, in order; `None` where nothing is stored.
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError>;
 
-    /// Reads, transforms with `f` and writes the states of `ids` as one
-    /// atomic step: concurrent transitions on the same ids, from any
-    /// replica, run one after another, and the result is committed before
-    /// this returns. Returns the new states in the order of `ids`.
-    /// `events` (audit records, never alerts) are appended in the same
-    /// atomic step.
+    /// Reads, transforms with `f` and writes the states of `ids`, with the
+    /// events `f` derives, as one atomic step: concurrent transitions on the
+    /// same ids, from any replica, run one after another, and the result is
+    /// committed before this returns.
     async fn transition(
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
-        events: &[SecurityEvent],
-    ) -> Result<Vec<KeyState>, StoreError>;
+    ) -> Result<Applied, StoreError>;
 
     /// Resets every key in `scope`: lifts its lock, forgets its recent
     /// failures and its run of lockouts (totals are kept). Returns how many
@@ -350,6 +375,11 @@ pub trait Store: Send + Sync + 'static {
     /// Events appended from now on, by any replica. The buffer is bounded:
     /// a receiver that falls behind loses the oldest and is told how many.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent>;
+
+    /// Waits, at most `within`, until every alert committed from now on by
+    /// any replica reaches `subscribe`'s receivers; false if that did not
+    /// happen in time.
+    async fn events_ready(&self, within: Duration) -> bool;
 
     /// Locks in force at `now`, counted by context and kind; contexts with
     /// none are absent.
@@ -569,11 +599,19 @@ fn in_order(ids: &[StateId], rows: &[Row]) -> Vec<Option<KeyState>> {
         .collect()
 }
 
-/// Runs `f` on the current rows of `ids` and returns the rows to write, each
-/// one version past what was read (0 for a row not stored yet), and the new
-/// states.
-fn next_rows(ids: &[StateId], current: &[Row], f: &TransitionFn<'_>) -> (Vec<Row>, Vec<KeyState>) {
-    let updates = f(&in_order(ids, current));
+/// One run of a transition: the rows to write, each one version past what
+/// was read (0 for a row not stored yet), the events to append with them,
+/// and the states before and after.
+struct NextRows {
+    rows: Vec<Row>,
+    events: Vec<SecurityEvent>,
+    applied: Applied,
+}
+
+/// Runs `f` on the current rows of `ids`.
+fn next_rows(ids: &[StateId], current: &[Row], f: &TransitionFn<'_>) -> NextRows {
+    let before = in_order(ids, current);
+    let Transition { updates, events } = f(&before);
     let rows = ids
         .iter()
         .zip(&updates)
@@ -582,7 +620,14 @@ fn next_rows(ids: &[StateId], current: &[Row], f: &TransitionFn<'_>) -> (Vec<Row
             ..Row::new(id, update)
         })
         .collect();
-    (rows, updates.into_iter().map(|u| u.state).collect())
+    NextRows {
+        rows,
+        events,
+        applied: Applied {
+            before,
+            after: updates.into_iter().map(|u| u.state).collect(),
+        },
+    }
 }
 
 #[cfg(test)]

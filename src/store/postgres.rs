@@ -3,17 +3,17 @@
 use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::batch::Batcher;
 use super::shared::{self, bind_event, cleanup_pass, insert_event, store_impl};
 use super::{
-    Cursor, EventFilter, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats,
-    Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns,
-    next_rows, push_scope, subject_columns,
+    ALERT_KINDS, Applied, Cursor, EventFilter, LockCount, NextRows, PoolSettings, Purged, Row,
+    SecurityEvent, StateId, Stats, Store, StoreError, Stored, StoredTotp, TransitionFn,
+    UnlockScope, in_order, key_columns, next_rows, push_scope, subject_columns,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -59,6 +59,9 @@ pub struct PostgresStore {
     /// Fed by the LISTEN task with every replica's events, this one's too.
     events: broadcast::Sender<SecurityEvent>,
     listener: tokio::task::JoinHandle<()>,
+    /// True once the LISTEN task receives every alert committed from then
+    /// on.
+    listening: watch::Receiver<bool>,
 }
 
 impl Drop for PostgresStore {
@@ -67,35 +70,144 @@ impl Drop for PostgresStore {
     }
 }
 
-/// Forwards NOTIFYs on EVENT_CHANNEL to `events` for as long as the store
-/// lives, reconnecting after the database comes back.
-async fn listen(pool: PgPool, events: broadcast::Sender<SecurityEvent>) {
+/// How far below the newest event delivered a catch-up reads: transactions
+/// that overlap commit out of id order, so an event with a lower id may
+/// commit after one with a higher id was delivered.
+const CATCH_UP_LOOKBACK: i64 = 1000;
+/// Alert ids remembered as delivered, so a catch-up never repeats one; far
+/// more than CATCH_UP_LOOKBACK ids can hold alerts.
+const DELIVERED_MEMORY: usize = 4096;
+/// The first retry after the listener loses its connection; doubled up to
+/// a second while the database stays away.
+const LISTEN_RETRY: Duration = Duration::from_millis(50);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A notification's payload: the event row, as `row_to_json` writes it.
+#[derive(serde::Deserialize)]
+struct Notified {
+    id: i64,
+    #[serde(flatten)]
+    event: SecurityEvent,
+}
+
+/// Which alerts this replica has delivered to its subscribers.
+struct Delivered {
+    /// Nothing at or below this id is delivered: it was committed before
+    /// this replica first listened.
+    floor: i64,
+    newest: i64,
+    recent: VecDeque<i64>,
+    seen: HashSet<i64>,
+}
+
+impl Delivered {
+    fn new(floor: i64) -> Self {
+        Delivered {
+            floor,
+            newest: floor,
+            recent: VecDeque::with_capacity(DELIVERED_MEMORY),
+            seen: HashSet::with_capacity(DELIVERED_MEMORY),
+        }
+    }
+
+    /// Marks `id` delivered; false when it was already, or predates the
+    /// first LISTEN.
+    fn first_time(&mut self, id: i64) -> bool {
+        if id <= self.floor || !self.seen.insert(id) {
+            return false;
+        }
+        self.recent.push_back(id);
+        if self.recent.len() > DELIVERED_MEMORY
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.newest = self.newest.max(id);
+        true
+    }
+
+    /// Where a catch-up starts reading.
+    fn catch_up_from(&self) -> i64 {
+        self.floor.max(self.newest - CATCH_UP_LOOKBACK)
+    }
+}
+
+/// Forwards every replica's alerts to `events` for as long as the store
+/// lives: NOTIFYs while connected, and after each (re)connection whatever
+/// was committed meanwhile, read from security_event, so an outage of the
+/// listening connection loses no alert. `ready` turns true once the first
+/// LISTEN is in place.
+async fn listen(
+    pool: PgPool,
+    events: broadcast::Sender<SecurityEvent>,
+    ready: watch::Sender<bool>,
+) {
+    let mut delivered = None;
+    let mut retry = LISTEN_RETRY;
     loop {
-        match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen(EVENT_CHANNEL).await {
-                    tracing::warn!(error = %e, "cannot LISTEN for security events; retrying");
-                } else {
-                    loop {
-                        match listener.recv().await {
-                            Ok(n) => match serde_json::from_str::<SecurityEvent>(n.payload()) {
-                                Ok(event) => {
-                                    let _ = events.send(event);
-                                }
-                                Err(e) => tracing::warn!(error = %e, "unreadable security event"),
-                            },
-                            Err(e) => {
-                                tracing::warn!(error = %e, "security event listener lost its connection");
-                                break;
-                            }
-                        }
-                    }
+        match follow(&pool, &events, &mut delivered, &ready).await {
+            Ok(()) => {
+                tracing::warn!("security event listener lost its connection; catching up");
+                retry = LISTEN_RETRY;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "security event listener cannot listen yet");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(LISTEN_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// One connection's worth of listening: LISTEN, catch up from the table,
+/// then forward NOTIFYs until the connection is lost (`Ok`).
+async fn follow(
+    pool: &PgPool,
+    events: &broadcast::Sender<SecurityEvent>,
+    delivered: &mut Option<Delivered>,
+    ready: &watch::Sender<bool>,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.eager_reconnect(false);
+    listener.listen(EVENT_CHANNEL).await?;
+    // From here on every alert committed is notified; what committed before
+    // and was not delivered is in the table.
+    let delivered = match delivered {
+        Some(d) => d,
+        None => {
+            let newest: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM security_event")
+                .fetch_one(pool)
+                .await?;
+            delivered.insert(Delivered::new(newest))
+        }
+    };
+    let missed: Vec<PgRow> = sqlx::query(concat!(
+        "SELECT id, ",
+        event_columns!(),
+        " FROM security_event WHERE kind = ANY($1) AND id > $2 ORDER BY id"
+    ))
+    .bind(&ALERT_KINDS[..])
+    .bind(delivered.catch_up_from())
+    .fetch_all(pool)
+    .await?;
+    for row in &missed {
+        let (id, event) = shared::decode_event(row)?;
+        if delivered.first_time(id) {
+            let _ = events.send(event);
+        }
+    }
+    ready.send_replace(true);
+    while let Some(n) = listener.try_recv().await? {
+        match serde_json::from_str::<Notified>(n.payload()) {
+            Ok(Notified { id, event }) => {
+                if delivered.first_time(id) {
+                    let _ = events.send(event);
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "security event listener cannot connect yet"),
+            Err(e) => tracing::warn!(error = %e, "unreadable security event"),
         }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+    Ok(())
 }
 
 fn decode(row: &PgRow) -> Result<Row, sqlx::Error> {
@@ -305,7 +417,8 @@ impl PostgresStore {
                     ]),
             );
         let (events, _) = broadcast::channel(settings.event_buffer.max(1));
-        let listener = tokio::spawn(listen(pool.clone(), events.clone()));
+        let (ready, listening) = watch::channel(false);
+        let listener = tokio::spawn(listen(pool.clone(), events.clone(), ready));
         let reader = pool.clone();
         let reads = Batcher::start(READ_LANES, move |calls| fetch_batch(reader.clone(), calls));
         let writer = pool.clone();
@@ -316,6 +429,7 @@ impl PostgresStore {
             writes,
             events,
             listener,
+            listening,
         })
     }
 
@@ -362,8 +476,12 @@ impl PostgresStore {
                (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail, caller) \
                SELECT * FROM UNNEST($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
                  $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[], \
-                 $31::text[])) \
-             SELECT authgate_expect_written((SELECT count(*) FROM written), $18)"
+                 $31::text[]) \
+               RETURNING *), \
+             notified AS (SELECT pg_notify($32, row_to_json(logged)::text) FROM logged \
+               WHERE kind = ANY($33)) \
+             SELECT authgate_expect_written((SELECT count(*) FROM written), $18), \
+               (SELECT count(*) FROM notified)"
         ))
         .bind(text(|r| &r.context))
         .bind(text(|r| &r.rule))
@@ -398,6 +516,10 @@ impl PostgresStore {
         .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.caller.clone()).collect::<Vec<_>>())
+        // Alerts are notified by the same statement: NOTIFY is delivered at
+        // commit, so every replica hears of a lock exactly when it holds.
+        .bind(EVENT_CHANNEL)
+        .bind(&ALERT_KINDS[..])
         .execute(conn)
         .await?;
         Ok(())
@@ -410,27 +532,25 @@ impl PostgresStore {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
-        events: &[SecurityEvent],
-    ) -> Result<Option<Vec<KeyState>>, StoreError> {
+    ) -> Result<Option<Applied>, StoreError> {
         let current = self.reads.call(ids.to_vec()).await?;
-        let (rows, states) = next_rows(ids, &current, f);
+        let NextRows {
+            rows,
+            events,
+            applied,
+        } = next_rows(ids, &current, f);
         let write = Write {
             ids: ids.to_vec(),
             rows,
-            events: events.to_vec(),
+            events,
         };
-        Ok(self.writes.call(write).await?.then_some(states))
+        Ok(self.writes.call(write).await?.then_some(applied))
     }
 
     /// The path under contention, where compare-and-set would keep losing:
     /// lock the rows first, so concurrent transitions on the same keys (from
     /// any replica) queue behind each other and each succeeds in turn.
-    async fn locking(
-        &self,
-        ids: &[StateId],
-        f: &TransitionFn<'_>,
-        events: &[SecurityEvent],
-    ) -> Result<Vec<KeyState>, sqlx::Error> {
+    async fn locking(&self, ids: &[StateId], f: &TransitionFn<'_>) -> Result<Applied, sqlx::Error> {
         let cols = IdColumns::of(ids);
         let mut tx = self.pool.begin().await?;
         // Upserting every id takes its row lock whether or not the row
@@ -454,10 +574,10 @@ impl PostgresStore {
         .iter()
         .map(decode)
         .collect::<Result<Vec<_>, _>>()?;
-        let (rows, states) = next_rows(ids, &current, f);
-        Self::write(&mut *tx, &rows, events).await?;
+        let next = next_rows(ids, &current, f);
+        Self::write(&mut *tx, &next.rows, &next.events).await?;
         tx.commit().await?;
-        Ok(states)
+        Ok(next.applied)
     }
 }
 
@@ -470,15 +590,14 @@ store_impl!(PostgresStore, pool, pool, sql, {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
-        events: &[SecurityEvent],
-    ) -> Result<Vec<KeyState>, StoreError> {
-        if let Some(states) = self.optimistic(ids, f, events).await? {
-            return Ok(states);
+    ) -> Result<Applied, StoreError> {
+        if let Some(applied) = self.optimistic(ids, f).await? {
+            return Ok(applied);
         }
         tracing::debug!("compare-and-set lost; locking the rows");
         let mut attempt = 1;
         loop {
-            match self.locking(ids, f, events).await {
+            match self.locking(ids, f).await {
                 Err(e) if is_retryable(&e) && attempt < MAX_ATTEMPTS => attempt += 1,
                 result => return result.map_err(StoreError::from),
             }
@@ -588,8 +707,6 @@ store_impl!(PostgresStore, pool, pool, sql, {
     }
 
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
-        let payload =
-            serde_json::to_string(event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // One statement: the row and, for an alert, the NOTIFY commit
         // together, and every replica's listener (this one's included)
         // delivers the event.
@@ -597,12 +714,11 @@ store_impl!(PostgresStore, pool, pool, sql, {
             sqlx::query(concat!(
                 "WITH e AS (",
                 insert_event!(),
-                " RETURNING id) SELECT pg_notify($14, $15) FROM e WHERE $16"
+                " RETURNING *) SELECT pg_notify($14, row_to_json(e)::text) FROM e WHERE $15"
             )),
             event
         )
         .bind(EVENT_CHANNEL)
-        .bind(payload)
         .bind(event.is_alert())
         .execute(&self.pool)
         .await?;
@@ -611,5 +727,13 @@ store_impl!(PostgresStore, pool, pool, sql, {
 
     fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
         self.events.subscribe()
+    }
+
+    async fn events_ready(&self, within: Duration) -> bool {
+        let mut listening = self.listening.clone();
+        matches!(
+            tokio::time::timeout(within, listening.wait_for(|ready| *ready)).await,
+            Ok(Ok(_))
+        )
     }
 });

@@ -3,6 +3,8 @@
 //! converts. The `shared_methods!` macro expands one body per store, so the
 //! logic is written once while each expansion binds to its own row types.
 
+use super::SecurityEvent;
+
 /// The confirmed secret first.
 pub const GET_TOTP: &str = "SELECT pending, key_id, nonce, ciphertext, algorithm, digits, period, \
      created_at, last_step FROM totp_secret WHERE user_id = $1 ORDER BY pending";
@@ -106,11 +108,45 @@ macro_rules! bind_event {
 }
 pub(super) use bind_event;
 
-pub const LIST_EVENTS: &str = "SELECT id, at, kind, context, rule, user_id, ip, session_id, tier, \
-       until_at, permanent, actor, caller, detail FROM security_event \
+pub const LIST_EVENTS: &str = concat!(
+    "SELECT id, ",
+    event_columns!(),
+    " FROM security_event \
      WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR ip = $2) AND ($3 = '' OR session_id = $3) \
        AND ($4 = '' OR context = $4) AND ($5 = '' OR kind = $5) AND at >= $6 AND at < $7 AND id < $8 \
-     ORDER BY id DESC LIMIT $9";
+     ORDER BY id DESC LIMIT $9"
+);
+
+/// A security event row, with its id, in either dialect.
+pub fn decode_event<R>(r: &R) -> Result<(i64, SecurityEvent), sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let tier: i32 = r.try_get("tier")?;
+    Ok((
+        r.try_get("id")?,
+        SecurityEvent {
+            at: r.try_get("at")?,
+            kind: r.try_get("kind")?,
+            context: r.try_get("context")?,
+            rule: r.try_get("rule")?,
+            user_id: r.try_get("user_id")?,
+            ip: r.try_get("ip")?,
+            session_id: r.try_get("session_id")?,
+            tier: u32::try_from(tier).unwrap_or(0),
+            until: r.try_get("until_at")?,
+            permanent: r.try_get("permanent")?,
+            actor: r.try_get("actor")?,
+            caller: r.try_get("caller")?,
+            detail: r.try_get("detail")?,
+        },
+    ))
+}
 
 /// The cleanup pass, in order: locks that ended since the last pass become
 /// audit events (before their rows can be purged), then the marker moves.
@@ -318,27 +354,7 @@ macro_rules! store_impl {
                 .fetch_all(&self.$readers)
                 .await?;
             rows.iter()
-                .map(|r| {
-                    let tier: i32 = r.try_get("tier")?;
-                    Ok((
-                        r.try_get("id")?,
-                        SecurityEvent {
-                            at: r.try_get("at")?,
-                            kind: r.try_get("kind")?,
-                            context: r.try_get("context")?,
-                            rule: r.try_get("rule")?,
-                            user_id: r.try_get("user_id")?,
-                            ip: r.try_get("ip")?,
-                            session_id: r.try_get("session_id")?,
-                            tier: u32::try_from(tier).unwrap_or(0),
-                            until: r.try_get("until_at")?,
-                            permanent: r.try_get("permanent")?,
-                            actor: r.try_get("actor")?,
-                            caller: r.try_get("caller")?,
-                            detail: r.try_get("detail")?,
-                        },
-                    ))
-                })
+                .map(|r| Ok(shared::decode_event(r)?))
                 .collect()
         }
 

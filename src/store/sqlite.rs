@@ -12,9 +12,9 @@ use tokio::sync::broadcast;
 
 use super::shared::{self, bind_event, cleanup_pass, store_impl};
 use super::{
-    Cursor, EventFilter, LockCount, PoolSettings, Purged, Row, SecurityEvent, StateId, Stats,
-    Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order, key_columns,
-    next_rows, push_scope, subject_columns,
+    Applied, Cursor, EventFilter, LockCount, NextRows, PoolSettings, Purged, Row, SecurityEvent,
+    StateId, Stats, Store, StoreError, Stored, StoredTotp, TransitionFn, UnlockScope, in_order,
+    key_columns, next_rows, push_scope, subject_columns,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -150,13 +150,16 @@ store_impl!(SqliteStore, writer, readers, sql, {
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
-        events: &[SecurityEvent],
-    ) -> Result<Vec<KeyState>, StoreError> {
+    ) -> Result<Applied, StoreError> {
         // IMMEDIATE takes the write lock before reading, so no other process
         // can change these rows between the read and the write.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let current = fetch_rows(&mut tx, ids).await?;
-        let (rows, states) = next_rows(ids, &current, f);
+        let NextRows {
+            rows,
+            events,
+            applied,
+        } = next_rows(ids, &current, f);
         for r in rows {
             let failures: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
             sqlx::query(concat!(
@@ -191,12 +194,16 @@ store_impl!(SqliteStore, writer, readers, sql, {
             .execute(&mut *tx)
             .await?;
         }
-        // The audit records commit with the state change or not at all.
-        for event in events {
+        // The events commit with the state change or not at all, and alerts
+        // are delivered once they have.
+        for event in &events {
             insert_event(&mut tx, event).await?;
         }
         tx.commit().await?;
-        Ok(states)
+        for event in events.into_iter().filter(SecurityEvent::is_alert) {
+            let _ = self.events.send(event);
+        }
+        Ok(applied)
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
@@ -301,5 +308,10 @@ store_impl!(SqliteStore, writer, readers, sql, {
 
     fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
         self.events.subscribe()
+    }
+
+    /// One process: alerts go to subscribers as they commit, from the start.
+    async fn events_ready(&self, _within: Duration) -> bool {
+        true
     }
 });

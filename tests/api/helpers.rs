@@ -648,3 +648,27 @@ pub fn keyed_access(channel: Channel, key: &str) -> AccessServiceClient<Keyed> {
 pub fn keyed_admin(channel: Channel, key: &str) -> AdminServiceClient<Keyed> {
     AdminServiceClient::with_interceptor(channel, Bearer::new(key))
 }
+
+/// A client that never gives up on its own: unlike tonic's channel, it does
+/// not enforce `grpc-timeout`, so what a caller with a deadline receives is
+/// the server's own answer.
+pub type Patient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
+pub fn patient_access(addr: SocketAddr) -> AccessServiceClient<Patient> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    AccessServiceClient::with_origin(client, format!("http://{addr}").parse().expect("origin"))
+}
+
+/// Puts a deadline on `request` the way gRPC clients do, as `grpc-timeout`.
+pub fn with_deadline<T>(message: T, millis: u64) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", format!("{millis}m").parse().expect("ASCII"));
+    request
+}

@@ -13,6 +13,7 @@ mod citizenship;
 mod cli;
 mod clients;
 mod concurrency;
+mod faults;
 mod observability;
 mod operator;
 mod outage;

@@ -1,0 +1,203 @@
+//! Faults a caller or the network can cause: calls cancelled mid-flight
+//! must never leave a transaction half-done, a connection dirty or an
+//! acknowledged failure unstored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use authgate::grpc::proto;
+use sqlx::Connection;
+use tonic::Code;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+const CALLERS: usize = 16;
+const CALLS_EACH: usize = 150;
+
+/// How the callers of a storm give up.
+#[derive(Clone, Copy)]
+enum Deadlines {
+    /// tonic's channel with a 10 ms timeout: it resets the stream when the
+    /// time is up, cancelling the call on the server.
+    Cancelling,
+    /// 10 ms in `grpc-timeout`, and a client that waits for the server's
+    /// answer however long it takes.
+    Patient,
+}
+
+/// 16 callers, 150 RecordFailures each with a 10 ms deadline, every caller
+/// its own user behind one shared address (so the shared `ip` key makes
+/// calls contend and take the row-locking path). Returns, per user, how
+/// many failures were acknowledged, and every status code seen.
+async fn cancellation_storm(
+    server: &TestServer,
+    deadlines: Deadlines,
+) -> (BTreeMap<String, u64>, HashMap<Code, u64>) {
+    let channel = server.channel().await;
+    let addr = server.addr;
+    let callers = (0..CALLERS).map(|n| {
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let user = format!("storm{n}");
+            let mut cancelling = proto::access_service_client::AccessServiceClient::new(channel);
+            let mut patient = patient_access(addr);
+            let mut acked = 0u64;
+            let mut codes = HashMap::new();
+            for _ in 0..CALLS_EACH {
+                let message = proto::RecordFailureRequest {
+                    context: "login".into(),
+                    subject: subject(&user, "198.51.100.7"),
+                    activity: String::new(),
+                };
+                let answer = match deadlines {
+                    Deadlines::Cancelling => {
+                        let mut request = tonic::Request::new(message);
+                        request.set_timeout(Duration::from_millis(10));
+                        cancelling.record_failure(request).await.map(drop)
+                    }
+                    Deadlines::Patient => patient
+                        .record_failure(with_deadline(message, 10))
+                        .await
+                        .map(drop),
+                };
+                let code = match answer {
+                    Ok(()) => {
+                        acked += 1;
+                        Code::Ok
+                    }
+                    Err(status) => status.code(),
+                };
+                *codes.entry(code).or_insert(0u64) += 1;
+            }
+            (user, acked, codes)
+        })
+    });
+    let mut acked = BTreeMap::new();
+    let mut codes = HashMap::new();
+    for caller in callers.collect::<Vec<_>>() {
+        let (user, n, seen) = caller.await.expect("caller task");
+        acked.insert(user, n);
+        for (code, count) in seen {
+            *codes.entry(code).or_insert(0) += count;
+        }
+    }
+    (acked, codes)
+}
+
+/// Sessions of authgate's left inside a transaction, on Postgres.
+async fn idle_in_transaction(db: &TestDb) -> i64 {
+    let TestDb::Postgres { url, name, .. } = db else {
+        return 0;
+    };
+    let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
+         AND application_name = 'authgate' AND state LIKE 'idle in transaction%'",
+    )
+    .bind(name)
+    .fetch_one(&mut c)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// After a storm: a fresh key is recorded at once, nothing is left inside
+/// a transaction, every acknowledged failure is stored and every stored
+/// failure audited.
+async fn store_is_whole(server: &TestServer, acked: &BTreeMap<String, u64>) {
+    // Calls abandoned by their callers still hold their slots until their
+    // work is done, so a fresh call may be shed for a moment; never timed
+    // out on a wedged connection.
+    let mut c = server.access().await;
+    let start = Instant::now();
+    loop {
+        let mut request = tonic::Request::new(proto::RecordFailureRequest {
+            context: "login".into(),
+            subject: subject("fresh", "192.0.2.200"),
+            activity: String::new(),
+        });
+        request.set_timeout(Duration::from_secs(2));
+        match c.record_failure(request).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(start.elapsed() < Duration::from_secs(3), "still shedding");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("a fresh key after the storm: {s:?}"),
+        }
+    }
+    assert!(start.elapsed() < Duration::from_secs(3));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle_in_transaction(&server.db).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "sessions left idle in transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut admin = server.admin().await;
+    for (user, n) in acked {
+        let states = report(&mut admin, subject(user, "")).await.states;
+        let stored = states
+            .iter()
+            .find(|s| s.rule == "user")
+            .map_or(0, |s| s.failures_total);
+        assert!(stored >= *n, "{user}: {n} acknowledged, {stored} stored");
+    }
+    let failures = server
+        .db
+        .count("SELECT CAST(COALESCE(SUM(failures_total), 0) AS BIGINT) FROM key_state WHERE rule = 'ip'")
+        .await;
+    let audited = server
+        .db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind = 'failure_recorded'")
+        .await;
+    assert_eq!(audited, failures, "each stored failure is audited");
+    let locks = server
+        .db
+        .count("SELECT CAST(COALESCE(SUM(lockouts_total), 0) AS BIGINT) FROM key_state")
+        .await;
+    let lock_events = server
+        .db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind IN ('lockout', 'permanent_lockout')")
+        .await;
+    assert!(locks > 0, "the storm locked keys");
+    assert_eq!(lock_events, locks, "exactly one lockout event per lock");
+}
+
+/// Callers that give up after 10 ms cancel their calls on the server.
+async fn cancelled_calls_leave_the_store_whole(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let (acked, codes) = cancellation_storm(&server, Deadlines::Cancelling).await;
+    assert!(
+        codes.keys().all(|c| matches!(
+            c,
+            Code::Ok | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted
+        )),
+        "no call may fail inside the server: {codes:?}"
+    );
+    store_is_whole(&server, &acked).await;
+    server.stop().await;
+}
+both_backends!(cancelled_calls_leave_the_store_whole);
+
+/// Callers that wait for the answer to a 10 ms deadline: the server's
+/// answer is DEADLINE_EXCEEDED (or, at its limit, RESOURCE_EXHAUSTED),
+/// never CANCELLED nor an error of its own.
+async fn timed_out_calls_leave_the_store_whole(backend: Backend) {
+    let server = TestServer::spawn(backend).await;
+    let (acked, codes) = cancellation_storm(&server, Deadlines::Patient).await;
+    assert!(
+        codes.keys().all(|c| matches!(
+            c,
+            Code::Ok | Code::DeadlineExceeded | Code::ResourceExhausted
+        )),
+        "a call answers, runs out of time or is shed: {codes:?}"
+    );
+    assert!(codes.contains_key(&Code::DeadlineExceeded), "{codes:?}");
+    store_is_whole(&server, &acked).await;
+    server.stop().await;
+}
+both_backends!(timed_out_calls_leave_the_store_whole);
