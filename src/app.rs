@@ -187,6 +187,15 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
         let store = open_store(config).await?;
+        // Alert subscribers may join as soon as the server listens: from
+        // then on they must hear of every alert, so the events of other
+        // replicas must be flowing first.
+        if !store.events_ready(config.database.acquire_timeout).await {
+            tracing::warn!(
+                "security events from other replicas are not flowing yet; alerts committed \
+                 meanwhile are delivered once they do"
+            );
+        }
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr)
             .await

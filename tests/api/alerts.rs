@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use authgate::grpc::proto::{self, Decision};
+use sqlx::Connection;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
@@ -169,4 +170,115 @@ async fn a_subscriber_that_falls_behind_is_told_what_it_lost() {
     }
     assert!(dropped > 0);
     server.stop().await;
+}
+
+/// Every failure locks: each fresh user raises one lockout alert.
+const LOCK_AT_ONCE: &str = r#"
+[[contexts.login.rules]]
+name = "user"
+key = "user"
+window = "30m"
+lock_after = 1
+lockout = ["30m"]
+"#;
+
+/// Records a failure, retrying while the store is still coming back.
+async fn fail_when_up(
+    c: &mut proto::access_service_client::AccessServiceClient<tonic::transport::Channel>,
+    user: &str,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = c
+            .record_failure(proto::RecordFailureRequest {
+                context: "login".into(),
+                subject: subject(user, ""),
+                activity: String::new(),
+            })
+            .await;
+        match answer {
+            Ok(r) => {
+                assert!(r.into_inner().lockout_applied, "{user} locked");
+                return;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the store never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("RecordFailure: {s:?}"),
+        }
+    }
+}
+
+/// A replica whose listening connection dies with Postgres still delivers
+/// the alerts other replicas committed before it could listen again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_committed_while_a_replica_reconnects_are_delivered() {
+    let cluster = PgCluster::start();
+    let db = cluster.database().await;
+    // The watching replica connects as a role of its own, so the test can
+    // keep it from reconnecting for as long as it takes the other replica
+    // to commit its alerts.
+    let mut su = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("CREATE ROLE watcher LOGIN SUPERUSER")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let watcher_url = db.url().replacen("postgres@", "watcher@", 1);
+    let recording = TestServer::spawn_on(db, LOCK_AT_ONCE).await;
+    let watching = TestServer::spawn_on(TestDb::Shared { url: watcher_url }, LOCK_AT_ONCE).await;
+    let mut alerts = watch(&mut watching.admin().await).await;
+    let mut c = recording.access().await;
+    fail_when_up(&mut c, "before").await;
+    assert_eq!(next(&mut alerts).await.key.unwrap().user_id, "before");
+
+    sqlx::query("ALTER ROLE watcher NOLOGIN")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    cluster.stop();
+    cluster.restart();
+    let users: Vec<String> = (0..50).map(|i| format!("during{i}")).collect();
+    for user in &users {
+        fail_when_up(&mut c, user).await;
+    }
+    let mut su = sqlx::PgConnection::connect(recording.db.url())
+        .await
+        .unwrap();
+    sqlx::query("ALTER ROLE watcher LOGIN")
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    for _ in &users {
+        seen.push(next(&mut alerts).await.key.unwrap().user_id);
+    }
+    seen.sort();
+    let mut want = users.clone();
+    want.sort();
+    assert_eq!(seen, want, "every alert, once");
+    quiet(&mut alerts).await;
+    watching.stop().await;
+    recording.stop().await;
+}
+
+/// A replica hears of alerts from the moment it serves: a subscriber that
+/// joins at once misses none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_delivers_alerts_from_its_first_call() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let recording = TestServer::spawn_on(db, LOCK_AT_ONCE).await;
+    let mut c = recording.access().await;
+    for round in 0..5 {
+        let watching = TestServer::spawn_on(recording.db.share(), LOCK_AT_ONCE).await;
+        let mut alerts = watch(&mut watching.admin().await).await;
+        let user = format!("first{round}");
+        fail_when_up(&mut c, &user).await;
+        assert_eq!(next(&mut alerts).await.key.unwrap().user_id, user);
+        watching.stop().await;
+    }
+    recording.stop().await;
 }

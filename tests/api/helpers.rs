@@ -241,6 +241,8 @@ pub enum TestDb {
         admin_url: String,
         name: String,
     },
+    /// Another handle on a database some other `TestDb` owns (and drops).
+    Shared { url: String },
 }
 
 impl TestDb {
@@ -257,27 +259,34 @@ impl TestDb {
 
     pub fn url(&self) -> &str {
         match self {
-            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } | TestDb::Shared { url } => {
+                url
+            }
+        }
+    }
+
+    /// A handle for a second replica on the same database.
+    pub fn share(&self) -> TestDb {
+        TestDb::Shared {
+            url: self.url().to_owned(),
         }
     }
 
     /// Runs a `SELECT COUNT(*) ...` straight against the database.
     pub async fn count(&self, sql: &'static str) -> i64 {
-        match self {
-            TestDb::Sqlite { url, .. } => {
-                let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
-                sqlx::query_scalar(sql)
-                    .fetch_one(&mut c)
-                    .await
-                    .expect("count")
-            }
-            TestDb::Postgres { url, .. } => {
-                let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
-                sqlx::query_scalar(sql)
-                    .fetch_one(&mut c)
-                    .await
-                    .expect("count")
-            }
+        let url = self.url();
+        if url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut c)
+                .await
+                .expect("count")
+        } else {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut c)
+                .await
+                .expect("count")
         }
     }
 }
