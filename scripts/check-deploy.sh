@@ -312,6 +312,8 @@ for p in [pod] + [j["spec"]["template"] for j in kinds("Job")]:
     spec = p["spec"]
     if spec.get("automountServiceAccountToken") is not False:
         fail("a pod mounts a service account token")
+    if spec.get("enableServiceLinks") is not False:
+        fail("a pod gets service links (AUTHGATE_SERVICE_HOST and the like) in its environment")
     if not spec["securityContext"].get("runAsNonRoot"):
         fail("a pod may run as root")
     for v in spec.get("volumes", []):

@@ -16,7 +16,7 @@ use crate::grpc::proto::{self, admin_unlock_request::Scope};
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The authgate to talk to (https:// for TLS).
+    /// The authgate to talk to: host:port, or a URL (https:// for TLS).
     #[arg(long, env = "AUTHGATE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// An API key with the admin role.
@@ -221,11 +221,25 @@ fn until(t: Option<&prost_types::Timestamp>, permanent: bool) -> Value {
     }
 }
 
+/// The server's URL: `host:port` as written, or with the scheme TLS
+/// settings imply.
+fn server_url(addr: &str, tls: bool) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 async fn channel(args: &AdminArgs) -> anyhow::Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(args.addr.clone())?
+    let url = server_url(&args.addr, args.ca_cert.is_some());
+    let mut endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| anyhow::anyhow!("--addr {:?}: {e}", args.addr))?
         .connect_timeout(args.timeout)
         .timeout(args.timeout);
-    if args.addr.starts_with("https://") || args.ca_cert.is_some() {
+    if url.starts_with("https://") || args.ca_cert.is_some() {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &args.ca_cert {
             tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca)?));

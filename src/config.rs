@@ -68,7 +68,7 @@ pub struct ServerConfig {
     /// Longest a call may run before it is answered DEADLINE_EXCEEDED
     /// (a caller's shorter grpc-timeout wins), so a stuck store cannot pile
     /// up requests.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Calls served at once; beyond it new calls are answered
     /// RESOURCE_EXHAUSTED at once rather than queued without bound, so an
@@ -77,12 +77,12 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// After SIGTERM or SIGINT: how long in-flight calls may take to finish
     /// before the process exits anyway.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     /// Connections are closed (gracefully, with GOAWAY) after this long, so
     /// clients balancing over the headless Service's addresses reconnect
     /// and spread onto replicas added since.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_connection_age: Duration,
     /// TLS for the gRPC port; plaintext when absent.
     pub tls: Option<TlsConfig>,
@@ -169,7 +169,7 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long an RPC waits for a connection before answering UNAVAILABLE:
     /// short, because a caller waiting on authgate is a user waiting.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub acquire_timeout: Duration,
 }
 
@@ -229,10 +229,10 @@ impl Serialize for DatabaseUrl {
 pub struct CleanupConfig {
     /// How often expired failures and locks are purged (pyTMBot's 10 min).
     /// Purging is housekeeping only: expired state never affects a decision.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub interval: Duration,
     /// How long the audit trail keeps events.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub audit_retention: Duration,
 }
 
@@ -278,7 +278,7 @@ impl Default for LogConfig {
 pub struct AlertsConfig {
     /// After an alert of one kind about one subject, more of the same are
     /// held back this long (pyTMBot's ADMIN_NOTIFY_SUPPRESSION).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub suppression: Duration,
     /// Events a subscriber may fall behind before it loses the oldest (and
     /// is told how many); bounds memory and keeps RPCs from ever waiting.
@@ -303,7 +303,7 @@ pub struct MetricsConfig {
     pub path: String,
     /// How often the session and lock gauges are recomputed from the shared
     /// store, so every replica reports the same truth.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub refresh_interval: Duration,
 }
 
@@ -334,9 +334,9 @@ pub struct AccessConfig {
 pub struct NotAllowedConfig {
     /// Attempts within `window` that block the user.
     pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub window: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub block: Duration,
 }
 
@@ -359,7 +359,7 @@ pub struct ContextConfig {
     #[serde(default)]
     pub totp: bool,
     /// How long a two-factor session lasts here (pyTMBot's 10 min).
-    #[serde(with = "humantime_serde", default = "ten_minutes")]
+    #[serde(with = "duration", default = "ten_minutes")]
     pub session_timeout: Duration,
     /// `absolute`: from the login; `idle`: from the last allowed request.
     #[serde(default)]
@@ -423,7 +423,7 @@ pub struct TotpConfig {
     /// breaks nobody): SHA1 works with every app.
     pub algorithm: String,
     pub digits: u8,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub period: Duration,
     /// Steps either side of now that are accepted.
     pub skew: u32,
@@ -432,9 +432,9 @@ pub struct TotpConfig {
     /// Failed codes within `window` that block the user's TOTP for `block`
     /// (pyTMBot's max_totp_attempts).
     pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub window: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub block: Duration,
     /// Users who need a second factor in every context.
     pub required_user_ids: Vec<String>,
@@ -486,7 +486,7 @@ pub struct RuleConfig {
     /// Activities counted (RecordFailure.activity); empty counts all.
     #[serde(default)]
     pub activities: Vec<String>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub window: Duration,
     #[serde(default)]
     pub captcha_after: Option<u32>,
@@ -495,7 +495,7 @@ pub struct RuleConfig {
     /// Required with lock_after.
     #[serde(default)]
     pub lockout: Option<LockoutConfig>,
-    #[serde(with = "humantime_serde", default = "day")]
+    #[serde(with = "duration", default = "day")]
     pub recurrence_window: Duration,
     #[serde(default)]
     pub extend_while_locked: bool,
@@ -517,10 +517,10 @@ pub enum LockoutConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressiveConfig {
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub base: Duration,
     pub factor: f64,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max: Duration,
     #[serde(default)]
     pub permanent_after: Option<u32>,
@@ -622,6 +622,94 @@ impl Default for Config {
     }
 }
 
+/// Durations as people write them: read with humantime (`90days`, `30m`,
+/// `1h 30m`), written back in the largest unit that divides them (`90d`,
+/// `30m`, `90m`), never as humantime's calendar months.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime_serde::deserialize(d)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*value))
+    }
+
+    pub fn format(value: Duration) -> String {
+        const UNITS: [(u128, &str); 5] = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+            (1, "ms"),
+        ];
+        let ms = value.as_millis();
+        if !value.subsec_nanos().is_multiple_of(1_000_000) {
+            return humantime::format_duration(value).to_string();
+        }
+        if ms == 0 {
+            return "0s".into();
+        }
+        let (size, unit) = UNITS
+            .iter()
+            .find(|(size, _)| ms.is_multiple_of(*size))
+            .copied()
+            .unwrap_or((1, "ms"));
+        format!("{}{unit}", ms / size)
+    }
+}
+
+const ENV_PREFIX: &str = "AUTHGATE_";
+
+/// The top-level tables of the configuration, as the defaults serialize.
+fn sections() -> BTreeSet<String> {
+    match toml::Table::try_from(Config::default()) {
+        Ok(table) => table.keys().cloned().collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// The section a key (`server.listen`) belongs to.
+fn section_of(key: &str) -> &str {
+    key.split('.').next().unwrap_or_default()
+}
+
+/// An `AUTHGATE_*` variable that sets no configuration key and looks as if
+/// it was meant to: it starts with a section's name but lacks the `__`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NearMiss {
+    pub variable: String,
+    /// The variable it probably meant.
+    pub meant: String,
+}
+
+/// The `AUTHGATE_*` variables of `vars` that were ignored although they
+/// resemble configuration keys. Only names are looked at: values may be
+/// secrets.
+pub fn near_misses(vars: impl Iterator<Item = String>) -> Vec<NearMiss> {
+    let sections = sections();
+    vars.filter_map(|variable| {
+        let rest = variable.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+        if rest.contains("__") {
+            return None;
+        }
+        let section = sections.iter().find(|s| {
+            rest.strip_prefix(s.as_str())
+                .is_some_and(|tail| tail.len() > 1 && tail.starts_with('_'))
+        })?;
+        let meant = format!(
+            "{ENV_PREFIX}{}__{}",
+            section.to_ascii_uppercase(),
+            rest[section.len() + 1..].to_ascii_uppercase()
+        );
+        Some(NearMiss { variable, meant })
+    })
+    .collect()
+}
+
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "authgate.toml";
 
@@ -647,10 +735,17 @@ impl Config {
         Self::from_figment(figment.merge(Self::env()))
     }
 
-    /// `AUTHGATE_CONFIG` names the file (the CLI reads it), not a key, so it
-    /// is left out of the key namespace.
+    /// The `AUTHGATE_<SECTION>__<KEY>` variables, for the sections this
+    /// configuration has. Any other `AUTHGATE_*` variable is not a key and
+    /// is left alone: Kubernetes gives every pod `AUTHGATE_SERVICE_HOST`,
+    /// `AUTHGATE_PORT` and the like beside a Service named authgate, the
+    /// admin CLI reads `AUTHGATE_ADDR`, and `AUTHGATE_CONFIG` names the file.
+    /// A misspelt key inside a section is still an error, as in the file.
     fn env() -> Env {
-        Env::prefixed("AUTHGATE_").ignore(&["config"]).split("__")
+        let sections = sections();
+        Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .filter(move |key| sections.contains(&section_of(key.as_str()).to_ascii_lowercase()))
     }
 
     pub fn from_figment(figment: Figment) -> Result<(Config, Policy), ConfigError> {
@@ -1167,5 +1262,79 @@ mod tests {
             assert!(policy.access.is_admin(&UserId::parse("x", "ops").unwrap()));
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn variables_that_are_not_keys_do_not_stop_start_up() {
+        figment::Jail::expect_with(|jail| {
+            // What Kubernetes sets beside a Service named authgate, and what
+            // the admin CLI reads.
+            for (name, value) in [
+                ("AUTHGATE_SERVICE_HOST", "10.96.0.12"),
+                ("AUTHGATE_SERVICE_PORT", "50051"),
+                ("AUTHGATE_PORT", "tcp://10.96.0.12:50051"),
+                ("AUTHGATE_PORT_50051_TCP_ADDR", "10.96.0.12"),
+                ("AUTHGATE_ADDR", "http://127.0.0.1:50051"),
+                ("AUTHGATE_API_KEY", "ag_secret"),
+                ("AUTHGATE_ACTOR", "ops"),
+                ("AUTHGATE_SERVER_LISTEN", "127.0.0.1:3"),
+            ] {
+                jail.set_env(name, value);
+            }
+            let (config, _) = Config::load(None).expect("loads");
+            assert_eq!(config.server.listen, ServerConfig::default().listen);
+            // A misspelt key inside a section is refused, as in the file.
+            jail.set_env("AUTHGATE_SERVER__LISTNE", "127.0.0.1:2");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("listne"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_print_in_the_largest_whole_unit() {
+        let (config, _) = Config::from_toml(
+            "[cleanup]\naudit_retention = \"90days\"\ninterval = \"1h 30m\"\n\
+             [server]\nrequest_timeout = \"1500ms\"",
+        )
+        .unwrap();
+        let text = config.to_toml();
+        assert!(text.contains("audit_retention = \"90d\""), "{text}");
+        assert!(text.contains("interval = \"90m\""), "{text}");
+        assert!(text.contains("request_timeout = \"1500ms\""), "{text}");
+        let (again, _) = Config::from_toml(&text).expect("the output reads back");
+        assert_eq!(
+            again.cleanup.audit_retention,
+            Duration::from_secs(90 * 86_400)
+        );
+        assert_eq!(duration::format(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn near_misses_name_the_key_they_resemble() {
+        let vars = [
+            "AUTHGATE_SERVER_LISTEN",
+            "AUTHGATE_DATABASE_URL",
+            "AUTHGATE_SERVICE_HOST",
+            "AUTHGATE_SERVER__LISTEN",
+            "AUTHGATE_PORT_50051_TCP",
+            "HOME",
+        ]
+        .map(String::from);
+        let misses = near_misses(vars.into_iter());
+        assert_eq!(
+            misses,
+            [
+                NearMiss {
+                    variable: "AUTHGATE_SERVER_LISTEN".into(),
+                    meant: "AUTHGATE_SERVER__LISTEN".into(),
+                },
+                NearMiss {
+                    variable: "AUTHGATE_DATABASE_URL".into(),
+                    meant: "AUTHGATE_DATABASE__URL".into(),
+                },
+            ]
+        );
     }
 }

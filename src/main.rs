@@ -2,18 +2,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use authgate::app::{Application, open_store};
 use authgate::clock::SystemClock;
 use authgate::config::{ApiKeyConfig, Config};
+use authgate::telemetry::LogTo;
 
 /// authgate: may this user do this now?
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file; ./authgate.toml is read when present.
-    #[arg(long, global = true, env = "AUTHGATE_CONFIG")]
+    /// TOML configuration file for serve, migrate and check-config;
+    /// ./authgate.toml is read when present.
+    #[arg(long, env = "AUTHGATE_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -27,7 +30,8 @@ enum Command {
     Migrate,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
-    /// Print a new API key and the config entry holding its hash.
+    /// Print a new API key (to stderr) and the keys-file entry holding its
+    /// hash (to stdout, so `keygen >> keys.toml` stores only the hash).
     Keygen {
         /// Who will hold the key (logged and audited as the caller).
         #[arg(long, default_value = "bot")]
@@ -43,8 +47,24 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // The client commands need no server configuration.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The client commands read no server configuration: a --config given
+    // to them would silently do nothing. (AUTHGATE_CONFIG, which a
+    // container sets for the server, is fine.)
+    let explicit_config = matches.value_source("config") == Some(ValueSource::CommandLine);
+    if explicit_config
+        && matches!(
+            cli.command,
+            Some(Command::Keygen { .. } | Command::Admin(_))
+        )
+    {
+        eprintln!("authgate: --config is for serve, migrate and check-config");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Some(Command::Keygen { name, roles }) => return keygen(name, roles),
         Some(Command::Admin(args)) => {
@@ -65,8 +85,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    authgate::telemetry::init(&config.log);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    authgate::telemetry::init(
+        &config.log,
+        match command {
+            Command::CheckConfig => LogTo::Stderr,
+            _ => LogTo::Stdout,
+        },
+    );
+    for miss in authgate::config::near_misses(std::env::vars().map(|(name, _)| name)) {
+        tracing::warn!(
+            variable = %miss.variable,
+            meant = %miss.meant,
+            "ignored: not a configuration key (sections and keys are separated by __)"
+        );
+    }
+    let result = match command {
         Command::CheckConfig => config
             .authenticator()
             .map(|_| print!("{}", config.to_toml()))
@@ -82,10 +116,23 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "authgate failed");
-            eprintln!("authgate: {e:#}");
+            eprintln!("authgate: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each told once: wrappers often repeat the
+/// message of the error they wrap.
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn keygen(name: String, roles: Vec<authgate::auth::Role>) -> ExitCode {
@@ -102,9 +149,13 @@ fn keygen(name: String, roles: Vec<authgate::auth::Role>) -> ExitCode {
             roles,
         }],
     };
-    // The whole output is valid TOML for auth.keys_file; the key itself is
-    // in a comment, for the caller only (authgate keeps just the hash).
-    println!("# key: {}", key.as_str());
+    // The key goes to the person (stderr), the entry to the file (stdout):
+    // `keygen >> keys.toml` must never store the key itself, only its hash.
+    eprintln!(
+        "API key for {:?} (shown once; authgate keeps only its hash):\n{}",
+        entry.keys[0].name,
+        key.as_str()
+    );
     print!("{}", toml::to_string(&entry).unwrap_or_default());
     ExitCode::SUCCESS
 }
@@ -113,7 +164,7 @@ fn keygen(name: String, roles: Vec<authgate::auth::Role>) -> ExitCode {
 fn client_error(e: &anyhow::Error) -> String {
     match e.downcast_ref::<tonic::Status>() {
         Some(s) => format!("{:?}: {}", s.code(), s.message()),
-        None => format!("{e:#}"),
+        None => chain(e),
     }
 }
 

@@ -27,11 +27,15 @@ fn keygen(keys_file: &Path, name: &str, roles: &str) -> String {
     let out = authgate(&["keygen", "--name", name, "--roles", roles], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let key = stdout
+    let key = text(&out.stderr)
         .lines()
-        .find_map(|l| l.strip_prefix("# key: "))
-        .expect("the key line")
+        .find(|l| l.starts_with("ag_"))
+        .expect("the key, on stderr")
         .to_owned();
+    assert!(
+        !stdout.contains(&key),
+        "`keygen >> keys.toml` must not store the key itself"
+    );
     let mut all = std::fs::read_to_string(keys_file).unwrap_or_default();
     all.push_str(&stdout);
     std::fs::write(keys_file, all).unwrap();
@@ -103,15 +107,7 @@ async fn the_admin_cli_lists_unlocks_and_reports() {
         .await
         .unwrap();
     let mut bot = keyed_access(channel, &bot_key);
-    for _ in 0..5 {
-        bot.record_failure(proto::RecordFailureRequest {
-            context: "login".into(),
-            subject: subject("frank", "192.0.2.50"),
-            activity: String::new(),
-        })
-        .await
-        .unwrap();
-    }
+    lock_in_login(&mut bot, "frank", "192.0.2.50").await;
 
     let addr = format!("http://{}", server.addr);
     let admin = |args: &[&str]| {
@@ -170,6 +166,75 @@ async fn the_admin_cli_lists_unlocks_and_reports() {
         "keys never echo"
     );
 
+    // The alert runbooks' commands work as written, once the placeholders
+    // are filled in.
+    lock_in_login(&mut bot, "gina", "192.0.2.51").await;
+    let runbook = runbook_commands();
+    assert!(runbook.len() >= 4, "{runbook:?}");
+    let host = server.addr.to_string();
+    let mut gina_locked = true;
+    for command in &runbook {
+        let filled = command
+            .replace("<host>:50051", &host)
+            .replace("<admin-key>", &admin_key)
+            .replace("<admin>", "admin")
+            .replace("<user>", "gina");
+        let args: Vec<&str> = filled.split_whitespace().skip(1).collect();
+        let out = authgate(&args, &[]);
+        assert!(out.status.success(), "{command}: {}", text(&out.stderr));
+        let listed = text(&out.stdout).contains("192.0.2.51");
+        if command.contains("list-locked") {
+            assert_eq!(listed, gina_locked, "{command}");
+        }
+        if command.contains("unlock") {
+            assert_eq!(
+                text(&out.stdout),
+                if gina_locked {
+                    "UNLOCKED\n1\n"
+                } else {
+                    "UNLOCKED\n0\n"
+                }
+            );
+            gina_locked = false;
+        }
+    }
+
+    // host:port needs no scheme; a failure is told once.
+    let bare = server.addr.to_string();
+    let out = authgate(
+        &[
+            "admin", "--addr", &bare, "--actor", "admin", "stats", "--json",
+        ],
+        &[("AUTHGATE_API_KEY", &admin_key)],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = authgate(
+        &["admin", "--addr", "bad host:1", "--actor", "admin", "stats"],
+        &[("AUTHGATE_API_KEY", &admin_key)],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--addr"), "{err}");
+    // --config belongs to the server's commands, not the client's.
+    let out = authgate(
+        &[
+            "--config",
+            "authgate.toml",
+            "admin",
+            "--actor",
+            "admin",
+            "stats",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--config"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let (status, logs) = server.terminate();
     assert!(status.success());
     let logs = logs.join("\n");
@@ -177,4 +242,100 @@ async fn the_admin_cli_lists_unlocks_and_reports() {
         !logs.contains(&admin_key) && !logs.contains(&bot_key),
         "{logs}"
     );
+}
+
+/// The container's own environment (deploy/README's `docker run ...
+/// check-config`), plus what Kubernetes adds to every pod beside a Service
+/// named authgate: check-config passes and prints only the configuration,
+/// and serve starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_environment_with_kubernetes_service_links_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let key = keygen(&keys, "bot", "check");
+    let keys_path = keys.display().to_string();
+    let db = format!("sqlite://{}/authgate.db", dir.path().display());
+    let env = [
+        ("AUTHGATE_SERVER__LISTEN", "0.0.0.0:0"),
+        ("AUTHGATE_METRICS__LISTEN", "127.0.0.1:0"),
+        ("AUTHGATE_DATABASE__URL", db.as_str()),
+        ("AUTHGATE_LOG__FORMAT", "json"),
+        ("AUTHGATE_AUTH__KEYS_FILE", keys_path.as_str()),
+        ("AUTHGATE_SERVICE_HOST", "10.96.0.12"),
+        ("AUTHGATE_SERVICE_PORT", "50051"),
+        ("AUTHGATE_SERVICE_PORT_GRPC", "50051"),
+        ("AUTHGATE_PORT", "tcp://10.96.0.12:50051"),
+        ("AUTHGATE_PORT_50051_TCP", "tcp://10.96.0.12:50051"),
+        ("AUTHGATE_PORT_50051_TCP_PROTO", "tcp"),
+        ("AUTHGATE_PORT_50051_TCP_PORT", "50051"),
+        ("AUTHGATE_PORT_50051_TCP_ADDR", "10.96.0.12"),
+        // What the admin CLI reads, set in the same shell.
+        ("AUTHGATE_ADDR", "authgate:50051"),
+        ("AUTHGATE_ACTOR", "ops"),
+        ("AUTHGATE_CLEANUP__AUDIT_RETENTION", "90days"),
+        // A near miss: ignored, and warned about.
+        ("AUTHGATE_CLEANUP_INTERVAL", "5m"),
+    ];
+    let out = authgate(&["check-config"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let printed: toml::Table = toml::from_str(&stdout).expect("stdout is the TOML alone");
+    assert_eq!(printed["cleanup"]["audit_retention"].as_str(), Some("90d"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("AUTHGATE_CLEANUP__INTERVAL"),
+        "the near miss is named: {stderr}"
+    );
+
+    let server = ChildServer::spawn(dir.path(), &["serve"], &env);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let v = keyed_access(channel, &key)
+        .check_access(proto::CheckAccessRequest {
+            context: "login".into(),
+            subject: subject("kim", "192.0.2.9"),
+        })
+        .await
+        .expect("serves");
+    assert!(v.into_inner().verdict.is_some());
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
+
+/// The `authgate admin ...` commands the alert runbooks tell an operator to
+/// run, whitespace collapsed as YAML folds it.
+fn runbook_commands() -> Vec<String> {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/authgate-rules.yaml"
+    ))
+    .unwrap();
+    let text = rules.split_whitespace().collect::<Vec<_>>().join(" ");
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| quoted.starts_with("authgate admin "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Five failures: the login context's user_ip rule locks the pair.
+async fn lock_in_login(
+    bot: &mut proto::access_service_client::AccessServiceClient<Keyed>,
+    user: &str,
+    ip: &str,
+) {
+    for _ in 0..5 {
+        bot.record_failure(proto::RecordFailureRequest {
+            context: "login".into(),
+            subject: subject(user, ip),
+            activity: String::new(),
+        })
+        .await
+        .unwrap();
+    }
 }
