@@ -26,7 +26,9 @@ use crate::crypto::{self, CryptoError, SecretKeys};
 use crate::domain::Policy;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
-use crate::grpc::{AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, proto};
+use crate::grpc::{
+    AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, WireErrorsLayer, proto,
+};
 use crate::metrics;
 use crate::service::Gate;
 use crate::store::{self, Instrumented, PoolSettings, Store, StoreError};
@@ -315,6 +317,7 @@ impl Application {
         let server = builder
             .layer(RequestIdLayer)
             .layer(self.limits)
+            .layer(WireErrorsLayer)
             .add_service(health)
             .add_service(InterceptedService::new(reflection_v1, guard(None)))
             .add_service(InterceptedService::new(reflection_v1alpha, guard(None)))

@@ -1000,7 +1000,7 @@ impl TotpConfig {
             period,
         };
         defaults
-            .validate("totp")
+            .validate("totp.digits", "totp.period")
             .map_err(|e| invalid(e.field, e.problem))?;
         if self.skew > 10 {
             return Err(invalid("totp.skew", "must be at most 10 steps"));

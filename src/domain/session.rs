@@ -133,8 +133,12 @@ impl SessionPolicy {
                 expired: false,
             };
         }
+        // A timed-out session is still marked authenticated until the
+        // cleanup pass marks it expired (and records that); the answer is
+        // the same either way, only the event is this check's to record.
         let expired = current.is_some_and(|s| s.status == SessionStatus::Authenticated);
-        let (decision, reason) = match (enrolled, expired) {
+        let timed_out = expired || current.is_some_and(|s| s.status == SessionStatus::Expired);
+        let (decision, reason) = match (enrolled, timed_out) {
             (false, _) => (Decision::EnrollTotp, Reason::TotpEnrollmentRequired),
             (true, true) => (Decision::ChallengeTotp, Reason::SessionExpired),
             (true, false) => (Decision::ChallengeTotp, Reason::TotpRequired),
@@ -193,6 +197,21 @@ mod tests {
         assert!(late.expired);
         assert_eq!(late.verdict.reason, Reason::SessionExpired);
         assert_eq!(late.write.unwrap().status, SessionStatus::Processing);
+    }
+
+    #[test]
+    fn a_session_the_cleanup_marked_expired_answers_session_expired() {
+        let p = absolute();
+        let swept = Session {
+            status: SessionStatus::Expired,
+            since: UnixMillis(0).plus(11 * MIN),
+            last_seen: None,
+            expires_at: None,
+        };
+        let step = p.check(&user(), Some(&swept), true, UnixMillis(0).plus(12 * MIN));
+        assert_eq!(step.verdict.reason, Reason::SessionExpired);
+        assert!(!step.expired, "the cleanup pass recorded the expiry");
+        assert_eq!(step.write.unwrap().status, SessionStatus::Processing);
     }
 
     #[test]

@@ -50,18 +50,14 @@ pub struct TotpParams {
 }
 
 impl TotpParams {
-    pub fn validate(&self, field: &str) -> Result<(), FieldError> {
+    /// Checks the bounds; errors name the field as the caller's input
+    /// spells it (`digits_field`, `period_field`).
+    pub fn validate(&self, digits_field: &str, period_field: &str) -> Result<(), FieldError> {
         if !(6..=8).contains(&self.digits) {
-            return Err(FieldError::new(
-                format!("{field}.digits"),
-                "must be 6, 7 or 8",
-            ));
+            return Err(FieldError::new(digits_field, "must be 6, 7 or 8"));
         }
         if !(15..=120).contains(&self.period) {
-            return Err(FieldError::new(
-                format!("{field}.period"),
-                "must be 15 to 120 seconds",
-            ));
+            return Err(FieldError::new(period_field, "must be 15 to 120 seconds"));
         }
         Ok(())
     }
@@ -321,9 +317,9 @@ mod tests {
     fn params_are_bounded() {
         let mut p = sha1();
         p.digits = 9;
-        assert!(p.validate("totp").is_err());
+        assert_eq!(p.validate("d", "p").unwrap_err().field, "d");
         p.digits = 8;
         p.period = 5;
-        assert_eq!(p.validate("totp").unwrap_err().field, "totp.period");
+        assert_eq!(p.validate("d", "p").unwrap_err().field, "p");
     }
 }

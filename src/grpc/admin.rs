@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    FieldError, Key, KeyKind, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis,
-    UserId,
+    ContextName, FieldError, Key, KeyKind, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams,
+    UnixMillis, UserId,
 };
 use crate::metrics;
 use crate::service::{Admin, Gate};
@@ -161,9 +161,11 @@ fn parse_page_token(token: &str) -> Result<Cursor, FieldError> {
     };
     let kind = KeyKind::from_name(kind).ok_or_else(bad)?;
     let key = Key::from_parts("page_token", kind, user, ip, session).map_err(|_| bad())?;
+    let context = ContextName::parse("page_token", context).map_err(|_| bad())?;
+    let rule = ContextName::parse("page_token", rule).map_err(|_| bad())?;
     Ok(StateId {
-        context: context.to_owned(),
-        rule: rule.to_owned(),
+        context: context.to_string(),
+        rule: rule.to_string(),
         key,
     })
 }
@@ -368,22 +370,9 @@ impl AdminService for AdminApi {
                         },
                     )?),
                 };
-            let millis = |t: &prost_types::Timestamp| {
-                UnixMillis(
-                    t.seconds
-                        .saturating_mul(1000)
-                        .saturating_add(i64::from(t.nanos / 1_000_000)),
-                )
-            };
             let filter = EventFilter {
-                user_id: req.user_id,
-                ip: req.ip,
-                session_id: req.session_id,
-                context: req.context,
-                kind: req.kind,
-                from: req.from.as_ref().map(millis),
-                to: req.to.as_ref().map(millis),
                 before_id,
+                ..convert::event_filter(&req)?
             };
             let limit = page_size(req.page_size);
             let rows = self.gate.audit_events(&filter, limit + 1).await?;

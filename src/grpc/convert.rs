@@ -5,13 +5,63 @@ use prost_types::Timestamp;
 
 use super::proto;
 use crate::domain::{
-    Decision, FieldError, Key, KeyKind, Lock, SessionStatus, Subject, UnixMillis, Verdict,
+    ContextName, Decision, FieldError, IpAddress, Key, KeyKind, Lock, SessionId, SessionStatus,
+    Subject, UnixMillis, UserId, Verdict,
 };
-use crate::store::Stored;
+use crate::store::{EventFilter, Stored};
 
 pub fn subject(field: &str, s: Option<&proto::Subject>) -> Result<Subject, FieldError> {
     let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
     Subject::parse(field, &s.user_id, &s.ip, &s.session_id)
+}
+
+/// ListAuditEvents' filters, parsed as every other request's identifiers
+/// are, so an address matches whichever way it is written (`2001:DB8::1`,
+/// `::ffff:192.0.2.1`) and nothing malformed reaches the store. Empty
+/// strings match everything.
+pub fn event_filter(req: &proto::ListAuditEventsRequest) -> Result<EventFilter, FieldError> {
+    fn canonical<T: ToString>(
+        raw: &str,
+        parse: impl Fn(&str) -> Result<T, FieldError>,
+    ) -> Result<String, FieldError> {
+        if raw.is_empty() {
+            return Ok(String::new());
+        }
+        parse(raw).map(|v| v.to_string())
+    }
+    let kind = &req.kind;
+    if kind.len() > 64 || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(FieldError::new(
+            "kind",
+            "is not an event kind (lower-case letters and _)",
+        ));
+    }
+    Ok(EventFilter {
+        user_id: canonical(&req.user_id, |r| UserId::parse("user_id", r))?,
+        ip: canonical(&req.ip, |r| IpAddress::parse("ip", r))?,
+        session_id: canonical(&req.session_id, |r| SessionId::parse("session_id", r))?,
+        context: canonical(&req.context, |r| ContextName::parse("context", r))?,
+        kind: kind.clone(),
+        from: req.from.as_ref().map(|t| millis("from", t)).transpose()?,
+        to: req.to.as_ref().map(|t| millis("to", t)).transpose()?,
+        before_id: None,
+    })
+}
+
+/// A request's timestamp, checked as protobuf defines it: nanos within a
+/// second.
+pub fn millis(field: &str, t: &Timestamp) -> Result<UnixMillis, FieldError> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(FieldError::new(
+            format!("{field}.nanos"),
+            "must be from 0 to 999,999,999",
+        ));
+    }
+    Ok(UnixMillis(
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos / 1_000_000)),
+    ))
 }
 
 pub fn timestamp(t: UnixMillis) -> Timestamp {

@@ -7,12 +7,14 @@ mod auth;
 mod convert;
 mod limits;
 mod request_id;
+mod wire;
 
 pub use access::AccessApi;
 pub use admin::AdminApi;
 pub use auth::{Authenticate, caller};
 pub use limits::LimitsLayer;
 pub use request_id::RequestIdLayer;
+pub use wire::WireErrorsLayer;
 
 /// Code generated from proto/authgate/v1 by build.rs.
 pub mod proto {

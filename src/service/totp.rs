@@ -327,9 +327,7 @@ impl Gate {
         secret_base32: &str,
         params: TotpParams,
     ) -> Result<(), ServiceError> {
-        params
-            .validate("totp")
-            .map_err(|e| FieldError::new(e.field.replace("totp.", ""), e.problem))?;
+        params.validate("digits", "period_seconds")?;
         let secret = totp_rs::Secret::try_from_base32(secret_base32.trim_end_matches('='))
             .map_err(|_| FieldError::new("secret_base32", "is not base32"))?;
         if secret.as_bytes().len() < MIN_SECRET_BYTES {

@@ -1,5 +1,6 @@
 //! The embedded default: one process, one SQLite file.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -111,8 +112,27 @@ async fn insert_event(
     Ok(())
 }
 
+/// Creates the database file readable by its owner only, before SQLite
+/// would create it with the process's umask (0644, as a rule): it holds who
+/// failed to log in from where. SQLite gives its -wal and -shm files the
+/// database file's mode.
+fn create_private(file: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::from(sqlx::Error::Io(e))),
+    }
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+        if let Some(file) = super::sqlite_file(url) {
+            create_private(&file)?;
+        }
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

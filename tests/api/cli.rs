@@ -21,10 +21,14 @@ async fn no_arguments_serves_the_embedded_default_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(dir.path(), &[], &[]);
     assert_eq!(server.addr.to_string(), "127.0.0.1:50051");
-    assert!(
-        dir.path().join("authgate.db").exists(),
-        "the SQLite file is created"
-    );
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["authgate.db", "authgate.db-wal", "authgate.db.totp-key"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap_or_else(|e| panic!("{file} is created: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file} is for its owner only");
+    }
     let mut c = server.access().await;
     let v = check(&mut c, "login", subject("erin", "192.0.2.7")).await;
     assert_eq!(decision(&v), Decision::Allow);

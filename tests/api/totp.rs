@@ -494,6 +494,19 @@ async fn cleanup_expires_sessions(backend: Backend) {
     );
     let stats = stats(&mut a).await;
     assert_eq!((stats.total, stats.authenticated, stats.expired), (1, 0, 1));
+    // The answer does not depend on whether the cleanup ran first, and the
+    // expiry is recorded once.
+    server.clock.advance(11 * MINUTE);
+    let v = check(&mut c, "admin", user("tess")).await;
+    assert_eq!(
+        (decision(&v), v.reason.as_str()),
+        (Decision::ChallengeTotp, "session_expired")
+    );
+    let recorded = server
+        .db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind = 'session_expired'")
+        .await;
+    assert_eq!(recorded, 1);
     server.stop().await;
 }
 both_backends!(cleanup_expires_sessions);

@@ -1,0 +1,136 @@
+//! What tonic answers before a handler runs, restated in gRPC's terms. A
+//! request over the size limit is the caller's to shrink: RESOURCE_EXHAUSTED
+//! (tonic says OUT_OF_RANGE). A body that does not decode is the caller's
+//! fault too: INVALID_ARGUMENT naming the field (tonic says INTERNAL, which
+//! would page an operator for a client's bug). authgate's own handlers
+//! never answer OUT_OF_RANGE, nor INTERNAL with a decoding message, so
+//! nothing of theirs is rewritten.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use crate::domain::FieldError;
+
+/// How prost's decoding errors begin.
+const DECODE_ERROR: &str = "failed to decode Protobuf message: ";
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireErrorsLayer;
+
+impl<S> Layer<S> for WireErrorsLayer {
+    type Service = WireErrors<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WireErrors { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WireErrors<S> {
+    inner: S,
+}
+
+impl<S, B, RB> Service<Request<B>> for WireErrors<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Send,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            // Errors raised before a handler runs are trailers-only: the
+            // status is in the headers.
+            Ok(
+                match Status::from_header_map(response.headers()).and_then(restate) {
+                    Some(status) => status.into_http(),
+                    None => response,
+                },
+            )
+        })
+    }
+}
+
+/// The status tonic should have given, for the two it gets wrong.
+fn restate(status: Status) -> Option<Status> {
+    match status.code() {
+        Code::OutOfRange => Some(Status::resource_exhausted(format!(
+            "the request is too large: {}",
+            status.message()
+        ))),
+        Code::Internal => status
+            .message()
+            .strip_prefix(DECODE_ERROR)
+            .map(|detail| undecodable(detail).into()),
+        _ => None,
+    }
+}
+
+/// prost's detail lists `Message.field: ` pairs innermost first, then what
+/// was wrong; the request's field path is those fields, outermost first.
+fn undecodable(detail: &str) -> FieldError {
+    let mut path = Vec::new();
+    let mut rest = detail;
+    while let Some((part, tail)) = rest.split_once(": ") {
+        let Some((message, field)) = part.split_once('.') else {
+            break;
+        };
+        let names = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_');
+        if !(names(message) && names(field)) {
+            break;
+        }
+        path.push(field);
+        rest = tail;
+    }
+    path.reverse();
+    let field = if path.is_empty() {
+        "request".to_owned()
+    } else {
+        path.join(".")
+    };
+    FieldError::new(field, format!("cannot be decoded: {rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decoding_error_names_the_request_field() {
+        let e = undecodable(
+            "Subject.user_id: CheckAccessRequest.subject: invalid string value: data is not \
+             UTF-8 encoded",
+        );
+        assert_eq!(e.field, "subject.user_id");
+        assert_eq!(
+            e.problem,
+            "cannot be decoded: invalid string value: data is not UTF-8 encoded"
+        );
+        let e = undecodable("invalid wire type value: 7");
+        assert_eq!(e.field, "request");
+    }
+
+    #[test]
+    fn only_tonics_own_errors_are_restated() {
+        assert_eq!(
+            restate(Status::out_of_range("too big")).map(|s| s.code()),
+            Some(Code::ResourceExhausted)
+        );
+        assert!(restate(Status::internal("internal error")).is_none());
+        assert!(restate(Status::invalid_argument("context: x")).is_none());
+    }
+}
