@@ -31,7 +31,7 @@ use crate::grpc::{
 };
 use crate::metrics;
 use crate::service::Gate;
-use crate::store::{self, Instrumented, PoolSettings, Store, StoreError};
+use crate::store::{self, Health, Instrumented, PoolSettings, Store, StoreError};
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -43,6 +43,9 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A probe that takes longer than this counts as the store being down.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How soon a store found down is asked again: calls are answered at once
+/// meanwhile, so this bounds how long they keep failing after it returns.
+const STORE_PROBE_RETRY: Duration = Duration::from_millis(100);
 
 /// The health service name that stays SERVING for as long as the process
 /// runs: Kubernetes' liveness probe asks for it, so a database outage takes
@@ -164,22 +167,31 @@ pub struct Application {
     metrics_path: String,
     metrics_refresh: Duration,
     gate: Arc<Gate>,
+    store_health: Arc<Health>,
     cleanup_interval: Duration,
     audit_retention: Duration,
 }
 
 /// Opens and migrates the configured store.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(open_watched_store(config).await?.0)
+}
+
+/// Opens and migrates the configured store, with what tells whether it
+/// answers.
+async fn open_watched_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Health>), StoreError> {
     let settings = PoolSettings {
         max_connections: config.database.max_connections,
         acquire_timeout: config.database.acquire_timeout,
         event_buffer: config.alerts.buffer,
     };
-    let store: Arc<dyn Store> = Arc::new(Instrumented(
-        store::connect(config.database.url.expose(), &settings).await?,
+    let health = Health::new();
+    let store: Arc<dyn Store> = Arc::new(Instrumented::new(
+        store::connect(config.database.url.expose(), &settings, &health).await?,
+        health.clone(),
     ));
     store.migrate().await?;
-    Ok(store)
+    Ok((store, health))
 }
 
 impl Application {
@@ -188,7 +200,7 @@ impl Application {
         policy: Policy,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
-        let store = open_store(config).await?;
+        let (store, store_health) = open_watched_store(config).await?;
         // Alert subscribers may join as soon as the server listens: from
         // then on they must hear of every alert, so the events of other
         // replicas must be flowing first.
@@ -234,6 +246,7 @@ impl Application {
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
             gate: Arc::new(Gate::new(policy, store, clock, keys)),
+            store_health,
             cleanup_interval: config.cleanup.interval,
             audit_retention: config.cleanup.audit_retention,
         })
@@ -290,6 +303,7 @@ impl Application {
             .await;
         let prober = tokio::spawn(health_loop(
             self.gate.clone(),
+            self.store_health.clone(),
             health_reporter.clone(),
             stop_rx.clone(),
         ));
@@ -361,11 +375,18 @@ impl Application {
     }
 }
 
-/// Asks the store every STORE_PROBE_INTERVAL whether it answers and reports
-/// it through the health service: the overall status and every service's
-/// turn NOT_SERVING while it does not (the liveness name stays SERVING), and
-/// all of them once shutdown begins.
-async fn health_loop(gate: Arc<Gate>, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
+/// Asks the store every STORE_PROBE_INTERVAL whether it answers (at once
+/// when a call found it unreachable, and every STORE_PROBE_RETRY while it is
+/// down), tells `store_health`, and reports it through the health service:
+/// the overall status and every service's turn NOT_SERVING while it does
+/// not answer (the liveness name stays SERVING), and all of them once
+/// shutdown begins.
+async fn health_loop(
+    gate: Arc<Gate>,
+    store_health: Arc<Health>,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
     let services = [
         "",
         <AccessServiceServer<AccessApi> as NamedService>::NAME,
@@ -381,10 +402,11 @@ async fn health_loop(gate: Arc<Gate>, reporter: HealthReporter, mut stop: watch:
     };
     let mut was_up = None;
     loop {
-        let up = matches!(
-            tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping()).await,
-            Ok(Ok(()))
-        );
+        let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping())
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
+        store_health.probed(&answer);
+        let up = answer.is_ok();
         if was_up != Some(up) {
             match (was_up, up) {
                 (_, true) if was_up.is_some() => {
@@ -402,8 +424,14 @@ async fn health_loop(gate: Arc<Gate>, reporter: HealthReporter, mut stop: watch:
             .await;
             was_up = Some(up);
         }
+        let pause = if up {
+            STORE_PROBE_INTERVAL
+        } else {
+            STORE_PROBE_RETRY
+        };
         tokio::select! {
-            () = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
+            () = tokio::time::sleep(pause) => {}
+            () = store_health.suspected() => {}
             _ = stop.changed() => break,
         }
     }

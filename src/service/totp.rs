@@ -8,7 +8,7 @@ use crate::domain::{
     Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
     TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
-use crate::store::{SecurityEvent, Stats, StoredTotp};
+use crate::store::{SecurityEvent, Stats, StoreError, StoredTotp};
 use crate::telemetry::mask;
 
 /// Smallest secret ImportTotp accepts: RFC 4226's minimum.
@@ -387,8 +387,8 @@ impl Gate {
     }
 
     /// Whether the store answers at all.
-    pub async fn ping(&self) -> Result<(), ServiceError> {
-        Ok(self.store.ping().await?)
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
     }
 
     pub async fn stats(&self) -> Result<Stats, ServiceError> {

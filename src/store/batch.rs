@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::StoreError;
+use super::{Health, StoreError};
 
 /// Calls waiting to join a batch; beyond this, callers wait to enqueue.
 const QUEUE: usize = 1024;
@@ -31,8 +31,10 @@ pub struct Batcher<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Starts the dispatcher: it runs `run` on at most `lanes` batches at
     /// once, and stops when the batcher is dropped. `run` answers each call
-    /// of its batch, in order.
-    pub fn start<F, Fut>(lanes: usize, run: F) -> Self
+    /// of its batch, in order. While `health` knows the store to be down, a
+    /// batch is answered at once with the cause, rather than after waiting
+    /// for a lane and then for a connection.
+    pub fn start<F, Fut>(lanes: usize, health: Arc<Health>, run: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Vec<Result<R, StoreError>>> + Send + 'static,
@@ -41,6 +43,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         tokio::spawn(dispatch(
             waiting,
             Arc::new(Semaphore::new(lanes.max(1))),
+            health,
             run,
         ));
         Batcher { queue }
@@ -63,6 +66,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 async fn dispatch<T, R, F, Fut>(
     mut waiting: mpsc::Receiver<Waiting<T, R>>,
     lanes: Arc<Semaphore>,
+    health: Arc<Health>,
     run: F,
 ) where
     T: Send + 'static,
@@ -87,6 +91,13 @@ async fn dispatch<T, R, F, Fut>(
             }
         }
         let (calls, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+        if let Err(down) = health.admit() {
+            drop(lane);
+            for reply in replies {
+                let _ = reply.send(Err(down.clone()));
+            }
+            continue;
+        }
         let answers = run(calls);
         tokio::spawn(async move {
             let answers = answers.await;

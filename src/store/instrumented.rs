@@ -1,34 +1,48 @@
-//! Times every store operation and counts its failures, whichever dialect
-//! is underneath.
+//! Watches every store operation, whichever dialect is underneath: times
+//! it, counts its failures, and keeps `Health` informed, answering at once
+//! while the store is known to be unreachable.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{
-    Applied, Cursor, EventFilter, LockCount, Purged, SecurityEvent, StateId, Stats, Store,
+    Applied, Cursor, EventFilter, Health, LockCount, Purged, SecurityEvent, StateId, Stats, Store,
     StoreError, Stored, StoredTotp, TransitionFn, UnlockScope,
 };
 use crate::domain::{KeyState, Session, Subject, UnixMillis, UserId};
 use crate::metrics;
 
-pub struct Instrumented(pub Box<dyn Store>);
+pub struct Instrumented {
+    inner: Box<dyn Store>,
+    health: Arc<Health>,
+}
 
-async fn timed<T>(
-    op: &'static str,
-    f: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let start = Instant::now();
-    let result = f.await;
-    metrics::store_done(op, result.is_ok(), start.elapsed());
-    result
+impl Instrumented {
+    pub fn new(inner: Box<dyn Store>, health: Arc<Health>) -> Self {
+        Instrumented { inner, health }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.health.admit()?;
+        let start = Instant::now();
+        let result = f.await;
+        metrics::store_done(op, result.is_ok(), start.elapsed());
+        self.health.observe(&result);
+        result
+    }
 }
 
 #[async_trait]
 impl Store for Instrumented {
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
-        timed("load", self.0.load(ids)).await
+        self.timed("load", self.inner.load(ids)).await
     }
 
     async fn transition(
@@ -36,11 +50,12 @@ impl Store for Instrumented {
         ids: &[StateId],
         f: &TransitionFn<'_>,
     ) -> Result<Applied, StoreError> {
-        timed("transition", self.0.transition(ids, f)).await
+        self.timed("transition", self.inner.transition(ids, f))
+            .await
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
-        timed("unlock", self.0.unlock(scope, now)).await
+        self.timed("unlock", self.inner.unlock(scope, now)).await
     }
 
     async fn list_locked(
@@ -50,15 +65,16 @@ impl Store for Instrumented {
         limit: u32,
         now: UnixMillis,
     ) -> Result<Vec<Stored>, StoreError> {
-        timed(
+        self.timed(
             "list_locked",
-            self.0.list_locked(context, after, limit, now),
+            self.inner.list_locked(context, after, limit, now),
         )
         .await
     }
 
     async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError> {
-        timed("subject_states", self.0.subject_states(subject)).await
+        self.timed("subject_states", self.inner.subject_states(subject))
+            .await
     }
 
     async fn purge_expired(
@@ -66,7 +82,8 @@ impl Store for Instrumented {
         now: UnixMillis,
         retention: Duration,
     ) -> Result<Option<Purged>, StoreError> {
-        timed("purge_expired", self.0.purge_expired(now, retention)).await
+        self.timed("purge_expired", self.inner.purge_expired(now, retention))
+            .await
     }
 
     async fn list_events(
@@ -74,19 +91,21 @@ impl Store for Instrumented {
         filter: &EventFilter,
         limit: u32,
     ) -> Result<Vec<(i64, SecurityEvent)>, StoreError> {
-        timed("list_events", self.0.list_events(filter, limit)).await
+        self.timed("list_events", self.inner.list_events(filter, limit))
+            .await
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        timed("migrate", self.0.migrate()).await
+        self.timed("migrate", self.inner.migrate()).await
     }
 
     async fn totp(&self, user: &UserId) -> Result<Vec<StoredTotp>, StoreError> {
-        timed("totp", self.0.totp(user)).await
+        self.timed("totp", self.inner.totp(user)).await
     }
 
     async fn put_totp(&self, user: &UserId, totp: &StoredTotp) -> Result<(), StoreError> {
-        timed("put_totp", self.0.put_totp(user, totp)).await
+        self.timed("put_totp", self.inner.put_totp(user, totp))
+            .await
     }
 
     async fn accept_totp_step(
@@ -95,23 +114,25 @@ impl Store for Instrumented {
         nonce: &[u8],
         step: u64,
     ) -> Result<bool, StoreError> {
-        timed(
+        self.timed(
             "accept_totp_step",
-            self.0.accept_totp_step(user, nonce, step),
+            self.inner.accept_totp_step(user, nonce, step),
         )
         .await
     }
 
     async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError> {
-        timed("delete_totp", self.0.delete_totp(user)).await
+        self.timed("delete_totp", self.inner.delete_totp(user))
+            .await
     }
 
     async fn session(&self, user: &UserId) -> Result<Option<Session>, StoreError> {
-        timed("session", self.0.session(user)).await
+        self.timed("session", self.inner.session(user)).await
     }
 
     async fn put_session(&self, user: &UserId, session: &Session) -> Result<(), StoreError> {
-        timed("put_session", self.0.put_session(user, session)).await
+        self.timed("put_session", self.inner.put_session(user, session))
+            .await
     }
 
     async fn revoke_sessions(
@@ -119,30 +140,38 @@ impl Store for Instrumented {
         user: Option<&UserId>,
         now: UnixMillis,
     ) -> Result<u64, StoreError> {
-        timed("revoke_sessions", self.0.revoke_sessions(user, now)).await
+        self.timed("revoke_sessions", self.inner.revoke_sessions(user, now))
+            .await
     }
 
     async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError> {
-        timed("stats", self.0.stats(now, totp_context)).await
+        self.timed("stats", self.inner.stats(now, totp_context))
+            .await
     }
 
     async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
-        timed("append_event", self.0.append_event(event)).await
+        self.timed("append_event", self.inner.append_event(event))
+            .await
     }
 
+    /// Never refused: the probe that decides whether the store is back.
     async fn ping(&self) -> Result<(), StoreError> {
-        timed("ping", self.0.ping()).await
+        let start = Instant::now();
+        let result = self.inner.ping().await;
+        metrics::store_done("ping", result.is_ok(), start.elapsed());
+        result
     }
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
-        self.0.subscribe()
+        self.inner.subscribe()
     }
 
     async fn events_ready(&self, within: Duration) -> bool {
-        self.0.events_ready(within).await
+        self.inner.events_ready(within).await
     }
 
     async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError> {
-        timed("active_locks", self.0.active_locks(now)).await
+        self.timed("active_locks", self.inner.active_locks(now))
+            .await
     }
 }

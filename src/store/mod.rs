@@ -19,6 +19,7 @@ macro_rules! event_columns {
 }
 
 mod batch;
+mod health;
 mod instrumented;
 mod postgres;
 mod shared;
@@ -34,6 +35,7 @@ use crate::domain::{
     Key, KeyKind, KeyState, Lock, Session, Subject, TotpParams, UnixMillis, UserId,
 };
 
+pub use health::Health;
 pub use instrumented::Instrumented;
 pub use postgres::{CLEANUP_LOCK, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -56,17 +58,30 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        // Whatever keeps authgate from talking to its database, rather than
+        // a fault of a statement: the caller may retry, a fail_open context
+        // may fail open. A protocol error is a server that is not (or no
+        // longer) speaking Postgres's protocol on that address.
         let unavailable = match &e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-                // 08: connection exceptions; 57P0x: the server is shutting
-                // down or starting; 53300: too many connections; SQLite's
-                // 5 and 6: the file is busy or locked by another process.
-                c.starts_with("08") || c.starts_with("57P0") || c == "53300" || c == "5" || c == "6"
+                // 08: connection exceptions; 28: the server refuses these
+                // credentials; 3D000: no such database; 57P0x: the server
+                // is shutting down or starting; 53300: too many
+                // connections; SQLite's 5 and 6: the file is busy or locked
+                // by another process.
+                c.starts_with("08")
+                    || c.starts_with("28")
+                    || c == "3D000"
+                    || c.starts_with("57P0")
+                    || c == "53300"
+                    || c == "5"
+                    || c == "6"
             }),
             _ => false,
         };
@@ -416,12 +431,21 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
         .then(|| file.to_path_buf())
 }
 
-/// Opens the store the URL names.
-pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Box<dyn Store>, StoreError> {
+/// Opens the store the URL names. `health` tells a Postgres store to
+/// answer queued calls at once while the database is known down.
+pub async fn connect(
+    url: &str,
+    settings: &PoolSettings,
+    health: &Arc<Health>,
+) -> Result<Box<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Box::new(SqliteStore::connect(url, settings).await?))
     } else {
-        Ok(Box::new(PostgresStore::connect(url, settings)?))
+        Ok(Box::new(PostgresStore::connect(
+            url,
+            settings,
+            health.clone(),
+        )?))
     }
 }
 

@@ -4,6 +4,7 @@ use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row as _};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -11,8 +12,8 @@ use tokio::sync::{broadcast, watch};
 use super::batch::Batcher;
 use super::shared::{self, bind_event, cleanup_pass, insert_event, store_impl};
 use super::{
-    ALERT_KINDS, Applied, Cursor, EventFilter, LockCount, NextRows, PoolSettings, Purged, Row,
-    SecurityEvent, StateId, Stats, Store, StoreError, Stored, StoredTotp, TransitionFn,
+    ALERT_KINDS, Applied, Cursor, EventFilter, Health, LockCount, NextRows, PoolSettings, Purged,
+    Row, SecurityEvent, StateId, Stats, Store, StoreError, Stored, StoredTotp, TransitionFn,
     UnlockScope, in_order, key_columns, next_rows, push_scope, subject_columns,
 };
 use crate::crypto::Sealed;
@@ -392,7 +393,11 @@ impl PostgresStore {
     /// Builds the pool without connecting: connections are made on demand,
     /// so a database that is down at start-up or later costs an UNAVAILABLE
     /// per request, never the process.
-    pub fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
+    pub fn connect(
+        url: &str,
+        settings: &PoolSettings,
+        health: Arc<Health>,
+    ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::from)?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -420,9 +425,13 @@ impl PostgresStore {
         let (ready, listening) = watch::channel(false);
         let listener = tokio::spawn(listen(pool.clone(), events.clone(), ready));
         let reader = pool.clone();
-        let reads = Batcher::start(READ_LANES, move |calls| fetch_batch(reader.clone(), calls));
+        let reads = Batcher::start(READ_LANES, health.clone(), move |calls| {
+            fetch_batch(reader.clone(), calls)
+        });
         let writer = pool.clone();
-        let writes = Batcher::start(WRITE_LANES, move |calls| write_batch(writer.clone(), calls));
+        let writes = Batcher::start(WRITE_LANES, health, move |calls| {
+            write_batch(writer.clone(), calls)
+        });
         Ok(PostgresStore {
             pool,
             reads,

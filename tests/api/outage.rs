@@ -150,3 +150,103 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
     assert_eq!(decision(&r.verdict.unwrap()), Decision::Blocked);
     server.stop().await;
 }
+
+/// With the store gone, a replica answers at once, under concurrency:
+/// fail_open contexts ALLOW, the others UNAVAILABLE, each within the pool's
+/// acquire timeout and a margin, never after queueing behind other callers'
+/// waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_come_at_once_while_the_store_is_down() {
+    let cluster = PgCluster::start();
+    let contexts = CONTEXTS.replace("acquire_timeout = \"500ms\"", "acquire_timeout = \"1s\"");
+    let server = TestServer::spawn_on(cluster.database().await, &contexts).await;
+    let mut c = server.access().await;
+    fail(&mut c, "login", subject("dave", "192.0.2.44")).await;
+    cluster.stop();
+
+    let calls = (0..12).map(|n| {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..5 {
+                let (context, user) = if n % 2 == 0 {
+                    ("feed", "erin")
+                } else {
+                    ("login", "dave")
+                };
+                let start = std::time::Instant::now();
+                let answer = c
+                    .check_access(proto::CheckAccessRequest {
+                        context: context.into(),
+                        subject: subject(user, "192.0.2.44"),
+                    })
+                    .await;
+                slowest = slowest.max(start.elapsed());
+                match (context, answer) {
+                    ("feed", Ok(r)) => {
+                        assert_eq!(r.into_inner().verdict.unwrap().reason, "store_unavailable")
+                    }
+                    ("login", Err(s)) => assert_eq!(s.code(), Code::Unavailable, "{s:?}"),
+                    (context, other) => panic!("{context}: {other:?}"),
+                }
+            }
+            slowest
+        })
+    });
+    let mut slowest = Duration::ZERO;
+    for call in calls.collect::<Vec<_>>() {
+        slowest = slowest.max(call.await.unwrap());
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "the slowest answer took {slowest:?}"
+    );
+    cluster.restart();
+    health_becomes(server.channel().await, "", ServingStatus::Serving).await;
+    check(&mut c, "login", subject("dave", "192.0.2.44")).await;
+    server.stop().await;
+}
+
+/// Something that is not Postgres where Postgres was: a store that cannot
+/// be reached, whatever the reason, is UNAVAILABLE (and fail_open fails
+/// open), never INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_speaking_another_protocol_is_an_unavailable_store() {
+    let cluster = PgCluster::start();
+    let server = TestServer::spawn_on(cluster.database().await, CONTEXTS).await;
+    let mut c = server.access().await;
+    fail(&mut c, "login", subject("dave", "192.0.2.44")).await;
+    cluster.stop();
+    let impostor = tokio::net::TcpListener::bind(("127.0.0.1", cluster.port))
+        .await
+        .expect("the port Postgres left");
+    let answering = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = impostor.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    health_becomes(server.channel().await, "", ServingStatus::NotServing).await;
+    let open = check(&mut c, "feed", subject("erin", "")).await;
+    assert_eq!(
+        (decision(&open), open.reason.as_str()),
+        (Decision::Allow, "store_unavailable")
+    );
+    let err = c
+        .check_access(proto::CheckAccessRequest {
+            context: "login".into(),
+            subject: subject("dave", "192.0.2.44"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    answering.abort();
+    server.stop().await;
+}
