@@ -3,8 +3,11 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -39,21 +42,31 @@ pub fn init(log: &LogConfig, to: LogTo) {
         LogTo::Stdout => BoxMakeWriter::new(std::io::stdout),
         LogTo::Stderr => BoxMakeWriter::new(std::io::stderr),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(terminal);
     // A second init (tests start several servers in one process) keeps the
     // first subscriber.
     let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        // The event's fields at the top level, and under "span" the fields
+        // of every span it happened in, innermost winning: so each line of
+        // a call carries the call's request_id, however deep the code that
+        // logged it, and no span field can clash with an event field.
+        let mut layer = json_subscriber::JsonLayer::new(writer);
+        layer
+            .with_timer("timestamp", SystemTime)
+            .with_level("level")
+            .with_target("target")
+            .with_flattened_event()
+            .with_flattened_span_fields("span");
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
             .try_init()
+            .is_ok()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(terminal)
+            .try_init()
+            .is_ok()
     };
     if let Some(e) = bad {
         tracing::warn!(error = %e, "log.level is not a valid filter; using info");

@@ -193,4 +193,26 @@ async fn prometheus_scrapes_lockouts_and_promtool_accepts_the_metrics() {
         seen,
         "Prometheus never saw authgate_lockouts_active >= 1; last answer: {last}"
     );
+
+    // Every line logged inside a call carries its request id, however deep
+    // the code that logged it.
+    let (_, logs) = server.terminate();
+    let lines: Vec<serde_json::Value> = logs
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let lockout = lines
+        .iter()
+        .find(|l| l["message"] == "lockout applied")
+        .expect("the lockout is logged");
+    assert_eq!(lockout["span"]["request_id"], "lock-req-7", "{lockout}");
+    assert_eq!(lockout["span"]["context"], "login", "{lockout}");
+    let in_calls: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| !l["span"]["rpc"].is_null())
+        .collect();
+    assert!(!in_calls.is_empty());
+    for line in in_calls {
+        assert!(line["span"]["request_id"].is_string(), "{line}");
+    }
 }
