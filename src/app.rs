@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -27,7 +26,8 @@ use crate::domain::Policy;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{
-    AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, WireErrorsLayer, proto,
+    AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, WireErrorsLayer, incoming,
+    proto,
 };
 use crate::metrics;
 use crate::service::Gate;
@@ -153,6 +153,15 @@ fn server_tls(t: &TlsConfig) -> Result<ServerTlsConfig, StartError> {
     Ok(tls)
 }
 
+/// How long connections may live and idle (see ServerConfig).
+struct ConnectionLimits {
+    max_age: Duration,
+    max_age_grace: Duration,
+    handshake_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+}
+
 /// The id of the generated key of the embedded default.
 const LOCAL_KEY: &str = "local";
 
@@ -162,7 +171,7 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     limits: LimitsLayer,
     shutdown_grace: Duration,
-    max_connection_age: Duration,
+    connections: ConnectionLimits,
     metrics_listener: TcpListener,
     metrics_path: String,
     metrics_refresh: Duration,
@@ -241,7 +250,13 @@ impl Application {
                 config.server.request_timeout,
             ),
             shutdown_grace: config.server.shutdown_grace,
-            max_connection_age: config.server.max_connection_age,
+            connections: ConnectionLimits {
+                max_age: config.server.max_connection_age,
+                max_age_grace: config.server.max_connection_age_grace,
+                handshake_timeout: config.server.handshake_timeout,
+                keepalive_interval: config.server.keepalive_interval,
+                keepalive_timeout: config.server.keepalive_timeout,
+            },
             metrics_listener,
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
@@ -323,9 +338,14 @@ impl Application {
             tls = self.tls.is_some(),
             "authgate listening"
         );
-        let mut builder = Server::builder().max_connection_age(self.max_connection_age);
+        let limits = &self.connections;
+        let mut builder = Server::builder()
+            .max_connection_age(limits.max_age)
+            .max_connection_age_grace(limits.max_age_grace)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout));
         if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls)?;
+            builder = builder.tls_config(tls.timeout(limits.handshake_timeout))?;
         }
         let mut grace_timer = stop_for_streams.clone();
         let server = builder
@@ -345,14 +365,17 @@ impl Application {
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 guard(Some(Role::Admin)),
             ))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new connections; draining calls in flight");
-                // Ends alert streams and background loops and turns the
-                // health service NOT_SERVING, so draining waits only for
-                // calls that will finish.
-                let _ = stop_tx.send(true);
-            });
+            .serve_with_incoming_shutdown(
+                incoming(self.listener, self.connections.handshake_timeout),
+                async move {
+                    shutdown.await;
+                    tracing::info!("shutting down: no new connections; draining calls in flight");
+                    // Ends alert streams and background loops and turns the
+                    // health service NOT_SERVING, so draining waits only for
+                    // calls that will finish.
+                    let _ = stop_tx.send(true);
+                },
+            );
         let grace = self.shutdown_grace;
         let result = tokio::select! {
             served = server => served,

@@ -84,6 +84,21 @@ pub struct ServerConfig {
     /// and spread onto replicas added since.
     #[serde(with = "duration")]
     pub max_connection_age: Duration,
+    /// After max_connection_age, how long calls on the connection (alert
+    /// streams included) may go on before it is closed regardless: an idle
+    /// or unresponsive peer cannot keep a connection forever.
+    #[serde(with = "duration")]
+    pub max_connection_age_grace: Duration,
+    /// A new connection that has sent nothing after this long is closed.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 ping checks an idle connection's peer...
+    #[serde(with = "duration")]
+    pub keepalive_interval: Duration,
+    /// ...and how long the peer has to answer before the connection is
+    /// closed, so half-open connections (a peer that vanished) go away.
+    #[serde(with = "duration")]
+    pub keepalive_timeout: Duration,
     /// TLS for the gRPC port; plaintext when absent.
     pub tls: Option<TlsConfig>,
 }
@@ -96,6 +111,10 @@ impl Default for ServerConfig {
             max_concurrent_requests: 256,
             shutdown_grace: Duration::from_secs(20),
             max_connection_age: Duration::from_secs(300),
+            max_connection_age_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
             tls: None,
         }
     }
@@ -790,6 +809,16 @@ impl Config {
         }
         if self.server.request_timeout.is_zero() {
             return Err(invalid("server.request_timeout", "must be more than 0"));
+        }
+        for (key, value) in [
+            ("server.max_connection_age", self.server.max_connection_age),
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("server.keepalive_interval", self.server.keepalive_interval),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
         }
         if self.server.max_concurrent_requests == 0 {
             return Err(invalid(

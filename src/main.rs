@@ -169,6 +169,13 @@ fn client_error(e: &anyhow::Error) -> String {
 }
 
 async fn serve(config: Config, policy: authgate::domain::Policy) -> anyhow::Result<()> {
+    // Each connection costs a descriptor; the soft limit a shell or a
+    // container starts with (often 1024) is far below what the hard limit
+    // allows, so take all of it.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let app = Application::build(&config, policy, Arc::new(SystemClock)).await?;
     app.run_until(shutdown_signal()).await?;
     Ok(())

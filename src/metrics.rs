@@ -28,6 +28,7 @@ pub const BUILD_INFO: &str = "authgate_build_info";
 pub const EVENTS_DROPPED: &str = "authgate_security_events_dropped_total";
 pub const AUTH_REJECTED: &str = "authgate_auth_rejected_total";
 pub const SHED: &str = "authgate_requests_shed_total";
+pub const ACCEPT_ERRORS: &str = "authgate_accept_errors_total";
 pub const STORE_UP: &str = "authgate_store_up";
 pub const FAIL_OPEN: &str = "authgate_fail_open_decisions_total";
 
@@ -96,6 +97,10 @@ fn describe() {
     describe_counter!(
         SHED,
         "Calls answered RESOURCE_EXHAUSTED because server.max_concurrent_requests were in flight"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Connections the gRPC listener failed to accept (at the file-descriptor limit, for one); it pauses after each"
     );
     describe_gauge!(
         STORE_UP,
@@ -168,6 +173,10 @@ pub fn auth_rejected(reason: &'static str) {
 
 pub fn shed() {
     counter!(SHED).increment(1);
+}
+
+pub fn accept_failed() {
+    counter!(ACCEPT_ERRORS).increment(1);
 }
 
 pub fn store_up(up: bool) {

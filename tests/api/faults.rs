@@ -201,3 +201,68 @@ async fn timed_out_calls_leave_the_store_whole(backend: Backend) {
     server.stop().await;
 }
 both_backends!(timed_out_calls_leave_the_store_whole);
+
+/// Reads what the server sends until it closes the connection; false if it
+/// is still open after `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let reading = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, reading).await.is_ok()
+}
+
+/// The client half of an HTTP/2 handshake, after which this peer never
+/// reads, acknowledges or answers anything: a peer that vanished.
+async fn silent_http2_peer(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    stream
+}
+
+/// Connections cannot be held open for nothing: one that never speaks is
+/// closed after the handshake timeout, one whose peer stops answering
+/// after the keepalive timeout, and any after its age and grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_open_connections_are_closed() {
+    let silent =
+        TestServer::spawn_with(Backend::Sqlite, "[server]\nhandshake_timeout = \"300ms\"").await;
+    let mut never_speaks = tokio::net::TcpStream::connect(silent.addr).await.unwrap();
+    assert!(closed_within(&mut never_speaks, Duration::from_secs(10)).await);
+    // The server still serves those who do speak.
+    check(
+        &mut silent.access().await,
+        "login",
+        subject("ann", "192.0.2.3"),
+    )
+    .await;
+    silent.stop().await;
+
+    let pinging = TestServer::spawn_with(
+        Backend::Sqlite,
+        "[server]\nkeepalive_interval = \"200ms\"\nkeepalive_timeout = \"200ms\"",
+    )
+    .await;
+    let mut vanished = silent_http2_peer(pinging.addr).await;
+    assert!(closed_within(&mut vanished, Duration::from_secs(10)).await);
+    pinging.stop().await;
+
+    let ageing = TestServer::spawn_with(
+        Backend::Sqlite,
+        "[server]\nmax_connection_age = \"300ms\"\nmax_connection_age_grace = \"300ms\"",
+    )
+    .await;
+    let mut old = silent_http2_peer(ageing.addr).await;
+    assert!(closed_within(&mut old, Duration::from_secs(10)).await);
+    ageing.stop().await;
+}
