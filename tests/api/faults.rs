@@ -266,3 +266,95 @@ async fn idle_and_half_open_connections_are_closed() {
     assert!(closed_within(&mut old, Duration::from_secs(10)).await);
     ageing.stop().await;
 }
+
+/// kill -9 in the middle of a stream of failures that lock: every failure
+/// acknowledged is stored, and every lock stored has exactly one lockout
+/// event, whatever the moment the process died.
+async fn kill_9_under_load_loses_nothing(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Every failure locks its user: each call is a lock and its event.
+    std::fs::write(
+        dir.path().join("authgate.toml"),
+        "[[contexts.login.rules]]\nname = \"user\"\nkey = \"user\"\nwindow = \"30m\"\n\
+         lock_after = 1\nlockout = [\"30m\"]\n",
+    )
+    .unwrap();
+    let server = ChildServer::spawn(
+        dir.path(),
+        &[],
+        &[
+            ("AUTHGATE_DATABASE__URL", db.url()),
+            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..16)
+        .map(|n| {
+            let addr = server.addr;
+            let acked_total = acked_total.clone();
+            tokio::spawn(async move {
+                let mut c = proto::access_service_client::AccessServiceClient::connect(format!(
+                    "http://{addr}"
+                ))
+                .await
+                .unwrap();
+                let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+                for i in 0.. {
+                    let user = format!("k{n}x{i}");
+                    let answer = c
+                        .record_failure(proto::RecordFailureRequest {
+                            context: "login".into(),
+                            subject: subject(&user, &format!("203.0.113.{n}")),
+                            activity: String::new(),
+                        })
+                        .await;
+                    if answer.is_err() {
+                        break;
+                    }
+                    *acked.entry(user).or_default() += 1;
+                    acked_total.fetch_add(1, Ordering::SeqCst);
+                }
+                acked
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked_total.load(Ordering::SeqCst) < 300 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    let mut acked = BTreeMap::new();
+    for caller in callers {
+        acked.extend(caller.await.unwrap());
+    }
+
+    let stored: BTreeMap<String, i64> = db
+        .pairs("SELECT user_id, failures_total FROM key_state WHERE rule = 'user'")
+        .await
+        .into_iter()
+        .collect();
+    for (user, n) in &acked {
+        let kept = stored.get(user).copied().unwrap_or(0);
+        assert!(kept >= *n as i64, "{user}: {n} acknowledged, {kept} stored");
+    }
+    let locks = db
+        .count("SELECT CAST(COALESCE(SUM(lockouts_total), 0) AS BIGINT) FROM key_state")
+        .await;
+    let lock_events = db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind IN ('lockout', 'permanent_lockout')")
+        .await;
+    assert!(locks >= 300, "{locks} locks");
+    assert_eq!(lock_events, locks, "exactly one lockout event per lock");
+    let failures = db
+        .count("SELECT CAST(COALESCE(SUM(failures_total), 0) AS BIGINT) FROM key_state WHERE rule = 'user'")
+        .await;
+    let audited = db
+        .count("SELECT COUNT(*) FROM security_event WHERE kind = 'failure_recorded'")
+        .await;
+    assert_eq!(audited, failures, "each stored failure is audited");
+}
+both_backends!(kill_9_under_load_loses_nothing);

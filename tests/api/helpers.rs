@@ -272,6 +272,18 @@ impl TestDb {
         }
     }
 
+    /// Runs a `SELECT name, number ...` straight against the database.
+    pub async fn pairs(&self, sql: &'static str) -> Vec<(String, i64)> {
+        let url = self.url();
+        if url.starts_with("sqlite:") {
+            let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+            sqlx::query_as(sql).fetch_all(&mut c).await.expect("pairs")
+        } else {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::query_as(sql).fetch_all(&mut c).await.expect("pairs")
+        }
+    }
+
     /// Runs a `SELECT COUNT(*) ...` straight against the database.
     pub async fn count(&self, sql: &'static str) -> i64 {
         let url = self.url();
@@ -597,6 +609,13 @@ impl ChildServer {
             .map(|h| h.join().expect("log reader"))
             .unwrap_or_default();
         (status, log)
+    }
+}
+
+impl ChildServer {
+    /// kill -9: no drain, no goodbye.
+    pub fn kill(self) {
+        drop(self);
     }
 }
 
