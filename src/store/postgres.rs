@@ -47,6 +47,10 @@ const READ_LANES: usize = 2;
 /// slower than two).
 const WRITE_LANES: usize = 2;
 
+/// Far longer than any transaction of authgate's stays idle between its
+/// statements (microseconds of Rust in between).
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
+
 /// The NOTIFY channel that carries security events between replicas.
 const EVENT_CHANNEL: &str = "authgate_events";
 
@@ -267,12 +271,11 @@ impl IdColumns {
 /// The rows of `ids` that exist.
 async fn fetch<'c>(conn: impl PgExecutor<'c>, ids: &[StateId]) -> Result<Vec<Row>, sqlx::Error> {
     let cols = IdColumns::of(ids);
+    // A function, for the planner setting it needs (migration 0004).
     sqlx::query(concat!(
         "SELECT ",
         columns!(),
-        " FROM key_state \
-         WHERE (context, rule, user_id, ip, session_id) IN \
-           (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]))"
+        " FROM authgate_key_states($1, $2, $3, $4, $5)"
     ))
     .bind(&cols.context)
     .bind(&cols.rule)
@@ -409,17 +412,14 @@ impl PostgresStore {
             .connect_lazy_with(
                 options
                     .application_name("authgate")
-                    // Every query here is a key lookup or an index range,
-                    // but a plan made while key_state was empty (every fresh
-                    // deployment) scans the whole table, and a cached one
-                    // keeps doing so long after the table has grown. Without
-                    // seq scans the planner picks the indexes from the
-                    // start, and generic plans spare the planning per call.
-                    // A query with no usable index still runs.
-                    .options([
-                        ("enable_seqscan", "off"),
-                        ("plan_cache_mode", "force_generic_plan"),
-                    ]),
+                    // A safety net, not the mechanism: calls run to their
+                    // end in tasks of their own, so no transaction is left
+                    // open. Should one ever be, Postgres ends the session
+                    // instead of letting it hold row locks (deploy/README).
+                    .options([(
+                        "idle_in_transaction_session_timeout",
+                        IDLE_IN_TRANSACTION_TIMEOUT,
+                    )]),
             );
         let (events, _) = broadcast::channel(settings.event_buffer.max(1));
         let (ready, listening) = watch::channel(false);
