@@ -316,6 +316,11 @@ impl Application {
         health_reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
+        // The store answered the migrations a moment ago: every service is
+        // known, and SERVING, from the first connection on; the probe takes
+        // over from here.
+        report(health_reporter.clone(), ServingStatus::Serving).await;
+        metrics::store_up(true);
         let prober = tokio::spawn(health_loop(
             self.gate.clone(),
             self.store_health.clone(),
@@ -410,42 +415,28 @@ async fn health_loop(
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
-    let services = [
-        "",
-        <AccessServiceServer<AccessApi> as NamedService>::NAME,
-        <AdminServiceServer<AdminApi> as NamedService>::NAME,
-    ];
-    let set = |status| {
-        let reporter = reporter.clone();
-        async move {
-            for service in services {
-                reporter.set_service_status(service, status).await;
-            }
-        }
-    };
-    let mut was_up = None;
+    // run_until reported SERVING before the first connection.
+    let mut was_up = true;
     loop {
         let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping())
             .await
             .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
         store_health.probed(&answer);
         let up = answer.is_ok();
-        if was_up != Some(up) {
-            match (was_up, up) {
-                (_, true) if was_up.is_some() => {
-                    tracing::info!("state store answers again: SERVING")
-                }
-                (_, false) => tracing::warn!("state store unreachable: health NOT_SERVING"),
-                _ => {}
+        if up != was_up {
+            if up {
+                tracing::info!("state store answers again: SERVING");
+            } else {
+                tracing::warn!("state store unreachable: health NOT_SERVING");
             }
             metrics::store_up(up);
-            set(if up {
+            let status = if up {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
-            })
-            .await;
-            was_up = Some(up);
+            };
+            report(reporter.clone(), status).await;
+            was_up = up;
         }
         let pause = if up {
             STORE_PROBE_INTERVAL
@@ -458,7 +449,18 @@ async fn health_loop(
             _ = stop.changed() => break,
         }
     }
-    set(ServingStatus::NotServing).await;
+    report(reporter, ServingStatus::NotServing).await;
+}
+
+/// Sets the overall status and every service's (not liveness's).
+async fn report(reporter: HealthReporter, status: ServingStatus) {
+    for service in [
+        "",
+        <AccessServiceServer<AccessApi> as NamedService>::NAME,
+        <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    ] {
+        reporter.set_service_status(service, status).await;
+    }
 }
 
 /// Recomputes the store-wide gauges every `interval`, so every replica
