@@ -31,7 +31,7 @@ use crate::grpc::{
 };
 use crate::metrics;
 use crate::service::Gate;
-use crate::store::{self, Health, Instrumented, PoolSettings, Store, StoreError};
+use crate::store::{self, Health, PoolSettings, Store, StoreError};
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -195,10 +195,9 @@ async fn open_watched_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Heal
         event_buffer: config.alerts.buffer,
     };
     let health = Health::new();
-    let store: Arc<dyn Store> = Arc::new(Instrumented::new(
-        store::connect(config.database.url.expose(), &settings, &health).await?,
-        health.clone(),
-    ));
+    let store: Arc<dyn Store> = store::connect(config.database.url.expose(), &settings, &health)
+        .await?
+        .into();
     store.migrate().await?;
     Ok((store, health))
 }

@@ -3,6 +3,7 @@
 //! gRPC or SQL, so every rule can be pinned by unit and property tests.
 
 mod alerts;
+mod event;
 mod policy;
 mod rule;
 mod session;
@@ -12,6 +13,7 @@ mod totp;
 mod verdict;
 
 pub use alerts::Suppressor;
+pub use event::{EventKind, SecurityEvent};
 pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,

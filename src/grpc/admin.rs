@@ -7,13 +7,12 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    ContextName, FieldError, Key, KeyKind, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams,
-    UnixMillis, UserId,
+    ContextName, FieldError, Key, KeyKind, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
+    TotpParams, UnixMillis, UserId,
 };
 use crate::metrics;
 use crate::service::{Admin, Gate};
-use crate::store::{Cursor, StateId, UnlockScope};
-use crate::store::{EventFilter, SecurityEvent};
+use crate::store::{EventFilter, StateId, UnlockScope};
 use crate::telemetry::mask;
 use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
@@ -104,7 +103,7 @@ fn event_key(e: &SecurityEvent) -> proto::Key {
 
 fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAlert {
     proto::SecurityAlert {
-        kind: e.kind.clone(),
+        kind: e.kind.as_str().into(),
         at: Some(convert::timestamp(UnixMillis(e.at))),
         context: e.context.clone(),
         rule: e.rule.clone(),
@@ -151,7 +150,7 @@ fn page_token(id: &StateId) -> String {
     URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
 }
 
-fn parse_page_token(token: &str) -> Result<Cursor, FieldError> {
+fn parse_page_token(token: &str) -> Result<StateId, FieldError> {
     let bad = || FieldError::new("page_token", "is not a token this server issued");
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
@@ -205,7 +204,7 @@ impl AdminService for AdminApi {
                     };
                     let subject = format!("{}|{}|{}", event.user_id, event.ip, event.session_id);
                     let Some(suppressed) =
-                        suppressor.offer(&event.kind, &subject, UnixMillis(event.at))
+                        suppressor.offer(event.kind.as_str(), &subject, UnixMillis(event.at))
                     else {
                         continue;
                     };
@@ -381,7 +380,7 @@ impl AdminService for AdminApi {
                 .iter()
                 .map(|(id, e)| proto::AuditEvent {
                     id: u64::try_from(*id).unwrap_or(0),
-                    kind: e.kind.clone(),
+                    kind: e.kind.as_str().into(),
                     at: Some(convert::timestamp(UnixMillis(e.at))),
                     context: e.context.clone(),
                     rule: e.rule.clone(),

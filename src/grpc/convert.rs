@@ -5,8 +5,8 @@ use prost_types::Timestamp;
 
 use super::proto;
 use crate::domain::{
-    ContextName, Decision, FieldError, IpAddress, Key, KeyKind, Lock, SessionId, SessionStatus,
-    Subject, UnixMillis, UserId, Verdict,
+    ContextName, Decision, EventKind, FieldError, IpAddress, Key, KeyKind, Lock, SessionId,
+    SessionStatus, Subject, UnixMillis, UserId, Verdict,
 };
 use crate::store::{EventFilter, Stored};
 
@@ -29,19 +29,18 @@ pub fn event_filter(req: &proto::ListAuditEventsRequest) -> Result<EventFilter, 
         }
         parse(raw).map(|v| v.to_string())
     }
-    let kind = &req.kind;
-    if kind.len() > 64 || !kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        return Err(FieldError::new(
-            "kind",
-            "is not an event kind (lower-case letters and _)",
-        ));
-    }
+    let kind = match req.kind.as_str() {
+        "" => None,
+        name => Some(EventKind::from_name(name).ok_or_else(|| {
+            FieldError::new("kind", "is not an event kind (lockout, unlocked, ...)")
+        })?),
+    };
     Ok(EventFilter {
         user_id: canonical(&req.user_id, |r| UserId::parse("user_id", r))?,
         ip: canonical(&req.ip, |r| IpAddress::parse("ip", r))?,
         session_id: canonical(&req.session_id, |r| SessionId::parse("session_id", r))?,
         context: canonical(&req.context, |r| ContextName::parse("context", r))?,
-        kind: kind.clone(),
+        kind,
         from: req.from.as_ref().map(|t| millis("from", t)).transpose()?,
         to: req.to.as_ref().map(|t| millis("to", t)).transpose()?,
         before_id: None,

@@ -11,13 +11,13 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, SecretKeys};
 use crate::domain::{
-    ALLOW_LIST_CONTEXT, ContextPolicy, FieldError, Key, KeyState, Policy, Session, Slot, Subject,
-    TOTP_CONTEXT, UnixMillis, UserId, Verdict,
+    ALLOW_LIST_CONTEXT, ContextPolicy, EventKind, FieldError, Key, KeyState, Policy, SecurityEvent,
+    Session, Slot, Subject, TOTP_CONTEXT, UnixMillis, UserId, Verdict,
 };
 use crate::metrics;
 use crate::store::{
-    Cursor, EventFilter, Purged, SecurityEvent, StateId, Store, StoreError, Stored, StoredTotp,
-    Transition, UnlockScope, Update,
+    EventFilter, Purged, StateId, Store, StoreError, Stored, StoredTotp, Transition, UnlockScope,
+    Update,
 };
 use crate::telemetry::mask;
 
@@ -69,7 +69,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    fn event(&self, kind: &str, now: UnixMillis) -> SecurityEvent {
+    fn event(&self, kind: EventKind, now: UnixMillis) -> SecurityEvent {
         SecurityEvent {
             actor: self.actor.to_string(),
             caller: self.caller.clone(),
@@ -129,7 +129,7 @@ impl Gate {
         slots: &[Slot<'_>],
         now: UnixMillis,
         audit: &[SecurityEvent],
-        alert_each: Option<&str>,
+        alert_each: Option<EventKind>,
     ) -> Result<(Vec<KeyState>, bool), StoreError> {
         if slots.is_empty() {
             for event in audit {
@@ -242,7 +242,9 @@ impl Gate {
         };
         let slots = [slot];
         let states = if count {
-            self.fail(&slots, now, &[], Some("not_allowed")).await?.0
+            self.fail(&slots, now, &[], Some(EventKind::NotAllowed))
+                .await?
+                .0
         } else {
             self.load(&slots).await?
         };
@@ -301,7 +303,7 @@ impl Gate {
             context: context.to_owned(),
             caller: caller.to_owned(),
             detail: activity.to_owned(),
-            ..SecurityEvent::new("failure_recorded", now).about(subject)
+            ..SecurityEvent::new(EventKind::FailureRecorded, now).about(subject)
         };
         let (states, lockout_applied) = self.fail(&counting, now, &[recorded], None).await?;
         let mut verdicts = Self::judge(&counting, &states, now);
@@ -412,7 +414,7 @@ impl Gate {
         metrics::unlocked(scope_name(scope), lifted);
         let event = SecurityEvent {
             detail: format!("scope={} lifted={lifted}", scope_name(scope)),
-            ..admin.event("unlocked", now)
+            ..admin.event(EventKind::Unlocked, now)
         };
         self.record(match scope {
             UnlockScope::Key { context, key } => SecurityEvent {
@@ -440,7 +442,7 @@ impl Gate {
     pub async fn list_locked(
         &self,
         context: Option<&str>,
-        after: Option<&Cursor>,
+        after: Option<&StateId>,
         limit: u32,
     ) -> Result<Vec<Stored>, ServiceError> {
         if let Some(c) = context {
@@ -525,18 +527,23 @@ impl Gate {
 }
 
 /// The alert a lock on `slot` raises.
-fn lockout_kind(slot: &Slot<'_>, state: &KeyState) -> &'static str {
+fn lockout_kind(slot: &Slot<'_>, state: &KeyState) -> EventKind {
     if slot.context == TOTP_CONTEXT {
-        "totp_blocked"
+        EventKind::TotpBlocked
     } else if state.lock.as_ref().is_some_and(|l| l.until.is_none()) {
-        "permanent_lockout"
+        EventKind::PermanentLockout
     } else {
-        "lockout"
+        EventKind::Lockout
     }
 }
 
 /// A security event of `kind` about `slot`'s key in `state`.
-fn slot_event(kind: &str, slot: &Slot<'_>, now: UnixMillis, state: &KeyState) -> SecurityEvent {
+fn slot_event(
+    kind: EventKind,
+    slot: &Slot<'_>,
+    now: UnixMillis,
+    state: &KeyState,
+) -> SecurityEvent {
     let lock = state.active_lock(now);
     SecurityEvent {
         context: slot.context.to_owned(),

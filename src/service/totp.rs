@@ -8,7 +8,8 @@ use crate::domain::{
     Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
     TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
-use crate::store::{SecurityEvent, Stats, StoreError, StoredTotp};
+use crate::domain::{EventKind, SecurityEvent};
+use crate::store::{Stats, StoreError, StoredTotp};
 use crate::telemetry::mask;
 
 /// Smallest secret ImportTotp accepts: RFC 4226's minimum.
@@ -99,7 +100,7 @@ impl Gate {
             self.record(SecurityEvent {
                 context: ctx.name.to_string(),
                 user_id: user.to_string(),
-                ..SecurityEvent::new("session_expired", now)
+                ..SecurityEvent::new(EventKind::SessionExpired, now)
             })
             .await?;
         }
@@ -193,12 +194,12 @@ impl Gate {
             let session = ctx.session.start(now);
             self.store.put_session(user, &session).await?;
             if matched.is_some_and(|t| !t.confirmed) {
-                self.record(SecurityEvent::new("totp_confirmed", now).about(subject))
+                self.record(SecurityEvent::new(EventKind::TotpConfirmed, now).about(subject))
                     .await?;
             }
             self.record(SecurityEvent {
                 context: ctx.name.to_string(),
-                ..SecurityEvent::new("session_started", now).about(subject)
+                ..SecurityEvent::new(EventKind::SessionStarted, now).about(subject)
             })
             .await?;
             tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "second factor accepted");
@@ -213,7 +214,7 @@ impl Gate {
         let failed = SecurityEvent {
             context: ctx.name.to_string(),
             detail: if replayed { "replay" } else { "invalid" }.into(),
-            ..SecurityEvent::new("totp_failed", now).about(subject)
+            ..SecurityEvent::new(EventKind::TotpFailed, now).about(subject)
         };
         let (states, lockout_applied) = self
             .fail(std::slice::from_ref(&slot), now, &[failed], None)
@@ -309,7 +310,7 @@ impl Gate {
         self.record(SecurityEvent {
             context: ctx.name.to_string(),
             user_id: user.to_string(),
-            ..SecurityEvent::new("totp_enrolled", now)
+            ..SecurityEvent::new(EventKind::TotpEnrolled, now)
         })
         .await?;
         Ok(Enrollment {
@@ -350,7 +351,7 @@ impl Gate {
             .await?;
         self.record(SecurityEvent {
             user_id: user.to_string(),
-            ..admin.event("totp_imported", self.now())
+            ..admin.event(EventKind::TotpImported, self.now())
         })
         .await?;
         Ok(())
@@ -364,7 +365,7 @@ impl Gate {
         self.record(SecurityEvent {
             user_id: user.to_string(),
             detail: format!("removed={removed}"),
-            ..admin.event("totp_reset", now)
+            ..admin.event(EventKind::TotpReset, now)
         })
         .await?;
         Ok(removed)
@@ -380,7 +381,7 @@ impl Gate {
         self.record(SecurityEvent {
             user_id: user.map(|u| u.to_string()).unwrap_or_default(),
             detail: format!("revoked={revoked}"),
-            ..admin.event("session_revoked", now)
+            ..admin.event(EventKind::SessionRevoked, now)
         })
         .await?;
         Ok(revoked)

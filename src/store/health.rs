@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -19,6 +20,8 @@ pub struct Health {
     /// Woken when a call finds the store unreachable, so the probe confirms
     /// or clears that at once rather than at its next tick.
     suspected: Notify,
+    /// When the store last came back (or this process started).
+    up_since: Mutex<Instant>,
 }
 
 impl Default for Health {
@@ -27,6 +30,7 @@ impl Default for Health {
             up: AtomicBool::new(true),
             cause: Mutex::new(None),
             suspected: Notify::new(),
+            up_since: Mutex::new(Instant::now()),
         }
     }
 }
@@ -63,12 +67,28 @@ impl Health {
     /// A probe's answer decides either way.
     pub fn probed(&self, result: &Result<(), StoreError>) {
         match result {
-            Ok(()) => self.up.store(true, Ordering::Release),
+            Ok(()) => {
+                if !self.up.swap(true, Ordering::AcqRel) {
+                    *self.up_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                }
+            }
             Err(e) => {
                 *self.cause.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
                 self.up.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// Whether a pooled connection idle for `idle_for` has been idle since
+    /// before the store last came back: it is likely a connection to the
+    /// server that went away, and should be tried before a caller uses it.
+    pub fn idle_across_outage(&self, idle_for: Duration) -> bool {
+        idle_for
+            >= self
+                .up_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
     }
 
     /// Resolves when a call has found the store unreachable since the last

@@ -1,42 +1,28 @@
 //! Where state lives. The `Store` trait speaks the domain's types; SQL lives
 //! only in its two implementations.
 
-/// The columns of a stored row, in the order both codecs read them; a macro so queries stay `&'static str`.
-macro_rules! columns {
-    () => {
-        "context, rule, kind, user_id, ip, session_id, recent_failures, failures_total, \
-         last_failure_at, locked_at, locked_until, lock_tier, recent_lockouts, last_lockout_at, \
-         lockouts_total, expires_at, version"
-    };
-}
-
-/// The columns of a security event, without its id; a macro for `concat!`.
-macro_rules! event_columns {
-    () => {
-        "at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, \
-         caller, detail"
-    };
-}
-
 mod batch;
 mod health;
-mod instrumented;
 mod postgres;
-mod shared;
+mod sql;
 mod sqlite;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::broadcast;
 
 use crate::crypto::Sealed;
 use crate::domain::{
-    Key, KeyKind, KeyState, Lock, Session, Subject, TotpParams, UnixMillis, UserId,
+    EventKind, Key, KeyKind, KeyState, Lock, SecurityEvent, Session, Subject, TotpParams,
+    UnixMillis, UserId,
 };
+use crate::metrics;
+use sql::Common;
 
 pub use health::Health;
-pub use instrumented::Instrumented;
 pub use postgres::{CLEANUP_LOCK, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -184,81 +170,6 @@ pub struct Stats {
     pub locks_permanent: u64,
 }
 
-/// One entry of the append-only security event log, as stored and as
-/// broadcast to every replica's alert subscribers.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SecurityEvent {
-    /// Unix milliseconds.
-    pub at: i64,
-    /// lockout, permanent_lockout, not_allowed, totp_blocked.
-    pub kind: String,
-    pub context: String,
-    pub rule: String,
-    pub user_id: String,
-    pub ip: String,
-    pub session_id: String,
-    pub tier: u32,
-    /// End of a temporary lock, Unix milliseconds.
-    #[serde(rename = "until_at")]
-    pub until: Option<i64>,
-    pub permanent: bool,
-    /// The admin who acted, for unlocks, resets and revocations.
-    #[serde(default)]
-    pub actor: String,
-    /// The authenticated caller (API key or certificate name) that made
-    /// the admin call or reported the failure.
-    #[serde(default)]
-    pub caller: String,
-    #[serde(default)]
-    pub detail: String,
-}
-
-/// The kinds WatchSecurityEvents delivers; every other kind is only in the
-/// audit trail.
-pub const ALERT_KINDS: [&str; 4] = [
-    "lockout",
-    "permanent_lockout",
-    "not_allowed",
-    "totp_blocked",
-];
-
-impl SecurityEvent {
-    /// An event of `kind` at `at` about nobody in particular; callers fill
-    /// in what they know.
-    pub fn new(kind: &str, at: UnixMillis) -> Self {
-        SecurityEvent {
-            at: at.0,
-            kind: kind.to_owned(),
-            context: String::new(),
-            rule: String::new(),
-            user_id: String::new(),
-            ip: String::new(),
-            session_id: String::new(),
-            tier: 0,
-            until: None,
-            permanent: false,
-            actor: String::new(),
-            caller: String::new(),
-            detail: String::new(),
-        }
-    }
-
-    /// Fills in the subject's identifiers.
-    pub fn about(self, subject: &Subject) -> Self {
-        let (user_id, ip, session_id) = subject_columns(subject);
-        SecurityEvent {
-            user_id,
-            ip,
-            session_id,
-            ..self
-        }
-    }
-
-    pub fn is_alert(&self) -> bool {
-        ALERT_KINDS.contains(&self.kind.as_str())
-    }
-}
-
 /// ListAuditEvents' filters; empty strings and `None` match everything.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -266,7 +177,7 @@ pub struct EventFilter {
     pub ip: String,
     pub session_id: String,
     pub context: String,
-    pub kind: String,
+    pub kind: Option<EventKind>,
     pub from: Option<UnixMillis>,
     pub to: Option<UnixMillis>,
     /// Only events older than this id (the previous page's last).
@@ -297,9 +208,6 @@ pub struct Purged {
     pub events_deleted: u64,
 }
 
-/// Where ListLocked resumes: the last id of the previous page.
-pub type Cursor = StateId;
-
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Current states of `ids`, in order; `None` where nothing is stored.
@@ -324,7 +232,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_locked(
         &self,
         context: Option<&str>,
-        after: Option<&Cursor>,
+        after: Option<&StateId>,
         limit: u32,
         now: UnixMillis,
     ) -> Result<Vec<Stored>, StoreError>;
@@ -389,7 +297,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Events appended from now on, by any replica. The buffer is bounded:
     /// a receiver that falls behind loses the oldest and is told how many.
-    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent>;
+    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent>;
 
     /// Waits, at most `within`, until every alert committed from now on by
     /// any replica reaches `subscribe`'s receivers; false if that did not
@@ -406,6 +314,204 @@ pub trait Store: Send + Sync + 'static {
     /// One trivial round trip: whether the store answers at all (the
     /// health service reports it).
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// What a database does its own way. Everything else a `Store` does is the
+/// same SQL on either, written once in `sql::Common`.
+#[async_trait]
+pub(crate) trait Dialect: Send + Sync + 'static {
+    type Sql: Common;
+
+    /// The pools and the shared statements.
+    fn sql(&self) -> &Self::Sql;
+
+    async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError>;
+    async fn transition(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Applied, StoreError>;
+    async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError>;
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        retention: Duration,
+    ) -> Result<Option<Purged>, StoreError>;
+    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError>;
+    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent>;
+    async fn events_ready(&self, within: Duration) -> bool;
+    async fn migrate(&self) -> Result<(), StoreError>;
+}
+
+/// Runs one store operation on behalf of `Store`: answered at once while
+/// the store is known to be unreachable, timed, its failures counted, and
+/// its outcome told to `health`.
+async fn watched<T>(
+    health: &Health,
+    op: &'static str,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    health.admit()?;
+    let start = Instant::now();
+    let result = f.await;
+    metrics::store_done(op, result.is_ok(), start.elapsed());
+    health.observe(&result);
+    result
+}
+
+/// A dialect is a store: its own operations, and the shared statements on
+/// its pools, each watched.
+#[async_trait]
+impl<D: Dialect> Store for D {
+    async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
+        watched(self.sql().health(), "load", Dialect::load(self, ids)).await
+    }
+
+    async fn transition(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Applied, StoreError> {
+        watched(
+            self.sql().health(),
+            "transition",
+            Dialect::transition(self, ids, f),
+        )
+        .await
+    }
+
+    async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
+        watched(
+            self.sql().health(),
+            "unlock",
+            Dialect::unlock(self, scope, now),
+        )
+        .await
+    }
+
+    async fn list_locked(
+        &self,
+        context: Option<&str>,
+        after: Option<&StateId>,
+        limit: u32,
+        now: UnixMillis,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let sql = self.sql();
+        watched(
+            sql.health(),
+            "list_locked",
+            sql.list_locked(context, after, limit, now),
+        )
+        .await
+    }
+
+    async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "subject_states", sql.subject_states(subject)).await
+    }
+
+    async fn purge_expired(
+        &self,
+        now: UnixMillis,
+        retention: Duration,
+    ) -> Result<Option<Purged>, StoreError> {
+        let purge = Dialect::purge_expired(self, now, retention);
+        watched(self.sql().health(), "purge_expired", purge).await
+    }
+
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<(i64, SecurityEvent)>, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "list_events", sql.list_events(filter, limit)).await
+    }
+
+    async fn totp(&self, user: &UserId) -> Result<Vec<StoredTotp>, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "totp", sql.totp(user)).await
+    }
+
+    async fn put_totp(&self, user: &UserId, totp: &StoredTotp) -> Result<(), StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "put_totp", sql.put_totp(user, totp)).await
+    }
+
+    async fn accept_totp_step(
+        &self,
+        user: &UserId,
+        nonce: &[u8],
+        step: u64,
+    ) -> Result<bool, StoreError> {
+        let sql = self.sql();
+        let accept = sql.accept_totp_step(user, nonce, step);
+        watched(sql.health(), "accept_totp_step", accept).await
+    }
+
+    async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "delete_totp", sql.delete_totp(user)).await
+    }
+
+    async fn session(&self, user: &UserId) -> Result<Option<Session>, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "session", sql.session(user)).await
+    }
+
+    async fn put_session(&self, user: &UserId, session: &Session) -> Result<(), StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "put_session", sql.put_session(user, session)).await
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user: Option<&UserId>,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let sql = self.sql();
+        watched(
+            sql.health(),
+            "revoke_sessions",
+            sql.revoke_sessions(user, now),
+        )
+        .await
+    }
+
+    async fn stats(&self, now: UnixMillis, totp_context: &str) -> Result<Stats, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "stats", sql.stats(now, totp_context)).await
+    }
+
+    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
+        let append = Dialect::append_event(self, event);
+        watched(self.sql().health(), "append_event", append).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
+        Dialect::subscribe(self)
+    }
+
+    async fn events_ready(&self, within: Duration) -> bool {
+        Dialect::events_ready(self, within).await
+    }
+
+    async fn active_locks(&self, now: UnixMillis) -> Result<Vec<LockCount>, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "active_locks", sql.active_locks(now)).await
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        watched(self.sql().health(), "migrate", Dialect::migrate(self)).await
+    }
+
+    /// Never refused: the probe that decides whether the store is back.
+    async fn ping(&self) -> Result<(), StoreError> {
+        let start = Instant::now();
+        let result = self.sql().ping().await;
+        metrics::store_done("ping", result.is_ok(), start.elapsed());
+        result
+    }
 }
 
 /// Connection settings shared by both implementations.
@@ -431,15 +537,17 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
         .then(|| file.to_path_buf())
 }
 
-/// Opens the store the URL names. `health` tells a Postgres store to
-/// answer queued calls at once while the database is known down.
+/// Opens the store the URL names; `health` learns from its every operation
+/// whether the database answers.
 pub async fn connect(
     url: &str,
     settings: &PoolSettings,
     health: &Arc<Health>,
 ) -> Result<Box<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Box::new(SqliteStore::connect(url, settings).await?))
+        Ok(Box::new(
+            SqliteStore::connect(url, settings, health.clone()).await?,
+        ))
     } else {
         Ok(Box::new(PostgresStore::connect(
             url,
@@ -451,7 +559,7 @@ pub async fn connect(
 
 /// One stored row in plain types, shared by both dialects' codecs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Row {
+pub(crate) struct Row {
     context: String,
     rule: String,
     kind: String,

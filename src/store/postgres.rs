@@ -1,30 +1,22 @@
-//! The shared store: several replicas, one Postgres.
+//! The shared store: several replicas, one Postgres. What only Postgres
+//! does is here: batching reads and compare-and-set writes, row locks under
+//! contention, LISTEN/NOTIFY for alerts across replicas.
 
-use sqlx::PgExecutor;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row as _};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgExecutor, Postgres, QueryBuilder, Row as _};
 use tokio::sync::{broadcast, watch};
 
 use super::batch::Batcher;
-use super::shared::{self, bind_event, cleanup_pass, insert_event, store_impl};
+use super::sql::{COLUMNS, Common, FailuresColumn, INSERT_EVENT, Sql};
 use super::{
-    ALERT_KINDS, Applied, Cursor, EventFilter, Health, LockCount, NextRows, PoolSettings, Purged,
-    Row, SecurityEvent, StateId, Stats, Store, StoreError, Stored, StoredTotp, TransitionFn,
-    UnlockScope, in_order, key_columns, next_rows, push_scope, subject_columns,
+    Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
+    TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
 };
-use crate::crypto::Sealed;
-use crate::domain::{
-    KeyState, Session, SessionStatus, Subject, TotpAlgorithm, TotpParams, UnixMillis, UserId,
-};
-
-/// Postgres takes the shared statements as written.
-fn sql(statement: &'static str) -> &'static str {
-    statement
-}
+use crate::domain::{EventKind, KeyState, SecurityEvent, UnixMillis};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -54,8 +46,75 @@ const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
 /// The NOTIFY channel that carries security events between replicas.
 const EVENT_CHANNEL: &str = "authgate_events";
 
+/// The batched read, through the function that carries its planner setting
+/// (migration 0004).
+static FETCH: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM authgate_key_states($1, $2, $3, $4, $5)"));
+
+/// Takes the row lock of every id, creating rows that do not exist yet, and
+/// returns them as they are.
+static LOCK_ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO key_state (context, rule, kind, user_id, ip, session_id) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+         ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET kind = EXCLUDED.kind \
+         RETURNING {COLUMNS}"
+    )
+});
+
+/// A batch of compare-and-set writes and the events that commit with them,
+/// alerts notified at commit; see `PostgresStore::write`.
+static WRITE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH written AS (INSERT INTO key_state ({COLUMNS}) \
+           SELECT context, rule, kind, user_id, ip, session_id, recent_failures::bigint[], \
+             failures_total, last_failure_at, locked_at, locked_until, lock_tier, \
+             recent_lockouts, last_lockout_at, lockouts_total, expires_at, version \
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::int[], \
+             $13::int[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[]) AS u({COLUMNS}) \
+           ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
+             recent_failures = EXCLUDED.recent_failures, failures_total = EXCLUDED.failures_total, \
+             last_failure_at = EXCLUDED.last_failure_at, locked_at = EXCLUDED.locked_at, \
+             locked_until = EXCLUDED.locked_until, lock_tier = EXCLUDED.lock_tier, \
+             recent_lockouts = EXCLUDED.recent_lockouts, last_lockout_at = EXCLUDED.last_lockout_at, \
+             lockouts_total = EXCLUDED.lockouts_total, expires_at = EXCLUDED.expires_at, \
+             version = EXCLUDED.version \
+           WHERE key_state.version = EXCLUDED.version - 1 \
+           RETURNING 1), \
+         logged AS (INSERT INTO security_event \
+           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail, caller) \
+           SELECT * FROM UNNEST($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
+             $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[], \
+             $31::text[]) \
+           RETURNING *), \
+         notified AS (SELECT pg_notify($32, row_to_json(logged)::text) FROM logged \
+           WHERE kind = ANY($33)) \
+         SELECT authgate_expect_written((SELECT count(*) FROM written), $18), \
+           (SELECT count(*) FROM notified)"
+    )
+});
+
+/// One event, NOTIFY-ed when it is an alert ($15); the shared insert's
+/// $1..$13, then the channel.
+static APPEND_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH e AS ({} RETURNING *) SELECT pg_notify($14, row_to_json(e)::text) FROM e WHERE $15",
+        INSERT_EVENT.as_str()
+    )
+});
+
+/// The alerts committed after $2, for a listener catching up.
+static CATCH_UP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, {} FROM security_event WHERE kind = ANY($1) AND id > $2 ORDER BY id",
+        super::sql::EVENT_COLUMNS
+    )
+});
+
 pub struct PostgresStore {
-    pool: PgPool,
+    /// One pool for reads and writes: Postgres serves both at once.
+    sql: Sql<Postgres>,
     /// Key-state reads, coalesced into one query per batch.
     reads: Batcher<Vec<StateId>, Vec<Row>>,
     /// Compare-and-set writes of the fast path, coalesced likewise; `false`
@@ -140,9 +199,11 @@ impl Delivered {
 /// Forwards every replica's alerts to `events` for as long as the store
 /// lives: NOTIFYs while connected, and after each (re)connection whatever
 /// was committed meanwhile, read from security_event, so an outage of the
-/// listening connection loses no alert. `ready` turns true once the first
-/// LISTEN is in place.
+/// listening connection loses no alert. `listening` holds the LISTEN
+/// connection and nothing else; the catch-up reads go through `pool`.
+/// `ready` turns true once the first LISTEN is in place.
 async fn listen(
+    listening: PgPool,
     pool: PgPool,
     events: broadcast::Sender<SecurityEvent>,
     ready: watch::Sender<bool>,
@@ -150,7 +211,7 @@ async fn listen(
     let mut delivered = None;
     let mut retry = LISTEN_RETRY;
     loop {
-        match follow(&pool, &events, &mut delivered, &ready).await {
+        match follow(&listening, &pool, &events, &mut delivered, &ready).await {
             Ok(()) => {
                 tracing::warn!("security event listener lost its connection; catching up");
                 retry = LISTEN_RETRY;
@@ -167,12 +228,13 @@ async fn listen(
 /// One connection's worth of listening: LISTEN, catch up from the table,
 /// then forward NOTIFYs until the connection is lost (`Ok`).
 async fn follow(
+    listening: &PgPool,
     pool: &PgPool,
     events: &broadcast::Sender<SecurityEvent>,
     delivered: &mut Option<Delivered>,
     ready: &watch::Sender<bool>,
-) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+) -> Result<(), StoreError> {
+    let mut listener = PgListener::connect_with(listening).await?;
     listener.eager_reconnect(false);
     listener.listen(EVENT_CHANNEL).await?;
     // From here on every alert committed is notified; what committed before
@@ -186,17 +248,13 @@ async fn follow(
             delivered.insert(Delivered::new(newest))
         }
     };
-    let missed: Vec<PgRow> = sqlx::query(concat!(
-        "SELECT id, ",
-        event_columns!(),
-        " FROM security_event WHERE kind = ANY($1) AND id > $2 ORDER BY id"
-    ))
-    .bind(&ALERT_KINDS[..])
-    .bind(delivered.catch_up_from())
-    .fetch_all(pool)
-    .await?;
+    let missed: Vec<PgRow> = sqlx::query(CATCH_UP.as_str())
+        .bind(EventKind::alert_names())
+        .bind(delivered.catch_up_from())
+        .fetch_all(pool)
+        .await?;
     for row in &missed {
-        let (id, event) = shared::decode_event(row)?;
+        let (id, event) = Sql::<Postgres>::decode_event(row)?;
         if delivered.first_time(id) {
             let _ = events.send(event);
         }
@@ -215,30 +273,10 @@ async fn follow(
     Ok(())
 }
 
-fn decode(row: &PgRow) -> Result<Row, sqlx::Error> {
-    Ok(Row {
-        context: row.try_get("context")?,
-        rule: row.try_get("rule")?,
-        kind: row.try_get("kind")?,
-        user_id: row.try_get("user_id")?,
-        ip: row.try_get("ip")?,
-        session_id: row.try_get("session_id")?,
-        recent_failures: row.try_get("recent_failures")?,
-        failures_total: row.try_get("failures_total")?,
-        last_failure_at: row.try_get("last_failure_at")?,
-        locked_at: row.try_get("locked_at")?,
-        locked_until: row.try_get("locked_until")?,
-        lock_tier: row.try_get("lock_tier")?,
-        recent_lockouts: row.try_get("recent_lockouts")?,
-        last_lockout_at: row.try_get("last_lockout_at")?,
-        lockouts_total: row.try_get("lockouts_total")?,
-        expires_at: row.try_get("expires_at")?,
-        version: row.try_get("version")?,
-    })
-}
-
-fn stored(rows: &[PgRow]) -> Result<Vec<Stored>, StoreError> {
-    rows.iter().map(|r| decode(r)?.stored()).collect()
+impl FailuresColumn for PgRow {
+    fn recent_failures(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self.try_get("recent_failures")?)
+    }
 }
 
 /// Parallel arrays of the id columns, for UNNEST.
@@ -269,24 +307,19 @@ impl IdColumns {
 }
 
 /// The rows of `ids` that exist.
-async fn fetch<'c>(conn: impl PgExecutor<'c>, ids: &[StateId]) -> Result<Vec<Row>, sqlx::Error> {
+async fn fetch<'c>(conn: impl PgExecutor<'c>, ids: &[StateId]) -> Result<Vec<Row>, StoreError> {
     let cols = IdColumns::of(ids);
-    // A function, for the planner setting it needs (migration 0004).
-    sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM authgate_key_states($1, $2, $3, $4, $5)"
-    ))
-    .bind(&cols.context)
-    .bind(&cols.rule)
-    .bind(&cols.user_id)
-    .bind(&cols.ip)
-    .bind(&cols.session_id)
-    .fetch_all(conn)
-    .await?
-    .iter()
-    .map(decode)
-    .collect()
+    sqlx::query(FETCH.as_str())
+        .bind(&cols.context)
+        .bind(&cols.rule)
+        .bind(&cols.user_id)
+        .bind(&cols.ip)
+        .bind(&cols.session_id)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(Sql::<Postgres>::decode)
+        .collect()
 }
 
 /// Answers each call of a read batch with its own rows, from one query.
@@ -330,10 +363,7 @@ async fn fetch_batch(pool: PgPool, calls: Vec<Vec<StateId>>) -> Vec<Result<Vec<R
                 })
                 .collect()
         }
-        Err(e) => {
-            let e = StoreError::from(e);
-            calls.iter().map(|_| Err(e.clone())).collect()
-        }
+        Err(e) => calls.iter().map(|_| Err(e.clone())).collect(),
     }
 }
 
@@ -402,38 +432,62 @@ impl PostgresStore {
         health: Arc<Health>,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::from)?;
+        let options = options
+            .application_name("authgate")
+            // A safety net, not the mechanism: calls run to their end in
+            // tasks of their own, so no transaction is left open. Should one
+            // ever be, Postgres ends the session instead of letting it hold
+            // row locks (deploy/README).
+            .options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )]);
+        // The LISTEN connection lives apart: it would hold one of the
+        // requests' connections for good, and while it waits to reconnect it
+        // would queue in front of the probe that clears dead connections.
+        let listening_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_lazy_with(options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             // sqlx would ping every connection before lending it: a round
-            // trip per query. A dead connection fails its query instead,
-            // which answers UNAVAILABLE and is dropped from the pool.
+            // trip per query. Only a connection that sat idle through an
+            // outage is tried first, so that none left over from the server
+            // that went away fails a caller's request once it is back.
             .test_before_acquire(false)
-            .connect_lazy_with(
-                options
-                    .application_name("authgate")
-                    // A safety net, not the mechanism: calls run to their
-                    // end in tasks of their own, so no transaction is left
-                    // open. Should one ever be, Postgres ends the session
-                    // instead of letting it hold row locks (deploy/README).
-                    .options([(
-                        "idle_in_transaction_session_timeout",
-                        IDLE_IN_TRANSACTION_TIMEOUT,
-                    )]),
-            );
+            .before_acquire({
+                let health = health.clone();
+                move |conn, meta| {
+                    let suspect = health.idle_across_outage(meta.idle_for);
+                    Box::pin(async move {
+                        if suspect {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                }
+            })
+            .connect_lazy_with(options);
         let (events, _) = broadcast::channel(settings.event_buffer.max(1));
         let (ready, listening) = watch::channel(false);
-        let listener = tokio::spawn(listen(pool.clone(), events.clone(), ready));
+        let listener = tokio::spawn(listen(listening_pool, pool.clone(), events.clone(), ready));
         let reader = pool.clone();
         let reads = Batcher::start(READ_LANES, health.clone(), move |calls| {
             fetch_batch(reader.clone(), calls)
         });
         let writer = pool.clone();
-        let writes = Batcher::start(WRITE_LANES, health, move |calls| {
+        let writes = Batcher::start(WRITE_LANES, health.clone(), move |calls| {
             write_batch(writer.clone(), calls)
         });
         Ok(PostgresStore {
-            pool,
+            sql: Sql {
+                writer: pool.clone(),
+                readers: pool,
+                begin_write: "BEGIN",
+                health,
+            },
             reads,
             writes,
             events,
@@ -462,75 +516,56 @@ impl PostgresStore {
                 format!("{{{}}}", items.join(","))
             })
             .collect();
-        sqlx::query(concat!(
-            "WITH written AS (INSERT INTO key_state (",
-            columns!(),
-            ") SELECT context, rule, kind, user_id, ip, session_id, recent_failures::bigint[], \
-                 failures_total, last_failure_at, locked_at, locked_until, lock_tier, \
-                 recent_lockouts, last_lockout_at, lockouts_total, expires_at, version \
-               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::int[], \
-                 $13::int[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[]) AS u(",
-            columns!(),
-            ") ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
-                 recent_failures = EXCLUDED.recent_failures, failures_total = EXCLUDED.failures_total, \
-                 last_failure_at = EXCLUDED.last_failure_at, locked_at = EXCLUDED.locked_at, \
-                 locked_until = EXCLUDED.locked_until, lock_tier = EXCLUDED.lock_tier, \
-                 recent_lockouts = EXCLUDED.recent_lockouts, last_lockout_at = EXCLUDED.last_lockout_at, \
-                 lockouts_total = EXCLUDED.lockouts_total, expires_at = EXCLUDED.expires_at, \
-                 version = EXCLUDED.version \
-               WHERE key_state.version = EXCLUDED.version - 1 \
-               RETURNING 1), \
-             logged AS (INSERT INTO security_event \
-               (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail, caller) \
-               SELECT * FROM UNNEST($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
-                 $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[], \
-                 $31::text[]) \
-               RETURNING *), \
-             notified AS (SELECT pg_notify($32, row_to_json(logged)::text) FROM logged \
-               WHERE kind = ANY($33)) \
-             SELECT authgate_expect_written((SELECT count(*) FROM written), $18), \
-               (SELECT count(*) FROM notified)"
-        ))
-        .bind(text(|r| &r.context))
-        .bind(text(|r| &r.rule))
-        .bind(text(|r| &r.kind))
-        .bind(text(|r| &r.user_id))
-        .bind(text(|r| &r.ip))
-        .bind(text(|r| &r.session_id))
-        .bind(&failures)
-        .bind(int(|r| r.failures_total))
-        .bind(opt(|r| r.last_failure_at))
-        .bind(opt(|r| r.locked_at))
-        .bind(opt(|r| r.locked_until))
-        .bind(rows.iter().map(|r| r.lock_tier).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.recent_lockouts).collect::<Vec<_>>())
-        .bind(opt(|r| r.last_lockout_at))
-        .bind(int(|r| r.lockouts_total))
-        .bind(opt(|r| r.expires_at))
-        .bind(int(|r| r.version))
-        .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
-        // The audit records travel in the same statement: they commit with
-        // the state change or not at all, at no extra round trip.
-        .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.context.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.rule.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.user_id.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.session_id.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| i32::try_from(e.tier).unwrap_or(i32::MAX)).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.until).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.permanent).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.caller.clone()).collect::<Vec<_>>())
-        // Alerts are notified by the same statement: NOTIFY is delivered at
-        // commit, so every replica hears of a lock exactly when it holds.
-        .bind(EVENT_CHANNEL)
-        .bind(&ALERT_KINDS[..])
-        .execute(conn)
-        .await?;
+        sqlx::query(WRITE.as_str())
+            .bind(text(|r| &r.context))
+            .bind(text(|r| &r.rule))
+            .bind(text(|r| &r.kind))
+            .bind(text(|r| &r.user_id))
+            .bind(text(|r| &r.ip))
+            .bind(text(|r| &r.session_id))
+            .bind(&failures)
+            .bind(int(|r| r.failures_total))
+            .bind(opt(|r| r.last_failure_at))
+            .bind(opt(|r| r.locked_at))
+            .bind(opt(|r| r.locked_until))
+            .bind(rows.iter().map(|r| r.lock_tier).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.recent_lockouts).collect::<Vec<_>>())
+            .bind(opt(|r| r.last_lockout_at))
+            .bind(int(|r| r.lockouts_total))
+            .bind(opt(|r| r.expires_at))
+            .bind(int(|r| r.version))
+            .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+            // The audit records travel in the same statement: they commit with
+            // the state change or not at all, at no extra round trip.
+            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.context.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.rule.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.user_id.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
+            .bind(
+                events
+                    .iter()
+                    .map(|e| e.session_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                events
+                    .iter()
+                    .map(|e| i32::try_from(e.tier).unwrap_or(i32::MAX))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(events.iter().map(|e| e.until).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.permanent).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.caller.clone()).collect::<Vec<_>>())
+            // Alerts are notified by the same statement: NOTIFY is delivered at
+            // commit, so every replica hears of a lock exactly when it holds.
+            .bind(EVENT_CHANNEL)
+            .bind(EventKind::alert_names())
+            .execute(conn)
+            .await?;
         Ok(())
     }
 
@@ -559,30 +594,24 @@ impl PostgresStore {
     /// The path under contention, where compare-and-set would keep losing:
     /// lock the rows first, so concurrent transitions on the same keys (from
     /// any replica) queue behind each other and each succeeds in turn.
-    async fn locking(&self, ids: &[StateId], f: &TransitionFn<'_>) -> Result<Applied, sqlx::Error> {
+    async fn locking(&self, ids: &[StateId], f: &TransitionFn<'_>) -> Result<Applied, StoreError> {
         let cols = IdColumns::of(ids);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.sql.writer.begin().await?;
         // Upserting every id takes its row lock whether or not the row
         // existed, and RETURNING hands back the current values. Ids arrive
         // sorted, so two requests sharing keys lock them in the same order.
-        let current = sqlx::query(concat!(
-            "INSERT INTO key_state (context, rule, kind, user_id, ip, session_id) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-             ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET kind = EXCLUDED.kind \
-             RETURNING ",
-            columns!()
-        ))
-        .bind(&cols.context)
-        .bind(&cols.rule)
-        .bind(&cols.kind)
-        .bind(&cols.user_id)
-        .bind(&cols.ip)
-        .bind(&cols.session_id)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(decode)
-        .collect::<Result<Vec<_>, _>>()?;
+        let current = sqlx::query(LOCK_ROWS.as_str())
+            .bind(&cols.context)
+            .bind(&cols.rule)
+            .bind(&cols.kind)
+            .bind(&cols.user_id)
+            .bind(&cols.ip)
+            .bind(&cols.session_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(Sql::<Postgres>::decode)
+            .collect::<Result<Vec<_>, _>>()?;
         let next = next_rows(ids, &current, f);
         Self::write(&mut *tx, &next.rows, &next.events).await?;
         tx.commit().await?;
@@ -590,7 +619,14 @@ impl PostgresStore {
     }
 }
 
-store_impl!(PostgresStore, pool, pool, sql, {
+#[async_trait::async_trait]
+impl Dialect for PostgresStore {
+    type Sql = Sql<Postgres>;
+
+    fn sql(&self) -> &Sql<Postgres> {
+        &self.sql
+    }
+
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
         Ok(in_order(ids, &self.reads.call(ids.to_vec()).await?))
     }
@@ -607,8 +643,10 @@ store_impl!(PostgresStore, pool, pool, sql, {
         let mut attempt = 1;
         loop {
             match self.locking(ids, f).await {
-                Err(e) if is_retryable(&e) && attempt < MAX_ATTEMPTS => attempt += 1,
-                result => return result.map_err(StoreError::from),
+                Err(StoreError::Other(cause)) if is_retryable(&cause) && attempt < MAX_ATTEMPTS => {
+                    attempt += 1
+                }
+                result => return result,
             }
         }
     }
@@ -635,61 +673,8 @@ store_impl!(PostgresStore, pool, pool, sql, {
                AND k.user_id = t.user_id AND k.ip = t.ip AND k.session_id = t.session_id \
              RETURNING t.was_locked",
         );
-        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&self.pool).await?;
+        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&self.sql.writer).await?;
         Ok(lifted.into_iter().filter(|&l| l).count() as u64)
-    }
-
-    async fn list_locked(
-        &self,
-        context: Option<&str>,
-        after: Option<&Cursor>,
-        limit: u32,
-        now: UnixMillis,
-    ) -> Result<Vec<Stored>, StoreError> {
-        let after_cols = after.map(|c| {
-            let (_, user_id, ip, session_id) = key_columns(&c.key);
-            (c.context.clone(), c.rule.clone(), user_id, ip, session_id)
-        });
-        let (ac, ar, au, ai, as_) = after_cols.unwrap_or_default();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM key_state \
-             WHERE locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > $1) \
-               AND ($2::text IS NULL OR context = $2) \
-               AND (NOT $3 OR (context, rule, user_id, ip, session_id) > ($4, $5, $6, $7, $8)) \
-             ORDER BY context, rule, user_id, ip, session_id LIMIT $9"
-        ))
-        .bind(now.0)
-        .bind(context)
-        .bind(after.is_some())
-        .bind(ac)
-        .bind(ar)
-        .bind(au)
-        .bind(ai)
-        .bind(as_)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        stored(&rows)
-    }
-
-    async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError> {
-        let (user_id, ip, session_id) = subject_columns(subject);
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM key_state \
-             WHERE (user_id = $1 AND user_id <> '') OR (ip = $2 AND ip <> '') \
-                OR (session_id = $3 AND session_id <> '') \
-             ORDER BY context, rule, user_id, ip, session_id"
-        ))
-        .bind(user_id)
-        .bind(ip)
-        .bind(session_id)
-        .fetch_all(&self.pool)
-        .await?;
-        stored(&rows)
     }
 
     async fn purge_expired(
@@ -697,7 +682,7 @@ store_impl!(PostgresStore, pool, pool, sql, {
         now: UnixMillis,
         retention: Duration,
     ) -> Result<Option<Purged>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.sql.writer.begin().await?;
         let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(CLEANUP_LOCK)
             .fetch_one(&mut *tx)
@@ -705,32 +690,38 @@ store_impl!(PostgresStore, pool, pool, sql, {
         if !won {
             return Ok(None);
         }
-        let purged = cleanup_pass!(tx, sql, now, retention);
+        let purged = self.sql.cleanup(&mut tx, now, retention).await?;
         tx.commit().await?;
         Ok(Some(purged))
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.sql.writer).await?;
         Ok(())
     }
 
-    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
+    async fn append_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
         // One statement: the row and, for an alert, the NOTIFY commit
         // together, and every replica's listener (this one's included)
         // delivers the event.
-        bind_event!(
-            sqlx::query(concat!(
-                "WITH e AS (",
-                insert_event!(),
-                " RETURNING *) SELECT pg_notify($14, row_to_json(e)::text) FROM e WHERE $15"
-            )),
-            event
-        )
-        .bind(EVENT_CHANNEL)
-        .bind(event.is_alert())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(APPEND_EVENT.as_str())
+            .bind(e.at)
+            .bind(e.kind.as_str())
+            .bind(&e.context)
+            .bind(&e.rule)
+            .bind(&e.user_id)
+            .bind(&e.ip)
+            .bind(&e.session_id)
+            .bind(i32::try_from(e.tier).unwrap_or(i32::MAX))
+            .bind(e.until)
+            .bind(e.permanent)
+            .bind(&e.actor)
+            .bind(&e.caller)
+            .bind(&e.detail)
+            .bind(EVENT_CHANNEL)
+            .bind(e.is_alert())
+            .execute(&self.sql.writer)
+            .await?;
         Ok(())
     }
 
@@ -745,4 +736,4 @@ store_impl!(PostgresStore, pool, pool, sql, {
             Ok(Ok(_))
         )
     }
-});
+}
