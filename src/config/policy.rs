@@ -1,0 +1,318 @@
+//! Validation of what the types cannot say (ranges, references between
+//! keys, reserved names), building the domain's `Policy`. Every error names
+//! the key it is about.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::lockout::LockoutConfig;
+use super::schema::{Config, FailureMode, RuleConfig, SessionMode, TotpConfig};
+use super::{ConfigError, invalid};
+use crate::domain::{
+    AccessList, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration, Policy, Rule,
+    SessionPolicy, TimeoutMode, TotpParams, TotpPolicy, UserId, Window,
+};
+
+impl Config {
+    /// Validates everything that serde cannot and builds the domain policy.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !self.metrics.path.starts_with('/') {
+            return Err(invalid("metrics.path", "must start with /"));
+        }
+        if self.metrics.refresh_interval.is_zero() {
+            return Err(invalid("metrics.refresh_interval", "must be more than 0"));
+        }
+        if self.cleanup.interval.is_zero() {
+            return Err(invalid("cleanup.interval", "must be more than 0"));
+        }
+        if self.server.request_timeout.is_zero() {
+            return Err(invalid("server.request_timeout", "must be more than 0"));
+        }
+        for (key, value) in [
+            ("server.max_connection_age", self.server.max_connection_age),
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("server.keepalive_interval", self.server.keepalive_interval),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be at least 1",
+            ));
+        }
+        let user_ids = |key: &str, raw: &[String]| -> Result<BTreeSet<UserId>, ConfigError> {
+            raw.iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    UserId::parse(&format!("{key}[{i}]"), id)
+                        .map_err(|e| invalid(e.field, e.problem))
+                })
+                .collect()
+        };
+        let na = &self.access.not_allowed;
+        if na.max_attempts == 0 {
+            return Err(invalid(
+                "access.not_allowed.max_attempts",
+                "must be at least 1",
+            ));
+        }
+        let allow_rule = Rule {
+            name: "allow_list".into(),
+            key: KeyKind::User,
+            activities: Vec::new(),
+            window: na.window,
+            captcha_after: None,
+            lock_after: Some(na.max_attempts),
+            ladder: Ladder::Tiers(vec![LockDuration::For(na.block)]),
+            recurrence_window: na.window,
+            extend_while_locked: false,
+        };
+        let access = AccessList::new(
+            user_ids("access.allowed_user_ids", &self.access.allowed_user_ids)?,
+            user_ids("access.admin_user_ids", &self.access.admin_user_ids)?,
+            allow_rule,
+        )
+        .map_err(|e| invalid("access.admin_user_ids", e.to_string()))?;
+
+        let totp = self.totp.policy(&user_ids(
+            "totp.required_user_ids",
+            &self.totp.required_user_ids,
+        )?)?;
+
+        if self.contexts.is_empty() {
+            return Err(invalid("contexts", "at least one context is needed"));
+        }
+        let mut contexts = Vec::new();
+        for (name, ctx) in &self.contexts {
+            let key = format!("contexts.{name}");
+            let cname = ContextName::parse(&key, name).map_err(|e| invalid(e.field, e.problem))?;
+            if name == crate::domain::ALLOW_LIST_CONTEXT || name == crate::domain::TOTP_CONTEXT {
+                return Err(invalid(key, "the name is reserved"));
+            }
+            if ctx.totp && ctx.failure_mode == FailureMode::FailOpen {
+                return Err(invalid(
+                    format!("{key}.failure_mode"),
+                    "fail_open would skip the second factor this context requires",
+                ));
+            }
+            if ctx.session_timeout.is_zero() {
+                return Err(invalid(
+                    format!("{key}.session_timeout"),
+                    "must be more than 0",
+                ));
+            }
+            let mut rules: Vec<Rule> = Vec::new();
+            for (i, rc) in ctx.rules.iter().enumerate() {
+                let rule = rc.to_rule(&format!("{key}.rules[{i}]"))?;
+                if rules.iter().any(|r| r.name == rule.name) {
+                    return Err(invalid(
+                        format!("{key}.rules[{i}].name"),
+                        format!("duplicate rule name {:?}", rule.name),
+                    ));
+                }
+                rules.push(rule);
+            }
+            contexts.push(ContextPolicy {
+                name: cname,
+                rules,
+                totp: ctx.totp,
+                fail_open: ctx.failure_mode == FailureMode::FailOpen,
+                session: SessionPolicy {
+                    timeout: ctx.session_timeout,
+                    mode: match ctx.session_mode {
+                        SessionMode::Absolute => TimeoutMode::Absolute,
+                        SessionMode::Idle => TimeoutMode::Idle,
+                    },
+                },
+            });
+        }
+        Ok(Policy::new(contexts, access, totp, self.alerts.suppression))
+    }
+}
+
+impl TotpConfig {
+    fn policy(&self, required: &BTreeSet<UserId>) -> Result<TotpPolicy, ConfigError> {
+        let period = u32::try_from(self.period.as_secs()).unwrap_or(u32::MAX);
+        if Duration::from_secs(u64::from(period)) != self.period {
+            return Err(invalid("totp.period", "must be whole seconds"));
+        }
+        let defaults = TotpParams {
+            algorithm: self.algorithm,
+            digits: self.digits,
+            period,
+        };
+        defaults
+            .validate("totp.digits", "totp.period")
+            .map_err(|e| invalid(e.field, e.problem))?;
+        if self.skew > 10 {
+            return Err(invalid("totp.skew", "must be at most 10 steps"));
+        }
+        if self.drift_probe > 60 {
+            return Err(invalid("totp.drift_probe", "must be at most 60 steps"));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("totp.max_attempts", "must be at least 1"));
+        }
+        if self.window.is_zero() || self.block.is_zero() {
+            return Err(invalid(
+                "totp.block",
+                "window and block must be more than 0",
+            ));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.id.is_empty() || k.id.len() > 64 {
+                return Err(invalid(
+                    format!("totp.keys[{i}].id"),
+                    "must be 1 to 64 bytes",
+                ));
+            }
+            if k.file.is_some() == k.key.is_some() {
+                return Err(invalid(
+                    format!("totp.keys[{i}]"),
+                    "needs exactly one of file, key",
+                ));
+            }
+        }
+        if let Some(active) = &self.active_key
+            && !self.keys.iter().any(|k| &k.id == active)
+        {
+            return Err(invalid(
+                "totp.active_key",
+                format!("no key with id {active:?} in totp.keys"),
+            ));
+        }
+        Ok(TotpPolicy {
+            issuer: self.issuer.clone(),
+            defaults,
+            window: Window {
+                skew: self.skew,
+                probe: self.drift_probe,
+            },
+            rule: Rule {
+                name: "totp".into(),
+                key: KeyKind::User,
+                activities: Vec::new(),
+                window: self.window,
+                captcha_after: None,
+                lock_after: Some(self.max_attempts),
+                ladder: Ladder::Tiers(vec![LockDuration::For(self.block)]),
+                recurrence_window: self.window,
+                extend_while_locked: false,
+            },
+            required: required.clone(),
+        })
+    }
+}
+
+impl RuleConfig {
+    fn to_rule(&self, key: &str) -> Result<Rule, ConfigError> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(invalid(format!("{key}.name"), "must be 1 to 64 bytes"));
+        }
+        if self.window.is_zero() {
+            return Err(invalid(format!("{key}.window"), "must be more than 0"));
+        }
+        for (field, value) in [
+            ("captcha_after", self.captcha_after),
+            ("lock_after", self.lock_after),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!("{key}.{field}"), "must be at least 1"));
+            }
+            if value.is_some_and(|v| v > 1000) {
+                return Err(invalid(format!("{key}.{field}"), "must be at most 1000"));
+            }
+        }
+        if self.captcha_after.is_none() && self.lock_after.is_none() {
+            return Err(invalid(key, "needs captcha_after, lock_after or both"));
+        }
+        if let (Some(c), Some(l)) = (self.captcha_after, self.lock_after)
+            && c >= l
+        {
+            return Err(invalid(
+                format!("{key}.captcha_after"),
+                "must be below lock_after",
+            ));
+        }
+        let ladder = match (&self.lockout, self.lock_after) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.lockout"),
+                    "is required with lock_after",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid(format!("{key}.lockout"), "needs lock_after"));
+            }
+            (None, None) => Ladder::Tiers(Vec::new()),
+            (Some(l), Some(_)) => l.to_ladder(&format!("{key}.lockout"))?,
+        };
+        Ok(Rule {
+            name: self.name.clone(),
+            key: self.key,
+            activities: self.activities.clone(),
+            window: self.window,
+            captcha_after: self.captcha_after,
+            lock_after: self.lock_after,
+            ladder,
+            recurrence_window: self.recurrence_window,
+            extend_while_locked: self.extend_while_locked,
+        })
+    }
+}
+
+impl LockoutConfig {
+    fn to_ladder(&self, key: &str) -> Result<Ladder, ConfigError> {
+        match self {
+            LockoutConfig::Tiers(tiers) => {
+                if tiers.is_empty() {
+                    return Err(invalid(key, "needs at least one tier"));
+                }
+                Ok(Ladder::Tiers(tiers.clone()))
+            }
+            LockoutConfig::Progressive(p) => {
+                if p.base.is_zero() {
+                    return Err(invalid(format!("{key}.base"), "must be more than 0"));
+                }
+                if !(p.factor.is_finite() && p.factor >= 1.0) {
+                    return Err(invalid(
+                        format!("{key}.factor"),
+                        "must be a number of at least 1",
+                    ));
+                }
+                if p.max < p.base {
+                    return Err(invalid(format!("{key}.max"), "must be at least base"));
+                }
+                if p.permanent_after == Some(0) {
+                    return Err(invalid(
+                        format!("{key}.permanent_after"),
+                        "must be at least 1",
+                    ));
+                }
+                Ok(Ladder::Progressive {
+                    base: p.base,
+                    factor: p.factor,
+                    max: p.max,
+                    permanent_after: p.permanent_after,
+                })
+            }
+        }
+    }
+}

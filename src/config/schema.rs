@@ -1,0 +1,536 @@
+//! The file's keys: one struct per section, each setting documented with
+//! its default and the reason for it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::lockout::LockoutConfig;
+use super::{by_name, duration, shipped};
+use crate::auth::Role;
+use crate::domain::{KeyKind, TotpAlgorithm};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub cleanup: CleanupConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub access: AccessConfig,
+    #[serde(default)]
+    pub totp: TotpConfig,
+    /// Replaces the built-in contexts as a whole when given, so a deployment
+    /// never carries rules it did not write down.
+    #[serde(default = "shipped::contexts")]
+    pub contexts: BTreeMap<String, ContextConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            database: DatabaseConfig::default(),
+            cleanup: CleanupConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            alerts: AlertsConfig::default(),
+            access: AccessConfig::default(),
+            totp: TotpConfig::default(),
+            contexts: shipped::contexts(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address. Loopback by default: exposing it is a decision.
+    pub listen: SocketAddr,
+    /// Longest a call may run before it is answered DEADLINE_EXCEEDED
+    /// (a caller's shorter grpc-timeout wins), so a stuck store cannot pile
+    /// up requests.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Calls served at once; beyond it new calls are answered
+    /// RESOURCE_EXHAUSTED at once rather than queued without bound, so an
+    /// overloaded replica sheds load and clients retry elsewhere. Health
+    /// checks are exempt.
+    pub max_concurrent_requests: usize,
+    /// After SIGTERM or SIGINT: how long in-flight calls may take to finish
+    /// before the process exits anyway.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Connections are closed (gracefully, with GOAWAY) after this long, so
+    /// clients balancing over the headless Service's addresses reconnect
+    /// and spread onto replicas added since.
+    #[serde(with = "duration")]
+    pub max_connection_age: Duration,
+    /// After max_connection_age, how long calls on the connection (alert
+    /// streams included) may go on before it is closed regardless: an idle
+    /// or unresponsive peer cannot keep a connection forever.
+    #[serde(with = "duration")]
+    pub max_connection_age_grace: Duration,
+    /// A new connection that has sent nothing after this long is closed.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 ping checks an idle connection's peer...
+    #[serde(with = "duration")]
+    pub keepalive_interval: Duration,
+    /// ...and how long the peer has to answer before the connection is
+    /// closed, so half-open connections (a peer that vanished) go away.
+    #[serde(with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// TLS for the gRPC port; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            request_timeout: Duration::from_secs(5),
+            max_concurrent_requests: 256,
+            shutdown_grace: Duration::from_secs(20),
+            max_connection_age: Duration::from_secs(300),
+            max_connection_age_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key of the server.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates are verified against; enables
+    /// mutual TLS. A verified certificate whose name is in auth.certs
+    /// authenticates its caller without an API key.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse connections without a valid client certificate (with
+    /// client_ca_file); otherwise they may still authenticate with a key.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Serve without credentials on a non-loopback address. Without keys
+    /// or certs every caller is anonymous and may do everything, which is
+    /// only safe where the network itself is trusted.
+    pub allow_anonymous: bool,
+    /// API keys: `{ name, hash = "sha256:...", roles = ["check", "admin"] }`.
+    /// `authgate keygen` prints a key and its hash.
+    pub keys: Vec<ApiKeyConfig>,
+    /// A TOML file with more keys as `[[keys]]` tables (a mounted Secret).
+    pub keys_file: Option<PathBuf>,
+    /// mTLS callers: `{ name, roles }`, name being a verified client
+    /// certificate's subject common name or DNS subject-alternative name.
+    pub certs: Vec<CertCallerConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds the key; logged and recorded in the audit trail.
+    pub name: String,
+    pub hash: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertCallerConfig {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (the embedded default) or `postgres://...`.
+    pub url: DatabaseUrl,
+    /// Pool size per replica. Each in-flight state change holds one
+    /// connection for a few round trips.
+    pub max_connections: u32,
+    /// How long an RPC waits for a connection before answering UNAVAILABLE:
+    /// short, because a caller waiting on authgate is a user waiting.
+    #[serde(with = "duration")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: DatabaseUrl("sqlite://authgate.db".into()),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A database URL, which may carry a password: it prints with the password
+/// replaced.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:REDACTED@{host}"),
+                None => self.0.clone(),
+            },
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// How often expired failures and locks are purged (pyTMBot's 10 min).
+    /// Purging is housekeeping only: expired state never affects a decision.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// How long the audit trail keeps events.
+    #[serde(with = "duration")]
+    pub audit_retention: Duration,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            interval: Duration::from_secs(600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `authgate=debug`, ...
+    pub level: String,
+    /// `json` (one object per line), `text`, or `auto`: JSON when stdout
+    /// is not a terminal, as under Kubernetes.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// After an alert of one kind about one subject, more of the same are
+    /// held back this long (pyTMBot's ADMIN_NOTIFY_SUPPRESSION).
+    #[serde(with = "duration")]
+    pub suppression: Duration,
+    /// Events a subscriber may fall behind before it loses the oldest (and
+    /// is told how many); bounds memory and keeps RPCs from ever waiting.
+    pub buffer: usize,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            suppression: Duration::from_secs(300),
+            buffer: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where Prometheus scrapes, apart from the gRPC port so it can be
+    /// exposed to the monitoring network only.
+    pub listen: SocketAddr,
+    pub path: String,
+    /// How often the session and lock gauges are recomputed from the shared
+    /// store, so every replica reports the same truth.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            path: "/metrics".into(),
+            refresh_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Users who may act at all; empty allows everyone.
+    pub allowed_user_ids: Vec<String>,
+    /// Users who may call AdminService; must be in allowed_user_ids when
+    /// that is non-empty.
+    pub admin_user_ids: Vec<String>,
+    /// What happens to users who are not on the allow list and keep trying.
+    pub not_allowed: NotAllowedConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotAllowedConfig {
+    /// Attempts within `window` that block the user.
+    pub max_attempts: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    #[serde(with = "duration")]
+    pub block: Duration,
+}
+
+impl Default for NotAllowedConfig {
+    fn default() -> Self {
+        NotAllowedConfig {
+            max_attempts: 3,
+            window: Duration::from_secs(3600),
+            block: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextConfig {
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Requests in this context need a second factor (TOTP).
+    #[serde(default)]
+    pub totp: bool,
+    /// How long a two-factor session lasts here (pyTMBot's 10 min).
+    #[serde(with = "duration", default = "ten_minutes")]
+    pub session_timeout: Duration,
+    /// `absolute`: from the login; `idle`: from the last allowed request.
+    #[serde(default)]
+    pub session_mode: SessionMode,
+    /// What CheckAccess answers while the store is unreachable:
+    /// `fail_closed` (UNAVAILABLE; callers deny) or `fail_open` (ALLOW with
+    /// reason store_unavailable).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    FailClosed,
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    #[default]
+    Absolute,
+    Idle,
+}
+
+pub(super) fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// A secret in the configuration: prints as REDACTED.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("REDACTED")
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("REDACTED")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TotpConfig {
+    /// The issuer authenticator apps show beside the account.
+    pub issuer: String,
+    /// For new enrollments (stored per user, so changing these later
+    /// breaks nobody): SHA1 works with every app.
+    #[serde(with = "by_name")]
+    pub algorithm: TotpAlgorithm,
+    pub digits: u8,
+    #[serde(with = "duration")]
+    pub period: Duration,
+    /// Steps either side of now that are accepted.
+    pub skew: u32,
+    /// Steps beyond `skew` where a match is answered clock_skew.
+    pub drift_probe: u32,
+    /// Failed codes within `window` that block the user's TOTP for `block`
+    /// (pyTMBot's max_totp_attempts).
+    pub max_attempts: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    #[serde(with = "duration")]
+    pub block: Duration,
+    /// Users who need a second factor in every context.
+    pub required_user_ids: Vec<String>,
+    /// Keys that encrypt TOTP secrets at rest; new secrets use
+    /// `active_key` (default: the last one). With none configured and the
+    /// SQLite store, a key file is generated beside the database.
+    pub keys: Vec<TotpKeyConfig>,
+    pub active_key: Option<String>,
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        TotpConfig {
+            issuer: "authgate".into(),
+            algorithm: TotpAlgorithm::Sha1,
+            digits: 6,
+            period: Duration::from_secs(30),
+            skew: 1,
+            drift_probe: 10,
+            max_attempts: 5,
+            window: ten_minutes(),
+            block: ten_minutes(),
+            required_user_ids: Vec::new(),
+            keys: Vec::new(),
+            active_key: None,
+        }
+    }
+}
+
+/// One encryption key: from a file (32 raw bytes or base64; how Kubernetes
+/// mounts a Secret) or inline base64 (for environment variables).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpKeyConfig {
+    pub id: String,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<SecretValue>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique within its context; reported in verdicts.
+    pub name: String,
+    /// `user`, `ip`, `user+ip` or `session`.
+    #[serde(with = "by_name")]
+    pub key: KeyKind,
+    /// Activities counted (RecordFailure.activity); empty counts all.
+    #[serde(default)]
+    pub activities: Vec<String>,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    #[serde(default)]
+    pub captcha_after: Option<u32>,
+    #[serde(default)]
+    pub lock_after: Option<u32>,
+    /// Required with lock_after.
+    #[serde(default)]
+    pub lockout: Option<LockoutConfig>,
+    #[serde(with = "duration", default = "day")]
+    pub recurrence_window: Duration,
+    #[serde(default)]
+    pub extend_while_locked: bool,
+}
+
+pub(super) fn day() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        let url = DatabaseUrl::new("postgres://app:hunter2@db:5432/authgate");
+        assert_eq!(url.redacted(), "postgres://app:REDACTED@db:5432/authgate");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        let config = Config {
+            database: DatabaseConfig {
+                url,
+                ..DatabaseConfig::default()
+            },
+            ..Config::default()
+        };
+        assert!(!config.to_toml().contains("hunter2"));
+    }
+}
