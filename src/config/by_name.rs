@@ -24,11 +24,7 @@ impl Named for KeyKind {
 }
 
 impl Named for TotpAlgorithm {
-    const ALL: &'static [Self] = &[
-        TotpAlgorithm::Sha1,
-        TotpAlgorithm::Sha256,
-        TotpAlgorithm::Sha512,
-    ];
+    const ALL: &'static [Self] = &TotpAlgorithm::ALL;
 
     fn name(self) -> &'static str {
         self.as_str()

@@ -15,6 +15,8 @@ pub enum TotpAlgorithm {
 }
 
 impl TotpAlgorithm {
+    pub const ALL: [TotpAlgorithm; 3] = [Self::Sha1, Self::Sha256, Self::Sha512];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TotpAlgorithm::Sha1 => "SHA1",
@@ -24,9 +26,7 @@ impl TotpAlgorithm {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::Sha1, Self::Sha256, Self::Sha512]
-            .into_iter()
-            .find(|a| a.as_str() == name)
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
     }
 
     fn hmac(self) -> Algorithm {
