@@ -2,18 +2,19 @@
 
 use std::sync::Arc;
 
-use super::{Admin, Gate, ServiceError, required_user};
+use super::state::required_user;
+use super::{Gate, ServiceError};
 use crate::crypto::SecretKeys;
 use crate::domain::{
-    Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TOTP_CONTEXT,
-    TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
+    Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TotpParams, UnixMillis,
+    UserId, Verdict, check_code, provisioning,
 };
 use crate::domain::{EventKind, SecurityEvent};
-use crate::store::{Stats, StoreError, StoredTotp};
+use crate::store::StoredTotp;
 use crate::telemetry::mask;
 
 /// Smallest secret ImportTotp accepts: RFC 4226's minimum.
-const MIN_SECRET_BYTES: usize = 16;
+pub(super) const MIN_SECRET_BYTES: usize = 16;
 
 /// What VerifyTotp found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,7 @@ fn rank(check: CodeCheck) -> u8 {
 }
 
 impl Gate {
-    fn keys(&self) -> Result<&Arc<SecretKeys>, ServiceError> {
+    pub(super) fn keys(&self) -> Result<&Arc<SecretKeys>, ServiceError> {
         self.keys.as_ref().ok_or_else(|| {
             ServiceError::FailedPrecondition(
                 "TOTP is not configured on this server: set totp.keys".into(),
@@ -319,80 +320,5 @@ impl Gate {
             qr_png: provision.qr_png,
             params,
         })
-    }
-
-    pub async fn import_totp(
-        &self,
-        admin: &Admin,
-        user: &UserId,
-        secret_base32: &str,
-        params: TotpParams,
-    ) -> Result<(), ServiceError> {
-        params.validate("digits", "period_seconds")?;
-        let secret = totp_rs::Secret::try_from_base32(secret_base32.trim_end_matches('='))
-            .map_err(|_| FieldError::new("secret_base32", "is not base32"))?;
-        if secret.as_bytes().len() < MIN_SECRET_BYTES {
-            return Err(FieldError::new("secret_base32", "must be at least 128 bits").into());
-        }
-        let sealed = self
-            .keys()?
-            .seal(user.as_str().as_bytes(), secret.as_bytes());
-        self.store
-            .put_totp(
-                user,
-                &StoredTotp {
-                    sealed,
-                    params,
-                    confirmed: true,
-                    created_at: self.now(),
-                    last_step: None,
-                },
-            )
-            .await?;
-        self.record(SecurityEvent {
-            user_id: user.to_string(),
-            ..admin.event(EventKind::TotpImported, self.now())
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Removes the user's secret and ends their session.
-    pub async fn reset_totp(&self, admin: &Admin, user: &UserId) -> Result<bool, ServiceError> {
-        let now = self.now();
-        let removed = self.store.delete_totp(user).await?;
-        self.store.revoke_sessions(Some(user), now).await?;
-        self.record(SecurityEvent {
-            user_id: user.to_string(),
-            detail: format!("removed={removed}"),
-            ..admin.event(EventKind::TotpReset, now)
-        })
-        .await?;
-        Ok(removed)
-    }
-
-    pub async fn revoke_sessions(
-        &self,
-        admin: &Admin,
-        user: Option<&UserId>,
-    ) -> Result<u64, ServiceError> {
-        let now = self.now();
-        let revoked = self.store.revoke_sessions(user, now).await?;
-        self.record(SecurityEvent {
-            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
-            detail: format!("revoked={revoked}"),
-            ..admin.event(EventKind::SessionRevoked, now)
-        })
-        .await?;
-        Ok(revoked)
-    }
-
-    /// Whether the store answers at all.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.store.ping().await
-    }
-
-    pub async fn stats(&self) -> Result<Stats, ServiceError> {
-        Ok(self.store.stats(self.now(), TOTP_CONTEXT).await?)
     }
 }

@@ -1,0 +1,231 @@
+//! What admins do: unlock, look at locked keys and subjects, read the
+//! audit trail, watch alerts, manage second factors and sessions.
+
+use super::totp::MIN_SECRET_BYTES;
+use super::{Gate, ServiceError};
+use crate::domain::{
+    ALLOW_LIST_CONTEXT, EventKind, FieldError, SecurityEvent, Session, Subject, TotpParams,
+    UnixMillis, UserId,
+};
+use crate::metrics;
+use crate::store::{EventFilter, StateId, Stored, StoredTotp, UnlockScope};
+
+fn scope_name(scope: &UnlockScope) -> &'static str {
+    match scope {
+        UnlockScope::Key { .. } => "key",
+        UnlockScope::Subject(_) => "subject",
+        UnlockScope::All => "all",
+    }
+}
+
+/// Everything GetSubject returns.
+#[derive(Clone)]
+pub struct SubjectReport {
+    pub allowed: bool,
+    pub admin: bool,
+    pub states: Vec<Stored>,
+    pub session: Option<Session>,
+    /// The confirmed secret, else a pending one.
+    pub totp: Option<StoredTotp>,
+}
+
+/// An admin call's authority: the admin user it acts for and the
+/// authenticated caller that made it, both recorded in the audit trail.
+pub struct Admin {
+    pub actor: UserId,
+    pub caller: String,
+}
+
+impl Admin {
+    fn event(&self, kind: EventKind, now: UnixMillis) -> SecurityEvent {
+        SecurityEvent {
+            actor: self.actor.to_string(),
+            caller: self.caller.clone(),
+            ..SecurityEvent::new(kind, now)
+        }
+    }
+}
+
+impl Gate {
+    /// Events from every replica, for AdminService.WatchSecurityEvents.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
+        self.store.subscribe()
+    }
+
+    /// Admin calls act on behalf of a user on the admin list, through an
+    /// authenticated caller.
+    pub fn authorize_admin(&self, caller: &str, actor: &str) -> Result<Admin, ServiceError> {
+        let actor = UserId::parse("actor_user_id", actor)?;
+        if !self.policy.access.is_admin(&actor) {
+            return Err(ServiceError::PermissionDenied(
+                "actor_user_id is not on the admin list".into(),
+            ));
+        }
+        Ok(Admin {
+            actor,
+            caller: caller.to_owned(),
+        })
+    }
+
+    pub async fn unlock(&self, admin: &Admin, scope: &UnlockScope) -> Result<u64, ServiceError> {
+        if let UnlockScope::Key { context, key } = scope {
+            self.known_context("key.context", context)?;
+            let kind_known = context == ALLOW_LIST_CONTEXT
+                || self
+                    .policy
+                    .context("key.context", context)?
+                    .rules_on(key.kind())
+                    .next()
+                    .is_some();
+            if !kind_known {
+                return Err(FieldError::new(
+                    "key.key.kind",
+                    format!(
+                        "no rule of context {context:?} counts on {}",
+                        key.kind().as_str()
+                    ),
+                )
+                .into());
+            }
+        }
+        let now = self.now();
+        let lifted = self.store.unlock(scope, now).await?;
+        metrics::unlocked(scope_name(scope), lifted);
+        let event = SecurityEvent {
+            detail: format!("scope={} lifted={lifted}", scope_name(scope)),
+            ..admin.event(EventKind::Unlocked, now)
+        };
+        self.record(match scope {
+            UnlockScope::Key { context, key } => SecurityEvent {
+                context: context.clone(),
+                user_id: key.user().map(|u| u.to_string()).unwrap_or_default(),
+                ip: key.ip().map(|i| i.to_string()).unwrap_or_default(),
+                session_id: key.session().map(|s| s.to_string()).unwrap_or_default(),
+                ..event
+            },
+            UnlockScope::Subject(subject) => event.about(subject),
+            UnlockScope::All => event,
+        })
+        .await?;
+        tracing::info!(actor = %crate::telemetry::mask(admin.actor.as_str()), caller = %admin.caller, scope = scope_name(scope), lifted, "admin unlock");
+        Ok(lifted)
+    }
+
+    fn known_context(&self, field: &str, context: &str) -> Result<(), FieldError> {
+        if context != ALLOW_LIST_CONTEXT {
+            self.policy.context(field, context)?;
+        }
+        Ok(())
+    }
+
+    pub async fn list_locked(
+        &self,
+        context: Option<&str>,
+        after: Option<&StateId>,
+        limit: u32,
+    ) -> Result<Vec<Stored>, ServiceError> {
+        if let Some(c) = context {
+            self.known_context("context", c)?;
+        }
+        Ok(self
+            .store
+            .list_locked(context, after, limit, self.now())
+            .await?)
+    }
+
+    pub async fn subject(&self, subject: &Subject) -> Result<SubjectReport, ServiceError> {
+        let states = self.store.subject_states(subject).await?;
+        let user = subject.user.as_ref();
+        let (session, totp) = match user {
+            Some(u) => (
+                self.store.session(u).await?,
+                self.store.totp(u).await?.into_iter().next(),
+            ),
+            None => (None, None),
+        };
+        Ok(SubjectReport {
+            allowed: user.is_none_or(|u| self.policy.access.is_allowed(u)),
+            admin: user.is_some_and(|u| self.policy.access.is_admin(u)),
+            states,
+            session,
+            totp,
+        })
+    }
+
+    pub async fn audit_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<(i64, SecurityEvent)>, ServiceError> {
+        if !filter.context.is_empty() {
+            self.known_context("context", &filter.context)?;
+        }
+        Ok(self.store.list_events(filter, limit).await?)
+    }
+
+    pub async fn import_totp(
+        &self,
+        admin: &Admin,
+        user: &UserId,
+        secret_base32: &str,
+        params: TotpParams,
+    ) -> Result<(), ServiceError> {
+        params.validate("digits", "period_seconds")?;
+        let secret = totp_rs::Secret::try_from_base32(secret_base32.trim_end_matches('='))
+            .map_err(|_| FieldError::new("secret_base32", "is not base32"))?;
+        if secret.as_bytes().len() < MIN_SECRET_BYTES {
+            return Err(FieldError::new("secret_base32", "must be at least 128 bits").into());
+        }
+        let sealed = self
+            .keys()?
+            .seal(user.as_str().as_bytes(), secret.as_bytes());
+        self.store
+            .put_totp(
+                user,
+                &StoredTotp {
+                    sealed,
+                    params,
+                    confirmed: true,
+                    created_at: self.now(),
+                    last_step: None,
+                },
+            )
+            .await?;
+        self.record(SecurityEvent {
+            user_id: user.to_string(),
+            ..admin.event(EventKind::TotpImported, self.now())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the user's secret and ends their session.
+    pub async fn reset_totp(&self, admin: &Admin, user: &UserId) -> Result<bool, ServiceError> {
+        let now = self.now();
+        let removed = self.store.delete_totp(user).await?;
+        self.store.revoke_sessions(Some(user), now).await?;
+        self.record(SecurityEvent {
+            user_id: user.to_string(),
+            detail: format!("removed={removed}"),
+            ..admin.event(EventKind::TotpReset, now)
+        })
+        .await?;
+        Ok(removed)
+    }
+
+    pub async fn revoke_sessions(
+        &self,
+        admin: &Admin,
+        user: Option<&UserId>,
+    ) -> Result<u64, ServiceError> {
+        let now = self.now();
+        let revoked = self.store.revoke_sessions(user, now).await?;
+        self.record(SecurityEvent {
+            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
+            detail: format!("revoked={revoked}"),
+            ..admin.event(EventKind::SessionRevoked, now)
+        })
+        .await?;
+        Ok(revoked)
+    }
+}

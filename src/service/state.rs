@@ -1,0 +1,221 @@
+//! The machinery every use case shares: reading key states, judging them,
+//! recording failures with the events they cause, forgiving on success.
+
+use super::Gate;
+use crate::domain::{
+    EventKind, FieldError, Key, KeyState, SecurityEvent, Slot, Subject, TOTP_CONTEXT, UnixMillis,
+    UserId, Verdict,
+};
+use crate::metrics;
+use crate::store::{StateId, StoreError, Transition, Update};
+use crate::telemetry::mask;
+
+pub(super) fn id_of(slot: &Slot<'_>) -> StateId {
+    StateId {
+        context: slot.context.to_owned(),
+        rule: slot.rule.name.clone(),
+        key: slot.key.clone(),
+    }
+}
+
+/// The alert a lock on `slot` raises.
+pub(super) fn lockout_kind(slot: &Slot<'_>, state: &KeyState) -> EventKind {
+    if slot.context == TOTP_CONTEXT {
+        EventKind::TotpBlocked
+    } else if state.lock.as_ref().is_some_and(|l| l.until.is_none()) {
+        EventKind::PermanentLockout
+    } else {
+        EventKind::Lockout
+    }
+}
+
+/// A security event of `kind` about `slot`'s key in `state`.
+pub(super) fn slot_event(
+    kind: EventKind,
+    slot: &Slot<'_>,
+    now: UnixMillis,
+    state: &KeyState,
+) -> SecurityEvent {
+    let lock = state.active_lock(now);
+    SecurityEvent {
+        context: slot.context.to_owned(),
+        rule: slot.rule.name.clone(),
+        user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
+        ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
+        session_id: slot
+            .key
+            .session()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+        tier: lock.map_or(0, |l| l.tier),
+        until: lock.and_then(|l| l.until).map(|t| t.0),
+        permanent: lock.is_some_and(|l| l.until.is_none()),
+        ..SecurityEvent::new(kind, now)
+    }
+}
+
+/// The user id of a request that needs one.
+pub(super) fn required_user(subject: &Subject) -> Result<&UserId, FieldError> {
+    subject
+        .user
+        .as_ref()
+        .ok_or_else(|| FieldError::new("subject.user_id", "is required for two-factor sign-in"))
+}
+
+/// A key for logs: its kind and masked identifiers.
+pub(super) fn mask_key(key: &Key) -> String {
+    let parts: Vec<String> = [
+        key.user().map(|u| mask(u.as_str())),
+        key.ip().map(|i| mask(&i.to_string())),
+        key.session().map(|s| mask(s.as_str())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    format!("{}:{}", key.kind().as_str(), parts.join("|"))
+}
+
+impl Gate {
+    /// Records one failure on every slot, atomically per request, together
+    /// with `audit` and the alerts the failure causes: a lockout on any slot
+    /// and, with `alert_each`, an alert of that kind for every slot. Slots
+    /// are sorted first so concurrent requests lock shared rows in one
+    /// order. Returns the new states and whether this failure locked any
+    /// slot.
+    pub(super) async fn fail(
+        &self,
+        slots: &[Slot<'_>],
+        now: UnixMillis,
+        audit: &[SecurityEvent],
+        alert_each: Option<EventKind>,
+    ) -> Result<(Vec<KeyState>, bool), StoreError> {
+        if slots.is_empty() {
+            for event in audit {
+                self.record(event.clone()).await?;
+            }
+            return Ok((Vec::new(), false));
+        }
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_by_key(|&i| id_of(&slots[i]));
+        let ids: Vec<StateId> = order.iter().map(|&i| id_of(&slots[i])).collect();
+        let applied = self
+            .store
+            .transition(&ids, &|current| {
+                let mut events = audit.to_vec();
+                let updates = order
+                    .iter()
+                    .zip(current)
+                    .map(|(&i, state)| {
+                        let slot = &slots[i];
+                        let t = slot
+                            .rule
+                            .record_failure(&state.clone().unwrap_or_default(), now);
+                        if t.lockout_applied {
+                            events.push(slot_event(
+                                lockout_kind(slot, &t.state),
+                                slot,
+                                now,
+                                &t.state,
+                            ));
+                        }
+                        if let Some(kind) = alert_each {
+                            events.push(slot_event(kind, slot, now, &t.state));
+                        }
+                        Update {
+                            expires_at: slot.rule.expires_at(&t.state),
+                            state: t.state,
+                        }
+                    })
+                    .collect();
+                Transition { updates, events }
+            })
+            .await?;
+        let mut by_slot = vec![KeyState::default(); slots.len()];
+        let mut locked = vec![false; slots.len()];
+        for ((&i, before), after) in order.iter().zip(applied.before).zip(applied.after) {
+            // The rule is pure: run on the committed run's input, it tells
+            // what that run decided.
+            locked[i] = slots[i]
+                .rule
+                .record_failure(&before.unwrap_or_default(), now)
+                .lockout_applied;
+            by_slot[i] = after;
+        }
+        metrics::failure(slots[0].context);
+        for ((slot, state), _) in slots.iter().zip(&by_slot).zip(&locked).filter(|(_, l)| **l) {
+            metrics::lockout(slot.context, state.recent_lockouts);
+            tracing::info!(
+                context = slot.context,
+                rule = %slot.rule.name,
+                key = %mask_key(&slot.key),
+                tier = state.recent_lockouts,
+                "lockout applied"
+            );
+        }
+        Ok((by_slot, locked.contains(&true)))
+    }
+
+    /// Appends to the audit trail (and, for alert kinds, the alert stream).
+    pub(super) async fn record(&self, event: SecurityEvent) -> Result<(), StoreError> {
+        self.store.append_event(&event).await
+    }
+
+    pub(super) async fn load(&self, slots: &[Slot<'_>]) -> Result<Vec<KeyState>, StoreError> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<StateId> = slots.iter().map(id_of).collect();
+        Ok(self
+            .store
+            .load(&ids)
+            .await?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
+    }
+
+    pub(super) fn judge(slots: &[Slot<'_>], states: &[KeyState], now: UnixMillis) -> Vec<Verdict> {
+        slots
+            .iter()
+            .zip(states)
+            .map(|(slot, state)| slot.rule.assess(&slot.key, state, now))
+            .collect()
+    }
+
+    /// Clears the recent failures of the slots whose `states` have any: a
+    /// success on a fresh key stores nothing. Returns the new states.
+    pub(super) async fn forgive(
+        &self,
+        slots: &[Slot<'_>],
+        mut states: Vec<KeyState>,
+    ) -> Result<Vec<KeyState>, StoreError> {
+        let dirty: Vec<usize> = (0..slots.len())
+            .filter(|&i| !states[i].recent_failures.is_empty())
+            .collect();
+        if !dirty.is_empty() {
+            let ids: Vec<StateId> = dirty.iter().map(|&i| id_of(&slots[i])).collect();
+            let written = self
+                .store
+                .transition(&ids, &|current| Transition {
+                    updates: dirty
+                        .iter()
+                        .zip(current)
+                        .map(|(&i, state)| {
+                            let rule = slots[i].rule;
+                            let next = rule.record_success(&state.clone().unwrap_or_default());
+                            Update {
+                                expires_at: rule.expires_at(&next),
+                                state: next,
+                            }
+                        })
+                        .collect(),
+                    events: Vec::new(),
+                })
+                .await?;
+            for (&i, state) in dirty.iter().zip(written.after) {
+                states[i] = state;
+            }
+        }
+        Ok(states)
+    }
+}

@@ -1,0 +1,61 @@
+//! What keeps a replica and its store in shape: store probes, the
+//! cleanup pass, the figures behind the gauges.
+
+use std::time::Duration;
+
+use super::{Gate, ServiceError};
+use crate::domain::{ALLOW_LIST_CONTEXT, TOTP_CONTEXT};
+use crate::metrics;
+use crate::store::{Purged, Stats, StoreError};
+
+impl Gate {
+    /// Sets the session and lock gauges from the store.
+    pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let s = self.store.stats(now, TOTP_CONTEXT).await?;
+        for (state, n) in [
+            ("total", s.total),
+            ("authenticated", s.authenticated),
+            ("processing", s.processing),
+            ("blocked", s.blocked),
+            ("expired", s.expired),
+        ] {
+            metrics::sessions(state, n);
+        }
+        let locks = self.store.active_locks(now).await?;
+        // Every known context is set, so a context whose locks all ended
+        // reads 0 rather than its last count.
+        for context in self
+            .policy
+            .context_names()
+            .chain([ALLOW_LIST_CONTEXT, TOTP_CONTEXT])
+        {
+            for (kind, permanent) in [("temporary", false), ("permanent", true)] {
+                let n = locks
+                    .iter()
+                    .filter(|l| l.context == context && l.permanent == permanent)
+                    .map(|l| l.count)
+                    .sum();
+                metrics::locks_active(context, kind, n);
+            }
+        }
+        Ok(())
+    }
+
+    /// One cleanup pass; `None` when another replica ran it.
+    pub async fn purge_expired(
+        &self,
+        audit_retention: Duration,
+    ) -> Result<Option<Purged>, StoreError> {
+        self.store.purge_expired(self.now(), audit_retention).await
+    }
+
+    /// Whether the store answers at all.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ServiceError> {
+        Ok(self.store.stats(self.now(), TOTP_CONTEXT).await?)
+    }
+}
