@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto::{self, access_service_server::AccessService};
 use super::{caller, convert, observe};
+use crate::domain::FieldError;
 use crate::metrics;
 use crate::service::{Gate, TotpResult};
 
@@ -46,9 +47,11 @@ impl AccessService for AccessApi {
             let req = request.into_inner();
             let subject = convert::subject("subject", req.subject.as_ref())?;
             if req.activity.len() > 64 || req.activity.chars().any(char::is_control) {
-                return Err(Status::invalid_argument(
-                    "activity: must be at most 64 bytes without control characters",
-                ));
+                return Err(FieldError::new(
+                    "activity",
+                    "must be at most 64 bytes without control characters",
+                )
+                .into());
             }
             let outcome = self
                 .gate

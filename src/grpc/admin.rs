@@ -242,12 +242,12 @@ impl AdminService for AdminApi {
                 }
                 Some(Scope::All(true)) => UnlockScope::All,
                 Some(Scope::All(false)) => {
-                    return Err(Status::invalid_argument("all: must be true when chosen"));
+                    return Err(FieldError::new("all", "must be true when chosen").into());
                 }
                 None => {
-                    return Err(Status::invalid_argument(
-                        "scope: one of key, subject, all is required",
-                    ));
+                    return Err(
+                        FieldError::new("scope", "one of key, subject, all is required").into(),
+                    );
                 }
             };
             let unlocked = self.gate.unlock(&admin, &scope).await?;
@@ -363,9 +363,10 @@ impl AdminService for AdminApi {
                     "" => None,
                     token => Some(token.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(
                         || {
-                            Status::invalid_argument(
-                                "page_token: is not a token this server issued",
-                            )
+                            Status::from(FieldError::new(
+                                "page_token",
+                                "is not a token this server issued",
+                            ))
                         },
                     )?),
                 };
@@ -413,12 +414,10 @@ impl AdminService for AdminApi {
                 Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
                 Some(Scope::All(true)) => None,
                 Some(Scope::All(false)) => {
-                    return Err(Status::invalid_argument("all: must be true when chosen"));
+                    return Err(FieldError::new("all", "must be true when chosen").into());
                 }
                 None => {
-                    return Err(Status::invalid_argument(
-                        "scope: one of user_id, all is required",
-                    ));
+                    return Err(FieldError::new("scope", "one of user_id, all is required").into());
                 }
             };
             let revoked = self.gate.revoke_sessions(&admin, user.as_ref()).await?;
@@ -474,7 +473,7 @@ impl AdminService for AdminApi {
             let algorithm = match req.algorithm.as_str() {
                 "" => TotpAlgorithm::Sha1,
                 name => TotpAlgorithm::from_name(name).ok_or_else(|| {
-                    Status::invalid_argument("algorithm: must be SHA1, SHA256 or SHA512")
+                    Status::from(FieldError::new("algorithm", "must be SHA1, SHA256 or SHA512"))
                 })?,
             };
             let params = TotpParams {

@@ -8,6 +8,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use super::Refusal;
 use crate::auth::{AuthError, Authenticator, Caller, Role};
 use crate::metrics;
 
@@ -46,16 +47,17 @@ impl Interceptor for Authenticate {
                 AuthError::Malformed => "malformed",
                 AuthError::Unknown => "unknown_key",
             });
-            Status::unauthenticated(e.to_string())
+            Status::from(Refusal::Unauthenticated(e.to_string()))
         })?;
         if let Some(role) = self.role
             && !caller.has(role)
         {
             metrics::auth_rejected("role");
-            return Err(Status::permission_denied(format!(
+            return Err(Refusal::PermissionDenied(format!(
                 "caller {:?} lacks the {role} role",
                 caller.name
-            )));
+            ))
+            .into());
         }
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -68,7 +70,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
     request
         .extensions()
         .get::<Caller>()
-        .ok_or_else(|| Status::unauthenticated(AuthError::Missing.to_string()))
+        .ok_or_else(|| Refusal::Unauthenticated(AuthError::Missing.to_string()).into())
 }
 
 /// The names a client certificate speaks for: its subject common names and

@@ -15,6 +15,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use super::Refusal;
 use crate::metrics;
 
 /// Health checks are never shed nor cut short: Kubernetes would otherwise
@@ -75,9 +76,11 @@ where
         let Ok(permit) = self.limits.permits.clone().try_acquire_owned() else {
             metrics::shed();
             return Box::pin(async {
-                Ok(Status::resource_exhausted(
-                    "authgate is at server.max_concurrent_requests; retry with backoff",
-                )
+                Ok(Status::from(Refusal::ResourceExhausted {
+                    message: "authgate is at server.max_concurrent_requests; retry with backoff"
+                        .into(),
+                    retry: true,
+                })
                 .into_http())
             });
         };
@@ -106,11 +109,11 @@ where
                 biased;
                 joined = work => joined.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "a call's task failed");
-                    Ok(Status::internal("internal error").into_http())
+                    Ok(Status::from(Refusal::Internal).into_http())
                 }),
-                () = deadline => Ok(Status::deadline_exceeded(
-                    "the call exceeded its deadline (the caller's or server.request_timeout)",
-                )
+                () = deadline => Ok(Status::from(Refusal::DeadlineExceeded(
+                    "the call exceeded its deadline (the caller's or server.request_timeout)".into(),
+                ))
                 .into_http()),
             }
         })

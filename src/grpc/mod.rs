@@ -1,5 +1,6 @@
 //! The gRPC face: proto <-> domain conversion, the service implementations,
-//! and the one place errors become a `Status`.
+//! the transport's middleware, and (status.rs) the one place errors become
+//! a `Status`.
 
 mod access;
 mod admin;
@@ -8,6 +9,7 @@ mod convert;
 mod incoming;
 mod limits;
 mod request_id;
+mod status;
 mod wire;
 
 pub use access::AccessApi;
@@ -16,6 +18,7 @@ pub use auth::{Authenticate, caller};
 pub use incoming::incoming;
 pub use limits::LimitsLayer;
 pub use request_id::RequestIdLayer;
+pub use status::Refusal;
 pub use wire::WireErrorsLayer;
 
 /// Code generated from proto/authgate/v1 by build.rs.
@@ -33,10 +36,6 @@ use std::time::Instant;
 
 use tonic::{Response, Status};
 
-use crate::domain::FieldError;
-use crate::service::ServiceError;
-use crate::store::StoreError;
-
 /// Runs one RPC and records its latency and status code.
 async fn observe<T>(
     rpc: &'static str,
@@ -49,32 +48,4 @@ async fn observe<T>(
         .map_or_else(Status::code, |_| tonic::Code::Ok);
     crate::metrics::rpc_done(rpc, code, start.elapsed());
     result
-}
-
-impl From<FieldError> for Status {
-    fn from(e: FieldError) -> Status {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<ServiceError> for Status {
-    fn from(e: ServiceError) -> Status {
-        match e {
-            ServiceError::InvalidArgument(f) => Status::invalid_argument(f.to_string()),
-            ServiceError::PermissionDenied(m) => Status::permission_denied(m),
-            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
-            ServiceError::Crypto(e) => {
-                tracing::error!(error = %e, "TOTP secret unusable");
-                Status::internal("internal error")
-            }
-            ServiceError::Store(StoreError::Unavailable(cause)) => {
-                tracing::warn!(error = %cause, "store unavailable");
-                Status::unavailable("the state store is unavailable; retry later")
-            }
-            ServiceError::Store(other) => {
-                tracing::error!(error = %other, "store error");
-                Status::internal("internal error")
-            }
-        }
-    }
 }

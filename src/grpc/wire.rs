@@ -14,6 +14,7 @@ use http::{Request, Response};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
+use super::Refusal;
 use crate::domain::FieldError;
 
 /// How prost's decoding errors begin.
@@ -68,10 +69,13 @@ where
 /// The status tonic should have given, for the two it gets wrong.
 fn restate(status: Status) -> Option<Status> {
     match status.code() {
-        Code::OutOfRange => Some(Status::resource_exhausted(format!(
-            "the request is too large: {}",
-            status.message()
-        ))),
+        Code::OutOfRange => Some(
+            Refusal::ResourceExhausted {
+                message: format!("the request is too large: {}", status.message()),
+                retry: false,
+            }
+            .into(),
+        ),
         Code::Internal => status
             .message()
             .strip_prefix(DECODE_ERROR)

@@ -38,6 +38,9 @@ pub enum ServiceError {
     /// INTERNAL: a stored secret cannot be decrypted.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// INTERNAL: work moved off the async threads did not finish.
+    #[error("a task failed: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
 }
 
 pub struct Gate {

@@ -289,10 +289,7 @@ impl Gate {
                 (user, sealed),
             )
         })
-        .await
-        .map_err(|e| {
-            ServiceError::FailedPrecondition(format!("enrollment was interrupted: {e}"))
-        })?;
+        .await?;
         let (user, sealed) = sealed;
         let provision = provision.map_err(|e| FieldError::new("account_name", e))?;
         self.store

@@ -46,6 +46,17 @@ async fn bad_requests_name_the_field_and_write_nothing(backend: Backend) {
     for (request, field) in cases {
         let status = c.record_failure(request.clone()).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        // The field travels as a google.rpc.BadRequest too, for clients
+        // that read details rather than messages.
+        use tonic_types::StatusExt;
+        let violations = status
+            .get_details_bad_request()
+            .expect("BadRequest details")
+            .field_violations;
+        assert!(
+            field.starts_with(&violations[0].field) || field.contains(&violations[0].field),
+            "{field} vs {violations:?}"
+        );
         assert!(
             status.message().contains(field),
             "{:?} should name {field}",

@@ -120,6 +120,12 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
             !err.message().contains("postgres://"),
             "no connection details leak"
         );
+        use tonic_types::StatusExt;
+        assert!(
+            err.get_details_retry_info()
+                .is_some_and(|r| r.retry_delay.is_some()),
+            "UNAVAILABLE says when to retry"
+        );
         let err = c
             .record_failure(proto::RecordFailureRequest {
                 context: "login".into(),

@@ -148,6 +148,12 @@ async fn a_full_replica_sheds_load_and_cuts_off_stuck_calls() {
         .await
         .expect_err("a second call is refused while the slot is taken");
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    use tonic_types::StatusExt;
+    assert!(
+        shed.get_details_retry_info()
+            .is_some_and(|r| r.retry_delay.is_some()),
+        "a shed call says when to retry"
+    );
     let metrics = authgate::metrics::handle().render();
     assert!(
         metrics
