@@ -14,7 +14,7 @@ backend=${1:-postgres}
 shift || true
 case "$backend" in postgres|sqlite) ;; *) echo "usage: $0 [postgres|sqlite] [bench flags]" >&2; exit 2 ;; esac
 
-cargo build --release --quiet --bin authgate --bin authgate-bench
+cargo build --release --quiet --features bench --bin authgate --bin authgate-bench
 
 work=$(mktemp -d)
 pids=()

@@ -18,20 +18,20 @@ use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use crate::auth::{Authenticator, Role};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, TlsConfig};
 use crate::crypto::{self, CryptoError, SecretKeys};
 use crate::domain::Policy;
+use crate::grpc::auth::{Authenticator, Role};
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{
     AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, WireErrorsLayer, incoming,
     proto,
 };
-use crate::metrics;
 use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
+use crate::telemetry::metrics;
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.

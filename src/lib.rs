@@ -2,14 +2,12 @@
 //! and admin unlocks over gRPC, backed by Postgres or an embedded SQLite file.
 
 pub mod app;
-pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
-pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -38,7 +38,7 @@ enum Command {
         name: String,
         /// check (AccessService), admin (AdminService), or both.
         #[arg(long, value_delimiter = ',', default_value = "check")]
-        roles: Vec<authgate::auth::Role>,
+        roles: Vec<authgate::grpc::auth::Role>,
     },
     /// Operator commands over AdminService: unlock, list-locked, subject,
     /// stats, events.
@@ -135,13 +135,13 @@ fn chain(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
-fn keygen(name: String, roles: Vec<authgate::auth::Role>) -> ExitCode {
+fn keygen(name: String, roles: Vec<authgate::grpc::auth::Role>) -> ExitCode {
     /// The layout of auth.keys_file, for one key.
     #[derive(serde::Serialize)]
     struct Entry {
         keys: [ApiKeyConfig; 1],
     }
-    let (key, hash) = authgate::auth::generate_key();
+    let (key, hash) = authgate::grpc::auth::generate_key();
     let entry = Entry {
         keys: [ApiKeyConfig {
             name,

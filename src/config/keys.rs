@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::schema::{ApiKeyConfig, Config};
 use super::{ConfigError, invalid};
-use crate::auth::{Authenticator, Credential, KeyHash};
+use crate::grpc::auth::{Authenticator, Credential, KeyHash};
 
 /// The layout of auth.keys_file.
 #[derive(Deserialize)]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::lockout::LockoutConfig;
 use super::{by_name, duration, shipped};
-use crate::auth::Role;
 use crate::domain::{KeyKind, TotpAlgorithm};
+use crate::grpc::auth::Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

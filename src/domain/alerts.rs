@@ -1,4 +1,4 @@
-//! pyTMBot's ADMIN_NOTIFY_SUPPRESSION: an attack yields one alert per
+//! Alert suppression: an attack yields one alert per
 //! subject and kind, and the next one after the window says how many were
 //! held back.
 

@@ -12,7 +12,7 @@ pub const ALLOW_LIST_CONTEXT: &str = "allow_list";
 
 /// The pseudo-context of every user's TOTP failure counter: apart from the
 /// login context's, so strangers failing a login form cannot lock a user out
-/// of two-factor sign-in (Keycloak issue 46164) and the reverse.
+/// of two-factor sign-in, and the reverse.
 pub const TOTP_CONTEXT: &str = "totp";
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -28,8 +28,8 @@ fn join(ids: &[UserId]) -> String {
         .join(", ")
 }
 
-/// pyTMBot's access control: who may use the caller at all, and who may
-/// administer authgate.
+/// Who may use the caller at all (an allow list; empty allows everyone), and
+/// who may administer authgate.
 #[derive(Debug, Clone)]
 pub struct AccessList {
     /// Empty means everyone is allowed.

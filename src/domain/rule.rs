@@ -14,10 +14,11 @@ pub enum LockDuration {
 /// duration.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ladder {
-    /// A fixed list, the last entry repeating: oai-web's [30m, permanent].
+    /// A fixed list, the last entry repeating: [30m, permanent] locks for
+    /// half an hour, then for good.
     Tiers(Vec<LockDuration>),
-    /// fail2ban's bantime.increment and Keycloak's wait increment:
-    /// `base × factor^(n−1)`, capped at `max`; permanent from the
+    /// Each lockout of a run longer than the last: `base × factor^(n−1)`,
+    /// capped at `max`; permanent from the
     /// `permanent_after`-th lockout on when set.
     Progressive {
         base: Duration,
@@ -85,8 +86,8 @@ pub struct Rule {
     /// A lockout within this long of the previous one continues the run (and
     /// climbs the ladder); a later one starts again at the first tier.
     pub recurrence_window: Duration,
-    /// Failures while locked restart the lock's clock. Off by default, as in
-    /// Keycloak: otherwise an attacker can keep a victim locked forever.
+    /// Failures while locked restart the lock's clock. Off by default:
+    /// otherwise an attacker can keep a victim locked forever.
     pub extend_while_locked: bool,
 }
 
@@ -110,8 +111,8 @@ impl Lock {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyState {
     /// Times of the failures that may still count, oldest first. Holding the
-    /// times rather than a counter makes the window truly sliding (fail2ban's
-    /// findtime); only as many as the highest threshold are kept.
+    /// times rather than a counter makes the window truly sliding; only as
+    /// many as the highest threshold are kept.
     pub recent_failures: Vec<UnixMillis>,
     pub failures_total: u64,
     pub last_failure_at: Option<UnixMillis>,
@@ -301,7 +302,7 @@ mod tests {
     const MIN: i64 = 60_000;
     const HOUR: i64 = 60 * MIN;
 
-    fn oai_login() -> Rule {
+    fn two_tier_login() -> Rule {
         Rule {
             name: "login".into(),
             key: KeyKind::UserIp,
@@ -333,8 +334,8 @@ mod tests {
     }
 
     #[test]
-    fn oai_five_failures_in_thirty_minutes_lock_for_thirty_minutes() {
-        let rule = oai_login();
+    fn five_failures_in_thirty_minutes_lock_for_thirty_minutes() {
+        let rule = two_tier_login();
         let (state, applied) = fail_n(&rule, KeyState::default(), 4, 0);
         assert!(!applied);
         let v = rule.assess(&key(), &state, UnixMillis(0));
@@ -357,8 +358,8 @@ mod tests {
     }
 
     #[test]
-    fn oai_failures_older_than_the_window_do_not_count() {
-        let rule = oai_login();
+    fn failures_older_than_the_window_do_not_count() {
+        let rule = two_tier_login();
         let (state, _) = fail_n(&rule, KeyState::default(), 4, 0);
         let (state, applied) = fail_n(&rule, state, 1, 30 * MIN);
         assert!(!applied);
@@ -366,8 +367,8 @@ mod tests {
     }
 
     #[test]
-    fn oai_second_lockout_within_a_day_is_permanent() {
-        let rule = oai_login();
+    fn a_second_lockout_within_a_day_is_permanent() {
+        let rule = two_tier_login();
         let (state, _) = fail_n(&rule, KeyState::default(), 5, 0);
         let (state, applied) = fail_n(&rule, state, 5, 23 * HOUR);
         assert!(applied);
@@ -380,8 +381,8 @@ mod tests {
     }
 
     #[test]
-    fn oai_second_lockout_after_a_day_starts_again() {
-        let rule = oai_login();
+    fn a_second_lockout_after_a_day_starts_the_ladder_again() {
+        let rule = two_tier_login();
         let (state, _) = fail_n(&rule, KeyState::default(), 5, 0);
         let (state, _) = fail_n(&rule, state, 5, 25 * HOUR);
         let lock = state.lock.clone().unwrap();
@@ -393,7 +394,7 @@ mod tests {
 
     #[test]
     fn success_clears_failures_but_not_history() {
-        let rule = oai_login();
+        let rule = two_tier_login();
         let (state, _) = fail_n(&rule, KeyState::default(), 5, 0);
         let (state, _) = fail_n(&rule, state, 4, 31 * MIN);
         let state = rule.record_success(&state);
@@ -409,7 +410,7 @@ mod tests {
     fn captcha_threshold_below_the_lock() {
         let rule = Rule {
             captcha_after: Some(3),
-            ..oai_login()
+            ..two_tier_login()
         };
         let (state, _) = fail_n(&rule, KeyState::default(), 2, 0);
         let v = rule.assess(&key(), &state, UnixMillis(0));
@@ -462,7 +463,7 @@ mod tests {
                 max: Duration::from_secs(3600),
                 permanent_after: None,
             },
-            ..oai_login()
+            ..two_tier_login()
         };
         let (s, _) = fail_n(&rule, KeyState::default(), 2, 0);
         assert_eq!(s.lock.as_ref().unwrap().until, Some(UnixMillis(MIN)));
@@ -475,7 +476,7 @@ mod tests {
 
     #[test]
     fn failures_while_locked_count_but_do_not_extend() {
-        let rule = oai_login();
+        let rule = two_tier_login();
         let (state, _) = fail_n(&rule, KeyState::default(), 5, 0);
         let (state, applied) = fail_n(&rule, state, 10, 10 * MIN);
         assert!(!applied);
@@ -485,7 +486,7 @@ mod tests {
 
         let extending = Rule {
             extend_while_locked: true,
-            ..oai_login()
+            ..two_tier_login()
         };
         let (state, _) = fail_n(&extending, KeyState::default(), 5, 0);
         let (state, _) = fail_n(&extending, state, 1, 10 * MIN);
@@ -496,11 +497,11 @@ mod tests {
     fn activities_filter_what_counts() {
         let rule = Rule {
             activities: vec!["spam".into()],
-            ..oai_login()
+            ..two_tier_login()
         };
         assert!(rule.counts("spam"));
         assert!(!rule.counts(""));
-        assert!(oai_login().counts("anything"));
+        assert!(two_tier_login().counts("anything"));
     }
 
     fn arb_rule() -> impl Strategy<Value = Rule> {
@@ -523,7 +524,7 @@ mod tests {
                     }
                 },
                 extend_while_locked: extend,
-                ..oai_login()
+                ..two_tier_login()
             },
         )
     }

@@ -1,5 +1,5 @@
-//! pyTMBot's SessionManager: a user's two-factor sign-in state, shared by
-//! every replica through the store.
+//! A user's two-factor sign-in state (unauthenticated, processing,
+//! authenticated, expired), shared by every replica through the store.
 
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ pub struct Session {
 /// Whether a session's clock runs from the login or from the last request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutMode {
-    /// pyTMBot's: the session ends `timeout` after the login, however busy.
+    /// The session ends `timeout` after the login, however busy.
     Absolute,
     /// Ends after `timeout` without a request; every allowed request renews.
     Idle,

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, access_service_server::AccessService};
 use super::{caller, convert, observe};
 use crate::domain::FieldError;
-use crate::metrics;
 use crate::service::{Gate, TotpResult};
+use crate::telemetry::metrics;
 
 pub struct AccessApi {
     gate: Arc<Gate>,

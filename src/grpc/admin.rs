@@ -10,10 +10,10 @@ use crate::domain::{
     ContextName, FieldError, Key, KeyKind, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
     TotpParams, UnixMillis, UserId,
 };
-use crate::metrics;
 use crate::service::{Admin, Gate};
 use crate::store::{EventFilter, StateId, UnlockScope};
 use crate::telemetry::mask;
+use crate::telemetry::metrics;
 use std::pin::Pin;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};

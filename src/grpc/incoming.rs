@@ -67,7 +67,7 @@ async fn accept_loop<A, F>(
             }
             Err(e) => {
                 tracing::warn!(error = %e, pause = ?backoff, "cannot accept a connection; pausing");
-                crate::metrics::accept_failed();
+                crate::telemetry::metrics::accept_failed();
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = ready.closed() => return,

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::Refusal;
-use crate::metrics;
+use crate::telemetry::metrics;
 
 /// Health checks are never shed nor cut short: Kubernetes would otherwise
 /// restart a replica for being busy.

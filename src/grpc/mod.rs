@@ -4,7 +4,7 @@
 
 mod access;
 mod admin;
-mod auth;
+pub mod auth;
 mod convert;
 mod incoming;
 mod limits;
@@ -46,6 +46,6 @@ async fn observe<T>(
     let code = result
         .as_ref()
         .map_or_else(Status::code, |_| tonic::Code::Ok);
-    crate::metrics::rpc_done(rpc, code, start.elapsed());
+    crate::telemetry::metrics::rpc_done(rpc, code, start.elapsed());
     result
 }

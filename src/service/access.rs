@@ -4,8 +4,8 @@
 use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::domain::{ContextPolicy, EventKind, SecurityEvent, Slot, Subject, UnixMillis, Verdict};
-use crate::metrics;
 use crate::store::StoreError;
+use crate::telemetry::metrics;
 
 /// A verdict and whether this very request started a lockout.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use crate::domain::{
     ALLOW_LIST_CONTEXT, EventKind, FieldError, SecurityEvent, Session, Subject, TotpParams,
     UnixMillis, UserId,
 };
-use crate::metrics;
 use crate::store::{EventFilter, StateId, Stored, StoredTotp, UnlockScope};
+use crate::telemetry::metrics;
 
 fn scope_name(scope: &UnlockScope) -> &'static str {
     match scope {

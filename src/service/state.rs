@@ -6,9 +6,9 @@ use crate::domain::{
     EventKind, FieldError, Key, KeyState, SecurityEvent, Slot, Subject, TOTP_CONTEXT, UnixMillis,
     UserId, Verdict,
 };
-use crate::metrics;
 use crate::store::{StateId, StoreError, Transition, Update};
 use crate::telemetry::mask;
+use crate::telemetry::metrics;
 
 pub(super) fn id_of(slot: &Slot<'_>) -> StateId {
     StateId {

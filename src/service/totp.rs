@@ -77,7 +77,7 @@ impl Gate {
     }
 
     /// The verdict of the second factor for a check in a TOTP context,
-    /// moving the session along pyTMBot's states.
+    /// moving the session along its states.
     pub(super) async fn second_factor(
         &self,
         ctx: &ContextPolicy,

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{Gate, ServiceError};
 use crate::domain::{ALLOW_LIST_CONTEXT, TOTP_CONTEXT};
-use crate::metrics;
 use crate::store::{Purged, Stats, StoreError};
+use crate::telemetry::metrics;
 
 impl Gate {
     /// Sets the session and lock gauges from the store.

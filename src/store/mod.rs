@@ -19,7 +19,7 @@ use crate::domain::{
     EventKind, Key, KeyKind, KeyState, Lock, SecurityEvent, Session, Subject, TotpParams,
     UnixMillis, UserId,
 };
-use crate::metrics;
+use crate::telemetry::metrics;
 use sql::Common;
 
 pub use health::Health;

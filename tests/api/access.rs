@@ -3,7 +3,7 @@ use authgate::grpc::proto::{self, Decision};
 use crate::both_backends;
 use crate::helpers::*;
 
-async fn oai_login_lockout_then_permanent(backend: Backend) {
+async fn two_tier_lockout_becomes_permanent(backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let who = || subject("alice", "203.0.113.5");
@@ -98,7 +98,7 @@ async fn oai_login_lockout_then_permanent(backend: Backend) {
     assert_eq!(v.remaining_attempts, Some(5));
     server.stop().await;
 }
-both_backends!(oai_login_lockout_then_permanent);
+both_backends!(two_tier_lockout_becomes_permanent);
 
 async fn success_clears_failures_not_locks(backend: Backend) {
     let server = TestServer::spawn(backend).await;

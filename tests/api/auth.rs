@@ -113,7 +113,7 @@ async fn every_call_but_health_needs_a_key_with_the_right_role() {
 
     // Operators see refusals by reason (the recorder is shared by every
     // in-process server, so these are lower bounds).
-    let metrics = authgate::metrics::handle().render();
+    let metrics = authgate::telemetry::metrics::handle().render();
     for reason in ["missing", "malformed", "unknown_key", "role"] {
         let series = format!("authgate_auth_rejected_total{{reason=\"{reason}\"}}");
         assert!(metrics.contains(&series), "{series} missing:\n{metrics}");

@@ -655,8 +655,8 @@ pub struct TestKeys {
 
 impl TestKeys {
     pub fn new() -> TestKeys {
-        let (check, check_hash) = authgate::auth::generate_key();
-        let (admin, admin_hash) = authgate::auth::generate_key();
+        let (check, check_hash) = authgate::grpc::auth::generate_key();
+        let (admin, admin_hash) = authgate::grpc::auth::generate_key();
         TestKeys {
             check: check.to_string(),
             admin: admin.to_string(),

@@ -90,7 +90,7 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
         (Decision::Allow, "store_unavailable")
     );
     assert!(
-        authgate::metrics::handle()
+        authgate::telemetry::metrics::handle()
             .render()
             .contains("authgate_fail_open_decisions_total{context=\"feed\"}"),
         "fail-open decisions are counted"

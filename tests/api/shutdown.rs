@@ -154,7 +154,7 @@ async fn a_full_replica_sheds_load_and_cuts_off_stuck_calls() {
             .is_some_and(|r| r.retry_delay.is_some()),
         "a shed call says when to retry"
     );
-    let metrics = authgate::metrics::handle().render();
+    let metrics = authgate::telemetry::metrics::handle().render();
     assert!(
         metrics
             .lines()

@@ -1,6 +1,8 @@
 //! Logging set-up and the masking every log line that names a user, an IP
 //! or a session goes through.
 
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::fmt::time::SystemTime;
@@ -73,7 +75,7 @@ pub fn init(log: &LogConfig, to: LogTo) {
     }
 }
 
-/// pyTMBot's mask_user_id: keeps the first two characters, enough to tell
+/// Masks an identifier for logs: keeps the first two characters, enough to tell
 /// entries apart while reading a log, and hides the rest and its length.
 pub fn mask(id: &str) -> String {
     let head: String = id.chars().take(2).collect();

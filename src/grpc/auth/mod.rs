@@ -8,9 +8,12 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+mod keys;
+
+pub use keys::{AuthError, Authenticator, Caller, Credential, KeyHash, Role, generate_key};
+
 use super::Refusal;
-use crate::auth::{AuthError, Authenticator, Caller, Role};
-use crate::metrics;
+use crate::telemetry::metrics;
 
 #[derive(Clone)]
 pub struct Authenticate {
