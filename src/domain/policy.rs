@@ -106,7 +106,8 @@ impl AccessList {
     }
 }
 
-/// One key of one rule in one context: the unit of stored state.
+/// One rule of one context applied to one key of a request, for the length
+/// of a call; the store names its row with a `StateId`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slot<'a> {
     pub context: &'a str,

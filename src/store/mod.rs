@@ -85,7 +85,9 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-/// Names one piece of stored state: a key of a rule in a context.
+/// The name of a stored row: a key of a rule in a context. (README,
+/// "Architecture", tells it from `Key`, `Slot` and `KeyState`.) ListLocked
+/// pages resume after one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StateId {
     pub context: String,
