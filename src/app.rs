@@ -26,8 +26,7 @@ use crate::grpc::auth::{Authenticator, Role};
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{
-    AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, WireErrorsLayer, incoming,
-    proto,
+    AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, incoming, proto, wire_errors,
 };
 use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
@@ -355,7 +354,7 @@ impl Application {
         let server = builder
             .layer(RequestIdLayer)
             .layer(self.limits)
-            .layer(WireErrorsLayer)
+            .layer(wire_errors())
             .add_service(health)
             .add_service(InterceptedService::new(reflection_v1, guard(None)))
             .add_service(InterceptedService::new(reflection_v1alpha, guard(None)))

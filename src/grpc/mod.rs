@@ -19,7 +19,7 @@ pub use incoming::incoming;
 pub use limits::LimitsLayer;
 pub use request_id::RequestIdLayer;
 pub use status::Refusal;
-pub use wire::WireErrorsLayer;
+pub use wire::wire_errors;
 
 /// Code generated from proto/authgate/v1 by build.rs.
 pub mod proto {

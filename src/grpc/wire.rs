@@ -6,13 +6,9 @@
 //! never answer OUT_OF_RANGE, nor INTERNAL with a decoding message, so
 //! nothing of theirs is rewritten.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use http::{Request, Response};
+use http::Response;
 use tonic::{Code, Status};
-use tower::{Layer, Service};
+use tower::util::MapResponseLayer;
 
 use super::Refusal;
 use crate::domain::FieldError;
@@ -20,49 +16,17 @@ use crate::domain::FieldError;
 /// How prost's decoding errors begin.
 const DECODE_ERROR: &str = "failed to decode Protobuf message: ";
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WireErrorsLayer;
-
-impl<S> Layer<S> for WireErrorsLayer {
-    type Service = WireErrors<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        WireErrors { inner }
-    }
+/// The layer that restates them, for the server's stack.
+pub fn wire_errors<B: Default>() -> MapResponseLayer<fn(Response<B>) -> Response<B>> {
+    MapResponseLayer::new(restate_response)
 }
 
-#[derive(Debug, Clone)]
-pub struct WireErrors<S> {
-    inner: S,
-}
-
-impl<S, B, RB> Service<Request<B>> for WireErrors<S>
-where
-    S: Service<Request<B>, Response = Response<RB>> + Send,
-    S::Future: Send + 'static,
-    RB: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await?;
-            // Errors raised before a handler runs are trailers-only: the
-            // status is in the headers.
-            Ok(
-                match Status::from_header_map(response.headers()).and_then(restate) {
-                    Some(status) => status.into_http(),
-                    None => response,
-                },
-            )
-        })
+/// Errors raised before a handler runs are trailers-only: the status is in
+/// the headers.
+fn restate_response<B: Default>(response: Response<B>) -> Response<B> {
+    match Status::from_header_map(response.headers()).and_then(restate) {
+        Some(status) => status.into_http(),
+        None => response,
     }
 }
 
