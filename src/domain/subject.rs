@@ -1,4 +1,5 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 
 /// Longest identifier accepted, in bytes. Caps what an attacker-controlled
@@ -44,42 +45,44 @@ fn parse_identifier(field: &str, raw: &str) -> Result<String, FieldError> {
     Ok(raw.to_owned())
 }
 
-macro_rules! identifier {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+/// An identifier a caller chose, opaque to authgate: at most MAX_ID_BYTES,
+/// no control characters. `Of` says what it names, so that a user id is
+/// never taken for a session id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identifier<Of>(String, PhantomData<Of>);
 
-        impl $name {
-            pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-                parse_identifier(field, raw).map($name)
-            }
+impl<Of> Identifier<Of> {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        parse_identifier(field, raw).map(|id| Identifier(id, PhantomData))
+    }
 
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-identifier!(
-    /// The caller's id for a user; opaque to authgate.
-    UserId
-);
-identifier!(
-    /// The caller's id for a session; opaque to authgate.
-    SessionId
-);
-identifier!(
-    /// The name of an activity with its own counters ("login", "bot", ...).
-    ContextName
-);
+impl<Of> fmt::Display for Identifier<Of> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an `Identifier` names: a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OfUser {}
+/// What an `Identifier` names: a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OfSession {}
+/// What an `Identifier` names: a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OfContext {}
+
+/// The caller's id for a user.
+pub type UserId = Identifier<OfUser>;
+/// The caller's id for a session.
+pub type SessionId = Identifier<OfSession>;
+/// The name of an activity with its own counters ("login", "bot", ...).
+pub type ContextName = Identifier<OfContext>;
 
 /// An IP address in canonical form, so `::ffff:10.0.0.1` and `10.0.0.1` are
 /// one key and an attacker cannot double their attempts by switching notation.

@@ -38,42 +38,16 @@ impl AdminApi {
         AdminApi { gate, stop }
     }
 
-    /// Every admin call acts for an admin user, through an authenticated
-    /// caller: both are checked here, once, and returned with the request.
-    fn admit<T: ActsFor>(&self, request: Request<T>) -> Result<(Admin, T), Status> {
+    /// Every admin call acts for an admin user, named by the request's
+    /// `actor`, through an authenticated caller: both are checked here,
+    /// once, and returned with the request.
+    fn admit<T>(&self, request: Request<T>, actor: fn(&T) -> &str) -> Result<(Admin, T), Status> {
         let admin = self
             .gate
-            .authorize_admin(&caller(&request)?.name, request.get_ref().actor_user_id())?;
+            .authorize_admin(&caller(&request)?.name, actor(request.get_ref()))?;
         Ok((admin, request.into_inner()))
     }
 }
-
-/// An admin request: it names the admin on whose behalf it is made.
-trait ActsFor {
-    fn actor_user_id(&self) -> &str;
-}
-
-macro_rules! acts_for {
-    ($($request:ident),* $(,)?) => {
-        $(impl ActsFor for proto::$request {
-            fn actor_user_id(&self) -> &str {
-                &self.actor_user_id
-            }
-        })*
-    };
-}
-
-acts_for!(
-    AdminUnlockRequest,
-    ListLockedRequest,
-    GetSubjectRequest,
-    RevokeSessionRequest,
-    GetStatsRequest,
-    ResetTotpRequest,
-    ImportTotpRequest,
-    WatchSecurityEventsRequest,
-    ListAuditEventsRequest,
-);
 
 /// Alerts queued for one subscriber's connection. Small: a slow reader makes
 /// its own task wait, and the broadcast buffer behind it (bounded too) drops
@@ -180,7 +154,7 @@ impl AdminService for AdminApi {
         request: Request<proto::WatchSecurityEventsRequest>,
     ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
         observe("WatchSecurityEvents", async move {
-            let (admin, _) = self.admit(request)?;
+            let (admin, _) = self.admit(request, |r| &r.actor_user_id)?;
             let mut events = self.gate.subscribe();
             let mut suppressor = Suppressor::new(self.gate.policy().alert_suppression);
             let mut stop = self.stop.clone();
@@ -230,7 +204,7 @@ impl AdminService for AdminApi {
         request: Request<proto::AdminUnlockRequest>,
     ) -> Result<Response<proto::AdminUnlockResponse>, Status> {
         observe("AdminUnlock", async move {
-            let (admin, req) = self.admit(request)?;
+            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
             use proto::admin_unlock_request::Scope;
             let scope = match req.scope {
                 Some(Scope::Key(k)) => UnlockScope::Key {
@@ -262,7 +236,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListLockedRequest>,
     ) -> Result<Response<proto::ListLockedResponse>, Status> {
         observe("ListLocked", async move {
-            let (_, req) = self.admit(request)?;
+            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
             let after = (!req.page_token.is_empty())
                 .then(|| parse_page_token(&req.page_token))
                 .transpose()?;
@@ -292,7 +266,7 @@ impl AdminService for AdminApi {
         request: Request<proto::GetSubjectRequest>,
     ) -> Result<Response<proto::GetSubjectResponse>, Status> {
         observe("GetSubject", async move {
-            let (_, req) = self.admit(request)?;
+            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
             let subject = convert::subject("subject", req.subject.as_ref())?;
             let report = self.gate.subject(&subject).await?;
             let now = self.gate.now();
@@ -357,7 +331,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
         observe("ListAuditEvents", async move {
-            let (_, req) = self.admit(request)?;
+            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
             let before_id =
                 match req.page_token.as_str() {
                     "" => None,
@@ -408,7 +382,7 @@ impl AdminService for AdminApi {
         request: Request<proto::RevokeSessionRequest>,
     ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
         observe("RevokeSession", async move {
-            let (admin, req) = self.admit(request)?;
+            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
             use proto::revoke_session_request::Scope;
             let user = match req.scope {
                 Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
@@ -432,7 +406,7 @@ impl AdminService for AdminApi {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         observe("GetStats", async move {
-            self.admit(request)?;
+            self.admit(request, |r| &r.actor_user_id)?;
             let s = self.gate.stats().await?;
             Ok(Response::new(proto::GetStatsResponse {
                 total: s.total,
@@ -453,7 +427,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ResetTotpRequest>,
     ) -> Result<Response<proto::ResetTotpResponse>, Status> {
         observe("ResetTotp", async move {
-            let (admin, req) = self.admit(request)?;
+            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let removed = self.gate.reset_totp(&admin, &user).await?;
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), removed, "TOTP reset");
@@ -468,7 +442,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ImportTotpRequest>,
     ) -> Result<Response<proto::ImportTotpResponse>, Status> {
         observe("ImportTotp", async move {
-            let (admin, req) = self.admit(request)?;
+            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let algorithm = match req.algorithm.as_str() {
                 "" => TotpAlgorithm::Sha1,

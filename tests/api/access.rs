@@ -1,9 +1,13 @@
 use authgate::grpc::proto::{self, Decision};
+use rstest::rstest;
 
-use crate::both_backends;
 use crate::helpers::*;
 
-async fn two_tier_lockout_becomes_permanent(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tier_lockout_becomes_permanent(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let who = || subject("alice", "203.0.113.5");
@@ -98,9 +102,12 @@ async fn two_tier_lockout_becomes_permanent(backend: Backend) {
     assert_eq!(v.remaining_attempts, Some(5));
     server.stop().await;
 }
-both_backends!(two_tier_lockout_becomes_permanent);
 
-async fn success_clears_failures_not_locks(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_clears_failures_not_locks(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let who = || subject("bob", "203.0.113.6");
@@ -128,9 +135,12 @@ async fn success_clears_failures_not_locks(backend: Backend) {
     );
     server.stop().await;
 }
-both_backends!(success_clears_failures_not_locks);
 
-async fn captcha_then_progressive_blocks(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captcha_then_progressive_blocks(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let who = || subject("spammer", "");
@@ -165,9 +175,12 @@ async fn captcha_then_progressive_blocks(backend: Backend) {
     );
     server.stop().await;
 }
-both_backends!(captcha_then_progressive_blocks);
 
-async fn strangers_are_denied_then_blocked(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_denied_then_blocked(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn_with(
         backend,
         "[access]\nallowed_user_ids = [\"alice\", \"admin\"]",
@@ -201,9 +214,12 @@ async fn strangers_are_denied_then_blocked(backend: Backend) {
     );
     server.stop().await;
 }
-both_backends!(strangers_are_denied_then_blocked);
 
-async fn acknowledged_state_survives_a_restart(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_state_survives_a_restart(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     for _ in 0..5 {
@@ -216,9 +232,12 @@ async fn acknowledged_state_survives_a_restart(backend: Backend) {
     assert_eq!(decision(&v), Decision::Blocked);
     server.stop().await;
 }
-both_backends!(acknowledged_state_survives_a_restart);
 
-async fn activities_count_only_where_configured(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activities_count_only_where_configured(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let extra = r#"
         [[contexts.chat.rules]]
         name = "spam"
@@ -251,4 +270,3 @@ async fn activities_count_only_where_configured(backend: Backend) {
     assert_eq!(v.verdict.unwrap().rule, "spam");
     server.stop().await;
 }
-both_backends!(activities_count_only_where_configured);

@@ -1,7 +1,7 @@
 use authgate::grpc::proto::{self, Decision, admin_unlock_request::Scope};
+use rstest::rstest;
 use tonic::Code;
 
-use crate::both_backends;
 use crate::helpers::*;
 
 fn unlock(actor: &str, scope: Scope) -> proto::AdminUnlockRequest {
@@ -23,7 +23,9 @@ async fn lock_out(
     }
 }
 
-async fn admin_rpcs_need_an_admin(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_rpcs_need_an_admin(#[values(Backend::Sqlite, Backend::Postgres)] backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut a = server.admin().await;
     let denied = a
@@ -55,9 +57,10 @@ async fn admin_rpcs_need_an_admin(backend: Backend) {
     assert!(missing.message().contains("actor_user_id"));
     server.stop().await;
 }
-both_backends!(admin_rpcs_need_an_admin);
 
-async fn unlock_scopes_and_paging(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_scopes_and_paging(#[values(Backend::Sqlite, Backend::Postgres)] backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -162,9 +165,12 @@ async fn unlock_scopes_and_paging(backend: Backend) {
     assert!(empty.locks.is_empty());
     server.stop().await;
 }
-both_backends!(unlock_scopes_and_paging);
 
-async fn cleanup_purges_only_what_expired(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_purges_only_what_expired(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     lock_out(&mut c, "temp", "192.0.2.1").await;
@@ -188,7 +194,6 @@ async fn cleanup_purges_only_what_expired(backend: Backend) {
     assert!(left.states[0].lock.as_ref().unwrap().permanent);
     server.stop().await;
 }
-both_backends!(cleanup_purges_only_what_expired);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_purges_at_a_time() {

@@ -2,9 +2,9 @@
 
 use authgate::domain::UnixMillis;
 use authgate::grpc::proto::{self, admin_unlock_request::Scope};
+use rstest::rstest;
 use tonic::transport::Channel;
 
-use crate::both_backends;
 use crate::helpers::*;
 
 type Admin = proto::admin_service_client::AdminServiceClient<Channel>;
@@ -29,7 +29,9 @@ async fn events(
     .into_inner()
 }
 
-async fn audit_trail(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail(#[values(Backend::Sqlite, Backend::Postgres)] backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -140,4 +142,3 @@ async fn audit_trail(backend: Backend) {
     assert!(events(&mut a, "", "", 0, "").await.events.is_empty());
     server.stop().await;
 }
-both_backends!(audit_trail);

@@ -1,6 +1,7 @@
 //! Who may call: API keys with roles, checked before any service runs, and
 //! both the caller and the acting admin in the audit trail.
 
+use rstest::rstest;
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -10,7 +11,6 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 
 use authgate::grpc::proto::{self, Decision};
 
-use crate::both_backends;
 use crate::helpers::*;
 
 fn check_request() -> proto::CheckAccessRequest {
@@ -121,9 +121,11 @@ async fn every_call_but_health_needs_a_key_with_the_right_role() {
     server.stop().await;
 }
 
-both_backends!(the_audit_trail_names_the_caller_and_the_acting_admin);
-
-async fn the_audit_trail_names_the_caller_and_the_acting_admin(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_names_the_caller_and_the_acting_admin(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let keys = TestKeys::new();
     let server = TestServer::spawn_with(backend, &keys.toml).await;
     let channel = server.channel().await;

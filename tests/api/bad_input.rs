@@ -1,7 +1,7 @@
 use authgate::grpc::proto::{self, admin_unlock_request::Scope};
+use rstest::rstest;
 use tonic::Code;
 
-use crate::both_backends;
 use crate::helpers::*;
 
 fn req(context: &str, s: Option<proto::Subject>) -> proto::RecordFailureRequest {
@@ -20,7 +20,11 @@ fn full(user: &str, ip: &str, session: &str) -> Option<proto::Subject> {
     })
 }
 
-async fn bad_requests_name_the_field_and_write_nothing(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_name_the_field_and_write_nothing(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let long = "x".repeat(300);
@@ -124,11 +128,14 @@ async fn bad_requests_name_the_field_and_write_nothing(backend: Backend) {
     assert!(found.states.is_empty(), "{:?}", found.states);
     server.stop().await;
 }
-both_backends!(bad_requests_name_the_field_and_write_nothing);
 
 /// Bytes that are not the request message: the caller's fault, named where
 /// the field is known, and nothing written.
-async fn undecodable_bodies_are_invalid_arguments(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_bodies_are_invalid_arguments(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     // CheckAccessRequest { context: "login", subject: { user_id: FF FE } }:
     // a string field that is not UTF-8.
@@ -161,12 +168,15 @@ async fn undecodable_bodies_are_invalid_arguments(backend: Backend) {
     assert_eq!(written, 0);
     server.stop().await;
 }
-both_backends!(undecodable_bodies_are_invalid_arguments);
 
 /// ListAuditEvents' and ListLocked's filters are identifiers like any
 /// other: written either way, an address finds its events; malformed ones
 /// (NUL bytes included) are refused naming the field, on both stores.
-async fn admin_filters_are_parsed_like_every_identifier(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_filters_are_parsed_like_every_identifier(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     c.record_failure(req("login", subject("v6", "2001:db8::1")))
@@ -305,4 +315,3 @@ async fn admin_filters_are_parsed_like_every_identifier(backend: Backend) {
     );
     server.stop().await;
 }
-both_backends!(admin_filters_are_parsed_like_every_identifier);

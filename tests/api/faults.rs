@@ -2,6 +2,7 @@
 //! must never leave a transaction half-done, a connection dirty or an
 //! acknowledged failure unstored.
 
+use rstest::rstest;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,6 @@ use authgate::grpc::proto;
 use sqlx::Connection;
 use tonic::Code;
 
-use crate::both_backends;
 use crate::helpers::*;
 
 const CALLERS: usize = 16;
@@ -168,7 +168,11 @@ async fn store_is_whole(server: &TestServer, acked: &BTreeMap<String, u64>) {
 }
 
 /// Callers that give up after 10 ms cancel their calls on the server.
-async fn cancelled_calls_leave_the_store_whole(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_leave_the_store_whole(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let (acked, codes) = cancellation_storm(&server, Deadlines::Cancelling).await;
     assert!(
@@ -181,12 +185,15 @@ async fn cancelled_calls_leave_the_store_whole(backend: Backend) {
     store_is_whole(&server, &acked).await;
     server.stop().await;
 }
-both_backends!(cancelled_calls_leave_the_store_whole);
 
 /// Callers that wait for the answer to a 10 ms deadline: the server's
 /// answer is DEADLINE_EXCEEDED (or, at its limit, RESOURCE_EXHAUSTED),
 /// never CANCELLED nor an error of its own.
-async fn timed_out_calls_leave_the_store_whole(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_calls_leave_the_store_whole(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let (acked, codes) = cancellation_storm(&server, Deadlines::Patient).await;
     assert!(
@@ -200,7 +207,6 @@ async fn timed_out_calls_leave_the_store_whole(backend: Backend) {
     store_is_whole(&server, &acked).await;
     server.stop().await;
 }
-both_backends!(timed_out_calls_leave_the_store_whole);
 
 /// Reads what the server sends until it closes the connection; false if it
 /// is still open after `within`.
@@ -270,7 +276,11 @@ async fn idle_and_half_open_connections_are_closed() {
 /// kill -9 in the middle of a stream of failures that lock: every failure
 /// acknowledged is stored, and every lock stored has exactly one lockout
 /// event, whatever the moment the process died.
-async fn kill_9_under_load_loses_nothing(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let db = TestDb::new(backend).await;
@@ -357,4 +367,3 @@ async fn kill_9_under_load_loses_nothing(backend: Backend) {
         .await;
     assert_eq!(audited, failures, "each stored failure is audited");
 }
-both_backends!(kill_9_under_load_loses_nothing);

@@ -495,25 +495,6 @@ pub fn decision(v: &proto::Verdict) -> proto::Decision {
     proto::Decision::try_from(v.decision).expect("known decision")
 }
 
-/// Generates one #[tokio::test] per backend from an async fn taking a
-/// `Backend`.
-#[macro_export]
-macro_rules! both_backends {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name($crate::helpers::Backend::Sqlite).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name($crate::helpers::Backend::Postgres).await;
-            }
-        }
-    };
-}
-
 /// authgate as its own process, as it runs in production.
 pub struct ChildServer {
     child: std::process::Child,

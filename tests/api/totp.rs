@@ -1,6 +1,7 @@
 //! Two-factor sign-in through the real RPCs: RFC 6238 vectors, an
 //! independent code generator, replay across replicas, blocks, sessions.
 
+use rstest::rstest;
 use std::process::Command;
 
 use authgate::domain::UnixMillis;
@@ -10,7 +11,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 use totp_rs::{Algorithm, Builder};
 
-use crate::both_backends;
 use crate::helpers::*;
 
 type Access = proto::access_service_client::AccessServiceClient<Channel>;
@@ -84,7 +84,9 @@ fn code(secret: &[u8], at: UnixMillis, shift_steps: i64) -> String {
 
 const SECRET: &[u8] = b"authgate-test-secret";
 
-async fn rfc6238_vectors(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc6238_vectors(#[values(Backend::Sqlite, Backend::Postgres)] backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -116,7 +118,6 @@ async fn rfc6238_vectors(backend: Backend) {
     }
     server.stop().await;
 }
-both_backends!(rfc6238_vectors);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oathtool_code_is_accepted_once_across_two_processes() {
@@ -182,7 +183,11 @@ async fn oathtool_code_is_accepted_once_across_two_processes() {
     assert!(!text.contains(&enrolled.secret_base32));
 }
 
-async fn five_wrong_codes_block_until_the_block_ends(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_codes_block_until_the_block_ends(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -235,9 +240,10 @@ async fn five_wrong_codes_block_until_the_block_ends(backend: Backend) {
     );
     server.stop().await;
 }
-both_backends!(five_wrong_codes_block_until_the_block_ends);
 
-async fn session_lifecycle(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_lifecycle(#[values(Backend::Sqlite, Backend::Postgres)] backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -367,9 +373,12 @@ async fn session_lifecycle(backend: Backend) {
     assert!(c.enroll_totp(replace).await.is_ok());
     server.stop().await;
 }
-both_backends!(session_lifecycle);
 
-async fn codes_are_checked_strictly(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_are_checked_strictly(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -418,9 +427,12 @@ async fn codes_are_checked_strictly(backend: Backend) {
     assert_eq!(result(&none), TotpResult::NotEnrolled);
     server.stop().await;
 }
-both_backends!(codes_are_checked_strictly);
 
-async fn stored_secrets_are_not_readable(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_secrets_are_not_readable(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     use sqlx::Connection;
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
@@ -468,9 +480,10 @@ async fn stored_secrets_are_not_readable(backend: Backend) {
     }
     server.stop().await;
 }
-both_backends!(stored_secrets_are_not_readable);
 
-async fn cleanup_expires_sessions(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_expires_sessions(#[values(Backend::Sqlite, Backend::Postgres)] backend: Backend) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut a = server.admin().await;
@@ -509,9 +522,12 @@ async fn cleanup_expires_sessions(backend: Backend) {
     assert_eq!(recorded, 1);
     server.stop().await;
 }
-both_backends!(cleanup_expires_sessions);
 
-async fn some_users_need_a_second_factor_everywhere(backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn some_users_need_a_second_factor_everywhere(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
     let server = TestServer::spawn_with(backend, "[totp]\nrequired_user_ids = [\"vip\"]").await;
     let mut c = server.access().await;
     assert_eq!(
@@ -533,4 +549,3 @@ async fn some_users_need_a_second_factor_everywhere(backend: Backend) {
     assert!(anonymous.message().contains("subject.user_id"));
     server.stop().await;
 }
-both_backends!(some_users_need_a_second_factor_everywhere);
