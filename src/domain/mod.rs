@@ -2,6 +2,7 @@
 //! verdict out. Nothing here performs I/O, reads the clock or knows about
 //! gRPC or SQL, so every rule can be pinned by unit and property tests.
 
+mod admission;
 mod alerts;
 mod event;
 mod policy;
@@ -12,6 +13,10 @@ mod time;
 mod totp;
 mod verdict;
 
+pub use admission::{
+    Admission, AdmissionPolicy, AdmissionState, Admitted, Block, Cause, KindClass, PatternRule,
+    Patterns, UpdateKind, admit,
+};
 pub use alerts::Suppressor;
 pub use event::{EventKind, SecurityEvent};
 pub use policy::{

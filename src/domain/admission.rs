@@ -1,0 +1,779 @@
+//! Anti-spam admission for bots: each incoming update is judged, and
+//! recorded when admitted, against per-kind rate limits over a sliding
+//! window, spam patterns among the user's latest admitted updates, and the
+//! user's warnings, blocks and reputation. The numbers and the order of the
+//! checks are those of the aiogram anti-spam middleware bots use (see the
+//! README), made a pure function of the stored state and `now`.
+
+use std::time::Duration;
+
+use super::UnixMillis;
+
+/// How the pattern detector sees a kind of update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindClass {
+    /// Messages with text (plain, replies, forwards, captions): identical
+    /// fingerprints among them are the identical-messages pattern.
+    Text,
+    /// Button presses: identical fingerprints are callback spam.
+    Callback,
+    /// Photos, videos, documents, audio, voice, stickers: many of them are
+    /// a media flood.
+    Media,
+    /// Commands: never limited, and left out of the text pattern.
+    Command,
+}
+
+impl KindClass {
+    pub const ALL: [KindClass; 4] = [
+        KindClass::Text,
+        KindClass::Callback,
+        KindClass::Media,
+        KindClass::Command,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindClass::Text => "text",
+            KindClass::Callback => "callback",
+            KindClass::Media => "media",
+            KindClass::Command => "command",
+        }
+    }
+}
+
+/// One kind of update a context admits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateKind {
+    pub name: String,
+    pub class: KindClass,
+    /// Updates of this kind allowed per window, before reputation; `None`:
+    /// never limited.
+    pub limit: Option<u32>,
+}
+
+/// Why a user was blocked (or warned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// More updates of a kind than its effective limit, the warning limit
+    /// reached.
+    RateLimit,
+    IdenticalMessages,
+    CallbackSpam,
+    MediaFlood,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 4] = [
+        Cause::RateLimit,
+        Cause::IdenticalMessages,
+        Cause::CallbackSpam,
+        Cause::MediaFlood,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::RateLimit => "rate_limit",
+            Cause::IdenticalMessages => "identical_messages",
+            Cause::CallbackSpam => "callback_spam",
+            Cause::MediaFlood => "media_flood",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// A pattern's threshold and how severe it is when met.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PatternRule {
+    /// How many of the looked-at updates make the pattern.
+    pub count: usize,
+    /// 0.0 to 1.0; at or above `Patterns::blocking_severity` the update
+    /// that finds the pattern blocks the user at once.
+    pub severity: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patterns {
+    /// How many of the latest admitted updates in the window are looked at.
+    pub lookback: usize,
+    /// Fewer admitted updates than this in the window show no pattern.
+    pub min_updates: usize,
+    pub identical_text: PatternRule,
+    pub identical_callback: PatternRule,
+    pub media_flood: PatternRule,
+    pub blocking_severity: f64,
+}
+
+impl Default for Patterns {
+    fn default() -> Self {
+        Patterns {
+            lookback: 10,
+            min_updates: 3,
+            identical_text: PatternRule {
+                count: 5,
+                severity: 1.0,
+            },
+            identical_callback: PatternRule {
+                count: 8,
+                severity: 0.8,
+            },
+            media_flood: PatternRule {
+                count: 7,
+                severity: 0.6,
+            },
+            blocking_severity: 0.9,
+        }
+    }
+}
+
+/// Reputation in hundredths, so its steps add up exactly.
+pub const REPUTATION_START: u32 = 100;
+const REPUTATION_MIN: u32 = 50;
+const REPUTATION_MAX: u32 = 200;
+const REPUTATION_PER_WARNING: u32 = 10;
+const REPUTATION_PER_BLOCK: u32 = 30;
+const REPUTATION_REWARD: u32 = 5;
+/// Every this many admitted updates earn the reward.
+const REWARD_EVERY: u64 = 10;
+/// However low the reputation, a limited kind allows at least this many.
+const LIMIT_FLOOR: u32 = 3;
+/// The admitted updates kept per user, newest last. A window holds at most
+/// the kinds' limits (doubled by the best reputation) plus commands, which
+/// are never limited: the cap bounds a user who sends nothing but commands.
+pub const RECENT_CAP: usize = 256;
+
+/// A context's admission rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionPolicy {
+    pub window: Duration,
+    pub kinds: Vec<UpdateKind>,
+    /// Off: no kind is limited (patterns and blocks still apply).
+    pub rate_limits: bool,
+    /// Off: limits stay as configured.
+    pub reputation: bool,
+    /// `None`: no pattern detection.
+    pub patterns: Option<Patterns>,
+    /// Warnings that block, on a rate-limit warning.
+    pub warning_limit: u32,
+    pub block: Duration,
+    pub max_block: Duration,
+    /// Each block `block × 2^(warnings ÷ warning_limit)`, up to `max_block`;
+    /// off, always `block`.
+    pub progressive: bool,
+    /// Users on the admin list are admitted without being counted.
+    pub exempt_admins: bool,
+}
+
+impl AdmissionPolicy {
+    pub fn kind(&self, name: &str) -> Option<&UpdateKind> {
+        self.kinds.iter().find(|k| k.name == name)
+    }
+
+    /// How long a block started with `warnings` warnings lasts.
+    pub fn block_duration(&self, warnings: u32) -> Duration {
+        if !self.progressive {
+            return self.block;
+        }
+        let doublings = warnings / self.warning_limit.max(1);
+        let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
+        self.block
+            .checked_mul(factor)
+            .unwrap_or(self.max_block)
+            .min(self.max_block)
+    }
+
+    /// The limit `kind` has at `reputation`; `None` when never limited.
+    pub fn effective_limit(&self, kind: &UpdateKind, reputation: u32) -> Option<u32> {
+        if !self.rate_limits || kind.class == KindClass::Command {
+            return None;
+        }
+        let limit = kind.limit?;
+        let limit = if self.reputation {
+            let scaled = u64::from(limit) * u64::from(reputation) / 100;
+            u32::try_from(scaled).unwrap_or(u32::MAX)
+        } else {
+            limit
+        };
+        Some(limit.max(LIMIT_FLOOR))
+    }
+}
+
+/// An admitted update, as remembered for the window and the patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub at: UnixMillis,
+    pub kind: String,
+    pub class: KindClass,
+    /// A digest of the client's fingerprint; `None` when it sent none.
+    pub fingerprint: Option<u64>,
+}
+
+/// One user's admission state in one context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionState {
+    /// Admitted updates still in the window, oldest first.
+    pub recent: Vec<Admitted>,
+    pub warnings: u32,
+    /// Hundredths: 100 is 1.0.
+    pub reputation: u32,
+    pub blocked_until: Option<UnixMillis>,
+    /// Why the current (or last) block began.
+    pub block_cause: Option<Cause>,
+    pub updates_total: u64,
+    pub blocks_total: u64,
+    pub warnings_total: u64,
+    /// Updates refused: over a limit, or while blocked.
+    pub refused_total: u64,
+    pub first_seen: Option<UnixMillis>,
+    /// The last admitted update.
+    pub last_seen: Option<UnixMillis>,
+}
+
+impl Default for AdmissionState {
+    fn default() -> Self {
+        AdmissionState {
+            recent: Vec::new(),
+            warnings: 0,
+            reputation: REPUTATION_START,
+            blocked_until: None,
+            block_cause: None,
+            updates_total: 0,
+            blocks_total: 0,
+            warnings_total: 0,
+            refused_total: 0,
+            first_seen: None,
+            last_seen: None,
+        }
+    }
+}
+
+/// What one update met.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admission {
+    /// The bot may handle the update; it was recorded.
+    pub admitted: bool,
+    /// This update drew a warning, and why.
+    pub warning: Option<Cause>,
+    /// The user is blocked (by this update or before it).
+    pub block: Option<Block>,
+    pub warnings: u32,
+    pub warning_limit: u32,
+    /// The kind's effective limit now; `None` when never limited.
+    pub limit: Option<u32>,
+    /// Updates of the kind admitted in the window, this one included.
+    pub used: u32,
+    pub reputation: u32,
+    /// A refused update: when the window will have room for one more of
+    /// its kind (a block's end is in `block`).
+    pub retry_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub until: UnixMillis,
+    /// 1 for the user's first block, and so on.
+    pub number: u64,
+    pub cause: Cause,
+    /// This update started the block.
+    pub started: bool,
+}
+
+impl AdmissionState {
+    /// The state as of `now`: a block that ended is lifted, and the user
+    /// keeps their warnings minus one.
+    pub fn settled(&self, now: UnixMillis) -> AdmissionState {
+        let mut s = self.clone();
+        if s.blocked_until.is_some_and(|until| now >= until) {
+            s.blocked_until = None;
+            s.warnings = s.warnings.saturating_sub(1);
+        }
+        s
+    }
+
+    pub fn active_block(&self, now: UnixMillis) -> Option<UnixMillis> {
+        self.blocked_until.filter(|until| now < *until)
+    }
+
+    fn warn(&mut self) {
+        self.warnings += 1;
+        self.warnings_total += 1;
+        self.reputation = self
+            .reputation
+            .saturating_sub(REPUTATION_PER_WARNING)
+            .max(REPUTATION_MIN);
+    }
+
+    fn block(&mut self, policy: &AdmissionPolicy, cause: Cause, now: UnixMillis) -> Block {
+        let until = now.plus(policy.block_duration(self.warnings));
+        self.blocked_until = Some(until);
+        self.block_cause = Some(cause);
+        self.blocks_total += 1;
+        self.reputation = self
+            .reputation
+            .saturating_sub(REPUTATION_PER_BLOCK)
+            .max(REPUTATION_MIN);
+        Block {
+            until,
+            number: self.blocks_total,
+            cause,
+            started: true,
+        }
+    }
+
+    /// The pattern among the latest admitted updates, most severe check
+    /// first, as the reference orders them.
+    fn pattern(&self, patterns: &Patterns) -> Option<(Cause, f64)> {
+        if self.recent.len() < patterns.min_updates {
+            return None;
+        }
+        let latest = &self.recent[self.recent.len().saturating_sub(patterns.lookback)..];
+        let most_repeated = |class: KindClass| {
+            let prints: Vec<u64> = latest
+                .iter()
+                .filter(|u| u.class == class)
+                .filter_map(|u| u.fingerprint)
+                .collect();
+            prints
+                .iter()
+                .map(|p| prints.iter().filter(|q| *q == p).count())
+                .max()
+                .unwrap_or(0)
+        };
+        let media = latest
+            .iter()
+            .filter(|u| u.class == KindClass::Media)
+            .count();
+        [
+            (
+                Cause::IdenticalMessages,
+                patterns.identical_text,
+                most_repeated(KindClass::Text),
+            ),
+            (
+                Cause::CallbackSpam,
+                patterns.identical_callback,
+                most_repeated(KindClass::Callback),
+            ),
+            (Cause::MediaFlood, patterns.media_flood, media),
+        ]
+        .into_iter()
+        .find(|(_, rule, seen)| *seen >= rule.count)
+        .map(|(cause, rule, _)| (cause, rule.severity))
+    }
+}
+
+/// Judges one update of `kind` (with its fingerprint digest) from a user in
+/// `state`, at `now`: the new state and what the update met.
+pub fn admit(
+    policy: &AdmissionPolicy,
+    state: &AdmissionState,
+    kind: &UpdateKind,
+    fingerprint: Option<u64>,
+    now: UnixMillis,
+) -> (AdmissionState, Admission) {
+    let mut s = state.settled(now);
+    let answer = |s: &AdmissionState, limit, used, warning, block, retry_at| Admission {
+        admitted: false,
+        warning,
+        block,
+        warnings: s.warnings,
+        warning_limit: policy.warning_limit,
+        limit,
+        used,
+        reputation: s.reputation,
+        retry_at,
+    };
+    if let Some(until) = s.active_block(now) {
+        s.refused_total += 1;
+        let block = Block {
+            until,
+            number: s.blocks_total,
+            cause: s.block_cause.unwrap_or(Cause::RateLimit),
+            started: false,
+        };
+        let limit = policy.effective_limit(kind, s.reputation);
+        let used = used_by(&s, kind);
+        let refused = answer(&s, limit, used, None, Some(block), None);
+        return (s, refused);
+    }
+    let horizon = now.0 - i64::try_from(policy.window.as_millis()).unwrap_or(i64::MAX);
+    s.recent.retain(|u| u.at.0 > horizon);
+
+    let mut warning = None;
+    if let Some((cause, severity)) = policy.patterns.as_ref().and_then(|p| s.pattern(p)) {
+        s.warn();
+        warning = Some(cause);
+        let blocking = policy
+            .patterns
+            .as_ref()
+            .is_some_and(|p| severity >= p.blocking_severity);
+        if blocking {
+            s.refused_total += 1;
+            let block = s.block(policy, cause, now);
+            let limit = policy.effective_limit(kind, s.reputation);
+            let used = used_by(&s, kind);
+            let refused = answer(&s, limit, used, warning, Some(block), None);
+            return (s, refused);
+        }
+    }
+
+    let limit = policy.effective_limit(kind, s.reputation);
+    let used = used_by(&s, kind);
+    if let Some(limit) = limit
+        && used >= limit
+    {
+        s.warn();
+        s.refused_total += 1;
+        if s.warnings >= policy.warning_limit {
+            let block = s.block(policy, Cause::RateLimit, now);
+            let refused = answer(
+                &s,
+                Some(limit),
+                used,
+                Some(Cause::RateLimit),
+                Some(block),
+                None,
+            );
+            return (s, refused);
+        }
+        // Room comes back when the oldest counted update leaves the window.
+        let retry_at = s
+            .recent
+            .iter()
+            .find(|u| u.kind == kind.name)
+            .map(|u| u.at.plus(policy.window));
+        let refused = answer(
+            &s,
+            Some(limit),
+            used,
+            Some(Cause::RateLimit),
+            None,
+            retry_at,
+        );
+        return (s, refused);
+    }
+
+    s.recent.push(Admitted {
+        at: now,
+        kind: kind.name.clone(),
+        class: kind.class,
+        fingerprint,
+    });
+    if s.recent.len() > RECENT_CAP {
+        let excess = s.recent.len() - RECENT_CAP;
+        s.recent.drain(..excess);
+    }
+    s.updates_total += 1;
+    s.last_seen = Some(now);
+    s.first_seen.get_or_insert(now);
+    if policy.reputation && s.updates_total.is_multiple_of(REWARD_EVERY) {
+        s.reputation = (s.reputation + REPUTATION_REWARD).min(REPUTATION_MAX);
+    }
+    let admitted = Admission {
+        admitted: true,
+        warning,
+        block: None,
+        warnings: s.warnings,
+        warning_limit: policy.warning_limit,
+        limit,
+        used: used + 1,
+        reputation: s.reputation,
+        retry_at: None,
+    };
+    (s, admitted)
+}
+
+/// Admitted updates of `kind` in the window.
+fn used_by(s: &AdmissionState, kind: &UpdateKind) -> u32 {
+    let n = s.recent.iter().filter(|u| u.kind == kind.name).count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+    const T0: UnixMillis = UnixMillis(1_000_000);
+
+    fn kind(name: &str, class: KindClass, limit: Option<u32>) -> UpdateKind {
+        UpdateKind {
+            name: name.into(),
+            class,
+            limit,
+        }
+    }
+
+    /// The shipped bot context: the reference middleware's defaults.
+    fn bot() -> AdmissionPolicy {
+        AdmissionPolicy {
+            window: 10 * SEC,
+            kinds: vec![
+                kind("text", KindClass::Text, Some(8)),
+                kind("forward", KindClass::Text, Some(20)),
+                kind("callback", KindClass::Callback, Some(10)),
+                kind("media", KindClass::Media, Some(10)),
+                kind("command", KindClass::Command, None),
+            ],
+            rate_limits: true,
+            reputation: true,
+            patterns: Some(Patterns::default()),
+            warning_limit: 3,
+            block: 120 * SEC,
+            max_block: 3600 * SEC,
+            progressive: true,
+            exempt_admins: true,
+        }
+    }
+
+    /// Sends `n` updates of `kind` with distinct fingerprints, 10 ms apart
+    /// from `at`; returns the last admission.
+    fn send(
+        p: &AdmissionPolicy,
+        s: &mut AdmissionState,
+        kind_name: &str,
+        n: usize,
+        at: UnixMillis,
+        same_print: bool,
+    ) -> Admission {
+        let k = p.kind(kind_name).unwrap().clone();
+        let mut last = None;
+        for i in 0..n {
+            let print = if same_print { 7 } else { i as u64 + 1000 };
+            let (next, a) = admit(p, s, &k, Some(print), UnixMillis(at.0 + 10 * i as i64));
+            *s = next;
+            last = Some(a);
+        }
+        last.unwrap()
+    }
+
+    #[test]
+    fn eight_texts_pass_the_ninth_draws_a_warning_and_is_not_counted() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        let eighth = send(&p, &mut s, "text", 8, T0, false);
+        assert!(eighth.admitted);
+        assert_eq!((eighth.limit, eighth.used), (Some(8), 8));
+        let ninth = send(&p, &mut s, "text", 1, UnixMillis(T0.0 + 100), false);
+        assert!(!ninth.admitted);
+        assert_eq!(ninth.warning, Some(Cause::RateLimit));
+        assert_eq!((ninth.warnings, ninth.used), (1, 8));
+        assert_eq!(s.recent.len(), 8, "the refused update is not counted");
+        assert_eq!(s.reputation, 90);
+        // Room returns when the first text leaves the window.
+        assert_eq!(ninth.retry_at, Some(T0.plus(10 * SEC)));
+    }
+
+    #[test]
+    fn each_kind_counts_against_its_own_limit() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        send(&p, &mut s, "text", 8, T0, false);
+        let forward = send(&p, &mut s, "forward", 1, UnixMillis(T0.0 + 200), false);
+        assert!(forward.admitted);
+        assert_eq!((forward.limit, forward.used), (Some(20), 1));
+        let command = send(&p, &mut s, "command", 50, UnixMillis(T0.0 + 300), false);
+        assert!(command.admitted, "commands are never limited");
+        assert_eq!(command.limit, None);
+    }
+
+    #[test]
+    fn three_rate_limit_warnings_block_for_two_minutes_then_warnings_drop_by_one() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        send(&p, &mut s, "text", 8, T0, false);
+        let at = UnixMillis(T0.0 + 1000);
+        let second = send(&p, &mut s, "text", 2, at, false);
+        assert_eq!((second.warnings, second.block), (2, None));
+        let third = send(&p, &mut s, "text", 1, UnixMillis(at.0 + 500), false);
+        let block = third.block.expect("the third warning blocks");
+        assert!(block.started);
+        assert_eq!(block.cause, Cause::RateLimit);
+        assert_eq!(block.number, 1);
+        // 120 s × 2^(3 ÷ 3).
+        assert_eq!(block.until, UnixMillis(at.0 + 500).plus(240 * SEC));
+        // Three warnings (−0.3) and a block (−0.3), floored at 0.5.
+        assert_eq!(s.reputation, 50);
+
+        let during = send(
+            &p,
+            &mut s,
+            "command",
+            1,
+            UnixMillis(block.until.0 - 1),
+            false,
+        );
+        assert!(!during.admitted);
+        assert!(!during.block.unwrap().started);
+        assert_eq!(s.refused_total, 4);
+
+        let after = send(&p, &mut s, "text", 1, block.until, false);
+        assert!(after.admitted);
+        assert_eq!(after.warnings, 2, "kept minus one, not reset");
+    }
+
+    #[test]
+    fn progressive_blocks_double_and_stop_at_an_hour() {
+        let p = bot();
+        assert_eq!(p.block_duration(2), 120 * SEC);
+        assert_eq!(p.block_duration(3), 240 * SEC);
+        assert_eq!(p.block_duration(6), 480 * SEC);
+        assert_eq!(p.block_duration(15), 3600 * SEC);
+        assert_eq!(p.block_duration(300), 3600 * SEC);
+        let flat = AdmissionPolicy {
+            progressive: false,
+            ..bot()
+        };
+        assert_eq!(flat.block_duration(9), 120 * SEC);
+    }
+
+    #[test]
+    fn reputation_scales_limits_within_its_bounds_and_never_below_three() {
+        let p = bot();
+        let text = p.kind("text").unwrap();
+        assert_eq!(p.effective_limit(text, 100), Some(8));
+        assert_eq!(p.effective_limit(text, 90), Some(7));
+        assert_eq!(p.effective_limit(text, 50), Some(4));
+        assert_eq!(p.effective_limit(text, 200), Some(16));
+        let tiny = kind("tiny", KindClass::Text, Some(2));
+        assert_eq!(p.effective_limit(&tiny, 100), Some(3));
+        let off = AdmissionPolicy {
+            reputation: false,
+            ..bot()
+        };
+        assert_eq!(off.effective_limit(text, 50), Some(8));
+        let unlimited = AdmissionPolicy {
+            rate_limits: false,
+            ..bot()
+        };
+        assert_eq!(unlimited.effective_limit(text, 100), None);
+
+        let mut s = AdmissionState {
+            reputation: 195,
+            ..AdmissionState::default()
+        };
+        // Ten admitted updates earn +0.05, capped at 2.0.
+        for minute in 0..2 {
+            send(
+                &p,
+                &mut s,
+                "text",
+                5,
+                UnixMillis(T0.0 + minute * 60_000),
+                false,
+            );
+        }
+        assert_eq!((s.updates_total, s.reputation), (10, 200));
+        let mut low = AdmissionState {
+            reputation: 55,
+            ..AdmissionState::default()
+        };
+        low.warn();
+        low.warn();
+        assert_eq!(low.reputation, 50, "never below 0.5");
+    }
+
+    #[test]
+    fn five_identical_texts_pass_and_the_sixth_is_blocked_at_once() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        let fifth = send(&p, &mut s, "text", 5, T0, true);
+        assert!(fifth.admitted, "patterns look at admitted updates only");
+        let sixth = send(&p, &mut s, "text", 1, UnixMillis(T0.0 + 100), true);
+        assert!(!sixth.admitted);
+        assert_eq!(sixth.warning, Some(Cause::IdenticalMessages));
+        let block = sixth.block.unwrap();
+        assert_eq!(block.cause, Cause::IdenticalMessages);
+        // One warning: 120 s × 2^(1 ÷ 3).
+        assert_eq!(block.until, UnixMillis(T0.0 + 100).plus(120 * SEC));
+    }
+
+    #[test]
+    fn commands_are_not_identical_messages() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        let a = send(&p, &mut s, "command", 9, T0, true);
+        assert!(a.admitted);
+        assert_eq!(a.warning, None);
+    }
+
+    #[test]
+    fn a_milder_pattern_warns_but_admits_and_blocks_only_with_a_rate_limit_warning() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        send(&p, &mut s, "media", 7, T0, false);
+        // Seven media among the latest: severity 0.6 warns, below the
+        // blocking 0.9, so the update is still judged by its limit (9 at
+        // reputation 0.9) and admitted.
+        let eighth = send(&p, &mut s, "media", 1, UnixMillis(T0.0 + 100), false);
+        assert!(eighth.admitted);
+        assert_eq!(eighth.warning, Some(Cause::MediaFlood));
+        assert_eq!(eighth.warnings, 1);
+        // The pattern warns again (2, reputation 0.8: limit 8), the limit is
+        // reached, and that warning, the third, blocks.
+        let ninth = send(&p, &mut s, "media", 1, UnixMillis(T0.0 + 200), false);
+        assert!(!ninth.admitted);
+        assert_eq!(ninth.warnings, 3);
+        let block = ninth.block.unwrap();
+        assert_eq!(block.cause, Cause::RateLimit);
+        assert_eq!(ninth.warning, Some(Cause::RateLimit));
+    }
+
+    #[test]
+    fn eight_identical_callbacks_are_callback_spam() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        send(&p, &mut s, "callback", 8, T0, true);
+        let ninth = send(&p, &mut s, "callback", 1, UnixMillis(T0.0 + 100), true);
+        assert_eq!(ninth.warning, Some(Cause::CallbackSpam));
+        assert!(ninth.block.is_none(), "0.8 is below the blocking severity");
+    }
+
+    #[test]
+    fn patterns_look_at_the_latest_ten_and_need_three() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        // Four identical texts, then six distinct ones: the ten latest hold
+        // four identical, no pattern.
+        send(&p, &mut s, "text", 4, T0, true);
+        send(&p, &mut s, "forward", 6, UnixMillis(T0.0 + 100), false);
+        let next = send(&p, &mut s, "text", 1, UnixMillis(T0.0 + 200), true);
+        assert_eq!(next.warning, None);
+        let mut few = AdmissionState::default();
+        let quiet = Patterns {
+            min_updates: 3,
+            identical_text: PatternRule {
+                count: 2,
+                severity: 1.0,
+            },
+            ..Patterns::default()
+        };
+        let p2 = AdmissionPolicy {
+            patterns: Some(quiet),
+            ..bot()
+        };
+        let two = send(&p2, &mut few, "text", 3, T0, true);
+        assert!(two.admitted, "two updates show no pattern yet");
+    }
+
+    #[test]
+    fn the_window_slides() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        send(&p, &mut s, "text", 8, T0, false);
+        let later = send(&p, &mut s, "text", 1, T0.plus(11 * SEC), false);
+        assert!(later.admitted);
+        assert_eq!(later.used, 1);
+    }
+
+    #[test]
+    fn the_remembered_updates_are_capped() {
+        let p = bot();
+        let mut s = AdmissionState::default();
+        send(&p, &mut s, "command", RECENT_CAP + 10, T0, false);
+        assert_eq!(s.recent.len(), RECENT_CAP);
+    }
+}
