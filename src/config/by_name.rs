@@ -5,7 +5,7 @@
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serializer};
 
-use crate::domain::{KeyKind, TotpAlgorithm};
+use crate::domain::{KeyKind, KindClass, TotpAlgorithm};
 
 /// A domain enum whose every value has a name.
 pub trait Named: Copy + 'static {
@@ -17,6 +17,14 @@ pub trait Named: Copy + 'static {
 
 impl Named for KeyKind {
     const ALL: &'static [Self] = &KeyKind::ALL;
+
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Named for KindClass {
+    const ALL: &'static [Self] = &KindClass::ALL;
 
     fn name(self) -> &'static str {
         self.as_str()

@@ -21,10 +21,10 @@ mod shipped;
 pub use load::{DEFAULT_CONFIG_FILE, NearMiss, near_misses};
 pub use lockout::{LockoutConfig, ProgressiveConfig};
 pub use schema::{
-    AccessConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CertCallerConfig, CleanupConfig, Config,
-    ContextConfig, DatabaseConfig, DatabaseUrl, FailureMode, LogConfig, LogFormat, MetricsConfig,
-    NotAllowedConfig, RuleConfig, SecretValue, ServerConfig, SessionMode, TlsConfig, TotpConfig,
-    TotpKeyConfig,
+    AccessConfig, AdmissionConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CertCallerConfig,
+    CleanupConfig, Config, ContextConfig, DatabaseConfig, DatabaseUrl, FailureMode, LogConfig,
+    LogFormat, MetricsConfig, NotAllowedConfig, RuleConfig, SecretValue, ServerConfig, SessionMode,
+    TlsConfig, TotpConfig, TotpKeyConfig, UpdateKindConfig,
 };
 
 /// A configuration problem, always naming the key it is about.

@@ -6,11 +6,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::lockout::LockoutConfig;
-use super::schema::{Config, FailureMode, RuleConfig, SessionMode, TotpConfig};
+use super::schema::{
+    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, SessionMode, TotpConfig,
+};
 use super::{ConfigError, invalid};
 use crate::domain::{
-    AccessList, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration, Policy, Rule,
-    SessionPolicy, TimeoutMode, TotpParams, TotpPolicy, UserId, Window,
+    AccessList, AdmissionPolicy, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration,
+    PatternRule, Patterns, Policy, Rule, SessionPolicy, TimeoutMode, TotpParams, TotpPolicy,
+    UpdateKind, UserId, Window,
 };
 
 impl Config {
@@ -141,6 +144,11 @@ impl Config {
                         SessionMode::Idle => TimeoutMode::Idle,
                     },
                 },
+                admission: ctx
+                    .admission
+                    .as_ref()
+                    .map(|a| a.to_policy(&format!("{key}.admission")))
+                    .transpose()?,
             });
         }
         Ok(Policy::new(contexts, access, totp, self.alerts.suppression))
@@ -314,5 +322,97 @@ impl LockoutConfig {
                 })
             }
         }
+    }
+}
+
+impl AdmissionConfig {
+    /// Checks ranges and the kinds' names (clients send them, and they label
+    /// metrics, so they are identifiers of a few plain characters).
+    fn to_policy(&self, key: &str) -> Result<AdmissionPolicy, ConfigError> {
+        if self.window.is_zero() {
+            return Err(invalid(format!("{key}.window"), "must be more than 0"));
+        }
+        if self.kinds.is_empty() {
+            return Err(invalid(format!("{key}.kinds"), "needs at least one kind"));
+        }
+        for (name, kind) in &self.kinds {
+            let plain = !name.is_empty()
+                && name.len() <= 32
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !plain {
+                return Err(invalid(
+                    format!("{key}.kinds"),
+                    format!("{name:?}: names are 1 to 32 of a-z, 0-9 and _"),
+                ));
+            }
+            if kind.limit == Some(0) {
+                return Err(invalid(
+                    format!("{key}.kinds.{name}.limit"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        if self.warning_limit == 0 {
+            return Err(invalid(
+                format!("{key}.warning_limit"),
+                "must be at least 1",
+            ));
+        }
+        if self.block.is_zero() {
+            return Err(invalid(format!("{key}.block"), "must be more than 0"));
+        }
+        if self.max_block < self.block {
+            return Err(invalid(
+                format!("{key}.max_block"),
+                "must be at least admission.block",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.blocking_severity) {
+            return Err(invalid(
+                format!("{key}.blocking_severity"),
+                "must be from 0.0 to 1.0",
+            ));
+        }
+        let pattern = |name: &str, p: PatternConfig| {
+            if p.count == 0 || !(0.0..=1.0).contains(&p.severity) {
+                return Err(invalid(
+                    format!("{key}.{name}"),
+                    "count must be at least 1 and severity from 0.0 to 1.0",
+                ));
+            }
+            Ok(PatternRule {
+                count: p.count,
+                severity: p.severity,
+            })
+        };
+        let patterns = Patterns {
+            identical_text: pattern("identical_text", self.identical_text)?,
+            identical_callback: pattern("identical_callback", self.identical_callback)?,
+            media_flood: pattern("media_flood", self.media_flood)?,
+            blocking_severity: self.blocking_severity,
+            ..Patterns::default()
+        };
+        Ok(AdmissionPolicy {
+            window: self.window,
+            kinds: self
+                .kinds
+                .iter()
+                .map(|(name, k)| UpdateKind {
+                    name: name.clone(),
+                    class: k.class,
+                    limit: k.limit,
+                })
+                .collect(),
+            rate_limits: self.rate_limits,
+            reputation: self.reputation,
+            patterns: self.patterns.then_some(patterns),
+            warning_limit: self.warning_limit,
+            block: self.block,
+            max_block: self.max_block,
+            progressive: self.progressive,
+            exempt_admins: self.exempt_admins,
+        })
     }
 }

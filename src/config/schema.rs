@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lockout::LockoutConfig;
 use super::{by_name, duration, shipped};
-use crate::domain::{KeyKind, TotpAlgorithm};
+use crate::domain::{KeyKind, KindClass, TotpAlgorithm};
 use crate::grpc::auth::Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -377,6 +377,109 @@ pub struct ContextConfig {
     /// reason store_unavailable).
     #[serde(default)]
     pub failure_mode: FailureMode,
+    /// Anti-spam admission (AccessService.Admit): per-kind limits, warnings,
+    /// blocks, reputation and spam patterns. Absent: Admit is refused here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// A context's admission rules. The defaults are the aiogram anti-spam
+/// middleware's, which the shipped `bot` context uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// The sliding window the limits count over.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// The kinds of update clients send, by name: each one's class (how the
+    /// spam patterns see it: text, callback, media or command) and how many
+    /// fit in the window (none: never limited; commands never are).
+    pub kinds: BTreeMap<String, UpdateKindConfig>,
+    /// Off: no kind is limited; patterns and blocks still apply.
+    pub rate_limits: bool,
+    /// Reputation (0.5 to 2.0, starting at 1.0; −0.1 a warning, −0.3 a
+    /// block, +0.05 every 10 admitted updates) scales every limit. Off:
+    /// limits stay as written.
+    pub reputation: bool,
+    /// Spam patterns among the user's 10 latest admitted updates.
+    pub patterns: bool,
+    /// Identical text fingerprints (commands aside) that make a pattern.
+    pub identical_text: PatternConfig,
+    /// Identical callback fingerprints that make a pattern.
+    pub identical_callback: PatternConfig,
+    /// Media updates that make a flood.
+    pub media_flood: PatternConfig,
+    /// A pattern this severe blocks at once; a milder one only warns.
+    pub blocking_severity: f64,
+    /// Warnings that block, when a rate-limit warning reaches them.
+    pub warning_limit: u32,
+    /// How long a block lasts...
+    #[serde(with = "duration")]
+    pub block: Duration,
+    /// ...at most, when progressive.
+    #[serde(with = "duration")]
+    pub max_block: Duration,
+    /// Blocks last `block × 2^(warnings ÷ warning_limit)`; off, always
+    /// `block`.
+    pub progressive: bool,
+    /// Users on access.admin_user_ids are admitted without being counted.
+    pub exempt_admins: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKindConfig {
+    #[serde(with = "by_name")]
+    pub class: KindClass,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub count: usize,
+    pub severity: f64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        let kind = |class, limit| UpdateKindConfig { class, limit };
+        AdmissionConfig {
+            window: Duration::from_secs(10),
+            kinds: [
+                ("text", kind(KindClass::Text, Some(8))),
+                ("forward", kind(KindClass::Text, Some(20))),
+                ("callback", kind(KindClass::Callback, Some(10))),
+                ("media", kind(KindClass::Media, Some(10))),
+                ("command", kind(KindClass::Command, None)),
+            ]
+            .into_iter()
+            .map(|(name, k)| (name.to_owned(), k))
+            .collect(),
+            rate_limits: true,
+            reputation: true,
+            patterns: true,
+            identical_text: PatternConfig {
+                count: 5,
+                severity: 1.0,
+            },
+            identical_callback: PatternConfig {
+                count: 8,
+                severity: 0.8,
+            },
+            media_flood: PatternConfig {
+                count: 7,
+                severity: 0.6,
+            },
+            blocking_severity: 0.9,
+            warning_limit: 3,
+            block: Duration::from_secs(120),
+            max_block: Duration::from_secs(3600),
+            progressive: true,
+            exempt_admins: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::lockout::{LockoutConfig, ProgressiveConfig};
-use super::schema::{ContextConfig, FailureMode, RuleConfig, SessionMode, day, ten_minutes};
+use super::schema::{
+    AdmissionConfig, ContextConfig, FailureMode, RuleConfig, SessionMode, day, ten_minutes,
+};
 use crate::domain::{KeyKind, LockDuration};
 
 fn rule(
@@ -90,11 +92,19 @@ pub fn contexts() -> BTreeMap<String, ContextConfig> {
         session_timeout: ten_minutes(),
         session_mode: SessionMode::Absolute,
         failure_mode: FailureMode::FailClosed,
+        admission: None,
     };
     [
         ("login", context(login, false)),
         ("password_reset", context(password_reset, false)),
-        ("bot", context(bot, false)),
+        // A chat bot's flood protection: one Admit per incoming update.
+        (
+            "bot",
+            ContextConfig {
+                admission: Some(AdmissionConfig::default()),
+                ..context(bot, false)
+            },
+        ),
         // Admin actions need a second factor.
         ("admin", context(Vec::new(), true)),
     ]

@@ -2,8 +2,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::{
-    ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, SessionPolicy, Subject,
-    TotpParams, UserId, Verdict, Window,
+    AdmissionPolicy, ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, SessionPolicy,
+    Subject, TotpParams, UserId, Verdict, Window,
 };
 
 /// The pseudo-context that holds the allow list's own counter, so attempts by
@@ -125,6 +125,8 @@ pub struct ContextPolicy {
     /// is unreachable, instead of UNAVAILABLE.
     pub fail_open: bool,
     pub session: SessionPolicy,
+    /// Anti-spam admission; `None` where Admit is not offered.
+    pub admission: Option<AdmissionPolicy>,
 }
 
 /// Two-factor sign-in settings shared by every context.
@@ -341,6 +343,7 @@ mod tests {
                 timeout: Duration::from_secs(600),
                 mode: crate::domain::TimeoutMode::Absolute,
             },
+            admission: None,
         };
         let user_only = Subject::parse("s", "a", "", "").unwrap();
         assert!(
