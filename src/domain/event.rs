@@ -33,10 +33,14 @@ pub enum EventKind {
     SessionRevoked,
     /// An admin lifted locks.
     Unlocked,
+    /// Admission blocked a user for spam (the cause is in the detail).
+    AdmissionBlocked,
+    /// An admin reset a user's admission warnings.
+    WarningsReset,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::FailureRecorded,
         EventKind::Lockout,
         EventKind::PermanentLockout,
@@ -52,6 +56,8 @@ impl EventKind {
         EventKind::SessionExpired,
         EventKind::SessionRevoked,
         EventKind::Unlocked,
+        EventKind::AdmissionBlocked,
+        EventKind::WarningsReset,
     ];
 
     /// The name stored in the audit trail and sent to clients.
@@ -72,6 +78,8 @@ impl EventKind {
             EventKind::SessionExpired => "session_expired",
             EventKind::SessionRevoked => "session_revoked",
             EventKind::Unlocked => "unlocked",
+            EventKind::AdmissionBlocked => "admission_blocked",
+            EventKind::WarningsReset => "warnings_reset",
         }
     }
 
@@ -88,6 +96,7 @@ impl EventKind {
                 | EventKind::PermanentLockout
                 | EventKind::NotAllowed
                 | EventKind::TotpBlocked
+                | EventKind::AdmissionBlocked
         )
     }
 
@@ -210,7 +219,8 @@ mod tests {
                 "lockout",
                 "permanent_lockout",
                 "not_allowed",
-                "totp_blocked"
+                "totp_blocked",
+                "admission_blocked"
             ]
         );
     }

@@ -32,6 +32,11 @@ pub enum Reason {
     /// Allowed unchecked: the store is unreachable and the context is
     /// configured to fail open.
     StoreUnavailable,
+    /// Admit: this update is one too many for its kind's limit; it is
+    /// refused with a warning.
+    RateLimited,
+    /// Admit: the user is blocked for spam.
+    SpamBlocked,
 }
 
 impl Reason {
@@ -48,6 +53,8 @@ impl Reason {
             Reason::InvalidCode => "invalid_code",
             Reason::ClockSkew => "clock_skew",
             Reason::StoreUnavailable => "store_unavailable",
+            Reason::RateLimited => "rate_limited",
+            Reason::SpamBlocked => "spam_blocked",
         }
     }
 }

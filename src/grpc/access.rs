@@ -122,6 +122,29 @@ impl AccessService for AccessApi {
     }
 
     #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
+    async fn admit(
+        &self,
+        request: Request<proto::AdmitRequest>,
+    ) -> Result<Response<proto::AdmitResponse>, Status> {
+        observe("Admit", async move {
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let outcome = self
+                .gate
+                .admit(&req.context, &subject, &req.kind, &req.fingerprint)
+                .await?;
+            metrics::decided("Admit", &req.context, outcome.verdict.decision);
+            let window = self.gate.admission_window(&req.context);
+            Ok(Response::new(convert::admit_response(
+                &outcome,
+                window,
+                self.gate.now(),
+            )))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
     async fn enroll_totp(
         &self,
         request: Request<proto::EnrollTotpRequest>,

@@ -11,7 +11,9 @@ use crate::domain::{
     TotpParams, UnixMillis, UserId,
 };
 use crate::service::{Admin, Gate};
-use crate::store::{EventFilter, StateId, UnlockScope};
+use crate::store::{
+    AdmissionRecord, AdmissionScope, EventFilter, OffenderCursor, StateId, UnlockScope,
+};
 use crate::telemetry::mask;
 use crate::telemetry::metrics;
 use std::pin::Pin;
@@ -36,6 +38,19 @@ pub struct AdminApi {
 impl AdminApi {
     pub fn new(gate: Arc<Gate>, stop: watch::Receiver<bool>) -> Self {
         AdminApi { gate, stop }
+    }
+
+    /// A user's admission state as admins see it, the updates in the
+    /// window counted with the context's window.
+    fn admission_state(&self, r: &AdmissionRecord, now: UnixMillis) -> proto::AdmissionState {
+        let window = self
+            .gate
+            .policy()
+            .context("context", &r.context)
+            .ok()
+            .and_then(|c| c.admission.as_ref())
+            .map(|a| a.window);
+        convert::admission_state(r, window, now)
     }
 
     /// Every admin call acts for an admin user, named by the request's
@@ -122,6 +137,36 @@ fn page_token(id: &StateId) -> String {
         k.session().map(|s| s.to_string()).unwrap_or_default(),
     ];
     URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
+}
+
+/// Where a page of offenders resumes: the last one's blocks, context and
+/// user.
+fn offender_token(last: &AdmissionRecord) -> String {
+    let parts = [
+        last.state.blocks_total.to_string(),
+        last.context.clone(),
+        last.user.to_string(),
+    ];
+    URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
+}
+
+fn parse_offender_token(token: &str) -> Result<OffenderCursor, FieldError> {
+    let bad = || FieldError::new("page_token", "is not a token this server issued");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let parts: Vec<&str> = text.split(SEP).collect();
+    let [blocks, context, user] = parts[..] else {
+        return Err(bad());
+    };
+    Ok(OffenderCursor {
+        blocks: blocks.parse().map_err(|_| bad())?,
+        context: ContextName::parse("page_token", context)
+            .map_err(|_| bad())?
+            .to_string(),
+        user: UserId::parse("page_token", user)
+            .map_err(|_| bad())?
+            .to_string(),
+    })
 }
 
 fn parse_page_token(token: &str) -> Result<StateId, FieldError> {
@@ -314,12 +359,18 @@ impl AdminService for AdminApi {
                 period_seconds: t.params.period,
                 created_at: Some(convert::timestamp(t.created_at)),
             });
+            let admission = report
+                .admission
+                .iter()
+                .map(|r| self.admission_state(r, now))
+                .collect();
             Ok(Response::new(proto::GetSubjectResponse {
                 allowed: report.allowed,
                 admin: report.admin,
                 states,
                 session,
                 totp,
+                admission,
             }))
         })
         .await
@@ -408,6 +459,7 @@ impl AdminService for AdminApi {
         observe("GetStats", async move {
             self.admit(request, |r| &r.actor_user_id)?;
             let s = self.gate.stats().await?;
+            let a = self.gate.admission_stats(None).await?;
             Ok(Response::new(proto::GetStatsResponse {
                 total: s.total,
                 authenticated: s.authenticated,
@@ -416,6 +468,10 @@ impl AdminService for AdminApi {
                 expired: s.expired,
                 locks_temporary: s.locks_temporary,
                 locks_permanent: s.locks_permanent,
+                admission_users: a.users,
+                admission_refused: a.refused,
+                admission_warnings: a.warnings,
+                admission_blocks_active: a.active_blocks,
             }))
         })
         .await
@@ -466,6 +522,51 @@ impl AdminService for AdminApi {
                 .await?;
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), "TOTP imported");
             Ok(Response::new(proto::ImportTotpResponse {}))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reset_warnings(
+        &self,
+        request: Request<proto::ResetWarningsRequest>,
+    ) -> Result<Response<proto::ResetWarningsResponse>, Status> {
+        observe("ResetWarnings", async move {
+            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let scope = AdmissionScope {
+                context: (!req.context.is_empty()).then_some(req.context),
+                user: (!req.user_id.is_empty())
+                    .then(|| UserId::parse("user_id", &req.user_id))
+                    .transpose()?,
+            };
+            let reset = self.gate.reset_warnings(&admin, &scope).await?;
+            Ok(Response::new(proto::ResetWarningsResponse { reset }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_offenders(
+        &self,
+        request: Request<proto::ListOffendersRequest>,
+    ) -> Result<Response<proto::ListOffendersResponse>, Status> {
+        observe("ListOffenders", async move {
+            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let after = (!req.page_token.is_empty())
+                .then(|| parse_offender_token(&req.page_token))
+                .transpose()?;
+            let limit = page_size(req.page_size);
+            let context = (!req.context.is_empty()).then_some(req.context.as_str());
+            let rows = self
+                .gate
+                .admission_offenders(context, after.as_ref(), limit + 1)
+                .await?;
+            let (rows, next_page_token) = paginate(rows, limit, offender_token);
+            let now = self.gate.now();
+            Ok(Response::new(proto::ListOffendersResponse {
+                offenders: rows.iter().map(|r| self.admission_state(r, now)).collect(),
+                next_page_token,
+            }))
         })
         .await
     }

@@ -1,14 +1,17 @@
 //! Proto messages to domain values and back. Parsing failures name the
 //! request field.
 
+use std::time::Duration;
+
 use prost_types::Timestamp;
 
 use super::proto;
 use crate::domain::{
-    ContextName, Decision, EventKind, FieldError, IpAddress, Key, KeyKind, Lock, SessionId,
+    Cause, ContextName, Decision, EventKind, FieldError, IpAddress, Key, KeyKind, Lock, SessionId,
     SessionStatus, Subject, UnixMillis, UserId, Verdict,
 };
-use crate::store::{EventFilter, Stored};
+use crate::service::AdmitOutcome;
+use crate::store::{AdmissionRecord, EventFilter, Stored};
 
 pub fn subject(field: &str, s: Option<&proto::Subject>) -> Result<Subject, FieldError> {
     let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
@@ -179,6 +182,89 @@ pub fn key_state(s: &Stored, failures_in_window: u32, now: UnixMillis) -> proto:
         recent_lockouts: s.state.recent_lockouts,
         lockouts_total: s.state.lockouts_total,
         lock: s.state.active_lock(now).map(|l| lock(s, l)),
+    }
+}
+
+pub fn spam_cause(c: Option<Cause>) -> proto::SpamCause {
+    match c {
+        None => proto::SpamCause::Unspecified,
+        Some(Cause::RateLimit) => proto::SpamCause::RateLimit,
+        Some(Cause::IdenticalMessages) => proto::SpamCause::IdenticalMessages,
+        Some(Cause::CallbackSpam) => proto::SpamCause::CallbackSpam,
+        Some(Cause::MediaFlood) => proto::SpamCause::MediaFlood,
+    }
+}
+
+/// Hundredths to the 0.5 to 2.0 a caller reads.
+pub fn reputation(hundredths: u32) -> f64 {
+    f64::from(hundredths) / 100.0
+}
+
+pub fn admit_response(
+    outcome: &AdmitOutcome,
+    window: Duration,
+    now: UnixMillis,
+) -> proto::AdmitResponse {
+    let base = proto::AdmitResponse {
+        verdict: Some(verdict(&outcome.verdict, now)),
+        window_seconds: u32::try_from(window.as_secs()).unwrap_or(u32::MAX),
+        ..Default::default()
+    };
+    let Some(a) = &outcome.admission else {
+        // Not judged: an exempt admin is admitted, a stranger is not.
+        let exempt = outcome.verdict.decision == Decision::Allow;
+        return proto::AdmitResponse {
+            admitted: exempt,
+            exempt,
+            reputation: 1.0,
+            ..base
+        };
+    };
+    proto::AdmitResponse {
+        admitted: a.admitted && outcome.verdict.decision != Decision::Blocked,
+        warning: a.warning.is_some(),
+        warning_cause: spam_cause(a.warning).into(),
+        warnings: a.warnings,
+        warning_limit: a.warning_limit,
+        limit: a.limit,
+        used: a.used,
+        reputation: reputation(a.reputation),
+        block_number: a
+            .block
+            .map_or(0, |b| u32::try_from(b.number).unwrap_or(u32::MAX)),
+        block_cause: spam_cause(a.block.map(|b| b.cause)).into(),
+        block_started: a.block.is_some_and(|b| b.started),
+        ..base
+    }
+}
+
+/// One user's admission state for admins; `window` counts the updates in
+/// it (None: the context no longer admits, all remembered ones count).
+pub fn admission_state(
+    r: &AdmissionRecord,
+    window: Option<Duration>,
+    now: UnixMillis,
+) -> proto::AdmissionState {
+    let s = &r.state;
+    let in_window = s
+        .recent
+        .iter()
+        .filter(|u| window.is_none_or(|w| u.at.plus(w) > now))
+        .count();
+    proto::AdmissionState {
+        context: r.context.clone(),
+        user_id: r.user.to_string(),
+        warnings: s.warnings,
+        reputation: reputation(s.reputation),
+        blocked_until: s.active_block(now).map(timestamp),
+        block_cause: spam_cause(s.active_block(now).and(s.block_cause)).into(),
+        updates_in_window: u32::try_from(in_window).unwrap_or(u32::MAX),
+        updates_total: s.updates_total,
+        blocks_total: s.blocks_total,
+        warnings_total: s.warnings_total,
+        refused_total: s.refused_total,
+        first_seen: s.first_seen.map(timestamp),
+        last_seen: s.last_seen.map(timestamp),
     }
 }
 

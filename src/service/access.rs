@@ -17,7 +17,7 @@ pub struct Outcome {
 impl Gate {
     /// The allow list's verdict for a stranger; counting the attempt when
     /// `count` (CheckAccess counts attempts, the record calls only report).
-    async fn stranger(
+    pub(super) async fn stranger(
         &self,
         subject: &Subject,
         count: bool,

@@ -4,10 +4,12 @@
 use super::totp::MIN_SECRET_BYTES;
 use super::{Gate, ServiceError};
 use crate::domain::{
-    ALLOW_LIST_CONTEXT, EventKind, FieldError, SecurityEvent, Session, Subject, TotpParams,
-    UnixMillis, UserId,
+    ALLOW_LIST_CONTEXT, EventKind, FieldError, KeyKind, SecurityEvent, Session, Subject,
+    TotpParams, UnixMillis, UserId,
 };
-use crate::store::{EventFilter, StateId, Stored, StoredTotp, UnlockScope};
+use crate::store::{
+    AdmissionRecord, AdmissionScope, EventFilter, StateId, Stored, StoredTotp, UnlockScope,
+};
 use crate::telemetry::metrics;
 
 fn scope_name(scope: &UnlockScope) -> &'static str {
@@ -27,6 +29,8 @@ pub struct SubjectReport {
     pub session: Option<Session>,
     /// The confirmed secret, else a pending one.
     pub totp: Option<StoredTotp>,
+    /// Admission state in every context that judged the user's updates.
+    pub admission: Vec<AdmissionRecord>,
 }
 
 /// An admin call's authority: the admin user it acts for and the
@@ -37,7 +41,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    fn event(&self, kind: EventKind, now: UnixMillis) -> SecurityEvent {
+    pub(super) fn event(&self, kind: EventKind, now: UnixMillis) -> SecurityEvent {
         SecurityEvent {
             actor: self.actor.to_string(),
             caller: self.caller.clone(),
@@ -70,13 +74,11 @@ impl Gate {
     pub async fn unlock(&self, admin: &Admin, scope: &UnlockScope) -> Result<u64, ServiceError> {
         if let UnlockScope::Key { context, key } = scope {
             self.known_context("key.context", context)?;
-            let kind_known = context == ALLOW_LIST_CONTEXT
-                || self
-                    .policy
-                    .context("key.context", context)?
-                    .rules_on(key.kind())
-                    .next()
-                    .is_some();
+            let kind_known = context == ALLOW_LIST_CONTEXT || {
+                let ctx = self.policy.context("key.context", context)?;
+                ctx.rules_on(key.kind()).next().is_some()
+                    || (ctx.admission.is_some() && key.kind() == KeyKind::User)
+            };
             if !kind_known {
                 return Err(FieldError::new(
                     "key.key.kind",
@@ -89,7 +91,23 @@ impl Gate {
             }
         }
         let now = self.now();
-        let lifted = self.store.unlock(scope, now).await?;
+        // Admission blocks are lifted too (their warnings forgotten, as the
+        // reference's unblock does): they are the users' locks in a bot.
+        let admission = match scope {
+            UnlockScope::Key { context, key } => key.user().map(|user| AdmissionScope {
+                context: Some(context.clone()),
+                user: Some(user.clone()),
+            }),
+            UnlockScope::Subject(subject) => subject.user.clone().map(|user| AdmissionScope {
+                context: None,
+                user: Some(user),
+            }),
+            UnlockScope::All => Some(AdmissionScope::default()),
+        };
+        let mut lifted = self.store.unlock(scope, now).await?;
+        if let Some(admission) = admission {
+            lifted += self.unblock_admission(&admission, now).await?;
+        }
         metrics::unlocked(scope_name(scope), lifted);
         let event = SecurityEvent {
             detail: format!("scope={} lifted={lifted}", scope_name(scope)),
@@ -136,12 +154,13 @@ impl Gate {
     pub async fn subject(&self, subject: &Subject) -> Result<SubjectReport, ServiceError> {
         let states = self.store.subject_states(subject).await?;
         let user = subject.user.as_ref();
-        let (session, totp) = match user {
+        let (session, totp, admission) = match user {
             Some(u) => (
                 self.store.session(u).await?,
                 self.store.totp(u).await?.into_iter().next(),
+                self.admissions(u).await?,
             ),
-            None => (None, None),
+            None => (None, None, Vec::new()),
         };
         Ok(SubjectReport {
             allowed: user.is_none_or(|u| self.policy.access.is_allowed(u)),
@@ -149,6 +168,7 @@ impl Gate {
             states,
             session,
             totp,
+            admission,
         })
     }
 

@@ -3,12 +3,14 @@
 
 mod access;
 mod admin;
+mod admission;
 mod state;
 mod totp;
 mod upkeep;
 
 pub use access::Outcome;
 pub use admin::{Admin, SubjectReport};
+pub use admission::{AdmitOutcome, MAX_FINGERPRINT_BYTES};
 pub use totp::{Enrollment, TotpResult, VerifyOutcome};
 
 use std::sync::Arc;

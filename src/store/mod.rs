@@ -1,6 +1,7 @@
 //! Where state lives. The `Store` trait speaks the domain's types; SQL lives
 //! only in its two implementations.
 
+mod admission;
 mod batch;
 mod health;
 mod postgres;
@@ -16,12 +17,15 @@ use tokio::sync::broadcast;
 
 use crate::crypto::Sealed;
 use crate::domain::{
-    EventKind, Key, KeyKind, KeyState, Lock, SecurityEvent, Session, Subject, TotpParams,
-    UnixMillis, UserId,
+    Admission, EventKind, Key, KeyKind, KeyState, Lock, SecurityEvent, Session, Subject,
+    TotpParams, UnixMillis, UserId,
 };
 use crate::telemetry::metrics;
 use sql::Common;
 
+pub use admission::{
+    AdmissionRecord, AdmissionScope, AdmissionStats, AdmissionStep, AdmitFn, OffenderCursor,
+};
 pub use health::Health;
 pub use postgres::{CLEANUP_LOCK, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -208,6 +212,8 @@ pub struct Purged {
     pub locks_expired: u64,
     /// Audit events past retention, deleted.
     pub events_deleted: u64,
+    /// Users' admission state, idle for a day and not blocked, deleted.
+    pub admissions: u64,
 }
 
 #[async_trait]
@@ -316,6 +322,45 @@ pub trait Store: Send + Sync + 'static {
     /// One trivial round trip: whether the store answers at all (the
     /// health service reports it).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Judges one update with `f` against `user`'s admission state in
+    /// `context` and writes the outcome with its events, as one atomic step:
+    /// concurrent updates of one user, from any replica, are judged one
+    /// after another.
+    async fn admit(
+        &self,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+        f: &AdmitFn<'_>,
+    ) -> Result<Admission, StoreError>;
+
+    /// A user's admission state in every context.
+    async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, StoreError>;
+
+    /// Unblocks the users blocked in `scope` at `now` (their warnings
+    /// forgotten), or with `unblock` false only forgets warnings; returns
+    /// how many users changed.
+    async fn reset_admission(
+        &self,
+        scope: &AdmissionScope,
+        unblock: bool,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError>;
+
+    /// Users with blocks, most first, after `after`.
+    async fn admission_offenders(
+        &self,
+        context: Option<&str>,
+        after: Option<&OffenderCursor>,
+        limit: u32,
+    ) -> Result<Vec<AdmissionRecord>, StoreError>;
+
+    async fn admission_stats(
+        &self,
+        context: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<AdmissionStats, StoreError>;
 }
 
 /// What a database does its own way. Everything else a `Store` does is the
@@ -343,6 +388,13 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<SecurityEvent>;
     async fn events_ready(&self, within: Duration) -> bool;
     async fn migrate(&self) -> Result<(), StoreError>;
+    async fn admit(
+        &self,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+        f: &AdmitFn<'_>,
+    ) -> Result<Admission, StoreError>;
 }
 
 /// Runs one store operation on behalf of `Store`: answered at once while
@@ -505,6 +557,58 @@ impl<D: Dialect> Store for D {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         watched(self.sql().health(), "migrate", Dialect::migrate(self)).await
+    }
+
+    async fn admit(
+        &self,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+        f: &AdmitFn<'_>,
+    ) -> Result<Admission, StoreError> {
+        let admit = Dialect::admit(self, context, user, now, f);
+        watched(self.sql().health(), "admit", admit).await
+    }
+
+    async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, StoreError> {
+        let sql = self.sql();
+        watched(sql.health(), "admissions", sql.admissions(user)).await
+    }
+
+    async fn reset_admission(
+        &self,
+        scope: &AdmissionScope,
+        unblock: bool,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let sql = self.sql();
+        let reset = sql.reset_admission(scope, unblock, now);
+        watched(sql.health(), "reset_admission", reset).await
+    }
+
+    async fn admission_offenders(
+        &self,
+        context: Option<&str>,
+        after: Option<&OffenderCursor>,
+        limit: u32,
+    ) -> Result<Vec<AdmissionRecord>, StoreError> {
+        let sql = self.sql();
+        let offenders = sql.admission_offenders(context, after, limit);
+        watched(sql.health(), "admission_offenders", offenders).await
+    }
+
+    async fn admission_stats(
+        &self,
+        context: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<AdmissionStats, StoreError> {
+        let sql = self.sql();
+        watched(
+            sql.health(),
+            "admission_stats",
+            sql.admission_stats(context, now),
+        )
+        .await
     }
 
     /// Never refused: the probe that decides whether the store is back.

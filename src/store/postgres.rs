@@ -13,10 +13,10 @@ use tokio::sync::{broadcast, watch};
 use super::batch::Batcher;
 use super::sql::{COLUMNS, Common, FailuresColumn, INSERT_EVENT, Sql};
 use super::{
-    Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
+    AdmitFn, Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
     TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
 };
-use crate::domain::{EventKind, KeyState, SecurityEvent, UnixMillis};
+use crate::domain::{Admission, EventKind, KeyState, SecurityEvent, UnixMillis, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -701,28 +701,29 @@ impl Dialect for PostgresStore {
     }
 
     async fn append_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
-        // One statement: the row and, for an alert, the NOTIFY commit
-        // together, and every replica's listener (this one's included)
-        // delivers the event.
-        sqlx::query(APPEND_EVENT.as_str())
-            .bind(e.at)
-            .bind(e.kind.as_str())
-            .bind(&e.context)
-            .bind(&e.rule)
-            .bind(&e.user_id)
-            .bind(&e.ip)
-            .bind(&e.session_id)
-            .bind(i32::try_from(e.tier).unwrap_or(i32::MAX))
-            .bind(e.until)
-            .bind(e.permanent)
-            .bind(&e.actor)
-            .bind(&e.caller)
-            .bind(&e.detail)
-            .bind(EVENT_CHANNEL)
-            .bind(e.is_alert())
-            .execute(&self.sql.writer)
+        append(&self.sql.writer, e).await
+    }
+
+    async fn admit(
+        &self,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+        f: &AdmitFn<'_>,
+    ) -> Result<Admission, StoreError> {
+        // The row lock orders one user's updates across replicas; the
+        // events are notified at commit, with the state they describe.
+        let mut tx = self.sql.writer.begin().await?;
+        let current = self.sql.lock_admission(&mut tx, context, user, now).await?;
+        let step = f(&current);
+        self.sql
+            .save_admission(&mut tx, context, user, &step.state, now)
             .await?;
-        Ok(())
+        for event in &step.events {
+            append(&mut *tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(step.outcome)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
@@ -736,4 +737,29 @@ impl Dialect for PostgresStore {
             Ok(Ok(_))
         )
     }
+}
+
+/// Appends one event; one statement, so the row and, for an alert, the
+/// NOTIFY commit together, and every replica's listener (this one's
+/// included) delivers it.
+async fn append<'c>(conn: impl PgExecutor<'c>, e: &SecurityEvent) -> Result<(), StoreError> {
+    sqlx::query(APPEND_EVENT.as_str())
+        .bind(e.at)
+        .bind(e.kind.as_str())
+        .bind(&e.context)
+        .bind(&e.rule)
+        .bind(&e.user_id)
+        .bind(&e.ip)
+        .bind(&e.session_id)
+        .bind(i32::try_from(e.tier).unwrap_or(i32::MAX))
+        .bind(e.until)
+        .bind(e.permanent)
+        .bind(&e.actor)
+        .bind(&e.caller)
+        .bind(&e.detail)
+        .bind(EVENT_CHANNEL)
+        .bind(e.is_alert())
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -10,14 +10,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
 
+use super::admission::{
+    AdmissionRecord, AdmissionScope, AdmissionStats, OffenderCursor, decode_cause, decode_recent,
+    encode_recent,
+};
 use super::{
     EventFilter, Health, LockCount, Purged, Row, StateId, Stats, StoreError, Stored, StoredTotp,
     key_columns, subject_columns,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
-    EventKind, SecurityEvent, Session, SessionStatus, Subject, TotpAlgorithm, TotpParams,
-    UnixMillis, UserId,
+    AdmissionState, Cause, EventKind, SecurityEvent, Session, SessionStatus, Subject,
+    TotpAlgorithm, TotpParams, UnixMillis, UserId,
 };
 
 /// The columns of a stored key state, in the order `Row` has them.
@@ -64,6 +68,72 @@ static LIST_EVENTS: LazyLock<String> = LazyLock::new(|| {
            AND ($4 = '' OR context = $4) AND ($5 = '' OR kind = $5) AND at >= $6 AND at < $7 \
            AND id < $8 \
          ORDER BY id DESC LIMIT $9"
+    )
+});
+
+/// A user's admission row, as `decode_admission` reads it.
+const ADMISSION_COLUMNS: &str = "context, user_id, recent, warnings, reputation, blocked_until, \
+     block_cause, updates_total, blocks_total, warnings_total, refused_total, first_seen, last_seen";
+
+/// Takes one user's row lock, creating the row first, and returns it: one
+/// statement, whether or not the user was seen before, in either dialect.
+static LOCK_ADMISSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO admission (context, user_id, touched_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (context, user_id) DO UPDATE SET version = admission.version \
+         RETURNING {ADMISSION_COLUMNS}"
+    )
+});
+
+const SAVE_ADMISSION: &str = "UPDATE admission SET recent = $3, warnings = $4, reputation = $5, \
+       blocked_until = $6, block_cause = $7, updates_total = $8, blocks_total = $9, \
+       warnings_total = $10, refused_total = $11, first_seen = $12, last_seen = $13, \
+       touched_at = $14, version = version + 1 \
+     WHERE context = $1 AND user_id = $2";
+
+static USER_ADMISSIONS: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {ADMISSION_COLUMNS} FROM admission WHERE user_id = $1 ORDER BY context")
+});
+
+/// Which rows an admin call covers: $1 a context or '' for all, $2 a user
+/// or '' for all.
+const ADMISSION_SCOPE: &str = "($1 = '' OR context = $1) AND ($2 = '' OR user_id = $2)";
+
+/// The reference middleware's unblock: the block lifted and the warnings
+/// forgotten, for users blocked at $3.
+static UNBLOCK_ADMISSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE admission SET blocked_until = NULL, warnings = 0, version = version + 1 \
+         WHERE {ADMISSION_SCOPE} AND blocked_until > $3"
+    )
+});
+
+static RESET_WARNINGS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE admission SET warnings = 0, version = version + 1 \
+         WHERE {ADMISSION_SCOPE} AND warnings > 0"
+    )
+});
+
+/// Most blocks first; after the cursor ($3 set: blocks $4, context $5,
+/// user $6) when paging.
+static OFFENDERS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ADMISSION_COLUMNS} FROM admission \
+         WHERE {ADMISSION_SCOPE} AND blocks_total > 0 \
+           AND (NOT $3 OR blocks_total < $4 \
+             OR (blocks_total = $4 AND (context, user_id) > ($5, $6))) \
+         ORDER BY blocks_total DESC, context, user_id LIMIT $7"
+    )
+});
+
+static ADMISSION_STATS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT COUNT(*) AS users, \
+           CAST(COALESCE(SUM(refused_total), 0) AS BIGINT) AS refused, \
+           CAST(COALESCE(SUM(warnings_total), 0) AS BIGINT) AS warnings, \
+           COALESCE(SUM(CASE WHEN blocked_until > $3 THEN 1 ELSE 0 END), 0) AS blocked \
+         FROM admission WHERE {ADMISSION_SCOPE}"
     )
 });
 
@@ -144,9 +214,15 @@ const EXPIRE_SESSIONS: &str = "UPDATE session SET status = 'expired', since = $1
      WHERE status = 'authenticated' AND expires_at <= $1";
 const SWEEP_SESSIONS: &str = "DELETE FROM session WHERE status <> 'authenticated' AND since <= $1";
 const DROP_OLD_EVENTS: &str = "DELETE FROM security_event WHERE at < $1";
+/// Users idle for a day ($1 is a day ago) and not blocked at $2.
+const DROP_IDLE_ADMISSIONS: &str = "DELETE FROM admission \
+     WHERE touched_at <= $1 AND (blocked_until IS NULL OR blocked_until <= $2)";
 
 /// How long a session that is not authenticated is kept after it changed.
 const SESSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// How long a user's admission state is kept after their last update,
+/// unless they are blocked.
+const ADMISSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 /// How many rows a statement changed; each driver has its own result type.
 pub trait Affected {
@@ -234,6 +310,45 @@ pub trait Common: Send + Sync {
         conn: &mut <Self::Db as Database>::Connection,
         event: &SecurityEvent,
     ) -> Result<(), StoreError>;
+    /// A user's admission row.
+    fn decode_admission(row: &<Self::Db as Database>::Row) -> Result<AdmissionRecord, StoreError>;
+    /// Takes `user`'s admission row lock in `context` inside the caller's
+    /// transaction, and returns the state (the default when new).
+    async fn lock_admission(
+        &self,
+        conn: &mut <Self::Db as Database>::Connection,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+    ) -> Result<AdmissionState, StoreError>;
+    async fn save_admission(
+        &self,
+        conn: &mut <Self::Db as Database>::Connection,
+        context: &str,
+        user: &UserId,
+        state: &AdmissionState,
+        now: UnixMillis,
+    ) -> Result<(), StoreError>;
+    async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, StoreError>;
+    /// Unblocks (and forgets the warnings of) the users blocked in `scope`,
+    /// or only resets the warnings; returns how many users changed.
+    async fn reset_admission(
+        &self,
+        scope: &AdmissionScope,
+        unblock: bool,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError>;
+    async fn admission_offenders(
+        &self,
+        context: Option<&str>,
+        after: Option<&OffenderCursor>,
+        limit: u32,
+    ) -> Result<Vec<AdmissionRecord>, StoreError>;
+    async fn admission_stats(
+        &self,
+        context: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<AdmissionStats, StoreError>;
     /// One cleanup pass inside the caller's transaction (see the
     /// statements above for the order and why).
     async fn cleanup(
@@ -257,6 +372,8 @@ where
     DB::QueryResult: Affected,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> i32: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -582,6 +699,150 @@ where
         Ok(())
     }
 
+    fn decode_admission(row: &DB::Row) -> Result<AdmissionRecord, StoreError> {
+        let warnings: i32 = row.try_get("warnings")?;
+        let reputation: i32 = row.try_get("reputation")?;
+        let recent: String = row.try_get("recent")?;
+        let user: String = row.try_get("user_id")?;
+        Ok(AdmissionRecord {
+            context: row.try_get("context")?,
+            user: UserId::parse("user_id", &user)
+                .map_err(|e| StoreError::Corrupt(format!("admission {e}")))?,
+            state: AdmissionState {
+                recent: decode_recent(&recent)?,
+                warnings: u32::try_from(warnings).unwrap_or(0),
+                reputation: u32::try_from(reputation).unwrap_or(0),
+                blocked_until: row
+                    .try_get::<Option<i64>, _>("blocked_until")?
+                    .map(UnixMillis),
+                block_cause: decode_cause(row.try_get("block_cause")?)?,
+                updates_total: count(row.try_get("updates_total")?),
+                blocks_total: count(row.try_get("blocks_total")?),
+                warnings_total: count(row.try_get("warnings_total")?),
+                refused_total: count(row.try_get("refused_total")?),
+                first_seen: row.try_get::<Option<i64>, _>("first_seen")?.map(UnixMillis),
+                last_seen: row.try_get::<Option<i64>, _>("last_seen")?.map(UnixMillis),
+            },
+        })
+    }
+
+    async fn lock_admission(
+        &self,
+        conn: &mut DB::Connection,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+    ) -> Result<AdmissionState, StoreError> {
+        let row = sqlx::query(LOCK_ADMISSION.as_str())
+            .bind(context)
+            .bind(user.as_str())
+            .bind(now.0)
+            .fetch_one(conn)
+            .await?;
+        Ok(Self::decode_admission(&row)?.state)
+    }
+
+    async fn save_admission(
+        &self,
+        conn: &mut DB::Connection,
+        context: &str,
+        user: &UserId,
+        s: &AdmissionState,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let small = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        sqlx::query(SAVE_ADMISSION)
+            .bind(context)
+            .bind(user.as_str())
+            .bind(encode_recent(&s.recent))
+            .bind(small(s.warnings))
+            .bind(small(s.reputation))
+            .bind(s.blocked_until.map(|t| t.0))
+            .bind(s.block_cause.map(Cause::as_str))
+            .bind(big(s.updates_total))
+            .bind(big(s.blocks_total))
+            .bind(big(s.warnings_total))
+            .bind(big(s.refused_total))
+            .bind(s.first_seen.map(|t| t.0))
+            .bind(s.last_seen.map(|t| t.0))
+            .bind(now.0)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, StoreError> {
+        let rows = sqlx::query(USER_ADMISSIONS.as_str())
+            .bind(user.as_str())
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(Self::decode_admission).collect()
+    }
+
+    async fn reset_admission(
+        &self,
+        scope: &AdmissionScope,
+        unblock: bool,
+        now: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let context = scope.context.as_deref().unwrap_or_default();
+        let user = scope.user.as_ref().map_or("", |u| u.as_str());
+        let done = if unblock {
+            sqlx::query(UNBLOCK_ADMISSION.as_str())
+                .bind(context)
+                .bind(user)
+                .bind(now.0)
+                .execute(&self.writer)
+                .await?
+        } else {
+            sqlx::query(RESET_WARNINGS.as_str())
+                .bind(context)
+                .bind(user)
+                .execute(&self.writer)
+                .await?
+        };
+        Ok(done.affected())
+    }
+
+    async fn admission_offenders(
+        &self,
+        context: Option<&str>,
+        after: Option<&OffenderCursor>,
+        limit: u32,
+    ) -> Result<Vec<AdmissionRecord>, StoreError> {
+        let rows = sqlx::query(OFFENDERS.as_str())
+            .bind(context.unwrap_or_default())
+            .bind("")
+            .bind(after.is_some())
+            .bind(after.map_or(0, |a| i64::try_from(a.blocks).unwrap_or(i64::MAX)))
+            .bind(after.map_or("", |a| a.context.as_str()))
+            .bind(after.map_or("", |a| a.user.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter().map(Self::decode_admission).collect()
+    }
+
+    async fn admission_stats(
+        &self,
+        context: Option<&str>,
+        now: UnixMillis,
+    ) -> Result<AdmissionStats, StoreError> {
+        let row = sqlx::query(ADMISSION_STATS.as_str())
+            .bind(context.unwrap_or_default())
+            .bind("")
+            .bind(now.0)
+            .fetch_one(&self.readers)
+            .await?;
+        Ok(AdmissionStats {
+            users: count(row.try_get("users")?),
+            refused: count(row.try_get("refused")?),
+            warnings: count(row.try_get("warnings")?),
+            active_blocks: count(row.try_get("blocked")?),
+        })
+    }
+
     async fn cleanup(
         &self,
         conn: &mut DB::Connection,
@@ -630,12 +891,19 @@ where
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let events_deleted =
             step::<DB>(conn, DROP_OLD_EVENTS, now.0.saturating_sub(retention_ms)).await?;
+        let admissions = sqlx::query(DROP_IDLE_ADMISSIONS)
+            .bind(now.0 - ADMISSION_RETENTION_MS)
+            .bind(now.0)
+            .execute(&mut *conn)
+            .await?
+            .affected();
         Ok(Purged {
             states,
             sessions_expired,
             sessions_deleted,
             locks_expired,
             events_deleted,
+            admissions,
         })
     }
 }

@@ -15,10 +15,10 @@ use tokio::sync::broadcast;
 
 use super::sql::{COLUMNS, Common, FailuresColumn, Sql};
 use super::{
-    Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
+    AdmitFn, Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
     TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
 };
-use crate::domain::{KeyState, SecurityEvent, UnixMillis};
+use crate::domain::{Admission, KeyState, SecurityEvent, UnixMillis, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -265,5 +265,28 @@ impl Dialect for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.sql.writer).await?;
         Ok(())
+    }
+
+    async fn admit(
+        &self,
+        context: &str,
+        user: &UserId,
+        now: UnixMillis,
+        f: &AdmitFn<'_>,
+    ) -> Result<Admission, StoreError> {
+        let mut tx = self.sql.writer.begin_with(BEGIN_WRITE).await?;
+        let current = self.sql.lock_admission(&mut tx, context, user, now).await?;
+        let step = f(&current);
+        self.sql
+            .save_admission(&mut tx, context, user, &step.state, now)
+            .await?;
+        for event in &step.events {
+            self.sql.insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        for event in step.events.into_iter().filter(SecurityEvent::is_alert) {
+            let _ = self.events.send(event);
+        }
+        Ok(step.outcome)
     }
 }

@@ -29,6 +29,9 @@ pub const EVENTS_DROPPED: &str = "authgate_security_events_dropped_total";
 pub const AUTH_REJECTED: &str = "authgate_auth_rejected_total";
 pub const SHED: &str = "authgate_requests_shed_total";
 pub const ACCEPT_ERRORS: &str = "authgate_accept_errors_total";
+pub const ADMISSIONS: &str = "authgate_admission_updates_total";
+pub const ADMISSION_WARNINGS: &str = "authgate_admission_warnings_total";
+pub const ADMISSION_BLOCKS: &str = "authgate_admission_blocks_total";
 pub const STORE_UP: &str = "authgate_store_up";
 pub const FAIL_OPEN: &str = "authgate_fail_open_decisions_total";
 
@@ -97,6 +100,18 @@ fn describe() {
     describe_counter!(
         SHED,
         "Calls answered RESOURCE_EXHAUSTED because server.max_concurrent_requests were in flight"
+    );
+    describe_counter!(
+        ADMISSIONS,
+        "Updates judged by Admit, by context, kind (as configured) and decision (admitted, refused, blocked, refused_while_blocked, exempt)"
+    );
+    describe_counter!(
+        ADMISSION_WARNINGS,
+        "Admission warnings, by context and cause (rate_limit or a spam pattern)"
+    );
+    describe_counter!(
+        ADMISSION_BLOCKS,
+        "Users blocked by admission, by context and cause"
     );
     describe_counter!(
         ACCEPT_ERRORS,
@@ -173,6 +188,19 @@ pub fn auth_rejected(reason: &'static str) {
 
 pub fn shed() {
     counter!(SHED).increment(1);
+}
+
+/// Labels are bounded: kinds are those a context configures.
+pub fn admitted(context: &str, kind: &str, decision: &'static str) {
+    counter!(ADMISSIONS, "context" => context.to_owned(), "kind" => kind.to_owned(), "decision" => decision).increment(1);
+}
+
+pub fn admission_warning(context: &str, cause: &'static str) {
+    counter!(ADMISSION_WARNINGS, "context" => context.to_owned(), "cause" => cause).increment(1);
+}
+
+pub fn admission_block(context: &str, cause: &'static str) {
+    counter!(ADMISSION_BLOCKS, "context" => context.to_owned(), "cause" => cause).increment(1);
 }
 
 pub fn accept_failed() {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod access;
 mod admin;
+mod admission;
 mod alerts;
 mod audit;
 mod auth;

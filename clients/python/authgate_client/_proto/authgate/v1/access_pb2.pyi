@@ -35,6 +35,14 @@ class TotpResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOTP_RESULT_CLOCK_SKEW: _ClassVar[TotpResult]
     TOTP_RESULT_BLOCKED: _ClassVar[TotpResult]
     TOTP_RESULT_NOT_ENROLLED: _ClassVar[TotpResult]
+
+class SpamCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPAM_CAUSE_UNSPECIFIED: _ClassVar[SpamCause]
+    SPAM_CAUSE_RATE_LIMIT: _ClassVar[SpamCause]
+    SPAM_CAUSE_IDENTICAL_MESSAGES: _ClassVar[SpamCause]
+    SPAM_CAUSE_CALLBACK_SPAM: _ClassVar[SpamCause]
+    SPAM_CAUSE_MEDIA_FLOOD: _ClassVar[SpamCause]
 DECISION_UNSPECIFIED: Decision
 DECISION_ALLOW: Decision
 DECISION_DENY: Decision
@@ -53,6 +61,11 @@ TOTP_RESULT_INVALID: TotpResult
 TOTP_RESULT_CLOCK_SKEW: TotpResult
 TOTP_RESULT_BLOCKED: TotpResult
 TOTP_RESULT_NOT_ENROLLED: TotpResult
+SPAM_CAUSE_UNSPECIFIED: SpamCause
+SPAM_CAUSE_RATE_LIMIT: SpamCause
+SPAM_CAUSE_IDENTICAL_MESSAGES: SpamCause
+SPAM_CAUSE_CALLBACK_SPAM: SpamCause
+SPAM_CAUSE_MEDIA_FLOOD: SpamCause
 
 class Subject(_message.Message):
     __slots__ = ("user_id", "ip", "session_id")
@@ -163,6 +176,50 @@ class VerifyTotpResponse(_message.Message):
     clock_drift_seconds: int
     session_expires_at: _timestamp_pb2.Timestamp
     def __init__(self, result: _Optional[_Union[TotpResult, str]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., clock_drift_seconds: _Optional[int] = ..., session_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AdmitRequest(_message.Message):
+    __slots__ = ("context", "subject", "kind", "fingerprint")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    kind: str
+    fingerprint: bytes
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., kind: _Optional[str] = ..., fingerprint: _Optional[bytes] = ...) -> None: ...
+
+class AdmitResponse(_message.Message):
+    __slots__ = ("verdict", "admitted", "warning", "warning_cause", "warnings", "warning_limit", "limit", "used", "window_seconds", "reputation", "block_number", "block_cause", "block_started", "exempt")
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    ADMITTED_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
+    WARNING_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    WARNING_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_STARTED_FIELD_NUMBER: _ClassVar[int]
+    EXEMPT_FIELD_NUMBER: _ClassVar[int]
+    verdict: Verdict
+    admitted: bool
+    warning: bool
+    warning_cause: SpamCause
+    warnings: int
+    warning_limit: int
+    limit: int
+    used: int
+    window_seconds: int
+    reputation: float
+    block_number: int
+    block_cause: SpamCause
+    block_started: bool
+    exempt: bool
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., admitted: _Optional[bool] = ..., warning: _Optional[bool] = ..., warning_cause: _Optional[_Union[SpamCause, str]] = ..., warnings: _Optional[int] = ..., warning_limit: _Optional[int] = ..., limit: _Optional[int] = ..., used: _Optional[int] = ..., window_seconds: _Optional[int] = ..., reputation: _Optional[float] = ..., block_number: _Optional[int] = ..., block_cause: _Optional[_Union[SpamCause, str]] = ..., block_started: _Optional[bool] = ..., exempt: _Optional[bool] = ...) -> None: ...
 
 class EnrollTotpRequest(_message.Message):
     __slots__ = ("context", "subject", "account_name")

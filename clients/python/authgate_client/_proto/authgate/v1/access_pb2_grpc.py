@@ -61,6 +61,11 @@ class AccessServiceStub:
                 request_serializer=authgate_dot_v1_dot_access__pb2.EnrollTotpRequest.SerializeToString,
                 response_deserializer=authgate_dot_v1_dot_access__pb2.EnrollTotpResponse.FromString,
                 _registered_method=True)
+        self.Admit = channel.unary_unary(
+                '/authgate.v1.AccessService/Admit',
+                request_serializer=authgate_dot_v1_dot_access__pb2.AdmitRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_access__pb2.AdmitResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
@@ -132,6 +137,24 @@ class AccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Admit(self, request, context):
+        """Anti-spam admission for bots: call it once for every incoming update
+        (a message, a button press, ...), before handling it. It judges the
+        update against the context's per-kind rate limits over a sliding window,
+        spam patterns among the user's latest updates, and the user's warnings,
+        blocks and reputation, on state every replica shares, and records it
+        when admitted. Handle the update only when `admitted` is true; otherwise
+        tell the user why (see AdmitResponse). The context needs an
+        [admission] table (the shipped "bot" context has one); elsewhere, and
+        for an unknown kind, a fingerprint over 64 bytes or a missing user_id,
+        the answer is INVALID_ARGUMENT and nothing is recorded. Admins (the
+        server's admin list) are admitted without being counted unless the
+        context says otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +182,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.EnrollTotp,
                     request_deserializer=authgate_dot_v1_dot_access__pb2.EnrollTotpRequest.FromString,
                     response_serializer=authgate_dot_v1_dot_access__pb2.EnrollTotpResponse.SerializeToString,
+            ),
+            'Admit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Admit,
+                    request_deserializer=authgate_dot_v1_dot_access__pb2.AdmitRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_access__pb2.AdmitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -298,6 +326,33 @@ class AccessService:
             '/authgate.v1.AccessService/EnrollTotp',
             authgate_dot_v1_dot_access__pb2.EnrollTotpRequest.SerializeToString,
             authgate_dot_v1_dot_access__pb2.EnrollTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Admit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AccessService/Admit',
+            authgate_dot_v1_dot_access__pb2.AdmitRequest.SerializeToString,
+            authgate_dot_v1_dot_access__pb2.AdmitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -121,18 +121,86 @@ class KeyState(_message.Message):
     def __init__(self, context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., failures_in_window: _Optional[int] = ..., failures_total: _Optional[int] = ..., last_failure_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_lockouts: _Optional[int] = ..., lockouts_total: _Optional[int] = ..., lock: _Optional[_Union[Lock, _Mapping]] = ...) -> None: ...
 
 class GetSubjectResponse(_message.Message):
-    __slots__ = ("allowed", "admin", "states", "session", "totp")
+    __slots__ = ("allowed", "admin", "states", "session", "totp", "admission")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOTP_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     admin: bool
     states: _containers.RepeatedCompositeFieldContainer[KeyState]
     session: Session
     totp: TotpEnrollment
-    def __init__(self, allowed: _Optional[bool] = ..., admin: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[KeyState, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., totp: _Optional[_Union[TotpEnrollment, _Mapping]] = ...) -> None: ...
+    admission: _containers.RepeatedCompositeFieldContainer[AdmissionState]
+    def __init__(self, allowed: _Optional[bool] = ..., admin: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[KeyState, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., totp: _Optional[_Union[TotpEnrollment, _Mapping]] = ..., admission: _Optional[_Iterable[_Union[AdmissionState, _Mapping]]] = ...) -> None: ...
+
+class AdmissionState(_message.Message):
+    __slots__ = ("context", "user_id", "warnings", "reputation", "blocked_until", "block_cause", "updates_in_window", "updates_total", "blocks_total", "warnings_total", "refused_total", "first_seen", "last_seen")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    user_id: str
+    warnings: int
+    reputation: float
+    blocked_until: _timestamp_pb2.Timestamp
+    block_cause: _access_pb2.SpamCause
+    updates_in_window: int
+    updates_total: int
+    blocks_total: int
+    warnings_total: int
+    refused_total: int
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, context: _Optional[str] = ..., user_id: _Optional[str] = ..., warnings: _Optional[int] = ..., reputation: _Optional[float] = ..., blocked_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., block_cause: _Optional[_Union[_access_pb2.SpamCause, str]] = ..., updates_in_window: _Optional[int] = ..., updates_total: _Optional[int] = ..., blocks_total: _Optional[int] = ..., warnings_total: _Optional[int] = ..., refused_total: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ResetWarningsRequest(_message.Message):
+    __slots__ = ("actor_user_id", "context", "user_id")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    context: str
+    user_id: str
+    def __init__(self, actor_user_id: _Optional[str] = ..., context: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ResetWarningsResponse(_message.Message):
+    __slots__ = ("reset",)
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    reset: int
+    def __init__(self, reset: _Optional[int] = ...) -> None: ...
+
+class ListOffendersRequest(_message.Message):
+    __slots__ = ("actor_user_id", "context", "page_size", "page_token")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    context: str
+    page_size: int
+    page_token: str
+    def __init__(self, actor_user_id: _Optional[str] = ..., context: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListOffendersResponse(_message.Message):
+    __slots__ = ("offenders", "next_page_token")
+    OFFENDERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    offenders: _containers.RepeatedCompositeFieldContainer[AdmissionState]
+    next_page_token: str
+    def __init__(self, offenders: _Optional[_Iterable[_Union[AdmissionState, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("state", "since", "last_seen_at")
@@ -181,7 +249,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, actor_user_id: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("total", "authenticated", "processing", "blocked", "expired", "locks_temporary", "locks_permanent")
+    __slots__ = ("total", "authenticated", "processing", "blocked", "expired", "locks_temporary", "locks_permanent", "admission_users", "admission_refused", "admission_warnings", "admission_blocks_active")
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +257,10 @@ class GetStatsResponse(_message.Message):
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
     LOCKS_TEMPORARY_FIELD_NUMBER: _ClassVar[int]
     LOCKS_PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_USERS_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ADMISSION_BLOCKS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     total: int
     authenticated: int
     processing: int
@@ -196,7 +268,11 @@ class GetStatsResponse(_message.Message):
     expired: int
     locks_temporary: int
     locks_permanent: int
-    def __init__(self, total: _Optional[int] = ..., authenticated: _Optional[int] = ..., processing: _Optional[int] = ..., blocked: _Optional[int] = ..., expired: _Optional[int] = ..., locks_temporary: _Optional[int] = ..., locks_permanent: _Optional[int] = ...) -> None: ...
+    admission_users: int
+    admission_refused: int
+    admission_warnings: int
+    admission_blocks_active: int
+    def __init__(self, total: _Optional[int] = ..., authenticated: _Optional[int] = ..., processing: _Optional[int] = ..., blocked: _Optional[int] = ..., expired: _Optional[int] = ..., locks_temporary: _Optional[int] = ..., locks_permanent: _Optional[int] = ..., admission_users: _Optional[int] = ..., admission_refused: _Optional[int] = ..., admission_warnings: _Optional[int] = ..., admission_blocks_active: _Optional[int] = ...) -> None: ...
 
 class ResetTotpRequest(_message.Message):
     __slots__ = ("actor_user_id", "user_id")

@@ -79,6 +79,16 @@ class AdminServiceStub:
                 request_serializer=authgate_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=authgate_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ResetWarnings = channel.unary_unary(
+                '/authgate.v1.AdminService/ResetWarnings',
+                request_serializer=authgate_dot_v1_dot_admin__pb2.ResetWarningsRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_admin__pb2.ResetWarningsResponse.FromString,
+                _registered_method=True)
+        self.ListOffenders = channel.unary_unary(
+                '/authgate.v1.AdminService/ListOffenders',
+                request_serializer=authgate_dot_v1_dot_admin__pb2.ListOffendersRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_admin__pb2.ListOffendersResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -166,6 +176,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetWarnings(self, request, context):
+        """Forgets users' admission warnings without lifting a block: one user in
+        one context, one user everywhere (empty context), or a whole context
+        (empty user_id). AdminUnlock lifts admission blocks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOffenders(self, request, context):
+        """The users with the most admission blocks, most first, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +239,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=authgate_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=authgate_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ResetWarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetWarnings,
+                    request_deserializer=authgate_dot_v1_dot_admin__pb2.ResetWarningsRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_admin__pb2.ResetWarningsResponse.SerializeToString,
+            ),
+            'ListOffenders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOffenders,
+                    request_deserializer=authgate_dot_v1_dot_admin__pb2.ListOffendersRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_admin__pb2.ListOffendersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +494,60 @@ class AdminService:
             '/authgate.v1.AdminService/ListAuditEvents',
             authgate_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
             authgate_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetWarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AdminService/ResetWarnings',
+            authgate_dot_v1_dot_admin__pb2.ResetWarningsRequest.SerializeToString,
+            authgate_dot_v1_dot_admin__pb2.ResetWarningsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOffenders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AdminService/ListOffenders',
+            authgate_dot_v1_dot_admin__pb2.ListOffendersRequest.SerializeToString,
+            authgate_dot_v1_dot_admin__pb2.ListOffendersResponse.FromString,
             options,
             channel_credentials,
             insecure,
