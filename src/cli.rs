@@ -73,8 +73,28 @@ enum AdminCommand {
         #[command(flatten)]
         subject: SubjectArgs,
     },
-    /// Session and lock counts across all replicas.
+    /// Session, lock and admission counts across all replicas.
     Stats,
+    /// A user's anti-spam admission state, per context.
+    Admission {
+        #[arg(long)]
+        user: String,
+    },
+    /// The users with the most admission blocks.
+    Offenders {
+        #[arg(long, default_value = "")]
+        context: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Forget admission warnings without lifting a block: one user (in one
+    /// --context, or everywhere), or everyone in a --context.
+    ResetWarnings {
+        #[arg(long, default_value = "")]
+        user: String,
+        #[arg(long, default_value = "")]
+        context: String,
+    },
     /// The audit trail, newest first.
     Events {
         #[command(flatten)]
@@ -384,6 +404,10 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 "expired",
                 "locks_temporary",
                 "locks_permanent",
+                "admission_users",
+                "admission_refused",
+                "admission_warnings",
+                "admission_blocked",
             ]);
             t.rows.push(vec![
                 json!(s.total),
@@ -393,7 +417,62 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 json!(s.expired),
                 json!(s.locks_temporary),
                 json!(s.locks_permanent),
+                json!(s.admission_users),
+                json!(s.admission_refused),
+                json!(s.admission_warnings),
+                json!(s.admission_blocks_active),
             ]);
+            t
+        }
+        AdminCommand::Admission { user } => {
+            let r = client
+                .get_subject(proto::GetSubjectRequest {
+                    actor_user_id: actor,
+                    subject: Some(proto::Subject {
+                        user_id: user,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            admission_table(r.admission)
+        }
+        AdminCommand::Offenders { context, limit } => {
+            let mut offenders = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = client
+                    .list_offenders(proto::ListOffendersRequest {
+                        actor_user_id: actor.clone(),
+                        context: context.clone(),
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                offenders.extend(r.offenders);
+                page_token = r.next_page_token;
+                if page_token.is_empty() || offenders.len() >= limit {
+                    break;
+                }
+            }
+            offenders.truncate(limit);
+            admission_table(offenders)
+        }
+        AdminCommand::ResetWarnings { user, context } => {
+            if user.is_empty() && context.is_empty() {
+                anyhow::bail!("say whose warnings: --user and/or --context");
+            }
+            let r = client
+                .reset_warnings(proto::ResetWarningsRequest {
+                    actor_user_id: actor,
+                    context,
+                    user_id: user,
+                })
+                .await?
+                .into_inner();
+            let mut t = Table::new(&["reset"]);
+            t.rows.push(vec![json!(r.reset)]);
             t
         }
         AdminCommand::Events {
@@ -445,6 +524,45 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     };
     print!("{}", out.render(args.json));
     Ok(())
+}
+
+fn admission_table(states: Vec<proto::AdmissionState>) -> Table {
+    let mut t = Table::new(&[
+        "context",
+        "user",
+        "warnings",
+        "reputation",
+        "blocked_until",
+        "cause",
+        "in_window",
+        "updates",
+        "blocks",
+        "refused",
+    ]);
+    for s in states {
+        let cause = match s.block_cause() {
+            proto::SpamCause::Unspecified => Value::Null,
+            other => json!(
+                other
+                    .as_str_name()
+                    .trim_start_matches("SPAM_CAUSE_")
+                    .to_lowercase()
+            ),
+        };
+        t.rows.push(vec![
+            json!(s.context),
+            json!(s.user_id),
+            json!(s.warnings),
+            json!(s.reputation),
+            time(s.blocked_until.as_ref()),
+            cause,
+            json!(s.updates_in_window),
+            json!(s.updates_total),
+            json!(s.blocks_total),
+            json!(s.refused_total),
+        ]);
+    }
+    t
 }
 
 fn key_kind(name: &str) -> anyhow::Result<proto::KeyKind> {

@@ -199,6 +199,28 @@ async fn the_admin_cli_lists_unlocks_and_reports() {
         }
     }
 
+    // A bot's flood, as operators see and handle it.
+    for i in 0..11 {
+        bot.admit(proto::AdmitRequest {
+            context: "bot".into(),
+            subject: subject("floody", ""),
+            kind: "text".into(),
+            fingerprint: format!("m{i}").into_bytes(),
+        })
+        .await
+        .unwrap();
+    }
+    let offenders = json(admin(&["offenders", "--json"]));
+    assert_eq!(offenders[0]["user"], "floody", "{offenders}");
+    assert_eq!(offenders[0]["blocks"], 1);
+    assert_eq!(offenders[0]["cause"], "rate_limit");
+    let state = json(admin(&["admission", "--user", "floody", "--json"]));
+    assert_eq!(state[0]["warnings"], 3, "{state}");
+    let reset = admin(&["reset-warnings", "--user", "floody", "--context", "bot"]);
+    assert_eq!(text(&reset.stdout), "RESET\n1\n");
+    let stats = json(admin(&["stats", "--json"]));
+    assert_eq!(stats[0]["admission_blocked"], 1, "{stats}");
+
     // host:port needs no scheme; a failure is told once.
     let bare = server.addr.to_string();
     let out = authgate(
