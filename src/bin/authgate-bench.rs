@@ -1,5 +1,5 @@
 //! Drives a running authgate with concurrent calls and prints throughput and
-//! latency for CheckAccess and RecordFailure next to grpc.health.v1 Check on
+//! latency for CheckAccess, RecordFailure and Admit next to grpc.health.v1 Check on
 //! the same server in the same run: the health check is an almost empty RPC,
 //! the ceiling of this stack on this machine, so the ratios are what to
 //! compare across runs and machines.
@@ -16,7 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use authgate::grpc::proto::access_service_client::AccessServiceClient;
-use authgate::grpc::proto::{CheckAccessRequest, RecordFailureRequest, Subject};
+use authgate::grpc::proto::{AdmitRequest, CheckAccessRequest, RecordFailureRequest, Subject};
 
 #[derive(Parser)]
 #[command(about = "Benchmark a running authgate")]
@@ -37,9 +37,12 @@ struct Args {
     /// Distinct users (each with its own address) the calls are spread over.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
-    /// The context named in the calls.
+    /// The context named in CheckAccess and RecordFailure.
     #[arg(long, default_value = "login")]
     context: String,
+    /// The context named in Admit: one with admission rules.
+    #[arg(long, default_value = "bot")]
+    admit_context: String,
 }
 
 #[derive(Clone, Copy)]
@@ -47,6 +50,7 @@ enum Rpc {
     Health,
     CheckAccess,
     RecordFailure,
+    Admit,
 }
 
 impl Rpc {
@@ -55,6 +59,7 @@ impl Rpc {
             Rpc::Health => "grpc.health.v1 Check",
             Rpc::CheckAccess => "CheckAccess",
             Rpc::RecordFailure => "RecordFailure",
+            Rpc::Admit => "Admit",
         }
     }
 }
@@ -73,6 +78,27 @@ fn subject(n: u64) -> Subject {
         user_id: format!("bench-{n}"),
         ip: ip.to_string(),
         session_id: String::new(),
+    }
+}
+
+/// A bot's traffic: mostly text, some buttons, media and commands, every
+/// update with content of its own; spread over many users, so nearly all
+/// are admitted.
+fn update(context: &str, n: u64) -> AdmitRequest {
+    let kind = match n % 20 {
+        0..14 => "text",
+        14..17 => "callback",
+        17..19 => "media",
+        _ => "command",
+    };
+    AdmitRequest {
+        context: context.to_owned(),
+        subject: Some(Subject {
+            user_id: format!("bench-{n}"),
+            ..Default::default()
+        }),
+        kind: kind.to_owned(),
+        fingerprint: n.to_be_bytes().to_vec(),
     }
 }
 
@@ -99,6 +125,10 @@ async fn call(rpc: Rpc, channel: Channel, context: &str, n: u64) -> bool {
             })
             .await
             .is_ok(),
+        Rpc::Admit => AccessServiceClient::new(channel)
+            .admit(update(context, n))
+            .await
+            .is_ok(),
     }
 }
 
@@ -110,7 +140,10 @@ async fn run(rpc: Rpc, args: &Args, channels: &[Channel]) -> Figures {
         .map(|w| {
             let channel = channels[w % channels.len()].clone();
             let next = next.clone();
-            let context = args.context.clone();
+            let context = match rpc {
+                Rpc::Admit => args.admit_context.clone(),
+                _ => args.context.clone(),
+            };
             let keys = args.keys.max(1);
             tokio::spawn(async move {
                 let mut latency =
@@ -174,7 +207,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut baseline = None;
     // RecordFailure before CheckAccess, so checks run against a table that
     // holds state, as in production.
-    for rpc in [Rpc::Health, Rpc::RecordFailure, Rpc::CheckAccess] {
+    for rpc in [Rpc::Health, Rpc::RecordFailure, Rpc::CheckAccess, Rpc::Admit] {
         let f = run(rpc, &args, &channels).await;
         let base = *baseline.get_or_insert(f.rps);
         println!(
