@@ -35,3 +35,16 @@ CREATE INDEX admission_offenders ON admission (blocks_total DESC, context, user_
 CREATE INDEX admission_touched ON admission (touched_at);
 -- GetSubject finds a user's rows in every context.
 CREATE INDEX admission_user ON admission (user_id);
+
+-- Admit's batched read, for the reason authgate_key_states (0004) gives: by
+-- primary key from the first call, before the table is ever analyzed.
+CREATE FUNCTION authgate_admissions(contexts TEXT[], user_ids TEXT[]) RETURNS SETOF admission
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT a.* FROM admission AS a
+        WHERE (a.context, a.user_id) IN (SELECT * FROM unnest(contexts, user_ids));
+END
+$$;

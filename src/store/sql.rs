@@ -72,7 +72,7 @@ static LIST_EVENTS: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// A user's admission row, as `decode_admission` reads it.
-const ADMISSION_COLUMNS: &str = "context, user_id, recent, warnings, reputation, blocked_until, \
+pub const ADMISSION_COLUMNS: &str = "context, user_id, recent, warnings, reputation, blocked_until, \
      block_cause, updates_total, blocks_total, warnings_total, refused_total, first_seen, last_seen";
 
 /// Takes one user's row lock, creating the row first, and returns it: one

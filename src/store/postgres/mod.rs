@@ -6,9 +6,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
 use sqlx::{PgExecutor, Postgres, QueryBuilder, Row as _};
 use tokio::sync::{broadcast, watch};
+
+mod admission;
 
 use super::batch::Batcher;
 use super::sql::{COLUMNS, Common, FailuresColumn, INSERT_EVENT, Sql};
@@ -82,18 +85,69 @@ static WRITE: LazyLock<String> = LazyLock::new(|| {
              version = EXCLUDED.version \
            WHERE key_state.version = EXCLUDED.version - 1 \
            RETURNING 1), \
-         logged AS (INSERT INTO security_event \
-           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, detail, caller) \
-           SELECT * FROM UNNEST($19::bigint[], $20::text[], $21::text[], $22::text[], $23::text[], \
-             $24::text[], $25::text[], $26::int[], $27::bigint[], $28::bool[], $29::text[], $30::text[], \
-             $31::text[]) \
-           RETURNING *), \
-         notified AS (SELECT pg_notify($32, row_to_json(logged)::text) FROM logged \
-           WHERE kind = ANY($33)) \
+         {} \
          SELECT authgate_expect_written((SELECT count(*) FROM written), $18), \
-           (SELECT count(*) FROM notified)"
+           (SELECT count(*) FROM notified)",
+        logged_and_notified(19)
     )
 });
+
+/// The CTEs `logged` and `notified` of a batched write: its events from
+/// parallel arrays at $first and the 12 parameters after it, then the
+/// NOTIFY channel and the alert kinds, as `bind_events` binds them.
+fn logged_and_notified(first: usize) -> String {
+    let arrays: Vec<String> = [
+        "bigint", "text", "text", "text", "text", "text", "text", "int", "bigint", "bool", "text",
+        "text", "text",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, ty)| format!("${}::{ty}[]", first + i))
+    .collect();
+    format!(
+        "logged AS (INSERT INTO security_event \
+           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, \
+            detail, caller) \
+           SELECT * FROM UNNEST({}) RETURNING *), \
+         notified AS (SELECT pg_notify(${}, row_to_json(logged)::text) FROM logged \
+           WHERE kind = ANY(${}))",
+        arrays.join(", "),
+        first + 13,
+        first + 14
+    )
+}
+
+/// Binds what `logged_and_notified` reads.
+fn bind_events<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    events: &[SecurityEvent],
+) -> Query<'q, Postgres, PgArguments> {
+    let text =
+        |f: fn(&SecurityEvent) -> &str| events.iter().map(|e| f(e).to_owned()).collect::<Vec<_>>();
+    query
+        .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+        .bind(text(|e| e.kind.as_str()))
+        .bind(text(|e| &e.context))
+        .bind(text(|e| &e.rule))
+        .bind(text(|e| &e.user_id))
+        .bind(text(|e| &e.ip))
+        .bind(text(|e| &e.session_id))
+        .bind(
+            events
+                .iter()
+                .map(|e| i32::try_from(e.tier).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(events.iter().map(|e| e.until).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.permanent).collect::<Vec<_>>())
+        .bind(text(|e| &e.actor))
+        .bind(text(|e| &e.detail))
+        .bind(text(|e| &e.caller))
+        // Alerts are notified by the same statement: NOTIFY is delivered at
+        // commit, so every replica hears of a lock exactly when it holds.
+        .bind(EVENT_CHANNEL)
+        .bind(EventKind::alert_names())
+}
 
 /// One event, NOTIFY-ed when it is an alert ($15); the shared insert's
 /// $1..$13, then the channel.
@@ -120,6 +174,10 @@ pub struct PostgresStore {
     /// Compare-and-set writes of the fast path, coalesced likewise; `false`
     /// answers a write that lost its compare-and-set.
     writes: Batcher<Write, bool>,
+    /// Admit's reads and compare-and-set writes, batched as the key
+    /// states' are.
+    admission_reads: Batcher<admission::AdmissionKey, admission::Versioned>,
+    admission_writes: Batcher<admission::Write, bool>,
     /// Fed by the LISTEN task with every replica's events, this one's too.
     events: broadcast::Sender<SecurityEvent>,
     listener: tokio::task::JoinHandle<()>,
@@ -407,7 +465,14 @@ async fn write_batch(pool: PgPool, calls: Vec<Write>) -> Vec<Result<bool, StoreE
     keyed.sort_by_key(|(id, _)| *id);
     let rows: Vec<Row> = keyed.into_iter().map(|(_, r)| r.clone()).collect();
     let events: Vec<SecurityEvent> = joined().flat_map(|w| w.events.iter().cloned()).collect();
-    let outcome = match PostgresStore::write(&pool, &rows, &events).await {
+    answer_batch(&joins, PostgresStore::write(&pool, &rows, &events).await)
+}
+
+/// Each call's answer to a batched compare-and-set: the statement's
+/// outcome for those that joined it (`false` when it lost), `false` for
+/// those left out.
+fn answer_batch(joins: &[bool], written: Result<(), sqlx::Error>) -> Vec<Result<bool, StoreError>> {
+    let outcome = match written {
         Ok(()) => Ok(true),
         Err(e) if is_retryable(&e) => Ok(false),
         Err(e) => Err(StoreError::from(e)),
@@ -481,6 +546,14 @@ impl PostgresStore {
         let writes = Batcher::start(WRITE_LANES, health.clone(), move |calls| {
             write_batch(writer.clone(), calls)
         });
+        let reader = pool.clone();
+        let admission_reads = Batcher::start(READ_LANES, health.clone(), move |calls| {
+            admission::fetch_batch(reader.clone(), calls)
+        });
+        let writer = pool.clone();
+        let admission_writes = Batcher::start(WRITE_LANES, health.clone(), move |calls| {
+            admission::write_batch(writer.clone(), calls)
+        });
         Ok(PostgresStore {
             sql: Sql {
                 writer: pool.clone(),
@@ -490,6 +563,8 @@ impl PostgresStore {
             },
             reads,
             writes,
+            admission_reads,
+            admission_writes,
             events,
             listener,
             listening,
@@ -516,7 +591,7 @@ impl PostgresStore {
                 format!("{{{}}}", items.join(","))
             })
             .collect();
-        sqlx::query(WRITE.as_str())
+        let query = sqlx::query(WRITE.as_str())
             .bind(text(|r| &r.context))
             .bind(text(|r| &r.rule))
             .bind(text(|r| &r.kind))
@@ -534,38 +609,10 @@ impl PostgresStore {
             .bind(int(|r| r.lockouts_total))
             .bind(opt(|r| r.expires_at))
             .bind(int(|r| r.version))
-            .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
-            // The audit records travel in the same statement: they commit with
-            // the state change or not at all, at no extra round trip.
-            .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.context.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.rule.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.user_id.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
-            .bind(
-                events
-                    .iter()
-                    .map(|e| e.session_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                events
-                    .iter()
-                    .map(|e| i32::try_from(e.tier).unwrap_or(i32::MAX))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(events.iter().map(|e| e.until).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.permanent).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.detail.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.caller.clone()).collect::<Vec<_>>())
-            // Alerts are notified by the same statement: NOTIFY is delivered at
-            // commit, so every replica hears of a lock exactly when it holds.
-            .bind(EVENT_CHANNEL)
-            .bind(EventKind::alert_names())
-            .execute(conn)
-            .await?;
+            .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+        // The audit records travel in the same statement: they commit with
+        // the state change or not at all, at no extra round trip.
+        bind_events(query, events).execute(conn).await?;
         Ok(())
     }
 
@@ -711,8 +758,22 @@ impl Dialect for PostgresStore {
         now: UnixMillis,
         f: &AdmitFn<'_>,
     ) -> Result<Admission, StoreError> {
-        // The row lock orders one user's updates across replicas; the
-        // events are notified at commit, with the state they describe.
+        let key = (context.to_owned(), user.clone());
+        let (current, version) = self.admission_reads.call(key.clone()).await?;
+        let step = f(&current);
+        let write = admission::Write {
+            key,
+            state: step.state,
+            version: version + 1,
+            events: step.events,
+            now,
+        };
+        if self.admission_writes.call(write).await? {
+            return Ok(step.outcome);
+        }
+        tracing::debug!("admission compare-and-set lost; locking the row");
+        // The row lock orders one user's racing updates across replicas;
+        // the events are notified at commit, with the state they describe.
         let mut tx = self.sql.writer.begin().await?;
         let current = self.sql.lock_admission(&mut tx, context, user, now).await?;
         let step = f(&current);
