@@ -36,10 +36,14 @@ fi
 echo "== Python packages (pip)"
 python3 -m pip install --quiet --disable-pip-version-check \
   -r tests/python/requirements.txt -r clients/python/requirements-test.txt
-# clients/node's dependencies, from its lock file.
-if [ ! -d clients/node/node_modules ]; then
+# clients/node's dependencies, from its lock file; installed again whenever
+# the lock file changed since the last install.
+lock_sum=$(sha256sum clients/node/package-lock.json | cut -d' ' -f1)
+stamp=clients/node/node_modules/.authgate-lock
+if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
   echo "== clients/node dependencies (npm ci)"
   (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" >"$stamp"
 fi
 
 cargo test --locked "$@"

@@ -3,7 +3,14 @@
 const grpc = require('@grpc/grpc-js');
 const { createClient, DEFAULT_PROTO_DIR } = require('./lib/client');
 const { authgateMiddleware } = require('./lib/middleware');
+const { admissionMiddleware } = require('./lib/admission');
 
 // grpc is re-exported so callers build credentials (and compare status
 // codes) with the same grpc-js instance the client uses.
-module.exports = { createClient, authgateMiddleware, grpc, DEFAULT_PROTO_DIR };
+module.exports = {
+  createClient,
+  authgateMiddleware,
+  admissionMiddleware,
+  grpc,
+  DEFAULT_PROTO_DIR,
+};

@@ -1,15 +1,6 @@
 'use strict';
 
-const grpc = require('@grpc/grpc-js');
-
-// The codes of an authgate that cannot answer (down, overloaded, too slow),
-// as opposed to one that refuses the request (a bad key, a bad argument):
-// only these may fail open.
-const OUTAGE = new Set([
-  grpc.status.UNAVAILABLE,
-  grpc.status.RESOURCE_EXHAUSTED,
-  grpc.status.DEADLINE_EXCEEDED,
-]);
+const { isOutage } = require('./outage');
 
 /**
  * A Telegraf / grammY middleware, `(ctx, next) => ...`, that asks authgate
@@ -37,7 +28,7 @@ function authgateMiddleware(
     try {
       ({ verdict } = await client.checkAccess({ context, userId: id }));
     } catch (error) {
-      if (!OUTAGE.has(error.code)) throw error;
+      if (!isOutage(error)) throw error;
       if (failOpen) {
         ctx.authgate = null;
         return next();

@@ -10,6 +10,15 @@ from ._proto.authgate.v1 import access_pb2, access_pb2_grpc
 
 Id = Union[str, int]
 
+# The codes of an authgate that cannot answer (down, overloaded, too slow),
+# as opposed to one that refuses the request (a bad key, a bad argument):
+# only these may fail open.
+OUTAGE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
+
 
 def _subject(
     user_id: Optional[Id], ip: Optional[str], session_id: Optional[str]
@@ -124,3 +133,26 @@ class AuthgateClient:
             context=context, subject=_subject(user_id, None, None), account_name=account_name
         )
         return await self._stub.EnrollTotp(request, timeout=self._timeout, metadata=self._metadata)
+
+    async def admit(
+        self,
+        context: str,
+        user_id: Id,
+        kind: str,
+        fingerprint: bytes = b"",
+        ip: Optional[str] = None,
+    ) -> access_pb2.AdmitResponse:
+        """Judges one incoming update of `kind` and records it when admitted.
+
+        `fingerprint` is a hash of the update's content (at most 64 bytes),
+        never the content itself: equal fingerprints are how authgate
+        recognises repeated content. Handle the update only when the
+        response's `admitted` is true.
+        """
+        request = access_pb2.AdmitRequest(
+            context=context,
+            subject=_subject(user_id, ip, None),
+            kind=kind,
+            fingerprint=fingerprint,
+        )
+        return await self._stub.Admit(request, timeout=self._timeout, metadata=self._metadata)

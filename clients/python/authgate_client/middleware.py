@@ -7,18 +7,9 @@ from typing import Any, Awaitable, Callable, Dict, Optional
 import grpc
 
 from ._proto.authgate.v1 import access_pb2
-from .client import AuthgateClient, Id
+from .client import OUTAGE, AuthgateClient, Id
 
 Handler = Callable[[Any, Dict[str, Any]], Awaitable[Any]]
-
-# The codes of an authgate that cannot answer (down, overloaded, too slow),
-# as opposed to one that refuses the request (a bad key, a bad argument):
-# only these may fail open.
-_OUTAGE = (
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-)
 
 
 class AuthgateMiddleware:
@@ -65,7 +56,7 @@ class AuthgateMiddleware:
         try:
             response = await self.client.check_access(self.context, user_id=user_id)
         except grpc.aio.AioRpcError as error:
-            if error.code() not in _OUTAGE:
+            if error.code() not in OUTAGE:
                 raise
             if self.fail_open:
                 data["authgate"] = None

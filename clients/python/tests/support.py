@@ -2,6 +2,7 @@
 
 import ipaddress
 import os
+import socket
 import unittest
 import uuid
 
@@ -30,9 +31,21 @@ def unique_user() -> str:
     return f"py-{uuid.uuid4().hex}"
 
 
+def unique_telegram_user() -> int:
+    # Telegram ids are positive integers below 2**52.
+    return 1 + (uuid.uuid4().int >> 80)
+
+
 def unique_ip() -> str:
     # From 2001:db8::/32, the documentation range.
     return str(ipaddress.IPv6Address((0x20010DB8 << 96) | (uuid.uuid4().int >> 32)))
+
+
+def unreachable_address() -> str:
+    # A port nobody listens on: an outage that is real, not simulated.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 class ServerTestCase(unittest.IsolatedAsyncioTestCase):

@@ -1,10 +1,9 @@
-import socket
 import unittest
 from types import SimpleNamespace
 from typing import Any
 
 from authgate_client import AuthgateClient, AuthgateMiddleware, access_pb2
-from support import ServerTestCase, check_key, unique_user
+from support import ServerTestCase, check_key, unique_user, unreachable_address
 
 
 def message(user_id: Any) -> SimpleNamespace:
@@ -29,12 +28,6 @@ class Handler:
     async def __call__(self, event: Any, data: dict) -> str:
         self.calls.append((event, dict(data)))
         return "handled"
-
-
-def unreachable_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 class MiddlewareTest(ServerTestCase):
@@ -92,7 +85,6 @@ class MiddlewareTest(ServerTestCase):
 
 
 class OutageTest(unittest.IsolatedAsyncioTestCase):
-    # A port nobody listens on: the outage is real, not simulated.
     async def asyncSetUp(self) -> None:
         self.client = AuthgateClient(unreachable_address(), check_key(), timeout=2.0)
 
