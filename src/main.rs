@@ -41,7 +41,7 @@ enum Command {
         roles: Vec<authgate::grpc::auth::Role>,
     },
     /// Operator commands over AdminService: unlock, list-locked, subject,
-    /// stats, events.
+    /// stats, admission, offenders, reset-warnings, events.
     Admin(Box<authgate::cli::AdminArgs>),
 }
 
