@@ -111,6 +111,46 @@ async fn a_flood_is_warned_then_blocked_and_the_block_ends(
     server.stop().await;
 }
 
+/// The bot context's failure rules judge Admit too: the most severe verdict
+/// wins, and a lockout refuses updates admission alone would let in.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_rules_judge_beside_admission(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let server = TestServer::spawn(backend).await;
+    let mut c = server.access().await;
+    let strike = || proto::RecordFailureRequest {
+        context: "bot".into(),
+        subject: subject("striker", ""),
+        activity: String::new(),
+    };
+    for _ in 0..3 {
+        c.record_failure(strike()).await.expect("RecordFailure");
+    }
+    let challenged = admit(&mut c, "striker", "text", b"one").await;
+    assert!(challenged.admitted, "a captcha is not a refusal");
+    assert_eq!(
+        reason(&challenged),
+        (Decision::ChallengeCaptcha, "captcha_required")
+    );
+
+    for _ in 0..2 {
+        c.record_failure(strike()).await.expect("RecordFailure");
+    }
+    let locked = admit(&mut c, "striker", "text", b"two").await;
+    assert!(!locked.admitted);
+    assert_eq!(reason(&locked), (Decision::Blocked, "locked"));
+    assert_eq!(locked.verdict.as_ref().unwrap().rule, "user");
+    assert_eq!(locked.block_number, 0, "no admission block");
+
+    server.clock.advance(Duration::from_secs(61));
+    let back = admit(&mut c, "striker", "text", b"three").await;
+    assert!(back.admitted);
+    assert_ne!(back.verdict.as_ref().unwrap().decision(), Decision::Blocked);
+    server.stop().await;
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_identical_texts_pass_and_the_sixth_blocks(
