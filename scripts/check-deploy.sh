@@ -29,10 +29,10 @@ overlays=(single ha)
 # newest the pinned kubernetes-validate knows.
 kube_versions=(1.30 1.37)
 
-# What the service exports (src/metrics.rs). Every metric the rules and the
-# dashboard query must be one of these: promtool and Grafana accept a
-# misspelt name and simply show nothing, which is only noticed when an alert
-# that should have fired did not.
+# What the service exports (src/telemetry/metrics.rs). Every metric the
+# rules and the dashboard query must be one of these: promtool and Grafana
+# accept a misspelt name and simply show nothing, which is only noticed when
+# an alert that should have fired did not.
 known_metrics=(
   authgate_sessions
   authgate_lockouts_active
@@ -50,6 +50,10 @@ known_metrics=(
   authgate_requests_shed_total
   authgate_store_up
   authgate_fail_open_decisions_total
+  authgate_accept_errors_total
+  authgate_admission_updates_total
+  authgate_admission_warnings_total
+  authgate_admission_blocks_total
 )
 
 write=false

@@ -207,7 +207,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut baseline = None;
     // RecordFailure before CheckAccess, so checks run against a table that
     // holds state, as in production.
-    for rpc in [Rpc::Health, Rpc::RecordFailure, Rpc::CheckAccess, Rpc::Admit] {
+    for rpc in [
+        Rpc::Health,
+        Rpc::RecordFailure,
+        Rpc::CheckAccess,
+        Rpc::Admit,
+    ] {
         let f = run(rpc, &args, &channels).await;
         let base = *baseline.get_or_insert(f.rps);
         println!(
