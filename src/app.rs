@@ -191,6 +191,7 @@ async fn open_watched_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Heal
     let settings = PoolSettings {
         max_connections: config.database.max_connections,
         acquire_timeout: config.database.acquire_timeout,
+        cache_entries: config.database.cache_entries,
         event_buffer: config.alerts.buffer,
     };
     let health = Health::new();

@@ -179,6 +179,10 @@ pub struct DatabaseConfig {
     /// short, because a caller waiting on authgate is a user waiting.
     #[serde(with = "duration")]
     pub acquire_timeout: Duration,
+    /// Postgres only: key states each replica keeps to answer checks
+    /// without a round trip, invalidated across replicas through
+    /// LISTEN/NOTIFY; 0 turns the cache off. About 300 bytes each.
+    pub cache_entries: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -187,6 +191,7 @@ impl Default for DatabaseConfig {
             url: DatabaseUrl("sqlite://authgate.db".into()),
             max_connections: 16,
             acquire_timeout: Duration::from_secs(2),
+            cache_entries: 50_000,
         }
     }
 }

@@ -625,6 +625,8 @@ impl<D: Dialect> Store for D {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Key states cached per replica (Postgres); 0 for none.
+    pub cache_entries: usize,
     /// How many security events a subscriber may fall behind before it
     /// loses the oldest.
     pub event_buffer: usize,

@@ -34,6 +34,9 @@ pub const ADMISSION_WARNINGS: &str = "authgate_admission_warnings_total";
 pub const ADMISSION_BLOCKS: &str = "authgate_admission_blocks_total";
 pub const STORE_UP: &str = "authgate_store_up";
 pub const FAIL_OPEN: &str = "authgate_fail_open_decisions_total";
+pub const KEY_CACHE_LOOKUPS: &str = "authgate_key_cache_lookups_total";
+pub const KEY_CACHE_ENTRIES: &str = "authgate_key_cache_entries";
+pub const KEY_CACHE_TRUSTED: &str = "authgate_key_cache_trusted";
 
 /// 50 µs to 1 s: a cached check is tens of microseconds, a store under
 /// strain hundreds of milliseconds.
@@ -124,6 +127,18 @@ fn describe() {
     describe_counter!(
         FAIL_OPEN,
         "CheckAccess calls answered ALLOW because the store was unreachable, by context (failure_mode = fail_open)"
+    );
+    describe_counter!(
+        KEY_CACHE_LOOKUPS,
+        "Key states looked up in this replica's cache, by result: hit, miss (read from Postgres), bypass (the cache was not trusted)"
+    );
+    describe_gauge!(
+        KEY_CACHE_ENTRIES,
+        "Key states this replica's cache holds (at most database.cache_entries)"
+    );
+    describe_gauge!(
+        KEY_CACHE_TRUSTED,
+        "1 while this replica's key cache provably hears every invalidation, 0 while checks bypass it"
     );
     describe_gauge!(
         BUILD_INFO,
@@ -248,4 +263,16 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+pub fn key_cache_lookups(result: &'static str, n: usize) {
+    counter!(KEY_CACHE_LOOKUPS, "result" => result).increment(n as u64);
+}
+
+pub fn key_cache_entries(n: usize) {
+    gauge!(KEY_CACHE_ENTRIES).set(n as f64);
+}
+
+pub fn key_cache_trusted(trusted: bool) {
+    gauge!(KEY_CACHE_TRUSTED).set(if trusted { 1.0 } else { 0.0 });
 }

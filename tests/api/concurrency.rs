@@ -147,3 +147,41 @@ async fn futures_join_all<T: Send + 'static>(
     }
     out
 }
+
+/// An unlock that lands between a failure's read and its write is not
+/// overwritten by that write: at most three failures follow it, too few to
+/// lock again, so every round must end unlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlock_racing_failures_is_never_lost() {
+    let (_db, _dir, replicas) = two_replicas().await;
+    let clients = [replicas[0].access().await, replicas[1].access().await];
+    let mut admin = replicas[1].admin().await;
+    let mut relocked = Vec::new();
+    for round in 0..60 {
+        let who = subject(&format!("unlocked{round}"), &format!("198.51.100.{round}"));
+        for _ in 0..5 {
+            fail(&mut clients[0].clone(), "login", who.clone()).await;
+        }
+        let failures = (0..3).map(|i| {
+            let mut c = clients[i % 2].clone();
+            let who = who.clone();
+            tokio::spawn(async move { fail(&mut c, "login", who).await })
+        });
+        let unlock = admin.admin_unlock(authgate::grpc::proto::AdminUnlockRequest {
+            actor_user_id: "admin".into(),
+            scope: who
+                .clone()
+                .map(authgate::grpc::proto::admin_unlock_request::Scope::Subject),
+        });
+        let (unlocked, _) = tokio::join!(unlock, futures_join_all(failures));
+        assert_eq!(unlocked.expect("AdminUnlock").into_inner().unlocked, 1);
+        let v = check(&mut clients[0].clone(), "login", who).await;
+        if decision(&v) == Decision::Blocked {
+            relocked.push(round);
+        }
+    }
+    assert!(
+        relocked.is_empty(),
+        "locked again after the unlock in rounds {relocked:?}"
+    );
+}

@@ -10,6 +10,7 @@ mod alerts;
 mod audit;
 mod auth;
 mod bad_input;
+mod cache;
 mod citizenship;
 mod cli;
 mod clients;

@@ -12,7 +12,9 @@ use sqlx::{PgExecutor, Postgres, QueryBuilder, Row as _};
 use tokio::sync::{broadcast, watch};
 
 mod admission;
+mod cache;
 
+use self::cache::{CLEAR_ALL, KEY_CHANNEL, KeyCache};
 use super::batch::Batcher;
 use super::sql::{COLUMNS, Common, FailuresColumn, INSERT_EVENT, Sql};
 use super::{
@@ -20,6 +22,7 @@ use super::{
     TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
 };
 use crate::domain::{Admission, EventKind, KeyState, SecurityEvent, UnixMillis, UserId};
+use crate::telemetry::metrics;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -85,9 +88,10 @@ static WRITE: LazyLock<String> = LazyLock::new(|| {
              version = EXCLUDED.version \
            WHERE key_state.version = EXCLUDED.version - 1 \
            RETURNING 1), \
-         {} \
+         {}, \
+         invalidated AS (SELECT pg_notify('{KEY_CHANNEL}', p) FROM unnest($34::text[]) AS p) \
          SELECT authgate_expect_written((SELECT count(*) FROM written), $18), \
-           (SELECT count(*) FROM notified)",
+           (SELECT count(*) FROM notified), (SELECT count(*) FROM invalidated)",
         logged_and_notified(19)
     )
 });
@@ -178,9 +182,13 @@ pub struct PostgresStore {
     /// states' are.
     admission_reads: Batcher<admission::AdmissionKey, admission::Versioned>,
     admission_writes: Batcher<admission::Write, bool>,
+    /// Key states known to this replica; `None` when turned off.
+    cache: Option<Arc<KeyCache>>,
     /// Fed by the LISTEN task with every replica's events, this one's too.
     events: broadcast::Sender<SecurityEvent>,
     listener: tokio::task::JoinHandle<()>,
+    /// Sends the cache's heartbeats through the channel.
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
     /// True once the LISTEN task receives every alert committed from then
     /// on.
     listening: watch::Receiver<bool>,
@@ -189,6 +197,9 @@ pub struct PostgresStore {
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.listener.abort();
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.abort();
+        }
     }
 }
 
@@ -264,12 +275,23 @@ async fn listen(
     listening: PgPool,
     pool: PgPool,
     events: broadcast::Sender<SecurityEvent>,
+    cache: Option<Arc<KeyCache>>,
+    beats: String,
     ready: watch::Sender<bool>,
 ) {
     let mut delivered = None;
     let mut retry = LISTEN_RETRY;
+    let ears = Ears {
+        events: &events,
+        cache: cache.as_deref(),
+        beats: &beats,
+    };
     loop {
-        match follow(&listening, &pool, &events, &mut delivered, &ready).await {
+        let followed = follow(&listening, &pool, &ears, &mut delivered, &ready).await;
+        if let Some(cache) = &cache {
+            cache.disconnected();
+        }
+        match followed {
             Ok(()) => {
                 tracing::warn!("security event listener lost its connection; catching up");
                 retry = LISTEN_RETRY;
@@ -283,18 +305,78 @@ async fn listen(
     }
 }
 
+/// Sends this replica's heartbeats for as long as the store lives, and
+/// reports the cache's size and trust with each.
+async fn heartbeat(pool: PgPool, cache: Arc<KeyCache>, beats: String) {
+    let mut tick = tokio::time::interval(cache::HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        let beat = format!("{beats}{}", cache.beat(now));
+        // A beat that cannot be sent is the point: none comes back, and
+        // the cache stops being trusted.
+        let _ = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(KEY_CHANNEL)
+            .bind(beat)
+            .execute(&pool)
+            .await;
+        metrics::key_cache_entries(cache.len());
+        metrics::key_cache_trusted(cache.trusted(std::time::Instant::now()));
+    }
+}
+
+/// Where the listener delivers what it hears.
+struct Ears<'a> {
+    events: &'a broadcast::Sender<SecurityEvent>,
+    cache: Option<&'a KeyCache>,
+    /// The prefix of this replica's own heartbeats.
+    beats: &'a str,
+}
+
+impl Ears<'_> {
+    /// A notification on the key channel: a heartbeat, a clear, or the
+    /// hashes of keys written.
+    fn key_notice(&self, payload: &str) {
+        let Some(cache) = self.cache else {
+            return;
+        };
+        if let Some(sent) = payload.strip_prefix(self.beats) {
+            if let Ok(sent) = sent.parse() {
+                cache.heard(sent);
+            }
+            return;
+        }
+        if payload.starts_with(cache::BEAT) {
+            return;
+        }
+        match cache::parse_invalidation(payload) {
+            Some(hashes) if payload != CLEAR_ALL => cache.invalidate(&hashes),
+            // A clear, or a payload this build cannot read (a newer one's?)
+            // that might name any key.
+            _ => cache.clear(),
+        }
+    }
+}
+
 /// One connection's worth of listening: LISTEN, catch up from the table,
 /// then forward NOTIFYs until the connection is lost (`Ok`).
 async fn follow(
     listening: &PgPool,
     pool: &PgPool,
-    events: &broadcast::Sender<SecurityEvent>,
+    ears: &Ears<'_>,
     delivered: &mut Option<Delivered>,
     ready: &watch::Sender<bool>,
 ) -> Result<(), StoreError> {
+    let events = ears.events;
     let mut listener = PgListener::connect_with(listening).await?;
     listener.eager_reconnect(false);
-    listener.listen(EVENT_CHANNEL).await?;
+    listener.listen_all([EVENT_CHANNEL, KEY_CHANNEL]).await?;
+    // What was cached before may have missed invalidations while nobody
+    // listened.
+    if let Some(cache) = ears.cache {
+        cache.listening(std::time::Instant::now());
+    }
     // From here on every alert committed is notified; what committed before
     // and was not delivered is in the table.
     let delivered = match delivered {
@@ -319,6 +401,10 @@ async fn follow(
     }
     ready.send_replace(true);
     while let Some(n) = listener.try_recv().await? {
+        if n.channel() == KEY_CHANNEL {
+            ears.key_notice(n.payload());
+            continue;
+        }
         match serde_json::from_str::<Notified>(n.payload()) {
             Ok(Notified { id, event }) => {
                 if delivered.first_time(id) {
@@ -537,7 +623,22 @@ impl PostgresStore {
             .connect_lazy_with(options);
         let (events, _) = broadcast::channel(settings.event_buffer.max(1));
         let (ready, listening) = watch::channel(false);
-        let listener = tokio::spawn(listen(listening_pool, pool.clone(), events.clone(), ready));
+        let cache =
+            (settings.cache_entries > 0).then(|| Arc::new(KeyCache::new(settings.cache_entries)));
+        // Every replica's heartbeats reach every listener: each knows its
+        // own by this prefix.
+        let beats = format!("{}{}:", cache::BEAT, uuid::Uuid::new_v4().simple());
+        let listener = tokio::spawn(listen(
+            listening_pool,
+            pool.clone(),
+            events.clone(),
+            cache.clone(),
+            beats.clone(),
+            ready,
+        ));
+        let heartbeat = cache
+            .clone()
+            .map(|cache| tokio::spawn(heartbeat(pool.clone(), cache, beats)));
         let reader = pool.clone();
         let reads = Batcher::start(READ_LANES, health.clone(), move |calls| {
             fetch_batch(reader.clone(), calls)
@@ -565,8 +666,10 @@ impl PostgresStore {
             writes,
             admission_reads,
             admission_writes,
+            cache,
             events,
             listener,
+            heartbeat,
             listening,
         })
     }
@@ -611,8 +714,16 @@ impl PostgresStore {
             .bind(int(|r| r.version))
             .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX));
         // The audit records travel in the same statement: they commit with
-        // the state change or not at all, at no extra round trip.
-        bind_events(query, events).execute(conn).await?;
+        // the state change or not at all, at no extra round trip; so do the
+        // other replicas' cache invalidations.
+        let written: Vec<u64> = rows
+            .iter()
+            .map(|r| cache::column_hash(&r.context, &r.rule, &r.user_id, &r.ip, &r.session_id))
+            .collect();
+        bind_events(query, events)
+            .bind(cache::invalidations(&written))
+            .execute(conn)
+            .await?;
         Ok(())
     }
 
@@ -636,6 +747,43 @@ impl PostgresStore {
             events,
         };
         Ok(self.writes.call(write).await?.then_some(applied))
+    }
+
+    async fn locking_with_retries(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Applied, StoreError> {
+        tracing::debug!("compare-and-set lost; locking the rows");
+        let mut attempt = 1;
+        loop {
+            match self.locking(ids, f).await {
+                Err(StoreError::Other(cause)) if is_retryable(&cause) && attempt < MAX_ATTEMPTS => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Clears every replica's cache along with `tx`, and this one's once
+    /// it committed: for writes that do not name their keys.
+    async fn commit_clearing(
+        &self,
+        mut tx: sqlx::Transaction<'_, Postgres>,
+    ) -> Result<(), StoreError> {
+        if self.cache.is_some() {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(KEY_CHANNEL)
+                .bind(CLEAR_ALL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+        Ok(())
     }
 
     /// The path under contention, where compare-and-set would keep losing:
@@ -675,7 +823,31 @@ impl Dialect for PostgresStore {
     }
 
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
-        Ok(in_order(ids, &self.reads.call(ids.to_vec()).await?))
+        let Some(lookup) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.lookup(ids, std::time::Instant::now()))
+        else {
+            return Ok(in_order(ids, &self.reads.call(ids.to_vec()).await?));
+        };
+        let missing: Vec<usize> = (0..ids.len())
+            .filter(|&i| lookup.found[i].is_none())
+            .collect();
+        let mut states: Vec<Option<KeyState>> =
+            lookup.found.into_iter().map(Option::flatten).collect();
+        if missing.is_empty() {
+            return Ok(states);
+        }
+        let wanted: Vec<StateId> = missing.iter().map(|&i| ids[i].clone()).collect();
+        let read = in_order(&wanted, &self.reads.call(wanted.clone()).await?);
+        let read: Vec<(usize, Option<KeyState>)> = missing.into_iter().zip(read).collect();
+        for (i, state) in &read {
+            states[*i] = state.clone();
+        }
+        if let Some(cache) = &self.cache {
+            cache.fill(&lookup.ticket, ids, read);
+        }
+        Ok(states)
     }
 
     async fn transition(
@@ -683,19 +855,16 @@ impl Dialect for PostgresStore {
         ids: &[StateId],
         f: &TransitionFn<'_>,
     ) -> Result<Applied, StoreError> {
-        if let Some(applied) = self.optimistic(ids, f).await? {
-            return Ok(applied);
+        let applied = match self.optimistic(ids, f).await? {
+            Some(applied) => applied,
+            None => self.locking_with_retries(ids, f).await?,
+        };
+        // Other replicas hear of the write at its commit; this one forgets
+        // the keys before it answers, so its caller reads its own write.
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&ids.iter().map(cache::key_hash).collect::<Vec<_>>());
         }
-        tracing::debug!("compare-and-set lost; locking the rows");
-        let mut attempt = 1;
-        loop {
-            match self.locking(ids, f).await {
-                Err(StoreError::Other(cause)) if is_retryable(&cause) && attempt < MAX_ATTEMPTS => {
-                    attempt += 1
-                }
-                result => return result,
-            }
-        }
+        Ok(applied)
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
@@ -711,7 +880,8 @@ impl Dialect for PostgresStore {
         q.push(
             " FOR UPDATE) \
              UPDATE key_state AS k SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
-               recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, expires_at = ",
+               recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, \
+               version = k.version + 1, expires_at = ",
         );
         // The reset row holds nothing that affects a decision any more.
         q.push_bind(now.0);
@@ -720,7 +890,9 @@ impl Dialect for PostgresStore {
                AND k.user_id = t.user_id AND k.ip = t.ip AND k.session_id = t.session_id \
              RETURNING t.was_locked",
         );
-        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&self.sql.writer).await?;
+        let mut tx = self.sql.writer.begin().await?;
+        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        self.commit_clearing(tx).await?;
         Ok(lifted.into_iter().filter(|&l| l).count() as u64)
     }
 
@@ -738,7 +910,11 @@ impl Dialect for PostgresStore {
             return Ok(None);
         }
         let purged = self.sql.cleanup(&mut tx, now, retention).await?;
-        tx.commit().await?;
+        if purged.states > 0 {
+            self.commit_clearing(tx).await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(Some(purged))
     }
 

@@ -1,0 +1,407 @@
+//! This replica's copy of the key states CheckAccess reads, so that a check
+//! on a key already known costs no round trip to Postgres.
+//!
+//! What is cached is the stored state (or its absence), never a verdict:
+//! every check judges it at its own `now`, so a lock that ends or a window
+//! that slides is seen on time. A write on any replica invalidates the keys
+//! it wrote on every replica: the writing statement NOTIFYs their hashes on
+//! [`KEY_CHANNEL`], delivered at commit, and the writing replica also drops
+//! them itself before it answers, so a caller reads its own write.
+//!
+//! The cache is only trusted while it provably hears those notifications.
+//! Each replica NOTIFYs a heartbeat carrying when it was sent; the cache is
+//! trusted while the newest heartbeat that came back was sent less than
+//! [`STALENESS`] ago. Postgres delivers notifications in commit order, so by
+//! then every invalidation committed before that heartbeat was applied: a
+//! channel that breaks silently bypasses the cache after at most
+//! [`STALENESS`], and one whose connection drops bypasses it at once and
+//! starts empty once it listens again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quick_cache::sync::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::domain::KeyState;
+use crate::store::{StateId, key_columns};
+use crate::telemetry::metrics;
+
+/// The NOTIFY channel of key invalidations and heartbeats.
+pub const KEY_CHANNEL: &str = "authgate_keys";
+
+/// The payload that clears every replica's cache, for writes that do not
+/// name their keys (an admin's unlock, the cleanup pass); both are rare.
+pub const CLEAR_ALL: &str = "*";
+
+/// What a heartbeat's payload starts with: then the sending replica's id,
+/// ':' and when it was sent.
+pub const BEAT: &str = "beat:";
+
+/// The longest a trusted cache may go without proof that it hears every
+/// invalidation: the bound on how stale a check can be when the channel
+/// fails without its connection dropping.
+pub const STALENESS: Duration = Duration::from_secs(1);
+
+/// How often a heartbeat is sent: several per STALENESS, so one late beat
+/// does not bypass the cache.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// Invalidations are counted per bucket of keys: a fill that raced one in
+/// its bucket is dropped. Enough buckets that at thousands of writes per
+/// second a millisecond's read rarely shares one with a write.
+const BUCKETS: usize = 1 << 14;
+
+/// Hashes per notification, so a payload stays under Postgres's 8000
+/// bytes (17 bytes each).
+const HASHES_PER_NOTIFY: usize = 400;
+
+/// A key's name on the channel: 64 bits of SHA-256 of its primary key
+/// columns, the same in every replica and every build. Two keys that share
+/// it only invalidate each other.
+pub fn column_hash(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &str) -> u64 {
+    let mut h = Sha256::new();
+    for part in [context, rule, user_id, ip, session_id] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(head)
+}
+
+pub fn key_hash(id: &StateId) -> u64 {
+    let (_, user_id, ip, session_id) = key_columns(&id.key);
+    column_hash(&id.context, &id.rule, &user_id, &ip, &session_id)
+}
+
+/// The payloads that invalidate the keys with these hashes everywhere.
+pub fn invalidations(hashes: &[u64]) -> Vec<String> {
+    hashes
+        .chunks(HASHES_PER_NOTIFY)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|h| format!("{h:016x}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
+}
+
+/// The key hashes of an invalidation payload; `None` for one that does not
+/// parse, which the listener treats as a clear.
+pub fn parse_invalidation(payload: &str) -> Option<Vec<u64>> {
+    payload
+        .split(',')
+        .map(|h| u64::from_str_radix(h, 16).ok())
+        .collect()
+}
+
+/// What a lookup that missed must show when it fills: nothing it read may
+/// be cached if an invalidation of its keys (or a clear) came in between.
+pub struct Ticket {
+    epoch: u64,
+    /// Per id looked up: its hash and its bucket's generation.
+    keys: Vec<(u64, u64)>,
+}
+
+/// A lookup: the states found (`Some(None)`: known not to be stored), and
+/// the ticket to fill the rest with.
+pub struct Lookup {
+    pub found: Vec<Option<Option<KeyState>>>,
+    pub ticket: Ticket,
+}
+
+/// Entries are found by key hash, which is what invalidations name; the
+/// key itself is kept to tell two keys with one hash apart.
+type Entry = Arc<(StateId, Option<KeyState>)>;
+
+pub struct KeyCache {
+    entries: Cache<u64, Entry>,
+    /// Per bucket, bumped by every invalidation of a key in it.
+    generations: Box<[AtomicU64]>,
+    /// Bumped by every clear.
+    epoch: AtomicU64,
+    /// Milliseconds since `origin` when the newest heartbeat that came back
+    /// was sent; 0 while none has since the channel (re)connected.
+    fresh_as_of: AtomicU64,
+    /// Heartbeats sent before this (ms since `origin`) do not count: they
+    /// may predate the LISTEN that the cache's contents rely on.
+    floor: AtomicU64,
+    origin: Instant,
+}
+
+impl KeyCache {
+    /// A cache of at most `capacity` keys; untrusted until the channel
+    /// connects and a heartbeat comes back.
+    pub fn new(capacity: usize) -> Self {
+        KeyCache {
+            entries: Cache::new(capacity.max(1)),
+            generations: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
+            fresh_as_of: AtomicU64::new(0),
+            floor: AtomicU64::new(u64::MAX),
+            origin: Instant::now(),
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        // 1 ms past the origin at least, so that 0 means "never".
+        u64::try_from(at.duration_since(self.origin).as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// The timestamp a heartbeat carries.
+    pub fn beat(&self, now: Instant) -> u64 {
+        self.millis(now)
+    }
+
+    /// A heartbeat sent at `sent` (a `beat`) came back through the channel.
+    pub fn heard(&self, sent: u64) {
+        if sent >= self.floor.load(Ordering::SeqCst) {
+            self.fresh_as_of.fetch_max(sent, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the cache may answer at `now`.
+    pub fn trusted(&self, now: Instant) -> bool {
+        let fresh = self.fresh_as_of.load(Ordering::SeqCst);
+        fresh != 0 && self.millis(now).saturating_sub(fresh) < millis(STALENESS)
+    }
+
+    /// The channel's connection is gone: nothing is trusted until it
+    /// listens again.
+    pub fn disconnected(&self) {
+        self.floor.store(u64::MAX, Ordering::SeqCst);
+        self.fresh_as_of.store(0, Ordering::SeqCst);
+        metrics::key_cache_trusted(false);
+    }
+
+    /// The channel listens again at `now`: what was cached may have missed
+    /// invalidations, so it goes, and heartbeats count from now on.
+    pub fn listening(&self, now: Instant) {
+        self.clear();
+        self.floor.store(self.millis(now), Ordering::SeqCst);
+    }
+
+    /// Looks `ids` up, at `now`; `None` when the cache must not answer.
+    pub fn lookup(&self, ids: &[StateId], now: Instant) -> Option<Lookup> {
+        if !self.trusted(now) {
+            metrics::key_cache_lookups("bypass", ids.len());
+            return None;
+        }
+        // The ticket is taken before the entries are read, and both before
+        // the caller reads the misses from Postgres.
+        let ticket = Ticket {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            keys: ids
+                .iter()
+                .map(|id| {
+                    let hash = key_hash(id);
+                    (hash, self.generation(hash).load(Ordering::SeqCst))
+                })
+                .collect(),
+        };
+        let found: Vec<_> = ids
+            .iter()
+            .zip(&ticket.keys)
+            .map(|(id, (hash, _))| {
+                self.entries
+                    .get(hash)
+                    .filter(|entry| entry.0 == *id)
+                    .map(|entry| entry.1.clone())
+            })
+            .collect();
+        let hits = found.iter().filter(|f| f.is_some()).count();
+        metrics::key_cache_lookups("hit", hits);
+        metrics::key_cache_lookups("miss", ids.len() - hits);
+        Some(Lookup { found, ticket })
+    }
+
+    /// Caches what was read for a lookup's misses: `(i, state)` is what
+    /// Postgres holds for `ids[i]`, `ids` and `ticket` the lookup's.
+    pub fn fill(&self, ticket: &Ticket, ids: &[StateId], read: Vec<(usize, Option<KeyState>)>) {
+        for (i, state) in read {
+            let (hash, generation) = ticket.keys[i];
+            let unchanged = || {
+                self.epoch.load(Ordering::SeqCst) == ticket.epoch
+                    && self.generation(hash).load(Ordering::SeqCst) == generation
+            };
+            if !unchanged() {
+                continue;
+            }
+            self.entries.insert(hash, Arc::new((ids[i].clone(), state)));
+            // An invalidation that came in between the check and the insert
+            // is either seen here or removes the entry after it (it bumps
+            // the generation before it removes): no stale entry stays.
+            if !unchanged() {
+                self.entries.remove(&hash);
+            }
+        }
+    }
+
+    /// Drops the keys with these hashes: a notification's, or this
+    /// replica's own write's.
+    pub fn invalidate(&self, hashes: &[u64]) {
+        for hash in hashes {
+            self.generation(*hash).fetch_add(1, Ordering::SeqCst);
+            self.entries.remove(hash);
+        }
+    }
+
+    fn generation(&self, hash: u64) -> &AtomicU64 {
+        // BUCKETS is a power of two, well below 2^32.
+        &self.generations[(hash as usize) & (BUCKETS - 1)]
+    }
+
+    /// Empties the cache.
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Key, UnixMillis, UserId};
+
+    fn id(user: &str) -> StateId {
+        StateId {
+            context: "login".into(),
+            rule: "user".into(),
+            key: Key::User(UserId::parse("user_id", user).unwrap()),
+        }
+    }
+
+    fn failed_once() -> Option<KeyState> {
+        Some(KeyState {
+            recent_failures: vec![UnixMillis(1)],
+            failures_total: 1,
+            ..KeyState::default()
+        })
+    }
+
+    /// A cache that trusts itself at `now` and for the next STALENESS.
+    fn trusted_at(now: Instant) -> KeyCache {
+        let cache = KeyCache::new(100);
+        cache.listening(now);
+        cache.heard(cache.beat(now));
+        cache
+    }
+
+    #[test]
+    fn a_fill_is_served_until_the_key_is_invalidated() {
+        let now = Instant::now();
+        let cache = trusted_at(now);
+        let ids = [id("alice"), id("bob")];
+        let first = cache.lookup(&ids, now).unwrap();
+        assert_eq!(first.found, vec![None, None]);
+        cache.fill(&first.ticket, &ids, vec![(0, failed_once()), (1, None)]);
+        let second = cache.lookup(&ids, now).unwrap();
+        assert_eq!(second.found, vec![Some(failed_once()), Some(None)]);
+
+        cache.invalidate(&[key_hash(&ids[0])]);
+        let third = cache.lookup(&ids, now).unwrap();
+        assert_eq!(third.found, vec![None, Some(None)]);
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_or_a_clear_is_dropped() {
+        let now = Instant::now();
+        let cache = trusted_at(now);
+        let ids = [id("alice"), id("bob")];
+        // The read that missed saw the state before a write whose
+        // invalidation came in before the fill.
+        let raced = cache.lookup(&ids, now).unwrap();
+        cache.invalidate(&[key_hash(&ids[0])]);
+        cache.fill(&raced.ticket, &ids, vec![(0, None), (1, None)]);
+        let after = cache.lookup(&ids, now).unwrap();
+        assert_eq!(after.found, vec![None, Some(None)], "only bob was filled");
+
+        let raced = cache.lookup(&ids, now).unwrap();
+        cache.clear();
+        cache.fill(&raced.ticket, &ids, vec![(0, None)]);
+        assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None, None]);
+    }
+
+    #[test]
+    fn trusted_only_while_a_recent_heartbeat_came_back_through_a_live_channel() {
+        let start = Instant::now();
+        let cache = KeyCache::new(100);
+        assert!(!cache.trusted(start), "nothing heard yet");
+        assert!(cache.lookup(&[id("alice")], start).is_none());
+
+        let before_listen = cache.beat(start);
+        let listened = start + Duration::from_millis(10);
+        cache.listening(listened);
+        cache.heard(before_listen);
+        assert!(
+            !cache.trusted(listened),
+            "a beat sent before LISTEN proves nothing"
+        );
+
+        cache.heard(cache.beat(listened));
+        assert!(cache.trusted(listened + STALENESS - Duration::from_millis(2)));
+        assert!(!cache.trusted(listened + STALENESS + Duration::from_millis(1)));
+
+        cache.heard(cache.beat(listened + STALENESS));
+        assert!(cache.trusted(listened + STALENESS));
+        cache.disconnected();
+        assert!(!cache.trusted(listened + STALENESS), "dropped at once");
+    }
+
+    #[test]
+    fn listening_again_forgets_everything_cached() {
+        let now = Instant::now();
+        let cache = trusted_at(now);
+        let ids = [id("alice")];
+        let l = cache.lookup(&ids, now).unwrap();
+        cache.fill(&l.ticket, &ids, vec![(0, failed_once())]);
+        cache.disconnected();
+        cache.listening(now);
+        cache.heard(cache.beat(now));
+        assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None]);
+    }
+
+    #[test]
+    fn key_hashes_are_the_same_in_every_build() {
+        // Replicas of different builds share the channel during a rolling
+        // upgrade: the hash is part of the wire format. (The value is
+        // Python's hashlib.sha256 of the same bytes.)
+        assert_eq!(
+            column_hash("login", "user_ip", "alice", "192.0.2.1", ""),
+            0x7ac7_b39d_fb33_9403
+        );
+        assert_ne!(
+            column_hash("login", "user", "ab", "", ""),
+            column_hash("login", "user", "a", "b", "")
+        );
+    }
+
+    #[test]
+    fn invalidation_payloads_fit_a_notification_and_read_back() {
+        let hashes: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let payloads = invalidations(&hashes);
+        assert_eq!(payloads.len(), 3);
+        assert!(payloads.iter().all(|p| p.len() < 8000));
+        let back: Vec<u64> = payloads
+            .iter()
+            .flat_map(|p| parse_invalidation(p).unwrap())
+            .collect();
+        assert_eq!(back, hashes);
+        assert_eq!(parse_invalidation(CLEAR_ALL), None);
+    }
+}
