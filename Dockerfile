@@ -22,6 +22,7 @@ RUN mkdir -p src/bin \
     && echo 'fn main() {}' > build.rs \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > src/bin/authgate-bench.rs \
+    && echo 'fn main() {}' > src/bin/authgate-bare.rs \
     && touch src/lib.rs \
     && cargo build --release --locked --bin authgate \
     && rm -rf build.rs src

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The bench command: builds release binaries, starts a throwaway store and an
-# authgate on it, drives it with authgate-bench and cleans up.
+# The bench command: builds release binaries, starts a throwaway store, a bare
+# tonic server (authgate-bare) and authgate on that store, measures pgbench's
+# single-row upsert on the same Postgres, drives both servers with
+# authgate-bench and prints one table; cleans up on exit.
 #
 #   scripts/bench.sh [postgres|sqlite] [authgate-bench flags...]
+#   BENCH_RSS=N scripts/bench.sh [postgres|sqlite] [authgate-bench flags...]
 #
 # Postgres runs with its default durability settings (fsync and synchronous
-# commit on), as in production. Figures are printed as ratios against the
-# health check measured in the same run.
+# commit on), as in production. BENCH_POOL sets authgate's pool size. With
+# BENCH_RSS=N only memory is measured: authgate's resident size before and
+# after N distinct keys are recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +18,28 @@ backend=${1:-postgres}
 shift || true
 case "$backend" in postgres|sqlite) ;; *) echo "usage: $0 [postgres|sqlite] [bench flags]" >&2; exit 2 ;; esac
 
-cargo build --release --quiet --features bench --bin authgate --bin authgate-bench
+# pgbench runs as long as each RPC, so it needs --duration (whole seconds or
+# minutes), and is skipped when --only leaves its row out.
+duration=10s only=
+args=("$@")
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    --duration) duration=${args[$((i + 1))]:-} ;;
+    --duration=*) duration=${args[$i]#--duration=} ;;
+    --only) only=${args[$((i + 1))]:-} ;;
+    --only=*) only=${args[$i]#--only=} ;;
+  esac
+done
+run_pgbench=
+if [ "$backend" = postgres ] && [ -z "${BENCH_RSS:-}" ] && { [ -z "$only" ] || [[ ",$only," == *,pgbench,* ]]; }; then
+  run_pgbench=1
+  if [[ $duration =~ ^([0-9]+)s$ ]]; then pg_seconds=$((10#${BASH_REMATCH[1]}))
+  elif [[ $duration =~ ^([0-9]+)m$ ]]; then pg_seconds=$((10#${BASH_REMATCH[1]} * 60))
+  else echo "$0: --duration must be whole seconds (10s) or minutes (1m) for pgbench" >&2; exit 2
+  fi
+fi
+
+cargo build --release --quiet --features bench --bin authgate --bin authgate-bench --bin authgate-bare
 
 work=$(mktemp -d)
 pids=()
@@ -31,6 +56,14 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
+    sleep 0.1
+  done
+  echo "$0: nothing listens on port $1" >&2
+  exit 1
+}
 
 if [ "$backend" = postgres ]; then
   [ "$(id -u)" = 0 ] && chown postgres "$work"
@@ -43,15 +76,87 @@ else
   url="sqlite://$work/bench.db"
 fi
 
+# The shipped contexts (a file that names any context replaces them all, and
+# the example file spells them out) plus the one-rule context authgate-bench
+# names by default.
+config=$work/authgate.toml
+cp authgate.example.toml "$config"
+cat >>"$config" <<'EOF'
+
+# authgate-bench's RecordFailure and CheckAccess at their cheapest: one rule.
+[[contexts.bench.rules]]
+name = "user_ip"
+key = "user+ip"
+window = "30m"
+lock_after = 5
+lockout = ["30m"]
+EOF
+
+# Callers authenticate, as in production: the bench's calls carry a key with
+# the check role, which authgate verifies on every one.
+target/release/authgate keygen --name bench --roles check >"$work/keys.toml" 2>"$work/key.txt"
+AUTHGATE_API_KEY=$(tail -n 1 "$work/key.txt")
+export AUTHGATE_API_KEY
+
 port=$(free_port)
-AUTHGATE_DATABASE__URL="$url" AUTHGATE_SERVER__LISTEN="127.0.0.1:$port" \
+AUTHGATE_AUTH__KEYS_FILE="$work/keys.toml" \
+  AUTHGATE_DATABASE__URL="$url" AUTHGATE_SERVER__LISTEN="127.0.0.1:$port" \
+  AUTHGATE_METRICS__LISTEN=127.0.0.1:0 \
   AUTHGATE_DATABASE__MAX_CONNECTIONS="${BENCH_POOL:-32}" AUTHGATE_LOG__LEVEL=warn \
-  target/release/authgate serve &
-pids+=($!)
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
+  target/release/authgate --config "$config" serve &
+authgate_pid=$!
+pids+=("$authgate_pid")
+wait_port "$port"
 
 echo "store: $backend"
-target/release/authgate-bench --addr "http://127.0.0.1:$port" "$@"
+
+if [ -n "${BENCH_RSS:-}" ]; then
+  # $! is authgate itself (bash execs a backgrounded simple command), but
+  # a wrapper here would make the figures meaningless, so check.
+  [ "$(readlink "/proc/$authgate_pid/exe")" = "$(readlink -f target/release/authgate)" ] ||
+    { echo "$0: pid $authgate_pid is not authgate" >&2; exit 1; }
+  rss() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$authgate_pid/status"; }
+  before=$(rss)
+  target/release/authgate-bench --addr "http://127.0.0.1:$port" --fill "$BENCH_RSS" "$@"
+  after=$(rss)
+  echo "authgate VmRSS: $before MiB before, $after MiB after $BENCH_RSS keys" \
+    "($(awk -v b="$before" -v a="$after" -v n="$BENCH_RSS" 'BEGIN { printf "%.0f", (a - b) * 1048576 / n }') bytes a key)"
+  exit 0
+fi
+
+target/release/authgate-bare --listen 127.0.0.1:0 >"$work/bare.addr" &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/bare.addr" ] && break; sleep 0.1; done
+bare_addr=$(head -n 1 "$work/bare.addr")
+[ -n "$bare_addr" ] || { echo "$0: authgate-bare did not start" >&2; exit 1; }
+
+pgbench_args=()
+if [ -n "$run_pgbench" ]; then
+  # Postgres's own floor for a durable single-row write: an upsert on keys
+  # spread like RecordFailure's, in the same run on the same cluster, so
+  # RecordFailure's TPS can be read as a share of it.
+  pg=(-h 127.0.0.1 -p "$pg_port" -U postgres postgres)
+  "$(pg_bin psql)" -q "${pg[@]}" -c 'CREATE TABLE bench_upsert (k bigint PRIMARY KEY, n bigint NOT NULL)'
+  cat >"$work/upsert.sql" <<'EOF'
+\set k random(1, 10000000)
+INSERT INTO bench_upsert VALUES (:k, 1) ON CONFLICT (k) DO UPDATE SET n = bench_upsert.n + 1;
+EOF
+  "$(pg_bin pgbench)" -n -c 8 -j 2 -M prepared -T "$pg_seconds" -f "$work/upsert.sql" \
+    -l --log-prefix="$work/upsert-log" "${pg[@]}" >"$work/pgbench.out" 2>&1 ||
+    { cat "$work/pgbench.out" >&2; exit 1; }
+  # Otherwise autovacuum and the next checkpoint would work through
+  # pgbench's rows while the RPCs are measured.
+  "$(pg_bin psql)" -q "${pg[@]}" -c 'VACUUM ANALYZE bench_upsert' -c 'CHECKPOINT'
+  tps=$(awk '/^tps = / { print $3 }' "$work/pgbench.out")
+  avg=$(awk '/^latency average = / { print $4 }' "$work/pgbench.out")
+  # One line per transaction, its latency in microseconds third.
+  read -r p50 p99 < <(cat "$work"/upsert-log.* | awk '{ print $3 }' | sort -n |
+    awk '{ v[NR] = $1 } END { printf "%.3f %.3f\n", v[int(NR * 0.50 + 0.5)] / 1000, v[int(NR * 0.99 + 0.5)] / 1000 }')
+  echo "pgbench: 8 clients, 2 threads, prepared, ${pg_seconds}s of INSERT ... ON CONFLICT DO UPDATE on keys drawn from 10 000 000"
+  pgbench_args=(--pgbench-tps "$tps" --pgbench-avg "$avg" --pgbench-p50 "$p50" --pgbench-p99 "$p99")
+elif [ "$backend" = sqlite ]; then
+  echo "pgbench: no row (it needs Postgres)"
+fi
+
+target/release/authgate-bench --addr "http://127.0.0.1:$port" --bare-addr "http://$bare_addr" \
+  "${pgbench_args[@]}" "$@"

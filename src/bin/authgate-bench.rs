@@ -1,17 +1,22 @@
-//! Drives a running authgate with concurrent calls and prints throughput and
-//! latency for CheckAccess, RecordFailure and Admit next to grpc.health.v1 Check on
-//! the same server in the same run: the health check is an almost empty RPC,
-//! the ceiling of this stack on this machine, so the ratios are what to
-//! compare across runs and machines.
+//! Drives a running authgate with concurrent calls and prints one table of
+//! throughput and latency: grpc.health.v1 Check on a bare tonic server
+//! (authgate-bare) and on authgate, RecordFailure and CheckAccess on a
+//! one-rule context and on the three-rule `login`, and Admit, all in the
+//! same run, with pgbench's single-row upsert on the same Postgres when the
+//! caller passes its figures. The machines this runs on are shared and
+//! noisy, so the shares of the baselines measured alongside are what to
+//! compare across runs: the bare server's req/s and p99 for every RPC, and
+//! pgbench's TPS for the writes.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -19,30 +24,106 @@ use authgate::grpc::proto::access_service_client::AccessServiceClient;
 use authgate::grpc::proto::{AdmitRequest, CheckAccessRequest, RecordFailureRequest, Subject};
 
 #[derive(Parser)]
-#[command(about = "Benchmark a running authgate")]
+#[command(about = "Benchmark a running authgate against a bare tonic server and pgbench")]
 struct Args {
-    /// The server to drive.
+    /// The authgate to drive.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// A bare tonic server (authgate-bare) whose health check is the
+    /// baseline; without it the table has no shares.
+    #[arg(long)]
+    bare_addr: Option<String>,
+    /// The API key authgate's AccessService calls carry, as a bot's would
+    /// (authgate checks it on every call); health needs none.
+    #[arg(long, env = "AUTHGATE_API_KEY")]
+    api_key: Option<String>,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// HTTP/2 connections the requests are spread over (gRPC clients in
-    /// production hold a few, one per backend).
+    /// HTTP/2 connections to each server the requests are spread over (gRPC
+    /// clients in production hold a few, one per backend).
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Measured time per RPC, after a one-second warm-up.
+    /// Measured time per workload, after a one-second warm-up.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Distinct users (each with its own address) the calls are spread over.
-    #[arg(long, default_value_t = 100_000)]
-    keys: u64,
-    /// The context named in CheckAccess and RecordFailure.
-    #[arg(long, default_value = "login")]
+    /// A context with a single rule, for RecordFailure and CheckAccess at
+    /// their cheapest (scripts/bench.sh configures one).
+    #[arg(long, default_value = "bench")]
     context: String,
+    /// A context with several rules, each a key of its own to read and write.
+    #[arg(long, default_value = "login")]
+    login_context: String,
     /// The context named in Admit: one with admission rules.
     #[arg(long, default_value = "bot")]
     admit_context: String,
+    /// RecordFailure draws users uniformly from this many, so nearly every
+    /// failure is a new key, as in an attack spread over many users.
+    #[arg(long, default_value_t = 10_000_000)]
+    key_space: u64,
+    /// CheckAccess draws users uniformly from this many: the set of users
+    /// active at one time, whose rows stay in the database's cache.
+    #[arg(long, default_value_t = 10_000)]
+    hot_keys: u64,
+    /// Admit goes round this many users in turn, few enough updates each
+    /// that nearly all are admitted.
+    #[arg(long, default_value_t = 100_000)]
+    admit_users: u64,
+    /// Run only these rows, e.g. `--only bare,health,check`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Workload>,
+    /// pgbench's transactions per second, measured by the caller on the
+    /// same Postgres; it adds a row, and RecordFailure's share of it.
+    #[arg(long, requires_all = ["pgbench_p50", "pgbench_p99", "pgbench_avg"])]
+    pgbench_tps: Option<f64>,
+    /// pgbench's median latency, in milliseconds.
+    #[arg(long, requires = "pgbench_tps")]
+    pgbench_p50: Option<f64>,
+    /// pgbench's 99th percentile latency, in milliseconds.
+    #[arg(long, requires = "pgbench_tps")]
+    pgbench_p99: Option<f64>,
+    /// pgbench's average latency, in milliseconds.
+    #[arg(long, requires = "pgbench_tps")]
+    pgbench_avg: Option<f64>,
+    /// Instead of the table: record one failure each for users 0..N in
+    /// `--context`, as fast as `--concurrency` allows, and exit (to measure
+    /// the server's memory per key).
+    #[arg(long, value_name = "N", conflicts_with_all = ["only", "bare_addr"])]
+    fill: Option<u64>,
+}
+
+/// The table's rows, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// grpc.health.v1 Check on the bare server.
+    Bare,
+    /// grpc.health.v1 Check on authgate.
+    Health,
+    /// pgbench's figures, as passed.
+    Pgbench,
+    /// RecordFailure in the one-rule context.
+    Failure,
+    /// RecordFailure in the login context.
+    FailureLogin,
+    /// CheckAccess in the one-rule context.
+    Check,
+    /// CheckAccess in the login context.
+    CheckLogin,
+    /// Admit in the admission context.
+    Admit,
+}
+
+impl Workload {
+    const ALL: [Workload; 8] = [
+        Workload::Bare,
+        Workload::Health,
+        Workload::Pgbench,
+        Workload::Failure,
+        Workload::FailureLogin,
+        Workload::Check,
+        Workload::CheckLogin,
+        Workload::Admit,
+    ];
 }
 
 #[derive(Clone, Copy)]
@@ -53,25 +134,74 @@ enum Rpc {
     Admit,
 }
 
-impl Rpc {
-    fn name(self) -> &'static str {
-        match self {
-            Rpc::Health => "grpc.health.v1 Check",
-            Rpc::CheckAccess => "CheckAccess",
-            Rpc::RecordFailure => "RecordFailure",
-            Rpc::Admit => "Admit",
-        }
-    }
+/// Which user each call names.
+#[derive(Clone, Copy)]
+enum Keys {
+    /// Uniformly drawn from 0..n.
+    Uniform(u64),
+    /// 0, 1, 2, ... wrapping at n, shared by all workers.
+    RoundRobin(u64),
+}
+
+/// What one workload sends, and where.
+struct Plan {
+    label: String,
+    rpc: Rpc,
+    context: String,
+    keys: Keys,
 }
 
 struct Figures {
     rps: f64,
     latency: Histogram<u64>,
     errors: u64,
+    /// Shown under the row, so a misconfigured run (an unknown context, a
+    /// refused call) says why instead of only counting.
+    first_error: Option<Status>,
 }
 
-/// The n-th distinct subject: a user and an address of its own, so every
-/// call touches keys spread across the table as real traffic does.
+/// A table row: what was measured, in milliseconds.
+struct Row {
+    label: String,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    mean: f64,
+    errors: Option<u64>,
+}
+
+/// SplitMix64: a few lines, fast, and even enough to spread keys; each
+/// worker has its own, so drawing a key costs no shared state.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// One worker's source of user numbers.
+enum KeySource {
+    Drawn(SplitMix64, u64),
+    Shared(Arc<AtomicU64>, u64),
+}
+
+impl KeySource {
+    fn next(&mut self) -> u64 {
+        match self {
+            KeySource::Drawn(rng, n) => rng.next() % *n,
+            KeySource::Shared(next, n) => next.fetch_add(1, Ordering::Relaxed) % *n,
+        }
+    }
+}
+
+/// The n-th distinct subject: a user and an address of its own (distinct
+/// up to 2^24 users), so every call touches keys spread across the table
+/// as real traffic does.
 fn subject(n: u64) -> Subject {
     let ip = Ipv4Addr::from(0x0a00_0000 | u32::try_from(n % 0x00ff_ffff).unwrap_or(0));
     Subject {
@@ -102,129 +232,359 @@ fn update(context: &str, n: u64) -> AdmitRequest {
     }
 }
 
-async fn call(rpc: Rpc, channel: Channel, context: &str, n: u64) -> bool {
+/// A request carrying `key` as `authorization: Bearer`, when there is one.
+fn keyed<T>(message: T, key: Option<&Bearer>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(key) = key {
+        request.metadata_mut().insert("authorization", key.clone());
+    }
+    request
+}
+
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+async fn call(
+    rpc: Rpc,
+    channel: Channel,
+    context: &str,
+    n: u64,
+    key: Option<&Bearer>,
+) -> Result<(), Status> {
     match rpc {
         Rpc::Health => HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .is_ok(),
+            .map(drop),
         Rpc::CheckAccess => AccessServiceClient::new(channel)
-            .check_access(CheckAccessRequest {
-                context: context.to_owned(),
-                subject: Some(subject(n)),
-            })
+            .check_access(keyed(
+                CheckAccessRequest {
+                    context: context.to_owned(),
+                    subject: Some(subject(n)),
+                },
+                key,
+            ))
             .await
-            .is_ok(),
+            .map(drop),
         Rpc::RecordFailure => AccessServiceClient::new(channel)
-            .record_failure(RecordFailureRequest {
-                context: context.to_owned(),
-                subject: Some(subject(n)),
-                activity: String::new(),
-            })
+            .record_failure(keyed(
+                RecordFailureRequest {
+                    context: context.to_owned(),
+                    subject: Some(subject(n)),
+                    activity: String::new(),
+                },
+                key,
+            ))
             .await
-            .is_ok(),
+            .map(drop),
         Rpc::Admit => AccessServiceClient::new(channel)
-            .admit(update(context, n))
+            .admit(keyed(update(context, n), key))
             .await
-            .is_ok(),
+            .map(drop),
     }
 }
 
-async fn run(rpc: Rpc, args: &Args, channels: &[Channel]) -> Figures {
-    let next = Arc::new(AtomicU64::new(0));
+fn bearer(args: &Args) -> Option<Bearer> {
+    args.api_key.as_ref().map(|k| {
+        format!("Bearer {k}")
+            .parse()
+            .expect("an API key is printable ASCII")
+    })
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+async fn run(plan: &Plan, args: &Args, channels: &[Channel]) -> Figures {
+    let shared = Arc::new(AtomicU64::new(0));
     let warm_until = Instant::now() + Duration::from_secs(1);
     let stop_at = warm_until + args.duration;
     let workers: Vec<_> = (0..args.concurrency)
         .map(|w| {
             let channel = channels[w % channels.len()].clone();
-            let next = next.clone();
-            let context = match rpc {
-                Rpc::Admit => args.admit_context.clone(),
-                _ => args.context.clone(),
+            let (rpc, context) = (plan.rpc, plan.context.clone());
+            let key = bearer(args);
+            let mut keys = match plan.keys {
+                Keys::Uniform(n) => KeySource::Drawn(SplitMix64(w as u64), n.max(1)),
+                Keys::RoundRobin(n) => KeySource::Shared(shared.clone(), n.max(1)),
             };
-            let keys = args.keys.max(1);
             tokio::spawn(async move {
-                let mut latency =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                let (mut done, mut errors) = (0u64, 0u64);
+                let mut latency = histogram();
+                let (mut done, mut errors, mut first_error) = (0u64, 0u64, None);
                 loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed) % keys;
+                    let n = keys.next();
                     let start = Instant::now();
-                    let ok = call(rpc, channel.clone(), &context, n).await;
+                    let result = call(rpc, channel.clone(), &context, n, key.as_ref()).await;
                     let end = Instant::now();
                     if end >= stop_at {
                         break;
                     }
                     if start >= warm_until {
                         done += 1;
-                        errors += u64::from(!ok);
+                        if let Err(e) = result {
+                            errors += 1;
+                            first_error.get_or_insert(e);
+                        }
                         let micros = u64::try_from(end.duration_since(start).as_micros())
                             .unwrap_or(u64::MAX);
                         latency.saturating_record(micros.max(1));
                     }
                 }
-                (latency, done, errors)
+                (latency, done, errors, first_error)
             })
         })
         .collect();
-    let mut latency =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-    let (mut done, mut errors) = (0u64, 0u64);
+    let mut figures = Figures {
+        rps: 0.0,
+        latency: histogram(),
+        errors: 0,
+        first_error: None,
+    };
+    let mut done = 0u64;
     for w in workers {
-        let (h, d, e) = w.await.expect("worker");
-        latency.add(&h).expect("same bounds");
+        let (latency, d, errors, first_error) = w.await.expect("worker");
+        figures.latency.add(&latency).expect("same bounds");
         done += d;
+        figures.errors += errors;
+        if figures.first_error.is_none() {
+            figures.first_error = first_error;
+        }
+    }
+    figures.rps = done as f64 / args.duration.as_secs_f64();
+    figures
+}
+
+/// `--fill`: users 0..total each get one failure, then the figures of the
+/// whole fill are printed.
+async fn fill(args: &Args, channels: &[Channel], total: u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let channel = channels[w % channels.len()].clone();
+            let context = args.context.clone();
+            let key = bearer(args);
+            let next = next.clone();
+            tokio::spawn(async move {
+                let (mut errors, mut first_error) = (0u64, None);
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        break;
+                    }
+                    if let Err(e) = call(
+                        Rpc::RecordFailure,
+                        channel.clone(),
+                        &context,
+                        n,
+                        key.as_ref(),
+                    )
+                    .await
+                    {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+                (errors, first_error)
+            })
+        })
+        .collect();
+    let (mut errors, mut first_error) = (0u64, None);
+    for w in workers {
+        let (e, first) = w.await.expect("worker");
         errors += e;
+        first_error = first_error.or(first);
     }
-    Figures {
-        rps: done as f64 / args.duration.as_secs_f64(),
-        latency,
-        errors,
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "filled {total} keys in context {:?} in {secs:.1} s ({:.0} req/s), {errors} errors",
+        args.context,
+        total as f64 / secs
+    );
+    if let Some(e) = first_error {
+        println!("  first error: {e}");
     }
+}
+
+/// What `workload` sends; None for the pgbench row, which is not an RPC.
+fn plan(workload: Workload, args: &Args) -> Option<Plan> {
+    let (rpc, context, keys) = match workload {
+        Workload::Pgbench => return None,
+        Workload::Bare | Workload::Health => (Rpc::Health, String::new(), Keys::RoundRobin(1)),
+        Workload::Failure => (
+            Rpc::RecordFailure,
+            args.context.clone(),
+            Keys::Uniform(args.key_space),
+        ),
+        Workload::FailureLogin => (
+            Rpc::RecordFailure,
+            args.login_context.clone(),
+            Keys::Uniform(args.key_space),
+        ),
+        Workload::Check => (
+            Rpc::CheckAccess,
+            args.context.clone(),
+            Keys::Uniform(args.hot_keys),
+        ),
+        Workload::CheckLogin => (
+            Rpc::CheckAccess,
+            args.login_context.clone(),
+            Keys::Uniform(args.hot_keys),
+        ),
+        Workload::Admit => (
+            Rpc::Admit,
+            args.admit_context.clone(),
+            Keys::RoundRobin(args.admit_users),
+        ),
+    };
+    let label = match rpc {
+        Rpc::Health if workload == Workload::Bare => "bare tonic server (health)".to_owned(),
+        Rpc::Health => "authgate health".to_owned(),
+        Rpc::RecordFailure => format!("RecordFailure [{context}]"),
+        Rpc::CheckAccess => format!("CheckAccess [{context}]"),
+        Rpc::Admit => format!("Admit [{context}]"),
+    };
+    Some(Plan {
+        label,
+        rpc,
+        context,
+        keys,
+    })
+}
+
+/// The pgbench row, when the caller passed its figures (clap requires all
+/// of them or none).
+fn pgbench_row(args: &Args) -> Option<Row> {
+    Some(Row {
+        label: "pgbench upsert".to_owned(),
+        rps: args.pgbench_tps?,
+        p50: args.pgbench_p50?,
+        p99: args.pgbench_p99?,
+        mean: args.pgbench_avg?,
+        errors: None,
+    })
+}
+
+async fn connect(addr: &str, connections: usize) -> Result<Vec<Channel>, tonic::transport::Error> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(Endpoint::from_shared(addr.to_owned())?.connect().await?);
+    }
+    Ok(channels)
 }
 
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
+/// `part / whole` in the table's notation, or "-" without a baseline.
+fn ratio(part: f64, whole: Option<f64>, percent: bool) -> String {
+    match whole {
+        Some(w) if w > 0.0 && percent => format!("{:.1}%", 100.0 * part / w),
+        Some(w) if w > 0.0 => format!("{:.2}x", part / w),
+        _ => "-".to_owned(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        channels.push(Endpoint::from_shared(args.addr.clone())?.connect().await?);
+    if args.only.contains(&Workload::Bare) && args.bare_addr.is_none() {
+        return Err("--only bare needs --bare-addr".into());
     }
+    if args.only.contains(&Workload::Pgbench) && args.pgbench_tps.is_none() {
+        return Err("--only pgbench needs --pgbench-tps and its latencies".into());
+    }
+    let authgate = connect(&args.addr, args.connections).await?;
+    if let Some(total) = args.fill {
+        fill(&args, &authgate, total).await;
+        return Ok(());
+    }
+    let wanted = |w| args.only.is_empty() || args.only.contains(&w);
+    let bare = match &args.bare_addr {
+        Some(addr) if wanted(Workload::Bare) => Some(connect(addr, args.connections).await?),
+        _ => None,
+    };
+
     println!(
-        "authgate-bench: {} in flight over {} connections, {:?} per RPC, {} keys, context {:?}",
-        args.concurrency, args.connections, args.duration, args.keys, args.context
+        "authgate-bench: {} in flight over {} connections per server, {:?} per workload after 1s warm-up",
+        args.concurrency, args.connections, args.duration
     );
     println!(
-        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>8} {:>7}",
-        "rpc", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "ratio"
+        "  RecordFailure: users drawn from {}; CheckAccess: from {} hot users; Admit: {} users in turn",
+        args.key_space, args.hot_keys, args.admit_users
     );
-    let mut baseline = None;
-    // RecordFailure before CheckAccess, so checks run against a table that
-    // holds state, as in production.
-    for rpc in [
-        Rpc::Health,
-        Rpc::RecordFailure,
-        Rpc::CheckAccess,
-        Rpc::Admit,
-    ] {
-        let f = run(rpc, &args, &channels).await;
-        let base = *baseline.get_or_insert(f.rps);
+    println!(
+        "  share = req/s / bare server's; vs pgbench = req/s / pgbench's TPS; p99/bare = p99 / bare server's p99"
+    );
+    println!(
+        "{:<28} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>10} {:>8}",
+        "workload",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "mean ms",
+        "errors",
+        "share",
+        "vs pgbench",
+        "p99/bare"
+    );
+    // (req/s, p99) of the bare server, once measured.
+    let mut baseline: Option<(f64, f64)> = None;
+    for workload in Workload::ALL.into_iter().filter(|&w| wanted(w)) {
+        let (row, first_error) = match plan(workload, &args) {
+            None => match pgbench_row(&args) {
+                Some(row) => (row, None),
+                None => continue,
+            },
+            Some(plan) => {
+                let channels = match (workload, &bare) {
+                    (Workload::Bare, Some(bare)) => bare,
+                    (Workload::Bare, None) => continue,
+                    _ => &authgate,
+                };
+                let f = run(&plan, &args, channels).await;
+                let row = Row {
+                    label: plan.label,
+                    rps: f.rps,
+                    p50: ms(f.latency.value_at_quantile(0.50)),
+                    p99: ms(f.latency.value_at_quantile(0.99)),
+                    mean: f.latency.mean() / 1000.0,
+                    errors: Some(f.errors),
+                };
+                (row, f.first_error)
+            }
+        };
+        if workload == Workload::Bare {
+            baseline = Some((row.rps, row.p99));
+        }
+        let share = match workload {
+            Workload::Pgbench => "-".to_owned(),
+            _ => ratio(row.rps, baseline.map(|b| b.0), true),
+        };
+        let vs_pgbench = match workload {
+            Workload::Pgbench | Workload::Failure | Workload::FailureLogin => {
+                ratio(row.rps, args.pgbench_tps, false)
+            }
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<22} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>8} {:>6.1}%",
-            rpc.name(),
-            f.rps,
-            ms(f.latency.value_at_quantile(0.50)),
-            ms(f.latency.value_at_quantile(0.99)),
-            ms(f.latency.max()),
-            f.errors,
-            100.0 * f.rps / base
+            "{:<28} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>7} {:>10} {:>8}",
+            row.label,
+            row.rps,
+            row.p50,
+            row.p99,
+            row.mean,
+            row.errors.map_or("-".to_owned(), |e| e.to_string()),
+            share,
+            vs_pgbench,
+            ratio(row.p99, baseline.map(|b| b.1), false),
         );
+        if let Some(e) = first_error {
+            println!("  first error: {e}");
+        }
     }
     Ok(())
 }
