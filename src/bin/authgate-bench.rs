@@ -139,6 +139,9 @@ enum Rpc {
 enum Keys {
     /// Uniformly drawn from 0..n.
     Uniform(u64),
+    /// Uniformly drawn from 0..n, each named once before the measurement:
+    /// the steady state of keys in use, not their first sight.
+    Hot(u64),
     /// 0, 1, 2, ... wrapping at n, shared by all workers.
     RoundRobin(u64),
 }
@@ -293,11 +296,38 @@ fn bearer(args: &Args) -> Option<Bearer> {
     })
 }
 
+/// One call of `plan` for each of users 0..n, unmeasured.
+async fn name_each(plan: &Plan, args: &Args, channels: &[Channel], n: u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let channel = channels[w % channels.len()].clone();
+            let (rpc, context, next) = (plan.rpc, plan.context.clone(), next.clone());
+            let key = bearer(args);
+            tokio::spawn(async move {
+                loop {
+                    let user = next.fetch_add(1, Ordering::Relaxed);
+                    if user >= n {
+                        break;
+                    }
+                    let _ = call(rpc, channel.clone(), &context, user, key.as_ref()).await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("worker");
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 async fn run(plan: &Plan, args: &Args, channels: &[Channel]) -> Figures {
+    if let Keys::Hot(n) = plan.keys {
+        name_each(plan, args, channels, n).await;
+    }
     let shared = Arc::new(AtomicU64::new(0));
     let warm_until = Instant::now() + Duration::from_secs(1);
     let stop_at = warm_until + args.duration;
@@ -307,7 +337,7 @@ async fn run(plan: &Plan, args: &Args, channels: &[Channel]) -> Figures {
             let (rpc, context) = (plan.rpc, plan.context.clone());
             let key = bearer(args);
             let mut keys = match plan.keys {
-                Keys::Uniform(n) => KeySource::Drawn(SplitMix64(w as u64), n.max(1)),
+                Keys::Uniform(n) | Keys::Hot(n) => KeySource::Drawn(SplitMix64(w as u64), n.max(1)),
                 Keys::RoundRobin(n) => KeySource::Shared(shared.clone(), n.max(1)),
             };
             tokio::spawn(async move {
@@ -426,12 +456,12 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
         Workload::Check => (
             Rpc::CheckAccess,
             args.context.clone(),
-            Keys::Uniform(args.hot_keys),
+            Keys::Hot(args.hot_keys),
         ),
         Workload::CheckLogin => (
             Rpc::CheckAccess,
             args.login_context.clone(),
-            Keys::Uniform(args.hot_keys),
+            Keys::Hot(args.hot_keys),
         ),
         Workload::Admit => (
             Rpc::Admit,
@@ -513,7 +543,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.concurrency, args.connections, args.duration
     );
     println!(
-        "  RecordFailure: users drawn from {}; CheckAccess: from {} hot users; Admit: {} users in turn",
+        "  RecordFailure: users drawn from {}; CheckAccess: from {} hot users (each checked once before); Admit: {} users in turn",
         args.key_space, args.hot_keys, args.admit_users
     );
     println!(

@@ -150,10 +150,13 @@ async fn futures_join_all<T: Send + 'static>(
 
 /// An unlock that lands between a failure's read and its write is not
 /// overwritten by that write: at most three failures follow it, too few to
-/// lock again, so every round must end unlocked.
+/// lock again, so every round must end unlocked, in Postgres and as the
+/// replica that unlocked answers. (The other replica may answer from its
+/// cache until the unlock's notification reaches it, within the bound
+/// tests/api/cache.rs measures.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlock_racing_failures_is_never_lost() {
-    let (_db, _dir, replicas) = two_replicas().await;
+    let (db, _dir, replicas) = two_replicas().await;
     let clients = [replicas[0].access().await, replicas[1].access().await];
     let mut admin = replicas[1].admin().await;
     let mut relocked = Vec::new();
@@ -175,7 +178,7 @@ async fn an_unlock_racing_failures_is_never_lost() {
         });
         let (unlocked, _) = tokio::join!(unlock, futures_join_all(failures));
         assert_eq!(unlocked.expect("AdminUnlock").into_inner().unlocked, 1);
-        let v = check(&mut clients[0].clone(), "login", who).await;
+        let v = check(&mut clients[1].clone(), "login", who).await;
         if decision(&v) == Decision::Blocked {
             relocked.push(round);
         }
@@ -184,4 +187,8 @@ async fn an_unlock_racing_failures_is_never_lost() {
         relocked.is_empty(),
         "locked again after the unlock in rounds {relocked:?}"
     );
+    let stored = db
+        .count("SELECT count(*) FROM key_state WHERE user_id LIKE 'unlocked%' AND locked_at IS NOT NULL")
+        .await;
+    assert_eq!(stored, 0, "locks stored after their unlock");
 }

@@ -43,7 +43,7 @@ static WRITE: LazyLock<String> = LazyLock::new(|| {
          {} \
          SELECT authgate_expect_written((SELECT count(*) FROM written), $16), \
            (SELECT count(*) FROM notified)",
-        logged_and_notified(17)
+        logged_and_notified(17, "true")
     )
 });
 
@@ -166,6 +166,8 @@ async fn write(
         .bind(rows.iter().map(|w| w.now.0).collect::<Vec<_>>())
         .bind(rows.iter().map(|w| w.version).collect::<Vec<_>>())
         .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX));
-    bind_events(query, events).execute(pool).await?;
+    bind_events(query, events, vec![0; events.len()])
+        .execute(pool)
+        .await?;
     Ok(())
 }

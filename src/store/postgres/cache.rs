@@ -1,12 +1,14 @@
-//! This replica's copy of the key states CheckAccess reads, so that a check
-//! on a key already known costs no round trip to Postgres.
+//! This replica's copy of the key state rows, so that a check on a key
+//! already known costs no round trip to Postgres, and a failure on one
+//! needs no read before its compare-and-set.
 //!
-//! What is cached is the stored state (or its absence), never a verdict:
+//! What is cached is the stored row (or its absence), never a verdict:
 //! every check judges it at its own `now`, so a lock that ends or a window
 //! that slides is seen on time. A write on any replica invalidates the keys
-//! it wrote on every replica: the writing statement NOTIFYs their hashes on
-//! [`KEY_CHANNEL`], delivered at commit, and the writing replica also drops
-//! them itself before it answers, so a caller reads its own write.
+//! it wrote on every other replica: the writing statement NOTIFYs their
+//! hashes on [`KEY_CHANNEL`], delivered at commit. The writing replica
+//! itself replaces them with what it wrote before it answers, so a caller
+//! reads its own write; it ignores its own notifications.
 //!
 //! The cache is only trusted while it provably hears those notifications.
 //! Each replica NOTIFYs a heartbeat carrying when it was sent; the cache is
@@ -24,8 +26,7 @@ use std::time::{Duration, Instant};
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use crate::domain::KeyState;
-use crate::store::{StateId, key_columns};
+use crate::store::{Row, StateId, key_columns};
 use crate::telemetry::metrics;
 
 /// The NOTIFY channel of key invalidations and heartbeats.
@@ -38,6 +39,11 @@ pub const CLEAR_ALL: &str = "*";
 /// What a heartbeat's payload starts with: then the sending replica's id,
 /// ':' and when it was sent.
 pub const BEAT: &str = "beat:";
+
+/// The prefix of `replica`'s heartbeats.
+pub fn beats(replica: &str) -> String {
+    format!("{BEAT}{replica}:")
+}
 
 /// The longest a trusted cache may go without proof that it hears every
 /// invalidation: the bound on how stale a check can be when the channel
@@ -77,27 +83,41 @@ pub fn key_hash(id: &StateId) -> u64 {
     column_hash(&id.context, &id.rule, &user_id, &ip, &session_id)
 }
 
-/// The payloads that invalidate the keys with these hashes everywhere.
-pub fn invalidations(hashes: &[u64]) -> Vec<String> {
+/// The payloads that invalidate the keys with these hashes on every
+/// replica but `sender`'s: its id, '|', then the hashes.
+pub fn invalidations(sender: &str, hashes: &[u64]) -> Vec<String> {
     hashes
         .chunks(HASHES_PER_NOTIFY)
         .map(|chunk| {
-            chunk
-                .iter()
-                .map(|h| format!("{h:016x}"))
-                .collect::<Vec<_>>()
-                .join(",")
+            let hashes: Vec<String> = chunk.iter().map(|h| format!("{h:016x}")).collect();
+            format!("{sender}|{}", hashes.join(","))
         })
         .collect()
 }
 
-/// The key hashes of an invalidation payload; `None` for one that does not
-/// parse, which the listener treats as a clear.
-pub fn parse_invalidation(payload: &str) -> Option<Vec<u64>> {
-    payload
+/// What an invalidation payload asks of the replica `me`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Its own write, already applied.
+    Own,
+    Invalidate(Vec<u64>),
+    /// A clear, or a payload this build cannot read (a newer one's?) that
+    /// might name any key.
+    Clear,
+}
+
+pub fn notice(payload: &str, me: &str) -> Notice {
+    let Some((sender, hashes)) = payload.split_once('|') else {
+        return Notice::Clear;
+    };
+    if sender == me {
+        return Notice::Own;
+    }
+    hashes
         .split(',')
         .map(|h| u64::from_str_radix(h, 16).ok())
-        .collect()
+        .collect::<Option<Vec<u64>>>()
+        .map_or(Notice::Clear, Notice::Invalidate)
 }
 
 /// What a lookup that missed must show when it fills: nothing it read may
@@ -108,16 +128,16 @@ pub struct Ticket {
     keys: Vec<(u64, u64)>,
 }
 
-/// A lookup: the states found (`Some(None)`: known not to be stored), and
+/// A lookup: the rows found (`Some(None)`: known not to be stored), and
 /// the ticket to fill the rest with.
 pub struct Lookup {
-    pub found: Vec<Option<Option<KeyState>>>,
+    pub found: Vec<Option<Option<Row>>>,
     pub ticket: Ticket,
 }
 
 /// Entries are found by key hash, which is what invalidations name; the
 /// key itself is kept to tell two keys with one hash apart.
-type Entry = Arc<(StateId, Option<KeyState>)>;
+type Entry = Arc<(StateId, Option<Row>)>;
 
 pub struct KeyCache {
     entries: Cache<u64, Entry>,
@@ -186,15 +206,10 @@ impl KeyCache {
         self.floor.store(self.millis(now), Ordering::SeqCst);
     }
 
-    /// Looks `ids` up, at `now`; `None` when the cache must not answer.
-    pub fn lookup(&self, ids: &[StateId], now: Instant) -> Option<Lookup> {
-        if !self.trusted(now) {
-            metrics::key_cache_lookups("bypass", ids.len());
-            return None;
-        }
-        // The ticket is taken before the entries are read, and both before
-        // the caller reads the misses from Postgres.
-        let ticket = Ticket {
+    /// What a read of `ids` must show to fill the cache: taken before the
+    /// read.
+    pub fn ticket(&self, ids: &[StateId]) -> Ticket {
+        Ticket {
             epoch: self.epoch.load(Ordering::SeqCst),
             keys: ids
                 .iter()
@@ -203,7 +218,18 @@ impl KeyCache {
                     (hash, self.generation(hash).load(Ordering::SeqCst))
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Looks `ids` up, at `now`; `None` when the cache must not answer.
+    pub fn lookup(&self, ids: &[StateId], now: Instant) -> Option<Lookup> {
+        if !self.trusted(now) {
+            metrics::key_cache_lookups("bypass", ids.len());
+            return None;
+        }
+        // The ticket is taken before the entries are read, and both before
+        // the caller reads the misses from Postgres.
+        let ticket = self.ticket(ids);
         let found: Vec<_> = ids
             .iter()
             .zip(&ticket.keys)
@@ -220,9 +246,9 @@ impl KeyCache {
         Some(Lookup { found, ticket })
     }
 
-    /// Caches what was read for a lookup's misses: `(i, state)` is what
+    /// Caches what was read for a lookup's misses: `(i, row)` is what
     /// Postgres holds for `ids[i]`, `ids` and `ticket` the lookup's.
-    pub fn fill(&self, ticket: &Ticket, ids: &[StateId], read: Vec<(usize, Option<KeyState>)>) {
+    pub fn fill(&self, ticket: &Ticket, ids: &[StateId], read: Vec<(usize, Option<Row>)>) {
         for (i, state) in read {
             let (hash, generation) = ticket.keys[i];
             let unchanged = || {
@@ -242,8 +268,37 @@ impl KeyCache {
         }
     }
 
-    /// Drops the keys with these hashes: a notification's, or this
-    /// replica's own write's.
+    /// Replaces `ids` with the rows this replica just wrote to them, once
+    /// committed; `ticket` is from before the write. The bump of each
+    /// key's generation turns away fills of what was read before the
+    /// commit. A key that another replica's write invalidated since the
+    /// ticket is dropped instead: that write may have come after this one.
+    pub fn wrote(&self, ticket: &Ticket, ids: &[StateId], rows: &[Row]) {
+        for ((id, row), (hash, generation)) in ids.iter().zip(rows).zip(&ticket.keys) {
+            // One step from the ticket's generation to this write's, so
+            // that no invalidation can slip in between unseen.
+            let mine = generation + 1;
+            let unchanged = self.epoch.load(Ordering::SeqCst) == ticket.epoch
+                && self
+                    .generation(*hash)
+                    .compare_exchange(*generation, mine, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if !unchanged {
+                self.invalidate(&[*hash]);
+                continue;
+            }
+            self.entries
+                .insert(*hash, Arc::new((id.clone(), Some(row.clone()))));
+            if self.epoch.load(Ordering::SeqCst) != ticket.epoch
+                || self.generation(*hash).load(Ordering::SeqCst) != mine
+            {
+                self.entries.remove(hash);
+            }
+        }
+    }
+
+    /// Drops the keys with these hashes: another replica wrote them, or
+    /// this one did without knowing what it wrote beforehand.
     pub fn invalidate(&self, hashes: &[u64]) {
         for hash in hashes {
             self.generation(*hash).fetch_add(1, Ordering::SeqCst);
@@ -274,7 +329,7 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Key, UnixMillis, UserId};
+    use crate::domain::{Key, UserId};
 
     fn id(user: &str) -> StateId {
         StateId {
@@ -284,12 +339,16 @@ mod tests {
         }
     }
 
-    fn failed_once() -> Option<KeyState> {
-        Some(KeyState {
-            recent_failures: vec![UnixMillis(1)],
-            failures_total: 1,
-            ..KeyState::default()
+    fn failed(times: i64) -> Option<Row> {
+        Some(Row {
+            failures_total: times,
+            version: times,
+            ..Row::default()
         })
+    }
+
+    fn failed_once() -> Option<Row> {
+        failed(1)
     }
 
     /// A cache that trusts itself at `now` and for the next STALENESS.
@@ -333,6 +392,50 @@ mod tests {
         cache.clear();
         cache.fill(&raced.ticket, &ids, vec![(0, None)]);
         assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None, None]);
+    }
+
+    #[test]
+    fn a_write_replaces_the_key_and_turns_away_fills_read_before_it() {
+        let now = Instant::now();
+        let cache = trusted_at(now);
+        let ids = [id("alice")];
+        // A check read version 1 just before this replica wrote version 2.
+        let check = cache.lookup(&ids, now).unwrap();
+        let write = cache.ticket(&ids);
+        cache.wrote(&write, &ids, &[failed(2).unwrap()]);
+        cache.fill(&check.ticket, &ids, vec![(0, failed_once())]);
+        assert_eq!(
+            cache.lookup(&ids, now).unwrap().found,
+            vec![Some(failed(2))]
+        );
+    }
+
+    #[test]
+    fn a_write_that_another_replica_may_have_followed_is_forgotten() {
+        let now = Instant::now();
+        let cache = trusted_at(now);
+        let ids = [id("alice")];
+        let l = cache.lookup(&ids, now).unwrap();
+        cache.fill(&l.ticket, &ids, vec![(0, failed_once())]);
+        let write = cache.ticket(&ids);
+        // Another replica's write of alice was notified between this
+        // replica's ticket and its own commit's answer.
+        cache.invalidate(&[key_hash(&ids[0])]);
+        cache.wrote(&write, &ids, &[failed(2).unwrap()]);
+        assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None]);
+    }
+
+    #[test]
+    fn notices_name_their_sender() {
+        let payloads = invalidations("me", &[1, 0xabc]);
+        assert_eq!(payloads, vec!["me|0000000000000001,0000000000000abc"]);
+        assert_eq!(notice(&payloads[0], "me"), Notice::Own);
+        assert_eq!(
+            notice(&payloads[0], "you"),
+            Notice::Invalidate(vec![1, 0xabc])
+        );
+        assert_eq!(notice(CLEAR_ALL, "you"), Notice::Clear);
+        assert_eq!(notice("them|zz", "you"), Notice::Clear, "unreadable: clear");
     }
 
     #[test]
@@ -394,14 +497,17 @@ mod tests {
         let hashes: Vec<u64> = (0..1000u64)
             .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             .collect();
-        let payloads = invalidations(&hashes);
+        let sender = "0123456789abcdef0123456789abcdef";
+        let payloads = invalidations(sender, &hashes);
         assert_eq!(payloads.len(), 3);
         assert!(payloads.iter().all(|p| p.len() < 8000));
         let back: Vec<u64> = payloads
             .iter()
-            .flat_map(|p| parse_invalidation(p).unwrap())
+            .flat_map(|p| match notice(p, "other") {
+                Notice::Invalidate(h) => h,
+                other => panic!("{other:?}"),
+            })
             .collect();
         assert_eq!(back, hashes);
-        assert_eq!(parse_invalidation(CLEAR_ALL), None);
     }
 }

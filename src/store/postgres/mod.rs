@@ -40,10 +40,12 @@ const MAX_ATTEMPTS: usize = 5;
 /// cores, one or two lanes served 40% more checks per second than four and
 /// half again more than eight (scripts/bench.sh, pool of 16).
 const READ_LANES: usize = 2;
-/// Batched writes in flight at once: two let one batch wait for its commit
-/// to reach disk while the next forms (one or four lanes measured about 10%
-/// slower than two).
-const WRITE_LANES: usize = 2;
+/// Batched writes in flight at once. Every write NOTIFYs its keys, and
+/// Postgres commits NOTIFYing transactions one at a time (a global lock
+/// held through the WAL flush), so a second lane gains no overlap and only
+/// halves the batches: one lane served 15-25% more failures than two, at 8
+/// and at 64 in flight, and four did worse still (scripts/bench.sh).
+const WRITE_LANES: usize = 1;
 
 /// Far longer than any transaction of authgate's stays idle between its
 /// statements (microseconds of Rust in between).
@@ -69,16 +71,23 @@ static LOCK_ROWS: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// A batch of compare-and-set writes and the events that commit with them,
-/// alerts notified at commit; see `PostgresStore::write`.
+/// alerts notified at commit; see `PostgresStore::write`. Each row and
+/// event names its request ($18, $32); the requests whose expected versions
+/// are already wrong are left out and answered.
 static WRITE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH written AS (INSERT INTO key_state ({COLUMNS}) \
+        "WITH stale AS MATERIALIZED \
+           (SELECT s AS request FROM authgate_stale_requests($18, $1, $2, $4, $5, $6, $17) AS s), \
+         fresh AS (SELECT * FROM UNNEST($18::int[], $1::text[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], \
+             $10::bigint[], $11::bigint[], $12::int[], $13::int[], $14::bigint[], $15::bigint[], \
+             $16::bigint[], $17::bigint[]) AS u(request, {COLUMNS}) \
+           WHERE request NOT IN (SELECT request FROM stale)), \
+         written AS (INSERT INTO key_state ({COLUMNS}) \
            SELECT context, rule, kind, user_id, ip, session_id, recent_failures::bigint[], \
              failures_total, last_failure_at, locked_at, locked_until, lock_tier, \
              recent_lockouts, last_lockout_at, lockouts_total, expires_at, version \
-           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-             $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::int[], \
-             $13::int[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[]) AS u({COLUMNS}) \
+           FROM fresh \
            ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
              recent_failures = EXCLUDED.recent_failures, failures_total = EXCLUDED.failures_total, \
              last_failure_at = EXCLUDED.last_failure_at, locked_at = EXCLUDED.locked_at, \
@@ -89,20 +98,22 @@ static WRITE: LazyLock<String> = LazyLock::new(|| {
            WHERE key_state.version = EXCLUDED.version - 1 \
            RETURNING 1), \
          {}, \
-         invalidated AS (SELECT pg_notify('{KEY_CHANNEL}', p) FROM unnest($34::text[]) AS p) \
-         SELECT authgate_expect_written((SELECT count(*) FROM written), $18), \
-           (SELECT count(*) FROM notified), (SELECT count(*) FROM invalidated)",
-        logged_and_notified(19)
+         invalidated AS (SELECT pg_notify('{KEY_CHANNEL}', p) FROM unnest($35::text[]) AS p) \
+         SELECT authgate_expect_written((SELECT count(*) FROM written), (SELECT count(*) FROM fresh)), \
+           (SELECT count(*) FROM notified), (SELECT count(*) FROM invalidated), \
+           ARRAY(SELECT request FROM stale) AS stale",
+        logged_and_notified(19, "request NOT IN (SELECT request FROM stale)")
     )
 });
 
 /// The CTEs `logged` and `notified` of a batched write: its events from
-/// parallel arrays at $first and the 12 parameters after it, then the
-/// NOTIFY channel and the alert kinds, as `bind_events` binds them.
-fn logged_and_notified(first: usize) -> String {
+/// parallel arrays at $first and the 13 parameters after it (the last, each
+/// event's request), those that `keep` holds for; then the NOTIFY channel
+/// and the alert kinds, as `bind_events` binds them.
+fn logged_and_notified(first: usize, keep: &str) -> String {
     let arrays: Vec<String> = [
         "bigint", "text", "text", "text", "text", "text", "text", "int", "bigint", "bool", "text",
-        "text", "text",
+        "text", "text", "int",
     ]
     .iter()
     .enumerate()
@@ -112,19 +123,25 @@ fn logged_and_notified(first: usize) -> String {
         "logged AS (INSERT INTO security_event \
            (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, \
             detail, caller) \
-           SELECT * FROM UNNEST({}) RETURNING *), \
+           SELECT at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, \
+             actor, detail, caller \
+           FROM UNNEST({}) AS e(at, kind, context, rule, user_id, ip, session_id, tier, until_at, \
+             permanent, actor, detail, caller, request) \
+           WHERE {keep} RETURNING *), \
          notified AS (SELECT pg_notify(${}, row_to_json(logged)::text) FROM logged \
            WHERE kind = ANY(${}))",
         arrays.join(", "),
-        first + 13,
-        first + 14
+        first + 14,
+        first + 15
     )
 }
 
-/// Binds what `logged_and_notified` reads.
+/// Binds what `logged_and_notified` reads: `events`, each of the request
+/// in `requests` beside it.
 fn bind_events<'q>(
     query: Query<'q, Postgres, PgArguments>,
     events: &[SecurityEvent],
+    requests: Vec<i32>,
 ) -> Query<'q, Postgres, PgArguments> {
     let text =
         |f: fn(&SecurityEvent) -> &str| events.iter().map(|e| f(e).to_owned()).collect::<Vec<_>>();
@@ -147,6 +164,7 @@ fn bind_events<'q>(
         .bind(text(|e| &e.actor))
         .bind(text(|e| &e.detail))
         .bind(text(|e| &e.caller))
+        .bind(requests)
         // Alerts are notified by the same statement: NOTIFY is delivered at
         // commit, so every replica hears of a lock exactly when it holds.
         .bind(EVENT_CHANNEL)
@@ -184,6 +202,9 @@ pub struct PostgresStore {
     admission_writes: Batcher<admission::Write, bool>,
     /// Key states known to this replica; `None` when turned off.
     cache: Option<Arc<KeyCache>>,
+    /// This replica's name on the key channel, so it knows its own
+    /// notifications.
+    replica: Arc<str>,
     /// Fed by the LISTEN task with every replica's events, this one's too.
     events: broadcast::Sender<SecurityEvent>,
     listener: tokio::task::JoinHandle<()>,
@@ -276,14 +297,16 @@ async fn listen(
     pool: PgPool,
     events: broadcast::Sender<SecurityEvent>,
     cache: Option<Arc<KeyCache>>,
-    beats: String,
+    replica: Arc<str>,
     ready: watch::Sender<bool>,
 ) {
     let mut delivered = None;
     let mut retry = LISTEN_RETRY;
+    let beats = cache::beats(&replica);
     let ears = Ears {
         events: &events,
         cache: cache.as_deref(),
+        replica: &replica,
         beats: &beats,
     };
     loop {
@@ -330,6 +353,7 @@ async fn heartbeat(pool: PgPool, cache: Arc<KeyCache>, beats: String) {
 struct Ears<'a> {
     events: &'a broadcast::Sender<SecurityEvent>,
     cache: Option<&'a KeyCache>,
+    replica: &'a str,
     /// The prefix of this replica's own heartbeats.
     beats: &'a str,
 }
@@ -350,11 +374,10 @@ impl Ears<'_> {
         if payload.starts_with(cache::BEAT) {
             return;
         }
-        match cache::parse_invalidation(payload) {
-            Some(hashes) if payload != CLEAR_ALL => cache.invalidate(&hashes),
-            // A clear, or a payload this build cannot read (a newer one's?)
-            // that might name any key.
-            _ => cache.clear(),
+        match cache::notice(payload, self.replica) {
+            cache::Notice::Own => {}
+            cache::Notice::Invalidate(hashes) => cache.invalidate(&hashes),
+            cache::Notice::Clear => cache.clear(),
         }
     }
 }
@@ -512,20 +535,25 @@ async fn fetch_batch(pool: PgPool, calls: Vec<Vec<StateId>>) -> Vec<Result<Vec<R
 }
 
 /// One request's compare-and-set: its rows, each one version past what it
-/// read, and the audit records that commit with them.
+/// expects, and the audit records that commit with them.
 struct Write {
     ids: Vec<StateId>,
     rows: Vec<Row>,
     events: Vec<SecurityEvent>,
 }
 
-/// Commits a batch of writes as one statement. The statement is all or
-/// nothing, so a single lost compare-and-set answers `false` to the whole
-/// batch, and each request retries on its own under row locks. A request
-/// that shares a key with an earlier one in the batch cannot join it (a
-/// statement upserts a row once) and would lose its compare-and-set anyway:
-/// it is answered `false` at once.
-async fn write_batch(pool: PgPool, calls: Vec<Write>) -> Vec<Result<bool, StoreError>> {
+/// Commits a batch of writes as one statement. A request whose expected
+/// versions were already wrong when the statement began is left out and
+/// answered `false`; a row that changes while the statement runs fails it
+/// whole, and every request is answered `false`. Each then reads and tries
+/// again on its own. A request that shares a key with an earlier one in
+/// the batch cannot join it (a statement upserts a row once) and would
+/// lose anyway: it is answered `false` at once.
+async fn write_batch(
+    pool: PgPool,
+    replica: Arc<str>,
+    calls: Vec<Write>,
+) -> Vec<Result<bool, StoreError>> {
     let mut taken = HashSet::new();
     let joins: Vec<bool> = calls
         .iter()
@@ -537,26 +565,56 @@ async fn write_batch(pool: PgPool, calls: Vec<Write>) -> Vec<Result<bool, StoreE
             free
         })
         .collect();
-    let joined = || {
-        calls
-            .iter()
-            .zip(&joins)
-            .filter(|(_, j)| **j)
-            .map(|(w, _)| w)
-    };
+    let joined: Vec<(i32, &Write)> = calls
+        .iter()
+        .zip(&joins)
+        .filter(|(_, j)| **j)
+        .map(|(w, _)| w)
+        .zip(0..)
+        .map(|(w, request)| (request, w))
+        .collect();
     // Rows are locked in the statement's order; sorting them as every other
     // writer sorts its keys rules out deadlocks between batches.
-    let mut keyed: Vec<(&StateId, &Row)> =
-        joined().flat_map(|w| w.ids.iter().zip(&w.rows)).collect();
-    keyed.sort_by_key(|(id, _)| *id);
-    let rows: Vec<Row> = keyed.into_iter().map(|(_, r)| r.clone()).collect();
-    let events: Vec<SecurityEvent> = joined().flat_map(|w| w.events.iter().cloned()).collect();
-    answer_batch(&joins, PostgresStore::write(&pool, &rows, &events).await)
+    let mut keyed: Vec<(&StateId, i32, &Row)> = joined
+        .iter()
+        .flat_map(|(request, w)| {
+            w.ids
+                .iter()
+                .zip(&w.rows)
+                .map(|(id, row)| (id, *request, row))
+        })
+        .collect();
+    keyed.sort_by_key(|(id, _, _)| *id);
+    let rows: Vec<(i32, Row)> = keyed.into_iter().map(|(_, q, r)| (q, r.clone())).collect();
+    let events: Vec<(i32, SecurityEvent)> = joined
+        .iter()
+        .flat_map(|(request, w)| w.events.iter().map(|e| (*request, e.clone())))
+        .collect();
+    let stale = match PostgresStore::write(&pool, &rows, &events, &replica).await {
+        Ok(stale) => stale,
+        Err(e) if is_retryable(&e) => (0..).take(joined.len()).collect(),
+        Err(e) => {
+            let e = StoreError::from(e);
+            return calls.iter().map(|_| Err(e.clone())).collect();
+        }
+    };
+    let mut request = 0;
+    joins
+        .iter()
+        .map(|&joined| {
+            if !joined {
+                return Ok(false);
+            }
+            let written = !stale.contains(&request);
+            request += 1;
+            Ok(written)
+        })
+        .collect()
 }
 
-/// Each call's answer to a batched compare-and-set: the statement's
-/// outcome for those that joined it (`false` when it lost), `false` for
-/// those left out.
+/// Each call's answer to an all-or-nothing batched compare-and-set: the
+/// statement's outcome for those that joined it (`false` when it lost),
+/// `false` for those left out.
 fn answer_batch(joins: &[bool], written: Result<(), sqlx::Error>) -> Vec<Result<bool, StoreError>> {
     let outcome = match written {
         Ok(()) => Ok(true),
@@ -625,27 +683,27 @@ impl PostgresStore {
         let (ready, listening) = watch::channel(false);
         let cache =
             (settings.cache_entries > 0).then(|| Arc::new(KeyCache::new(settings.cache_entries)));
-        // Every replica's heartbeats reach every listener: each knows its
-        // own by this prefix.
-        let beats = format!("{}{}:", cache::BEAT, uuid::Uuid::new_v4().simple());
+        // Every replica's notifications reach every listener: each knows
+        // its own by this name.
+        let replica: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let listener = tokio::spawn(listen(
             listening_pool,
             pool.clone(),
             events.clone(),
             cache.clone(),
-            beats.clone(),
+            replica.clone(),
             ready,
         ));
         let heartbeat = cache
             .clone()
-            .map(|cache| tokio::spawn(heartbeat(pool.clone(), cache, beats)));
+            .map(|cache| tokio::spawn(heartbeat(pool.clone(), cache, cache::beats(&replica))));
         let reader = pool.clone();
         let reads = Batcher::start(READ_LANES, health.clone(), move |calls| {
             fetch_batch(reader.clone(), calls)
         });
-        let writer = pool.clone();
+        let (writer, sender) = (pool.clone(), replica.clone());
         let writes = Batcher::start(WRITE_LANES, health.clone(), move |calls| {
-            write_batch(writer.clone(), calls)
+            write_batch(writer.clone(), sender.clone(), calls)
         });
         let reader = pool.clone();
         let admission_reads = Batcher::start(READ_LANES, health.clone(), move |calls| {
@@ -667,6 +725,7 @@ impl PostgresStore {
             admission_reads,
             admission_writes,
             cache,
+            replica,
             events,
             listener,
             heartbeat,
@@ -674,25 +733,38 @@ impl PostgresStore {
         })
     }
 
-    /// Writes `rows` as one compare-and-set: each row only if it is still at
-    /// the version before its own, and all of them or none (the statement
-    /// aborts with serialization_failure otherwise).
+    /// Writes `rows`, each of the request beside it, as compare-and-sets:
+    /// each row only if it is still at the version before its own. Returns
+    /// the requests left out because one of their rows was not; the others
+    /// are written with their `events`, all together or not at all (the
+    /// statement aborts with serialization_failure otherwise). Other
+    /// replicas are told, in the same statement, to forget the keys.
     async fn write<'c>(
         conn: impl PgExecutor<'c>,
-        rows: &[Row],
-        events: &[SecurityEvent],
-    ) -> Result<(), sqlx::Error> {
-        let text = |f: fn(&Row) -> &str| rows.iter().map(|r| f(r).to_owned()).collect::<Vec<_>>();
-        let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
-        let opt = |f: fn(&Row) -> Option<i64>| rows.iter().map(f).collect::<Vec<_>>();
+        rows: &[(i32, Row)],
+        events: &[(i32, SecurityEvent)],
+        replica: &str,
+    ) -> Result<Vec<i32>, sqlx::Error> {
+        let text = |f: fn(&Row) -> &str| {
+            rows.iter()
+                .map(|(_, r)| f(r).to_owned())
+                .collect::<Vec<_>>()
+        };
+        let int = |f: fn(&Row) -> i64| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+        let opt = |f: fn(&Row) -> Option<i64>| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+        let small = |f: fn(&Row) -> i32| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
         // Arrays of arrays must be rectangular in Postgres, so each row's
         // recent_failures travels as an array literal and is cast back.
         let failures: Vec<String> = rows
             .iter()
-            .map(|r| {
+            .map(|(_, r)| {
                 let items: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
                 format!("{{{}}}", items.join(","))
             })
+            .collect();
+        let written: Vec<u64> = rows
+            .iter()
+            .map(|(_, r)| cache::column_hash(&r.context, &r.rule, &r.user_id, &r.ip, &r.session_id))
             .collect();
         let query = sqlx::query(WRITE.as_str())
             .bind(text(|r| &r.context))
@@ -706,47 +778,116 @@ impl PostgresStore {
             .bind(opt(|r| r.last_failure_at))
             .bind(opt(|r| r.locked_at))
             .bind(opt(|r| r.locked_until))
-            .bind(rows.iter().map(|r| r.lock_tier).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.recent_lockouts).collect::<Vec<_>>())
+            .bind(small(|r| r.lock_tier))
+            .bind(small(|r| r.recent_lockouts))
             .bind(opt(|r| r.last_lockout_at))
             .bind(int(|r| r.lockouts_total))
             .bind(opt(|r| r.expires_at))
             .bind(int(|r| r.version))
-            .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX));
+            .bind(rows.iter().map(|(q, _)| *q).collect::<Vec<_>>());
         // The audit records travel in the same statement: they commit with
         // the state change or not at all, at no extra round trip; so do the
         // other replicas' cache invalidations.
-        let written: Vec<u64> = rows
-            .iter()
-            .map(|r| cache::column_hash(&r.context, &r.rule, &r.user_id, &r.ip, &r.session_id))
-            .collect();
-        bind_events(query, events)
-            .bind(cache::invalidations(&written))
-            .execute(conn)
+        let (requests, events): (Vec<i32>, Vec<SecurityEvent>) = events.iter().cloned().unzip();
+        let row = bind_events(query, &events, requests)
+            .bind(cache::invalidations(replica, &written))
+            .fetch_one(conn)
             .await?;
-        Ok(())
+        row.try_get("stale")
     }
 
-    /// The fast path when nobody else is writing these keys: read, decide,
-    /// compare-and-set, both batched with other requests'; no explicit
-    /// transaction. `None` when the compare-and-set lost.
+    /// The fast path when nobody else is writing these keys: decide and
+    /// compare-and-set, batched with other requests', no explicit
+    /// transaction. The rows decided on are the cache's where it knows them
+    /// and, for keys it does not know, none (most failures name a key seen
+    /// for the first time); a wrong guess is left out of the batch, and the
+    /// rows are read and tried once more. Without a trusted cache they are
+    /// read first. `None` when the compare-and-set lost.
     async fn optimistic(
         &self,
         ids: &[StateId],
         f: &TransitionFn<'_>,
     ) -> Result<Option<Applied>, StoreError> {
-        let current = self.reads.call(ids.to_vec()).await?;
+        let lookup = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.lookup(ids, std::time::Instant::now()));
+        if let Some(lookup) = lookup {
+            let known: Vec<Row> = lookup.found.into_iter().flatten().flatten().collect();
+            if let Some(applied) = self.compare_and_set(ids, &known, f, &lookup.ticket).await? {
+                return Ok(Some(applied));
+            }
+        }
+        let (current, ticket) = self.read(ids).await?;
+        match ticket {
+            Some(ticket) => self.compare_and_set(ids, &current, f, &ticket).await,
+            None => {
+                let next = next_rows(ids, &current, f);
+                let written = self
+                    .writes
+                    .call(Write {
+                        ids: ids.to_vec(),
+                        rows: next.rows,
+                        events: next.events,
+                    })
+                    .await?;
+                if written {
+                    self.forget(ids);
+                }
+                Ok(written.then_some(next.applied))
+            }
+        }
+    }
+
+    /// Decides on `current` and writes, batched; once written, this
+    /// replica's cache holds the rows written (`ticket` is from before
+    /// `current` was known).
+    async fn compare_and_set(
+        &self,
+        ids: &[StateId],
+        current: &[Row],
+        f: &TransitionFn<'_>,
+        ticket: &cache::Ticket,
+    ) -> Result<Option<Applied>, StoreError> {
         let NextRows {
             rows,
             events,
             applied,
-        } = next_rows(ids, &current, f);
+        } = next_rows(ids, current, f);
         let write = Write {
             ids: ids.to_vec(),
-            rows,
+            rows: rows.clone(),
             events,
         };
-        Ok(self.writes.call(write).await?.then_some(applied))
+        if !self.writes.call(write).await? {
+            return Ok(None);
+        }
+        if let Some(cache) = &self.cache {
+            cache.wrote(ticket, ids, &rows);
+        }
+        Ok(Some(applied))
+    }
+
+    /// The rows of `ids` from Postgres, cached on the way (with the ticket
+    /// they were read under) when there is a cache.
+    async fn read(&self, ids: &[StateId]) -> Result<(Vec<Row>, Option<cache::Ticket>), StoreError> {
+        let ticket = self.cache.as_ref().map(|c| c.ticket(ids));
+        let rows = self.reads.call(ids.to_vec()).await?;
+        if let (Some(cache), Some(ticket)) = (&self.cache, &ticket) {
+            let read = (0..ids.len())
+                .map(|i| (i, rows.iter().find(|r| r.is(&ids[i])).cloned()))
+                .collect();
+            cache.fill(ticket, ids, read);
+        }
+        Ok((rows, ticket))
+    }
+
+    /// After a write this replica did not follow with what it wrote: it
+    /// ignores its own notifications, so it forgets the keys itself.
+    fn forget(&self, ids: &[StateId]) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&ids.iter().map(cache::key_hash).collect::<Vec<_>>());
+        }
     }
 
     async fn locking_with_retries(
@@ -761,7 +902,17 @@ impl PostgresStore {
                 Err(StoreError::Other(cause)) if is_retryable(&cause) && attempt < MAX_ATTEMPTS => {
                     attempt += 1
                 }
-                result => return result,
+                Ok(None) if attempt < MAX_ATTEMPTS => attempt += 1,
+                Ok(None) => {
+                    return Err(StoreError::Corrupt(
+                        "key_state versions disagree with their row locks".into(),
+                    ));
+                }
+                Ok(Some(applied)) => {
+                    self.forget(ids);
+                    return Ok(applied);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -789,7 +940,13 @@ impl PostgresStore {
     /// The path under contention, where compare-and-set would keep losing:
     /// lock the rows first, so concurrent transitions on the same keys (from
     /// any replica) queue behind each other and each succeeds in turn.
-    async fn locking(&self, ids: &[StateId], f: &TransitionFn<'_>) -> Result<Applied, StoreError> {
+    /// `None` when the rows, though locked, were not at the versions read
+    /// (which cannot happen while every writer bumps them).
+    async fn locking(
+        &self,
+        ids: &[StateId],
+        f: &TransitionFn<'_>,
+    ) -> Result<Option<Applied>, StoreError> {
         let cols = IdColumns::of(ids);
         let mut tx = self.sql.writer.begin().await?;
         // Upserting every id takes its row lock whether or not the row
@@ -808,9 +965,16 @@ impl PostgresStore {
             .map(Sql::<Postgres>::decode)
             .collect::<Result<Vec<_>, _>>()?;
         let next = next_rows(ids, &current, f);
-        Self::write(&mut *tx, &next.rows, &next.events).await?;
+        let rows: Vec<(i32, Row)> = next.rows.into_iter().map(|r| (0, r)).collect();
+        let events: Vec<(i32, SecurityEvent)> = next.events.into_iter().map(|e| (0, e)).collect();
+        if !Self::write(&mut *tx, &rows, &events, &self.replica)
+            .await?
+            .is_empty()
+        {
+            return Ok(None);
+        }
         tx.commit().await?;
-        Ok(next.applied)
+        Ok(Some(next.applied))
     }
 }
 
@@ -833,16 +997,22 @@ impl Dialect for PostgresStore {
         let missing: Vec<usize> = (0..ids.len())
             .filter(|&i| lookup.found[i].is_none())
             .collect();
-        let mut states: Vec<Option<KeyState>> =
-            lookup.found.into_iter().map(Option::flatten).collect();
+        let mut states: Vec<Option<KeyState>> = lookup
+            .found
+            .into_iter()
+            .map(|found| found.flatten().as_ref().map(Row::state))
+            .collect();
         if missing.is_empty() {
             return Ok(states);
         }
         let wanted: Vec<StateId> = missing.iter().map(|&i| ids[i].clone()).collect();
-        let read = in_order(&wanted, &self.reads.call(wanted.clone()).await?);
-        let read: Vec<(usize, Option<KeyState>)> = missing.into_iter().zip(read).collect();
-        for (i, state) in &read {
-            states[*i] = state.clone();
+        let rows = self.reads.call(wanted).await?;
+        let read: Vec<(usize, Option<Row>)> = missing
+            .into_iter()
+            .map(|i| (i, rows.iter().find(|r| r.is(&ids[i])).cloned()))
+            .collect();
+        for (i, row) in &read {
+            states[*i] = row.as_ref().map(Row::state);
         }
         if let Some(cache) = &self.cache {
             cache.fill(&lookup.ticket, ids, read);
@@ -855,16 +1025,13 @@ impl Dialect for PostgresStore {
         ids: &[StateId],
         f: &TransitionFn<'_>,
     ) -> Result<Applied, StoreError> {
-        let applied = match self.optimistic(ids, f).await? {
-            Some(applied) => applied,
-            None => self.locking_with_retries(ids, f).await?,
-        };
-        // Other replicas hear of the write at its commit; this one forgets
-        // the keys before it answers, so its caller reads its own write.
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&ids.iter().map(cache::key_hash).collect::<Vec<_>>());
+        // Other replicas hear of the write at its commit; this one has
+        // updated or forgotten the keys before it answers, so its caller
+        // reads its own write.
+        match self.optimistic(ids, f).await? {
+            Some(applied) => Ok(applied),
+            None => self.locking_with_retries(ids, f).await,
         }
-        Ok(applied)
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
