@@ -85,9 +85,11 @@ where
             });
         };
         // The caller's own deadline, when shorter, bounds the call too. The
-        // timer starts here, before tonic starts its own for grpc-timeout:
-        // when both run out together, this one's DEADLINE_EXCEEDED is the
-        // answer rather than tonic's CANCELLED.
+        // timer starts here, before tonic starts its own for grpc-timeout,
+        // and is looked at first: when both have run out by the time the
+        // call is polled (in one tick of the timer, or after a stall), this
+        // one's DEADLINE_EXCEEDED is the answer rather than tonic's
+        // CANCELLED.
         let budget = client_timeout(request.headers())
             .map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
         let deadline = tokio::time::sleep(budget);
@@ -107,14 +109,14 @@ where
             );
             tokio::select! {
                 biased;
-                joined = work => joined.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "a call's task failed");
-                    Ok(Status::from(Refusal::Internal).into_http())
-                }),
                 () = deadline => Ok(Status::from(Refusal::DeadlineExceeded(
                     "the call exceeded its deadline (the caller's or server.request_timeout)".into(),
                 ))
                 .into_http()),
+                joined = work => joined.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a call's task failed");
+                    Ok(Status::from(Refusal::Internal).into_http())
+                }),
             }
         })
     }

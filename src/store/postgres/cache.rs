@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use crate::store::{Row, StateId, key_columns};
+use crate::domain::UnixMillis;
+use crate::store::{Row, StateId, Update, key_columns};
 use crate::telemetry::metrics;
 
 /// The NOTIFY channel of key invalidations and heartbeats.
@@ -63,24 +64,38 @@ const BUCKETS: usize = 1 << 14;
 /// bytes (17 bytes each).
 const HASHES_PER_NOTIFY: usize = 400;
 
-/// A key's name on the channel: 64 bits of SHA-256 of its primary key
-/// columns, the same in every replica and every build. Two keys that share
-/// it only invalidate each other.
-pub fn column_hash(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &str) -> u64 {
+/// A key's name: 128 bits of SHA-256 of its primary key columns, the same
+/// in every replica and every build. The first 64 are its hash, what the
+/// channel names and entries are found by; two keys that share it only
+/// invalidate each other. The other 64 tell such keys apart in the cache,
+/// which keeps no key text: finding two keys with one name takes about
+/// 2^64 tries.
+fn column_name(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &str) -> (u64, u64) {
     let mut h = Sha256::new();
     for part in [context, rule, user_id, ip, session_id] {
         h.update(part.as_bytes());
         h.update([0]);
     }
     let digest = h.finalize();
-    let mut head = [0u8; 8];
-    head.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(head)
+    let half = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    (half(0), half(8))
+}
+
+pub fn column_hash(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &str) -> u64 {
+    column_name(context, rule, user_id, ip, session_id).0
+}
+
+fn key_name(id: &StateId) -> (u64, u64) {
+    let (_, user_id, ip, session_id) = key_columns(&id.key);
+    column_name(&id.context, &id.rule, &user_id, &ip, &session_id)
 }
 
 pub fn key_hash(id: &StateId) -> u64 {
-    let (_, user_id, ip, session_id) = key_columns(&id.key);
-    column_hash(&id.context, &id.rule, &user_id, &ip, &session_id)
+    key_name(id).0
 }
 
 /// The payloads that invalidate the keys with these hashes on every
@@ -126,21 +141,55 @@ pub struct Ticket {
     epoch: u64,
     /// Per id looked up: its hash and its bucket's generation.
     keys: Vec<(u64, u64)>,
+    /// Per id, the rest of its name.
+    checks: Vec<u64>,
 }
 
 /// A lookup: the rows found (`Some(None)`: known not to be stored), and
 /// the ticket to fill the rest with.
 pub struct Lookup {
-    pub found: Vec<Option<Option<Row>>>,
+    pub found: Vec<Option<Option<Known>>>,
     pub ticket: Ticket,
 }
 
+/// A stored row as the cache keeps it: its state, when it may be purged,
+/// and its version. The key's text is left out (whoever looks a key up
+/// has it), which makes an entry a fraction of the row's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub update: Update,
+    pub version: i64,
+}
+
+impl Known {
+    pub fn of(row: &Row) -> Known {
+        Known {
+            update: Update {
+                state: row.state(),
+                expires_at: row.expires_at.map(UnixMillis),
+            },
+            version: row.version,
+        }
+    }
+
+    /// The row of `id` this is.
+    pub fn row(&self, id: &StateId) -> Row {
+        Row {
+            version: self.version,
+            ..Row::new(id, &self.update)
+        }
+    }
+}
+
 /// Entries are found by key hash, which is what invalidations name; the
-/// key itself is kept to tell two keys with one hash apart.
-type Entry = Arc<(StateId, Option<Row>)>;
+/// rest of the key's name tells two keys with one hash apart.
+struct Entry {
+    check: u64,
+    known: Option<Known>,
+}
 
 pub struct KeyCache {
-    entries: Cache<u64, Entry>,
+    entries: Cache<u64, Arc<Entry>>,
     /// Per bucket, bumped by every invalidation of a key in it.
     generations: Box<[AtomicU64]>,
     /// Bumped by every clear.
@@ -209,15 +258,18 @@ impl KeyCache {
     /// What a read of `ids` must show to fill the cache: taken before the
     /// read.
     pub fn ticket(&self, ids: &[StateId]) -> Ticket {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let (keys, checks) = ids
+            .iter()
+            .map(|id| {
+                let (hash, check) = key_name(id);
+                ((hash, self.generation(hash).load(Ordering::SeqCst)), check)
+            })
+            .unzip();
         Ticket {
-            epoch: self.epoch.load(Ordering::SeqCst),
-            keys: ids
-                .iter()
-                .map(|id| {
-                    let hash = key_hash(id);
-                    (hash, self.generation(hash).load(Ordering::SeqCst))
-                })
-                .collect(),
+            epoch,
+            keys,
+            checks,
         }
     }
 
@@ -230,14 +282,15 @@ impl KeyCache {
         // The ticket is taken before the entries are read, and both before
         // the caller reads the misses from Postgres.
         let ticket = self.ticket(ids);
-        let found: Vec<_> = ids
+        let found: Vec<_> = ticket
+            .keys
             .iter()
-            .zip(&ticket.keys)
-            .map(|(id, (hash, _))| {
+            .zip(&ticket.checks)
+            .map(|((hash, _), check)| {
                 self.entries
                     .get(hash)
-                    .filter(|entry| entry.0 == *id)
-                    .map(|entry| entry.1.clone())
+                    .filter(|entry| entry.check == *check)
+                    .map(|entry| entry.known.clone())
             })
             .collect();
         let hits = found.iter().filter(|f| f.is_some()).count();
@@ -248,8 +301,8 @@ impl KeyCache {
 
     /// Caches what was read for a lookup's misses: `(i, row)` is what
     /// Postgres holds for `ids[i]`, `ids` and `ticket` the lookup's.
-    pub fn fill(&self, ticket: &Ticket, ids: &[StateId], read: Vec<(usize, Option<Row>)>) {
-        for (i, state) in read {
+    pub fn fill(&self, ticket: &Ticket, read: Vec<(usize, Option<Row>)>) {
+        for (i, row) in read {
             let (hash, generation) = ticket.keys[i];
             let unchanged = || {
                 self.epoch.load(Ordering::SeqCst) == ticket.epoch
@@ -258,7 +311,11 @@ impl KeyCache {
             if !unchanged() {
                 continue;
             }
-            self.entries.insert(hash, Arc::new((ids[i].clone(), state)));
+            let entry = Entry {
+                check: ticket.checks[i],
+                known: row.as_ref().map(Known::of),
+            };
+            self.entries.insert(hash, Arc::new(entry));
             // An invalidation that came in between the check and the insert
             // is either seen here or removes the entry after it (it bumps
             // the generation before it removes): no stale entry stays.
@@ -273,8 +330,9 @@ impl KeyCache {
     /// key's generation turns away fills of what was read before the
     /// commit. A key that another replica's write invalidated since the
     /// ticket is dropped instead: that write may have come after this one.
-    pub fn wrote(&self, ticket: &Ticket, ids: &[StateId], rows: &[Row]) {
-        for ((id, row), (hash, generation)) in ids.iter().zip(rows).zip(&ticket.keys) {
+    pub fn wrote(&self, ticket: &Ticket, rows: &[Row]) {
+        for ((row, (hash, generation)), check) in rows.iter().zip(&ticket.keys).zip(&ticket.checks)
+        {
             // One step from the ticket's generation to this write's, so
             // that no invalidation can slip in between unseen.
             let mine = generation + 1;
@@ -287,8 +345,11 @@ impl KeyCache {
                 self.invalidate(&[*hash]);
                 continue;
             }
-            self.entries
-                .insert(*hash, Arc::new((id.clone(), Some(row.clone()))));
+            let entry = Entry {
+                check: *check,
+                known: Some(Known::of(row)),
+            };
+            self.entries.insert(*hash, Arc::new(entry));
             if self.epoch.load(Ordering::SeqCst) != ticket.epoch
                 || self.generation(*hash).load(Ordering::SeqCst) != mine
             {
@@ -351,6 +412,11 @@ mod tests {
         failed(1)
     }
 
+    /// What a lookup finds of `failed(times)`.
+    fn known(times: i64) -> Option<Known> {
+        failed(times).as_ref().map(Known::of)
+    }
+
     /// A cache that trusts itself at `now` and for the next STALENESS.
     fn trusted_at(now: Instant) -> KeyCache {
         let cache = KeyCache::new(100);
@@ -366,9 +432,9 @@ mod tests {
         let ids = [id("alice"), id("bob")];
         let first = cache.lookup(&ids, now).unwrap();
         assert_eq!(first.found, vec![None, None]);
-        cache.fill(&first.ticket, &ids, vec![(0, failed_once()), (1, None)]);
+        cache.fill(&first.ticket, vec![(0, failed_once()), (1, None)]);
         let second = cache.lookup(&ids, now).unwrap();
-        assert_eq!(second.found, vec![Some(failed_once()), Some(None)]);
+        assert_eq!(second.found, vec![Some(known(1)), Some(None)]);
 
         cache.invalidate(&[key_hash(&ids[0])]);
         let third = cache.lookup(&ids, now).unwrap();
@@ -384,13 +450,13 @@ mod tests {
         // invalidation came in before the fill.
         let raced = cache.lookup(&ids, now).unwrap();
         cache.invalidate(&[key_hash(&ids[0])]);
-        cache.fill(&raced.ticket, &ids, vec![(0, None), (1, None)]);
+        cache.fill(&raced.ticket, vec![(0, None), (1, None)]);
         let after = cache.lookup(&ids, now).unwrap();
         assert_eq!(after.found, vec![None, Some(None)], "only bob was filled");
 
         let raced = cache.lookup(&ids, now).unwrap();
         cache.clear();
-        cache.fill(&raced.ticket, &ids, vec![(0, None)]);
+        cache.fill(&raced.ticket, vec![(0, None)]);
         assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None, None]);
     }
 
@@ -402,12 +468,9 @@ mod tests {
         // A check read version 1 just before this replica wrote version 2.
         let check = cache.lookup(&ids, now).unwrap();
         let write = cache.ticket(&ids);
-        cache.wrote(&write, &ids, &[failed(2).unwrap()]);
-        cache.fill(&check.ticket, &ids, vec![(0, failed_once())]);
-        assert_eq!(
-            cache.lookup(&ids, now).unwrap().found,
-            vec![Some(failed(2))]
-        );
+        cache.wrote(&write, &[failed(2).unwrap()]);
+        cache.fill(&check.ticket, vec![(0, failed_once())]);
+        assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![Some(known(2))]);
     }
 
     #[test]
@@ -416,13 +479,38 @@ mod tests {
         let cache = trusted_at(now);
         let ids = [id("alice")];
         let l = cache.lookup(&ids, now).unwrap();
-        cache.fill(&l.ticket, &ids, vec![(0, failed_once())]);
+        cache.fill(&l.ticket, vec![(0, failed_once())]);
         let write = cache.ticket(&ids);
         // Another replica's write of alice was notified between this
         // replica's ticket and its own commit's answer.
         cache.invalidate(&[key_hash(&ids[0])]);
-        cache.wrote(&write, &ids, &[failed(2).unwrap()]);
+        cache.wrote(&write, &[failed(2).unwrap()]);
         assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None]);
+    }
+
+    #[test]
+    fn a_row_is_rebuilt_whole_from_its_entry() {
+        let update = Update {
+            state: crate::domain::KeyState {
+                recent_failures: vec![UnixMillis(5), UnixMillis(9)],
+                failures_total: 12,
+                last_failure_at: Some(UnixMillis(9)),
+                lock: Some(crate::domain::Lock {
+                    locked_at: UnixMillis(9),
+                    until: Some(UnixMillis(60_009)),
+                    tier: 2,
+                }),
+                recent_lockouts: 2,
+                last_lockout_at: Some(UnixMillis(9)),
+                lockouts_total: 3,
+            },
+            expires_at: Some(UnixMillis(900_000)),
+        };
+        let row = Row {
+            version: 7,
+            ..Row::new(&id("alice"), &update)
+        };
+        assert_eq!(Known::of(&row).row(&id("alice")), row);
     }
 
     #[test]
@@ -470,7 +558,7 @@ mod tests {
         let cache = trusted_at(now);
         let ids = [id("alice")];
         let l = cache.lookup(&ids, now).unwrap();
-        cache.fill(&l.ticket, &ids, vec![(0, failed_once())]);
+        cache.fill(&l.ticket, vec![(0, failed_once())]);
         cache.disconnected();
         cache.listening(now);
         cache.heard(cache.beat(now));

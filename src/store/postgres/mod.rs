@@ -813,7 +813,11 @@ impl PostgresStore {
             .as_ref()
             .and_then(|c| c.lookup(ids, std::time::Instant::now()));
         if let Some(lookup) = lookup {
-            let known: Vec<Row> = lookup.found.into_iter().flatten().flatten().collect();
+            let known: Vec<Row> = ids
+                .iter()
+                .zip(lookup.found)
+                .filter_map(|(id, found)| found.flatten().map(|k| k.row(id)))
+                .collect();
             if let Some(applied) = self.compare_and_set(ids, &known, f, &lookup.ticket).await? {
                 return Ok(Some(applied));
             }
@@ -863,7 +867,7 @@ impl PostgresStore {
             return Ok(None);
         }
         if let Some(cache) = &self.cache {
-            cache.wrote(ticket, ids, &rows);
+            cache.wrote(ticket, &rows);
         }
         Ok(Some(applied))
     }
@@ -877,7 +881,7 @@ impl PostgresStore {
             let read = (0..ids.len())
                 .map(|i| (i, rows.iter().find(|r| r.is(&ids[i])).cloned()))
                 .collect();
-            cache.fill(ticket, ids, read);
+            cache.fill(ticket, read);
         }
         Ok((rows, ticket))
     }
@@ -1000,7 +1004,7 @@ impl Dialect for PostgresStore {
         let mut states: Vec<Option<KeyState>> = lookup
             .found
             .into_iter()
-            .map(|found| found.flatten().as_ref().map(Row::state))
+            .map(|found| found.flatten().map(|k| k.update.state))
             .collect();
         if missing.is_empty() {
             return Ok(states);
@@ -1015,7 +1019,7 @@ impl Dialect for PostgresStore {
             states[*i] = row.as_ref().map(Row::state);
         }
         if let Some(cache) = &self.cache {
-            cache.fill(&lookup.ticket, ids, read);
+            cache.fill(&lookup.ticket, read);
         }
         Ok(states)
     }
