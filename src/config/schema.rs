@@ -181,7 +181,7 @@ pub struct DatabaseConfig {
     pub acquire_timeout: Duration,
     /// Postgres only: key states each replica keeps to answer checks
     /// without a round trip, invalidated across replicas through
-    /// LISTEN/NOTIFY; 0 turns the cache off. About 300 bytes each.
+    /// LISTEN/NOTIFY; 0 turns the cache off. About 250 bytes each.
     pub cache_entries: usize,
 }
 
