@@ -98,8 +98,12 @@ target/release/authgate keygen --name bench --roles check >"$work/keys.toml" 2>"
 AUTHGATE_API_KEY=$(tail -n 1 "$work/key.txt")
 export AUTHGATE_API_KEY
 
+# The shipped login context's password rule needs a key on Postgres.
+password_key=$(head -c 32 /dev/urandom | base64)
+
 port=$(free_port)
-AUTHGATE_AUTH__KEYS_FILE="$work/keys.toml" \
+AUTHGATE_PASSWORDS__KEYS="[{id=\"bench\",key=\"$password_key\"}]" \
+  AUTHGATE_AUTH__KEYS_FILE="$work/keys.toml" \
   AUTHGATE_DATABASE__URL="$url" AUTHGATE_SERVER__LISTEN="127.0.0.1:$port" \
   AUTHGATE_METRICS__LISTEN=127.0.0.1:0 \
   AUTHGATE_DATABASE__MAX_CONNECTIONS="${BENCH_POOL:-32}" AUTHGATE_LOG__LEVEL=warn \

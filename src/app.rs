@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, TlsConfig};
-use crate::crypto::{self, CryptoError, SecretKeys};
-use crate::domain::Policy;
+use crate::config::{Config, ConfigError, SecretKeyConfig, TlsConfig};
+use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
+use crate::domain::{KeyKind, Policy};
 use crate::grpc::auth::{Authenticator, Role};
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
@@ -74,7 +74,12 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("TOTP key file {path}: {source}")]
+    #[error(
+        "context {0:?} has a password rule, which needs passwords.keys (a secret that re-keys \
+         password fingerprints) on Postgres"
+    )]
+    PasswordKeyMissing(String),
+    #[error("key file {path}: {source}")]
     KeyFile {
         path: PathBuf,
         source: std::io::Error,
@@ -93,26 +98,50 @@ fn secret_keys(config: &Config) -> Result<Option<Arc<SecretKeys>>, StartError> {
             );
             return Ok(None);
         };
-        let path = PathBuf::from(format!("{}.totp-key", db.display()));
-        let (key, created) =
-            crypto::key_file(LOCAL_KEY, &path).map_err(|source| StartError::KeyFile {
-                path: path.clone(),
-                source,
-            })?;
-        if created {
-            tracing::warn!(
-                path = %path.display(),
-                "generated a TOTP encryption key beside the database; back it up with the database \
-                 or configure totp.keys"
-            );
-        }
+        let key = local_key(&db, "totp-key", "totp.keys")?;
         return Ok(Some(Arc::new(SecretKeys::new(
             vec![(LOCAL_KEY.into(), key)],
             LOCAL_KEY,
         )?)));
     }
+    let keys = configured_keys(&t.keys)?;
+    let active = t
+        .active_key
+        .clone()
+        .or_else(|| t.keys.last().map(|k| k.id.clone()))
+        .unwrap_or_default();
+    Ok(Some(Arc::new(SecretKeys::new(keys, &active)?)))
+}
+
+/// The key in the file `<db>.<suffix>` beside the SQLite database `db`,
+/// generated (0600) the first time, so that `cargo run` works without
+/// configuring `setting`.
+fn local_key(
+    db: &std::path::Path,
+    suffix: &str,
+    setting: &str,
+) -> Result<Zeroizing<[u8; 32]>, StartError> {
+    let path = PathBuf::from(format!("{}.{suffix}", db.display()));
+    let (key, created) =
+        crypto::key_file(LOCAL_KEY, &path).map_err(|source| StartError::KeyFile {
+            path: path.clone(),
+            source,
+        })?;
+    if created {
+        tracing::warn!(
+            path = %path.display(),
+            setting,
+            "generated a key beside the database; back it up with the database or configure the \
+             setting"
+        );
+    }
+    Ok(key)
+}
+
+/// Keys as configured: each from its file or inline.
+fn configured_keys(configured: &[SecretKeyConfig]) -> Result<Vec<crypto::NamedKey>, StartError> {
     let mut keys = Vec::new();
-    for k in &t.keys {
+    for k in configured {
         let material = match (&k.file, &k.key) {
             (Some(path), _) => {
                 Zeroizing::new(std::fs::read(path).map_err(|source| StartError::KeyFile {
@@ -125,12 +154,40 @@ fn secret_keys(config: &Config) -> Result<Option<Arc<SecretKeys>>, StartError> {
         };
         keys.push((k.id.clone(), crypto::parse_key(&k.id, &material)?));
     }
-    let active = t
-        .active_key
-        .clone()
-        .or_else(|| t.keys.last().map(|k| k.id.clone()))
-        .unwrap_or_default();
-    Ok(Some(Arc::new(SecretKeys::new(keys, &active)?)))
+    Ok(keys)
+}
+
+/// The keys that re-key password fingerprints: the configured ones, or for
+/// the embedded default a key file generated beside the SQLite database.
+/// `None` (fingerprints ignored) for Postgres without keys, which no
+/// context with a password rule accepts.
+fn password_keys(
+    config: &Config,
+    policy: &Policy,
+) -> Result<Option<Arc<PasswordKeys>>, StartError> {
+    if !config.passwords.keys.is_empty() {
+        let keys = configured_keys(&config.passwords.keys)?;
+        return Ok(Some(Arc::new(PasswordKeys::new(keys))));
+    }
+    if let Some(db) = store::sqlite_file(config.database.url.expose()) {
+        let key = local_key(&db, "password-key", "passwords.keys")?;
+        return Ok(Some(Arc::new(PasswordKeys::new(vec![(
+            LOCAL_KEY.into(),
+            key,
+        )]))));
+    }
+    let users: Vec<&str> = policy
+        .context_names()
+        .filter(|name| {
+            policy
+                .context("context", name)
+                .is_ok_and(|c| c.rules_on(KeyKind::Password).next().is_some())
+        })
+        .collect();
+    if let Some(context) = users.first() {
+        return Err(StartError::PasswordKeyMissing((*context).to_owned()));
+    }
+    Ok(None)
 }
 
 /// The server's TLS settings: its identity and, for mutual TLS, the CA
@@ -231,6 +288,7 @@ impl Application {
                     source,
                 })?;
         let keys = secret_keys(config)?;
+        let passwords = password_keys(config, &policy)?;
         let auth = Arc::new(config.authenticator()?);
         if auth.is_anonymous() {
             tracing::warn!(
@@ -259,7 +317,7 @@ impl Application {
             metrics_listener,
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
-            gate: Arc::new(Gate::new(policy, store, clock, keys)),
+            gate: Arc::new(Gate::new(policy, store, clock, keys, passwords)),
             store_health,
             cleanup_interval: config.cleanup.interval,
             audit_retention: config.cleanup.audit_retention,

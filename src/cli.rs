@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
+use sha2::Digest;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
@@ -57,7 +58,7 @@ enum AdminCommand {
         #[arg(long, requires = "context")]
         kind: Option<String>,
         /// Lift every lock there is.
-        #[arg(long, conflicts_with_all = ["user", "ip", "session", "context"])]
+        #[arg(long, conflicts_with_all = ["user", "ip", "session", "password_stdin", "context"])]
         all: bool,
     },
     /// Locks in force.
@@ -117,19 +118,39 @@ struct SubjectArgs {
     ip: String,
     #[arg(long, default_value = "")]
     session: String,
+    /// Also the password read from stdin (one line): only its SHA-256
+    /// leaves this process, and the server keeps only an HMAC of that.
+    #[arg(long)]
+    password_stdin: bool,
 }
 
 impl SubjectArgs {
-    fn proto(&self) -> proto::Subject {
-        proto::Subject {
+    fn proto(&self) -> anyhow::Result<proto::Subject> {
+        let password_fingerprint = if self.password_stdin {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(
+                !password.is_empty(),
+                "--password-stdin: stdin gave no password"
+            );
+            sha2::Sha256::digest(password.as_bytes()).to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(proto::Subject {
             user_id: self.user.clone(),
             ip: self.ip.clone(),
             session_id: self.session.clone(),
-        }
+            password_fingerprint,
+        })
     }
 
     fn is_empty(&self) -> bool {
-        self.user.is_empty() && self.ip.is_empty() && self.session.is_empty()
+        self.user.is_empty()
+            && self.ip.is_empty()
+            && self.session.is_empty()
+            && !self.password_stdin
     }
 }
 
@@ -225,6 +246,7 @@ fn key_text(key: Option<&proto::Key>) -> Value {
         ("user", &k.user_id),
         ("ip", &k.ip),
         ("session", &k.session_id),
+        ("password", &k.password),
     ]
     .into_iter()
     .filter(|(_, v)| !v.is_empty())
@@ -308,9 +330,11 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                     }),
                 }),
                 _ if subject.is_empty() => {
-                    anyhow::bail!("say what to unlock: --user/--ip/--session, or --all")
+                    anyhow::bail!(
+                        "say what to unlock: --user/--ip/--session/--password-stdin, or --all"
+                    )
                 }
-                _ => Scope::Subject(subject.proto()),
+                _ => Scope::Subject(subject.proto()?),
             };
             let r = client
                 .admin_unlock(proto::AdminUnlockRequest {
@@ -361,7 +385,7 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             let r = client
                 .get_subject(proto::GetSubjectRequest {
                     actor_user_id: actor,
-                    subject: Some(subject.proto()),
+                    subject: Some(subject.proto()?),
                 })
                 .await?
                 .into_inner();
@@ -581,6 +605,7 @@ fn key_of(subject: &SubjectArgs) -> proto::Key {
         user_id: subject.user.clone(),
         ip: subject.ip.clone(),
         session_id: subject.session.clone(),
+        password: String::new(),
     }
 }
 

@@ -1,6 +1,12 @@
-//! TOTP secrets at rest: AES-256-GCM under keys that never live in the
-//! database. Every ciphertext names its key, so keys can be rotated: new
-//! writes use the active key, old ids still decrypt.
+//! Secrets at rest, under keys that never live in the database.
+//!
+//! TOTP secrets: AES-256-GCM. Every ciphertext names its key, so keys can be
+//! rotated: new writes use the active key, old ids still decrypt.
+//!
+//! Password fingerprints: HMAC-SHA256, so what is stored cannot be tested
+//! against a password dictionary without the key. Each key names what it
+//! made, so keys can be rotated too: a fingerprint is re-keyed under every
+//! configured key, and counts kept under one being retired still count.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +15,11 @@ use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload, rand_core::RngCore}
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use crate::domain::PasswordKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -19,7 +29,7 @@ pub enum CryptoError {
     /// altered, or the key with that id is not the one that sealed it.
     #[error("a stored TOTP secret failed authentication")]
     Tampered,
-    #[error("TOTP key {id}: {problem}")]
+    #[error("key {id}: {problem}")]
     BadKey { id: String, problem: String },
 }
 
@@ -144,9 +154,46 @@ impl SecretKeys {
     }
 }
 
+/// A key and its id.
+pub type NamedKey = (String, Zeroizing<[u8; 32]>);
+
+/// The keys that re-key password fingerprints, in configured order.
+pub struct PasswordKeys {
+    keys: Vec<(String, Hmac<Sha256>)>,
+}
+
+impl PasswordKeys {
+    pub fn new(keys: Vec<NamedKey>) -> Self {
+        PasswordKeys {
+            keys: keys
+                .into_iter()
+                .map(|(id, k)| {
+                    let mac = <Hmac<Sha256> as Mac>::new_from_slice(k.as_ref())
+                        .expect("HMAC takes a key of any length");
+                    (id, mac)
+                })
+                .collect(),
+        }
+    }
+
+    /// The keys `fingerprint` is counted under: one per configured key.
+    pub fn rekey(&self, fingerprint: &[u8; 32]) -> Vec<PasswordKey> {
+        self.keys
+            .iter()
+            .map(|(id, mac)| {
+                let mut mac = mac.clone();
+                mac.update(fingerprint);
+                let hmac: [u8; 32] = mac.finalize().into_bytes().into();
+                PasswordKey::new(id, &hmac)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest;
 
     fn key(byte: u8) -> Zeroizing<[u8; 32]> {
         Zeroizing::new([byte; 32])
@@ -186,6 +233,34 @@ mod tests {
             retired.open(b"u", &sealed),
             Err(CryptoError::UnknownKey(_))
         ));
+    }
+
+    #[test]
+    fn fingerprints_are_rekeyed_under_every_key() {
+        let fingerprint: [u8; 32] = Sha256::digest(b"Summer2024!").into();
+        let one = PasswordKeys::new(vec![("p1".into(), key(1))]);
+        let both = PasswordKeys::new(vec![("p1".into(), key(1)), ("p2".into(), key(2))]);
+        let keys = both.rekey(&fingerprint);
+        assert_eq!(keys[0], one.rekey(&fingerprint)[0], "stable under one key");
+        assert!(keys[0].as_str().starts_with("p1:"));
+        assert!(keys[1].as_str().starts_with("p2:"));
+        assert_ne!(keys[0].as_str()[3..], keys[1].as_str()[3..]);
+        let raw = hex::encode(fingerprint);
+        assert!(keys.iter().all(|k| !k.as_str().contains(&raw)));
+        // RFC 4231 test case 2, as a check that this is HMAC-SHA256.
+        let jefe = PasswordKeys::new(vec![("j".into(), {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(b"Jefe");
+            Zeroizing::new(k)
+        })]);
+        assert_eq!(jefe.keys.len(), 1);
+        let mut mac = jefe.keys[0].1.clone();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(keys[0].shown().len(), "p1:".len() + 4);
     }
 
     #[test]

@@ -4,6 +4,7 @@ const grpc = require('@grpc/grpc-js');
 const { createClient, DEFAULT_PROTO_DIR } = require('./lib/client');
 const { authgateMiddleware } = require('./lib/middleware');
 const { admissionMiddleware } = require('./lib/admission');
+const { passwordFingerprint } = require('./lib/password');
 
 // grpc is re-exported so callers build credentials (and compare status
 // codes) with the same grpc-js instance the client uses.
@@ -11,6 +12,7 @@ module.exports = {
   createClient,
   authgateMiddleware,
   admissionMiddleware,
+  passwordFingerprint,
   grpc,
   DEFAULT_PROTO_DIR,
 };

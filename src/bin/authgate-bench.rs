@@ -210,7 +210,7 @@ fn subject(n: u64) -> Subject {
     Subject {
         user_id: format!("bench-{n}"),
         ip: ip.to_string(),
-        session_id: String::new(),
+        ..Subject::default()
     }
 }
 

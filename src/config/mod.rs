@@ -23,8 +23,8 @@ pub use lockout::{LockoutConfig, ProgressiveConfig};
 pub use schema::{
     AccessConfig, AdmissionConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CertCallerConfig,
     CleanupConfig, Config, ContextConfig, DatabaseConfig, DatabaseUrl, FailureMode, LogConfig,
-    LogFormat, MetricsConfig, NotAllowedConfig, RuleConfig, SecretValue, ServerConfig, SessionMode,
-    TlsConfig, TotpConfig, TotpKeyConfig, UpdateKindConfig,
+    LogFormat, MetricsConfig, NotAllowedConfig, PasswordsConfig, RuleConfig, SecretKeyConfig,
+    SecretValue, ServerConfig, SessionMode, TlsConfig, TotpConfig, UpdateKindConfig,
 };
 
 /// A configuration problem, always naming the key it is about.

@@ -34,6 +34,8 @@ pub struct Config {
     pub access: AccessConfig,
     #[serde(default)]
     pub totp: TotpConfig,
+    #[serde(default)]
+    pub passwords: PasswordsConfig,
     /// Replaces the built-in contexts as a whole when given, so a deployment
     /// never carries rules it did not write down.
     #[serde(default = "shipped::contexts")]
@@ -52,6 +54,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             access: AccessConfig::default(),
             totp: TotpConfig::default(),
+            passwords: PasswordsConfig::default(),
             contexts: shipped::contexts(),
         }
     }
@@ -558,8 +561,21 @@ pub struct TotpConfig {
     /// Keys that encrypt TOTP secrets at rest; new secrets use
     /// `active_key` (default: the last one). With none configured and the
     /// SQLite store, a key file is generated beside the database.
-    pub keys: Vec<TotpKeyConfig>,
+    pub keys: Vec<SecretKeyConfig>,
     pub active_key: Option<String>,
+}
+
+/// Password fingerprints (Subject.password_fingerprint) are re-keyed with
+/// HMAC-SHA256 under these before anything keeps them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordsConfig {
+    /// Every key counts each fingerprint under its own id, so a key is
+    /// rotated by adding the new one and removing the old once its counts
+    /// no longer matter. With none configured and the SQLite store, a key
+    /// file is generated beside the database; on Postgres, a context with a
+    /// `password` rule refuses to start without one.
+    pub keys: Vec<SecretKeyConfig>,
 }
 
 impl Default for TotpConfig {
@@ -581,11 +597,11 @@ impl Default for TotpConfig {
     }
 }
 
-/// One encryption key: from a file (32 raw bytes or base64; how Kubernetes
-/// mounts a Secret) or inline base64 (for environment variables).
+/// One key: from a file (32 raw bytes or base64; how Kubernetes mounts a
+/// Secret) or inline base64 (for environment variables).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TotpKeyConfig {
+pub struct SecretKeyConfig {
     pub id: String,
     #[serde(default)]
     pub file: Option<PathBuf>,
@@ -598,7 +614,7 @@ pub struct TotpKeyConfig {
 pub struct RuleConfig {
     /// Unique within its context; reported in verdicts.
     pub name: String,
-    /// `user`, `ip`, `user+ip` or `session`.
+    /// `user`, `ip`, `user+ip`, `session` or `password`.
     #[serde(with = "by_name")]
     pub key: KeyKind,
     /// Activities counted (RecordFailure.activity); empty counts all.

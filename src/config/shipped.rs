@@ -67,6 +67,17 @@ pub fn contexts() -> BTreeMap<String, ContextConfig> {
         // Guessing one user's password from many addresses: a captcha, never
         // a lock, so attackers cannot lock the victim out this way.
         rule("user", KeyKind::User, 30, Some(10), None, None),
+        // Password spraying: one common password tried once against many
+        // accounts from many addresses. It locks the password, not a user:
+        // the account owner, with another password, is not affected.
+        rule(
+            "password",
+            KeyKind::Password,
+            30,
+            Some(10),
+            Some(30),
+            progressive(30, 24),
+        ),
     ];
     let password_reset = vec![rule(
         "user",

@@ -130,6 +130,10 @@ impl<'de> Deserialize<'de> for EventKind {
     }
 }
 
+/// The detail of an event about a password key: this, then the key as
+/// admins are shown it (never the whole HMAC).
+pub const PASSWORD_DETAIL: &str = "password ";
+
 /// One entry of the append-only security event log, as stored and as
 /// broadcast to every replica's alert subscribers. Identifiers are in their
 /// canonical text; '' where the event names none.

@@ -18,14 +18,16 @@ pub use admission::{
     Patterns, UpdateKind, admit,
 };
 pub use alerts::Suppressor;
-pub use event::{EventKind, SecurityEvent};
+pub use event::{EventKind, PASSWORD_DETAIL, SecurityEvent};
 pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,
 };
 pub use rule::{KeyState, Ladder, Lock, LockDuration, Rule, Transition};
 pub use session::{Session, SessionPolicy, SessionStatus, SessionStep, TimeoutMode};
-pub use subject::{ContextName, FieldError, IpAddress, Key, KeyKind, SessionId, Subject, UserId};
+pub use subject::{
+    ContextName, FieldError, IpAddress, Key, KeyKind, PasswordKey, SessionId, Subject, UserId,
+};
 pub use time::UnixMillis;
 pub use totp::{
     Code, CodeCheck, Provisioning, TotpAlgorithm, TotpParams, Window, check_code, provisioning,

@@ -161,8 +161,8 @@ impl ContextPolicy {
         self.rules
             .iter()
             .filter(|r| activity.is_none_or(|a| r.counts(a)))
-            .filter_map(|rule| {
-                subject.key(rule.key).map(|key| Slot {
+            .flat_map(|rule| {
+                subject.keys(rule.key).into_iter().map(move |key| Slot {
                     context: self.name.as_str(),
                     rule,
                     key,

@@ -104,6 +104,55 @@ impl fmt::Display for IpAddress {
     }
 }
 
+/// A password tried, as authgate keeps it: the id of the secret that
+/// re-keyed the caller's fingerprint, ':' and the HMAC-SHA256 in lowercase
+/// hex. Never the fingerprint, which is a fast hash of the password: a
+/// stolen table of fingerprints is a dictionary attack away from the
+/// passwords, a table of HMACs is not without the secret.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PasswordKey(String);
+
+/// Hex digits of the HMAC that admins see: 16 bits, which thousands of
+/// common passwords share, so a prefix confirms no guess.
+const SHOWN_HEX: usize = 4;
+
+impl PasswordKey {
+    /// The key of `hmac` made under the secret `secret_id`.
+    pub fn new(secret_id: &str, hmac: &[u8; 32]) -> PasswordKey {
+        let hex: String = hmac.iter().map(|b| format!("{b:02x}")).collect();
+        PasswordKey(format!("{secret_id}:{hex}"))
+    }
+
+    /// A key as stored, checked for its shape.
+    pub fn parse(field: &str, raw: &str) -> Result<PasswordKey, FieldError> {
+        let well_formed = raw.split_once(':').is_some_and(|(id, hex)| {
+            !id.is_empty()
+                && hex.len() == 64
+                && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        if !well_formed || raw.len() > MAX_ID_BYTES {
+            return Err(FieldError::new(field, "is not a stored password key"));
+        }
+        Ok(PasswordKey(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What an admin is shown: the secret id and the first hex digits.
+    pub fn shown(&self) -> String {
+        let (id, hex) = self.0.split_once(':').unwrap_or(("", &self.0));
+        format!("{id}:{}", &hex[..SHOWN_HEX.min(hex.len())])
+    }
+}
+
+impl fmt::Debug for PasswordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PasswordKey({}…)", self.shown())
+    }
+}
+
 /// The kind of key a rule counts failures on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyKind {
@@ -111,14 +160,16 @@ pub enum KeyKind {
     Ip,
     UserIp,
     Session,
+    Password,
 }
 
 impl KeyKind {
-    pub const ALL: [KeyKind; 4] = [
+    pub const ALL: [KeyKind; 5] = [
         KeyKind::User,
         KeyKind::Ip,
         KeyKind::UserIp,
         KeyKind::Session,
+        KeyKind::Password,
     ];
 
     /// The spelling used in configuration and in the store.
@@ -128,6 +179,7 @@ impl KeyKind {
             KeyKind::Ip => "ip",
             KeyKind::UserIp => "user+ip",
             KeyKind::Session => "session",
+            KeyKind::Password => "password",
         }
     }
 
@@ -143,11 +195,13 @@ pub enum Key {
     Ip(IpAddress),
     UserIp(UserId, IpAddress),
     Session(SessionId),
+    Password(PasswordKey),
 }
 
 impl Key {
     /// A key of `kind` from its identifiers as text; only the parts the kind
-    /// needs are read. `field` prefixes the names of the parts in errors.
+    /// needs are read (a password key's is stored where a session id is).
+    /// `field` prefixes the names of the parts in errors.
     pub fn from_parts(
         field: &str,
         kind: KeyKind,
@@ -164,6 +218,9 @@ impl Key {
             KeyKind::Session => {
                 Key::Session(SessionId::parse(&format!("{field}.session_id"), session)?)
             }
+            KeyKind::Password => {
+                Key::Password(PasswordKey::parse(&format!("{field}.password"), session)?)
+            }
         })
     }
 
@@ -173,6 +230,7 @@ impl Key {
             Key::Ip(_) => KeyKind::Ip,
             Key::UserIp(..) => KeyKind::UserIp,
             Key::Session(_) => KeyKind::Session,
+            Key::Password(_) => KeyKind::Password,
         }
     }
 
@@ -196,15 +254,25 @@ impl Key {
             _ => None,
         }
     }
+
+    pub fn password(&self) -> Option<&PasswordKey> {
+        match self {
+            Key::Password(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Who is acting: any of a user id, an IP address and a session id, at least
-/// one of them.
+/// one of them; and the password tried, when the caller sent its
+/// fingerprint: one key per configured secret, so that counts kept under a
+/// secret being rotated out still judge until they expire.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Subject {
     pub user: Option<UserId>,
     pub ip: Option<IpAddress>,
     pub session: Option<SessionId>,
+    pub passwords: Vec<PasswordKey>,
 }
 
 impl Subject {
@@ -215,6 +283,7 @@ impl Subject {
             (!raw.is_empty()).then_some(raw)
         }
         let subject = Subject {
+            passwords: Vec::new(),
             user: opt(user)
                 .map(|u| UserId::parse(&format!("{field}.user_id"), u))
                 .transpose()?,
@@ -234,9 +303,20 @@ impl Subject {
         Ok(subject)
     }
 
-    /// The key of `kind` this subject supplies, if it supplies one.
+    /// The keys of `kind` this subject supplies: one at most, except for
+    /// passwords during a rotation of their secret.
+    pub fn keys(&self, kind: KeyKind) -> Vec<Key> {
+        match kind {
+            KeyKind::Password => self.passwords.iter().cloned().map(Key::Password).collect(),
+            _ => self.key(kind).into_iter().collect(),
+        }
+    }
+
+    /// The key of `kind` this subject supplies, if it supplies one (for
+    /// passwords, under the first secret).
     pub fn key(&self, kind: KeyKind) -> Option<Key> {
         match kind {
+            KeyKind::Password => self.passwords.first().cloned().map(Key::Password),
             KeyKind::User => self.user.clone().map(Key::User),
             KeyKind::Ip => self.ip.map(Key::Ip),
             KeyKind::UserIp => match (&self.user, self.ip) {

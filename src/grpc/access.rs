@@ -27,7 +27,7 @@ impl AccessService for AccessApi {
     ) -> Result<Response<proto::CheckAccessResponse>, Status> {
         observe("CheckAccess", async move {
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let verdict = self.gate.check_access(&req.context, &subject).await?;
             metrics::decided("CheckAccess", &req.context, verdict.decision);
             Ok(Response::new(proto::CheckAccessResponse {
@@ -45,7 +45,7 @@ impl AccessService for AccessApi {
         observe("RecordFailure", async move {
             let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             if req.activity.len() > 64 || req.activity.chars().any(char::is_control) {
                 return Err(FieldError::new(
                     "activity",
@@ -73,7 +73,7 @@ impl AccessService for AccessApi {
     ) -> Result<Response<proto::RecordSuccessResponse>, Status> {
         observe("RecordSuccess", async move {
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let verdict = self.gate.record_success(&req.context, &subject).await?;
             metrics::decided("RecordSuccess", &req.context, verdict.decision);
             Ok(Response::new(proto::RecordSuccessResponse {
@@ -90,7 +90,7 @@ impl AccessService for AccessApi {
     ) -> Result<Response<proto::VerifyTotpResponse>, Status> {
         observe("VerifyTotp", async move {
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let outcome = self
                 .gate
                 .verify_totp(&req.context, &subject, &req.code)
@@ -128,7 +128,7 @@ impl AccessService for AccessApi {
     ) -> Result<Response<proto::AdmitResponse>, Status> {
         observe("Admit", async move {
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let outcome = self
                 .gate
                 .admit(&req.context, &subject, &req.kind, &req.fingerprint)
@@ -151,7 +151,7 @@ impl AccessService for AccessApi {
     ) -> Result<Response<proto::EnrollTotpResponse>, Status> {
         observe("EnrollTotp", async move {
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let e = self
                 .gate
                 .enroll_totp(&req.context, &subject, &req.account_name)

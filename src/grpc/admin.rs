@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    ContextName, FieldError, Key, KeyKind, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
-    TotpParams, UnixMillis, UserId,
+    ContextName, FieldError, Key, KeyKind, PASSWORD_DETAIL, SecurityEvent, Suppressor,
+    TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis, UserId,
 };
 use crate::service::{Admin, Gate};
 use crate::store::{
@@ -69,8 +69,16 @@ impl AdminApi {
 /// what that reader cannot keep up with.
 const ALERT_QUEUE: usize = 16;
 
-/// The identifiers an event names, as a key of the kind they make up.
+/// The identifiers an event names, as a key of the kind they make up (a
+/// password key's is in its detail, as admins are shown it).
 fn event_key(e: &SecurityEvent) -> proto::Key {
+    if let Some(shown) = e.detail.strip_prefix(PASSWORD_DETAIL) {
+        return proto::Key {
+            kind: proto::KeyKind::Password.into(),
+            password: shown.to_owned(),
+            ..proto::Key::default()
+        };
+    }
     let kind = match (
         e.user_id.is_empty(),
         e.ip.is_empty(),
@@ -87,6 +95,7 @@ fn event_key(e: &SecurityEvent) -> proto::Key {
         user_id: e.user_id.clone(),
         ip: e.ip.clone(),
         session_id: e.session_id.clone(),
+        password: String::new(),
     }
 }
 
@@ -134,7 +143,10 @@ fn page_token(id: &StateId) -> String {
         k.kind().as_str().to_owned(),
         k.user().map(|u| u.to_string()).unwrap_or_default(),
         k.ip().map(|i| i.to_string()).unwrap_or_default(),
-        k.session().map(|s| s.to_string()).unwrap_or_default(),
+        k.session()
+            .map(|s| s.to_string())
+            .or_else(|| k.password().map(|p| p.as_str().to_owned()))
+            .unwrap_or_default(),
     ];
     URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
 }
@@ -256,9 +268,11 @@ impl AdminService for AdminApi {
                     context: k.context.clone(),
                     key: convert::parse_key("key.key", k.key.as_ref())?,
                 },
-                Some(Scope::Subject(s)) => {
-                    UnlockScope::Subject(convert::subject("subject", Some(&s))?)
-                }
+                Some(Scope::Subject(s)) => UnlockScope::Subject(convert::subject(
+                    "subject",
+                    Some(&s),
+                    self.gate.passwords(),
+                )?),
                 Some(Scope::All(true)) => UnlockScope::All,
                 Some(Scope::All(false)) => {
                     return Err(FieldError::new("all", "must be true when chosen").into());
@@ -312,7 +326,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::GetSubjectResponse>, Status> {
         observe("GetSubject", async move {
             let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
-            let subject = convert::subject("subject", req.subject.as_ref())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let report = self.gate.subject(&subject).await?;
             let now = self.gate.now();
             let policy = self.gate.policy();

@@ -6,6 +6,7 @@ use std::time::Duration;
 use prost_types::Timestamp;
 
 use super::proto;
+use crate::crypto::PasswordKeys;
 use crate::domain::{
     Cause, ContextName, Decision, EventKind, FieldError, IpAddress, Key, KeyKind, Lock, SessionId,
     SessionStatus, Subject, UnixMillis, UserId, Verdict,
@@ -13,9 +14,36 @@ use crate::domain::{
 use crate::service::AdmitOutcome;
 use crate::store::{AdmissionRecord, EventFilter, Stored};
 
-pub fn subject(field: &str, s: Option<&proto::Subject>) -> Result<Subject, FieldError> {
+/// Bytes in a password fingerprint: a SHA-256.
+const FINGERPRINT_BYTES: usize = 32;
+
+/// A subject from a request. Its password fingerprint, if any, is re-keyed
+/// under `passwords` here and dropped: nothing past this point sees it.
+/// Without keys (no password rule anywhere) it is checked and ignored.
+pub fn subject(
+    field: &str,
+    s: Option<&proto::Subject>,
+    passwords: Option<&PasswordKeys>,
+) -> Result<Subject, FieldError> {
     let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
-    Subject::parse(field, &s.user_id, &s.ip, &s.session_id)
+    let mut subject = Subject::parse(field, &s.user_id, &s.ip, &s.session_id)?;
+    if !s.password_fingerprint.is_empty() {
+        let fingerprint: &[u8; FINGERPRINT_BYTES] =
+            s.password_fingerprint.as_slice().try_into().map_err(|_| {
+                FieldError::new(
+                    format!("{field}.password_fingerprint"),
+                    format!(
+                        "must be the {FINGERPRINT_BYTES} bytes of a SHA-256 of the password, got \
+                         {} bytes",
+                        s.password_fingerprint.len()
+                    ),
+                )
+            })?;
+        if let Some(keys) = passwords {
+            subject.passwords = keys.rekey(fingerprint);
+        }
+    }
+    Ok(subject)
 }
 
 /// ListAuditEvents' filters, parsed as every other request's identifiers
@@ -90,6 +118,7 @@ fn key_kind(k: KeyKind) -> proto::KeyKind {
         KeyKind::Ip => proto::KeyKind::Ip,
         KeyKind::UserIp => proto::KeyKind::UserIp,
         KeyKind::Session => proto::KeyKind::Session,
+        KeyKind::Password => proto::KeyKind::Password,
     }
 }
 
@@ -99,6 +128,7 @@ pub fn key(k: &Key) -> proto::Key {
         user_id: k.user().map(|u| u.to_string()).unwrap_or_default(),
         ip: k.ip().map(|i| i.to_string()).unwrap_or_default(),
         session_id: k.session().map(|s| s.to_string()).unwrap_or_default(),
+        password: k.password().map(|p| p.shown()).unwrap_or_default(),
     }
 }
 
@@ -110,6 +140,13 @@ pub fn parse_key(field: &str, k: Option<&proto::Key>) -> Result<Key, FieldError>
         Ok(proto::KeyKind::Ip) => KeyKind::Ip,
         Ok(proto::KeyKind::UserIp) => KeyKind::UserIp,
         Ok(proto::KeyKind::Session) => KeyKind::Session,
+        Ok(proto::KeyKind::Password) => {
+            return Err(FieldError::new(
+                format!("{field}.kind"),
+                "PASSWORD keys are named by subject.password_fingerprint (the subject scope), \
+                 never by what a Key shows of them",
+            ));
+        }
         _ => {
             return Err(FieldError::new(
                 format!("{field}.kind"),

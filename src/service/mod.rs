@@ -16,7 +16,7 @@ pub use totp::{Enrollment, TotpResult, VerifyOutcome};
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::crypto::{CryptoError, SecretKeys};
+use crate::crypto::{CryptoError, PasswordKeys, SecretKeys};
 use crate::domain::{FieldError, Policy, UnixMillis};
 use crate::store::{Store, StoreError};
 
@@ -52,6 +52,9 @@ pub struct Gate {
     /// `None` when no TOTP encryption key is configured (Postgres without
     /// totp.keys): TOTP calls answer FAILED_PRECONDITION.
     keys: Option<Arc<SecretKeys>>,
+    /// `None` when no password key is configured (Postgres without a
+    /// password rule): fingerprints are then ignored.
+    passwords: Option<Arc<PasswordKeys>>,
 }
 
 impl Gate {
@@ -60,13 +63,20 @@ impl Gate {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         keys: Option<Arc<SecretKeys>>,
+        passwords: Option<Arc<PasswordKeys>>,
     ) -> Self {
         Gate {
             policy,
             store,
             clock,
             keys,
+            passwords,
         }
+    }
+
+    /// What re-keys the password fingerprints requests carry.
+    pub fn passwords(&self) -> Option<&PasswordKeys> {
+        self.passwords.as_deref()
     }
 
     pub fn policy(&self) -> &Policy {

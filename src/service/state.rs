@@ -3,8 +3,8 @@
 
 use super::Gate;
 use crate::domain::{
-    EventKind, FieldError, Key, KeyState, SecurityEvent, Slot, Subject, TOTP_CONTEXT, UnixMillis,
-    UserId, Verdict,
+    EventKind, FieldError, Key, KeyKind, KeyState, PASSWORD_DETAIL, SecurityEvent, Slot, Subject,
+    TOTP_CONTEXT, UnixMillis, UserId, Verdict,
 };
 use crate::store::{StateId, StoreError, Transition, Update};
 use crate::telemetry::mask;
@@ -50,6 +50,11 @@ pub(super) fn slot_event(
         tier: lock.map_or(0, |l| l.tier),
         until: lock.and_then(|l| l.until).map(|t| t.0),
         permanent: lock.is_some_and(|l| l.until.is_none()),
+        detail: slot
+            .key
+            .password()
+            .map(|p| format!("{PASSWORD_DETAIL}{}", p.shown()))
+            .unwrap_or_default(),
         ..SecurityEvent::new(kind, now)
     }
 }
@@ -184,13 +189,19 @@ impl Gate {
 
     /// Clears the recent failures of the slots whose `states` have any: a
     /// success on a fresh key stores nothing. Returns the new states.
+    ///
+    /// Password keys keep theirs: a success shows the password right for
+    /// one account, and spraying is exactly a common password that is right
+    /// for some accounts and failing on the rest.
     pub(super) async fn forgive(
         &self,
         slots: &[Slot<'_>],
         mut states: Vec<KeyState>,
     ) -> Result<Vec<KeyState>, StoreError> {
         let dirty: Vec<usize> = (0..slots.len())
-            .filter(|&i| !states[i].recent_failures.is_empty())
+            .filter(|&i| {
+                !states[i].recent_failures.is_empty() && slots[i].key.kind() != KeyKind::Password
+            })
             .collect();
         if !dirty.is_empty() {
             let ids: Vec<StateId> = dirty.iter().map(|&i| id_of(&slots[i])).collect();

@@ -690,12 +690,20 @@ pub(crate) struct Row {
 }
 
 /// The identifier columns of a key.
+///
+/// A password key is stored in the session_id column: a rule counts on one
+/// kind (stored beside it), so the column cannot hold both for one rule, and
+/// every query that matches session ids asks for the session kind.
 fn key_columns(key: &Key) -> (&'static str, String, String, String) {
+    let opaque = match key {
+        Key::Password(p) => p.as_str().to_owned(),
+        _ => key.session().map(|s| s.to_string()).unwrap_or_default(),
+    };
     (
         key.kind().as_str(),
         key.user().map(|u| u.to_string()).unwrap_or_default(),
         key.ip().map(|i| i.to_string()).unwrap_or_default(),
-        key.session().map(|s| s.to_string()).unwrap_or_default(),
+        opaque,
     )
 }
 
@@ -822,14 +830,37 @@ where
             q.push(" AND session_id = ").push_bind(session_id);
         }
         UnlockScope::Subject(subject) => {
-            let (user_id, ip, session_id) = subject_columns(subject);
-            q.push(" WHERE ((user_id = ").push_bind(user_id);
-            q.push(" AND user_id <> '') OR (ip = ").push_bind(ip);
-            q.push(" AND ip <> '') OR (session_id = ")
-                .push_bind(session_id);
-            q.push(" AND session_id <> ''))");
+            q.push(" WHERE ");
+            push_subject(q, subject);
         }
     }
+}
+
+/// The condition that a row's key involves any identifier of `subject`.
+fn push_subject<DB>(q: &mut sqlx::QueryBuilder<DB>, subject: &Subject)
+where
+    DB: sqlx::Database,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let (user_id, ip, session_id) = subject_columns(subject);
+    q.push("((user_id = ").push_bind(user_id);
+    q.push(" AND user_id <> '') OR (ip = ").push_bind(ip);
+    q.push(" AND ip <> '') OR (session_id = ")
+        .push_bind(session_id);
+    q.push(" AND session_id <> '' AND kind = ")
+        .push_bind(KeyKind::Session.as_str().to_owned());
+    q.push(")");
+    if !subject.passwords.is_empty() {
+        q.push(" OR (kind = ")
+            .push_bind(KeyKind::Password.as_str().to_owned());
+        q.push(" AND session_id IN (");
+        let mut keys = q.separated(", ");
+        for key in &subject.passwords {
+            keys.push_bind(key.as_str().to_owned());
+        }
+        q.push("))");
+    }
+    q.push(")");
 }
 
 /// Puts rows back in the order of `ids`.

@@ -8,7 +8,10 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row as _, Type};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row as _,
+    Type,
+};
 
 use super::admission::{
     AdmissionRecord, AdmissionScope, AdmissionStats, OffenderCursor, decode_cause, decode_recent,
@@ -16,7 +19,7 @@ use super::admission::{
 };
 use super::{
     EventFilter, Health, LockCount, Purged, Row, StateId, Stats, StoreError, Stored, StoredTotp,
-    key_columns, subject_columns,
+    key_columns, push_subject,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -49,15 +52,6 @@ static LIST_LOCKED: LazyLock<String> = LazyLock::new(|| {
            AND ($2 = '' OR context = $2) \
            AND (NOT $3 OR (context, rule, user_id, ip, session_id) > ($4, $5, $6, $7, $8)) \
          ORDER BY context, rule, user_id, ip, session_id LIMIT $9"
-    )
-});
-
-static SUBJECT_STATES: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {COLUMNS} FROM key_state \
-         WHERE (user_id = $1 AND user_id <> '') OR (ip = $2 AND ip <> '') \
-            OR (session_id = $3 AND session_id <> '') \
-         ORDER BY context, rule, user_id, ip, session_id"
     )
 });
 
@@ -469,13 +463,10 @@ where
     }
 
     async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError> {
-        let (user_id, ip, session_id) = subject_columns(subject);
-        let rows = sqlx::query(SUBJECT_STATES.as_str())
-            .bind(user_id)
-            .bind(ip)
-            .bind(session_id)
-            .fetch_all(&self.readers)
-            .await?;
+        let mut q = QueryBuilder::<DB>::new(format!("SELECT {COLUMNS} FROM key_state WHERE "));
+        push_subject(&mut q, subject);
+        q.push(" ORDER BY context, rule, user_id, ip, session_id");
+        let rows = q.build().fetch_all(&self.readers).await?;
         rows.iter().map(|r| Self::decode(r)?.stored()).collect()
     }
 

@@ -17,6 +17,7 @@ fn full(user: &str, ip: &str, session: &str) -> Option<proto::Subject> {
         user_id: user.into(),
         ip: ip.into(),
         session_id: session.into(),
+        ..proto::Subject::default()
     })
 }
 

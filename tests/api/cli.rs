@@ -22,7 +22,12 @@ async fn no_arguments_serves_the_embedded_default_and_stops_on_sigterm() {
     let server = ChildServer::spawn(dir.path(), &[], &[]);
     assert_eq!(server.addr.to_string(), "127.0.0.1:50051");
     use std::os::unix::fs::PermissionsExt;
-    for file in ["authgate.db", "authgate.db-wal", "authgate.db.totp-key"] {
+    for file in [
+        "authgate.db",
+        "authgate.db-wal",
+        "authgate.db.totp-key",
+        "authgate.db.password-key",
+    ] {
         let mode = std::fs::metadata(dir.path().join(file))
             .unwrap_or_else(|e| panic!("{file} is created: {e}"))
             .permissions()
@@ -35,7 +40,13 @@ async fn no_arguments_serves_the_embedded_default_and_stops_on_sigterm() {
     let (status, log) = server.terminate();
     assert!(status.success(), "{status:?}\n{}", log.join("\n"));
     let log = log.join("\n");
-    assert!(log.contains("generated a TOTP encryption key"), "{log}");
+    for setting in ["totp.keys", "passwords.keys"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("generated a key beside the database") && l.contains(setting)),
+            "{log}"
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub const RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// The TOTP encryption key of test servers (base64 of 32 bytes).
 pub const TEST_KEY: &str = "YXV0aGdhdGUtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE=";
+/// `passwords.keys` for a child process, as an environment value.
+pub const PASSWORD_KEYS_ENV: &str =
+    "[{id=\"test\",key=\"YXV0aGdhdGUtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyE=\"}]";
 
 /// 2026-01-01T00:00:00Z: tests start their clocks here and move them.
 pub const EPOCH: UnixMillis = UnixMillis(1_767_225_600_000);
@@ -265,6 +268,36 @@ impl TestDb {
         }
     }
 
+    /// Every byte the database keeps on disk: the SQLite file with its WAL,
+    /// or every file of the Postgres cluster (its WAL included) and a
+    /// pg_dump of the database.
+    pub fn everything_on_disk(&self) -> Vec<Vec<u8>> {
+        fn files_under(dir: &Path, out: &mut Vec<Vec<u8>>) {
+            for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    files_under(&path, out);
+                } else if let Ok(bytes) = std::fs::read(&path) {
+                    out.push(bytes);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            TestDb::Sqlite { _dir, .. } => files_under(_dir.path(), &mut out),
+            _ => {
+                files_under(&shared_cluster().dir.join("data"), &mut out);
+                let dump = Command::new(pg_bin("pg_dump"))
+                    .arg(self.url())
+                    .output()
+                    .expect("pg_dump runs");
+                assert!(dump.status.success(), "pg_dump: {:?}", dump);
+                out.push(dump.stdout);
+            }
+        }
+        out
+    }
+
     /// A handle for a second replica on the same database.
     pub fn share(&self) -> TestDb {
         TestDb::Shared {
@@ -346,7 +379,7 @@ pub fn config(extra: &str, db: &TestDb) -> (Config, authgate::domain::Policy) {
     use figment::providers::{Format, Toml};
     let figment = figment::Figment::new()
         .merge(Toml::string(&format!(
-            "[access]\nadmin_user_ids = [\"admin\"]\n[totp]\nkeys = [{{ id = \"test\", key = \"{TEST_KEY}\" }}]"
+            "[access]\nadmin_user_ids = [\"admin\"]\n[totp]\nkeys = [{{ id = \"test\", key = \"{TEST_KEY}\" }}]\n[passwords]\nkeys = [{{ id = \"test\", key = \"{TEST_KEY}\" }}]"
         )))
         .merge(Toml::string(extra));
     let (mut config, policy) = Config::from_figment(figment).expect("test config is valid");
@@ -427,6 +460,7 @@ pub fn subject(user: &str, ip: &str) -> Option<proto::Subject> {
         user_id: user.into(),
         ip: ip.into(),
         session_id: String::new(),
+        ..proto::Subject::default()
     })
 }
 
@@ -519,6 +553,14 @@ impl ChildServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The shipped login context's password rule needs a key on
+        // Postgres; SQLite generates its own when none is given.
+        if env
+            .iter()
+            .any(|(k, v)| *k == "AUTHGATE_DATABASE__URL" && v.starts_with("postgres"))
+        {
+            cmd.env("AUTHGATE_PASSWORDS__KEYS", PASSWORD_KEYS_ENV);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -19,6 +19,7 @@ mod faults;
 mod observability;
 mod operator;
 mod outage;
+mod passwords;
 mod python;
 mod shutdown;
 mod tls;

@@ -29,6 +29,13 @@ function subject({ userId, ip, sessionId }) {
   };
 }
 
+// Only checkAccess and recordFailure send the password tried: some accounts
+// do use a sprayed password, and a login to one of them (recordSuccess)
+// must not forgive that password's count.
+function attempt({ passwordFingerprint, ...who }) {
+  return { ...subject(who), passwordFingerprint };
+}
+
 /**
  * An AccessService client whose calls return promises of the responses
  * (camelCase fields, enums as their names: verdict.decision ===
@@ -58,10 +65,12 @@ function createClient({
   }
 
   return {
+    // passwordFingerprint: passwordFingerprint(password) at a login, never
+    // the password itself; left out, the password rules do not judge.
     checkAccess: ({ context, ...who }) =>
-      call('CheckAccess', { context, subject: subject(who) }),
+      call('CheckAccess', { context, subject: attempt(who) }),
     recordFailure: ({ context, activity = '', ...who }) =>
-      call('RecordFailure', { context, subject: subject(who), activity }),
+      call('RecordFailure', { context, subject: attempt(who), activity }),
     recordSuccess: ({ context, ...who }) =>
       call('RecordSuccess', { context, subject: subject(who) }),
     verifyTotp: ({ context, code, ...who }) =>

@@ -10,7 +10,13 @@ const net = require('node:net');
 
 const { Bot, BotError } = require('grammy');
 
-const { createClient, authgateMiddleware, admissionMiddleware, grpc } = require('..');
+const {
+  createClient,
+  authgateMiddleware,
+  admissionMiddleware,
+  passwordFingerprint,
+  grpc,
+} = require('..');
 
 const ADDR = process.env.AUTHGATE_ADDR;
 const KEY = process.env.AUTHGATE_CHECK_KEY || undefined;
@@ -147,6 +153,46 @@ describe('AccessService', () => {
       }
     },
   );
+});
+
+describe('passwords', () => {
+  test('the fingerprint is the SHA-256 of the UTF-8 password', () => {
+    const fingerprint = passwordFingerprint('Summer2024!');
+    assert.ok(Buffer.isBuffer(fingerprint));
+    assert.equal(fingerprint.length, 32);
+    assert.deepEqual(
+      fingerprint,
+      crypto.createHash('sha256').update(Buffer.from('Summer2024!', 'utf8')).digest(),
+    );
+  });
+
+  test('one password sprayed across accounts is challenged', async () => {
+    // Unique, so reruns against one server start from a fresh count.
+    const sprayed = passwordFingerprint(`Summer2024!-${crypto.randomUUID()}`);
+    const attempt = () => ({
+      context: 'login',
+      userId: uniqueUser(),
+      ip: uniqueIp(),
+      passwordFingerprint: sprayed,
+    });
+    for (let i = 0; i < 10; i++) {
+      const who = attempt();
+      const { verdict } = await client.checkAccess(who);
+      assert.equal(verdict.decision, 'DECISION_ALLOW', `attempt ${i + 1}`);
+      await client.recordFailure({ ...who, activity: 'wrong_password' });
+    }
+
+    const { verdict } = await client.checkAccess(attempt());
+    assert.equal(verdict.decision, 'DECISION_CHALLENGE_CAPTCHA');
+    assert.equal(verdict.rule, 'password');
+    assert.equal(verdict.key.kind, 'KEY_KIND_PASSWORD');
+
+    const other = await client.checkAccess({
+      ...attempt(),
+      passwordFingerprint: passwordFingerprint(`correct horse-${crypto.randomUUID()}`),
+    });
+    assert.equal(other.verdict.decision, 'DECISION_ALLOW');
+  });
 });
 
 describe('middleware', () => {

@@ -21,13 +21,17 @@ OUTAGE = (
 
 
 def _subject(
-    user_id: Optional[Id], ip: Optional[str], session_id: Optional[str]
+    user_id: Optional[Id],
+    ip: Optional[str],
+    session_id: Optional[str],
+    password_fingerprint: bytes = b"",
 ) -> access_pb2.Subject:
     # Telegram ids are ints; authgate's are strings, with "" meaning absent.
     return access_pb2.Subject(
         user_id="" if user_id is None else str(user_id),
         ip=ip or "",
         session_id=session_id or "",
+        password_fingerprint=password_fingerprint,
     )
 
 
@@ -75,9 +79,16 @@ class AuthgateClient:
         user_id: Optional[Id] = None,
         ip: Optional[str] = None,
         session_id: Optional[str] = None,
+        password_fingerprint: bytes = b"",
     ) -> access_pb2.CheckAccessResponse:
+        """Asks whether the subject may act in `context` now.
+
+        At a login, pass `password_fingerprint(password)` of the password
+        tried, so the context's password rule can judge it.
+        """
         request = access_pb2.CheckAccessRequest(
-            context=context, subject=_subject(user_id, ip, session_id)
+            context=context,
+            subject=_subject(user_id, ip, session_id, password_fingerprint),
         )
         return await self._stub.CheckAccess(request, timeout=self._timeout, metadata=self._metadata)
 
@@ -88,9 +99,20 @@ class AuthgateClient:
         ip: Optional[str] = None,
         session_id: Optional[str] = None,
         activity: str = "",
+        password_fingerprint: bytes = b"",
     ) -> access_pb2.RecordFailureResponse:
+        """Counts a failure (a wrong password, a spam strike) in `context`.
+
+        After a wrong password, pass the same `password_fingerprint` as to
+        check_access, so the password is counted across accounts.
+        record_success takes none: spraying works because some accounts do
+        use the sprayed password, and a login to one of them must not
+        forgive that password's count.
+        """
         request = access_pb2.RecordFailureRequest(
-            context=context, subject=_subject(user_id, ip, session_id), activity=activity
+            context=context,
+            subject=_subject(user_id, ip, session_id, password_fingerprint),
+            activity=activity,
         )
         return await self._stub.RecordFailure(
             request, timeout=self._timeout, metadata=self._metadata

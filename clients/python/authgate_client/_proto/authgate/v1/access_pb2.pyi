@@ -26,6 +26,7 @@ class KeyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KEY_KIND_IP: _ClassVar[KeyKind]
     KEY_KIND_USER_IP: _ClassVar[KeyKind]
     KEY_KIND_SESSION: _ClassVar[KeyKind]
+    KEY_KIND_PASSWORD: _ClassVar[KeyKind]
 
 class TotpResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +56,7 @@ KEY_KIND_USER: KeyKind
 KEY_KIND_IP: KeyKind
 KEY_KIND_USER_IP: KeyKind
 KEY_KIND_SESSION: KeyKind
+KEY_KIND_PASSWORD: KeyKind
 TOTP_RESULT_UNSPECIFIED: TotpResult
 TOTP_RESULT_OK: TotpResult
 TOTP_RESULT_INVALID: TotpResult
@@ -68,26 +70,30 @@ SPAM_CAUSE_CALLBACK_SPAM: SpamCause
 SPAM_CAUSE_MEDIA_FLOOD: SpamCause
 
 class Subject(_message.Message):
-    __slots__ = ("user_id", "ip", "session_id")
+    __slots__ = ("user_id", "ip", "session_id", "password_fingerprint")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     ip: str
     session_id: str
-    def __init__(self, user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    password_fingerprint: bytes
+    def __init__(self, user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ..., password_fingerprint: _Optional[bytes] = ...) -> None: ...
 
 class Key(_message.Message):
-    __slots__ = ("kind", "user_id", "ip", "session_id")
+    __slots__ = ("kind", "user_id", "ip", "session_id", "password")
     KIND_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
     kind: KeyKind
     user_id: str
     ip: str
     session_id: str
-    def __init__(self, kind: _Optional[_Union[KeyKind, str]] = ..., user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    password: str
+    def __init__(self, kind: _Optional[_Union[KeyKind, str]] = ..., user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("decision", "reason", "rule", "key", "remaining_attempts", "unblock_at", "retry_after_seconds", "permanent")
