@@ -279,6 +279,19 @@ impl Subject {
     /// Parses the three optional identifiers; an empty string means "not
     /// supplied". `field` is the path of the subject in the request.
     pub fn parse(field: &str, user: &str, ip: &str, session: &str) -> Result<Self, FieldError> {
+        Self::parse_with(field, user, ip, session, false)
+    }
+
+    /// As `parse`, for a subject that may also carry a password
+    /// fingerprint (`fingerprinted`), which is enough on its own: an admin
+    /// names a sprayed password by nothing else.
+    pub fn parse_with(
+        field: &str,
+        user: &str,
+        ip: &str,
+        session: &str,
+        fingerprinted: bool,
+    ) -> Result<Self, FieldError> {
         fn opt(raw: &str) -> Option<&str> {
             (!raw.is_empty()).then_some(raw)
         }
@@ -294,10 +307,14 @@ impl Subject {
                 .map(|s| SessionId::parse(&format!("{field}.session_id"), s))
                 .transpose()?,
         };
-        if subject.user.is_none() && subject.ip.is_none() && subject.session.is_none() {
+        if subject.user.is_none()
+            && subject.ip.is_none()
+            && subject.session.is_none()
+            && !fingerprinted
+        {
             return Err(FieldError::new(
                 field,
-                "needs at least one of user_id, ip, session_id",
+                "needs at least one of user_id, ip, session_id, password_fingerprint",
             ));
         }
         Ok(subject)
@@ -354,6 +371,25 @@ mod tests {
                 .field,
             "subject.ip"
         );
+    }
+
+    #[test]
+    fn password_keys_show_and_print_only_a_prefix() {
+        let key = PasswordKey::new("p1", &[0xab; 32]);
+        assert_eq!(key.as_str(), format!("p1:{}", "ab".repeat(32)));
+        assert_eq!(key.shown(), "p1:abab");
+        assert_eq!(format!("{key:?}"), "PasswordKey(p1:abab…)");
+        assert_eq!(PasswordKey::parse("k", key.as_str()), Ok(key));
+        for bad in [
+            "p1:abab",
+            "nohex",
+            ":".repeat(65).as_str(),
+            &format!("p1:{}", "AB".repeat(32)),
+        ] {
+            assert_eq!(PasswordKey::parse("k", bad).unwrap_err().field, "k");
+        }
+        let s = Subject::parse_with("subject", "", "", "", true).unwrap();
+        assert_eq!(s.keys(KeyKind::Password), vec![]);
     }
 
     #[test]

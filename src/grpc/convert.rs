@@ -26,8 +26,9 @@ pub fn subject(
     passwords: Option<&PasswordKeys>,
 ) -> Result<Subject, FieldError> {
     let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
-    let mut subject = Subject::parse(field, &s.user_id, &s.ip, &s.session_id)?;
-    if !s.password_fingerprint.is_empty() {
+    let fingerprinted = !s.password_fingerprint.is_empty();
+    let mut subject = Subject::parse_with(field, &s.user_id, &s.ip, &s.session_id, fingerprinted)?;
+    if fingerprinted {
         let fingerprint: &[u8; FINGERPRINT_BYTES] =
             s.password_fingerprint.as_slice().try_into().map_err(|_| {
                 FieldError::new(

@@ -346,6 +346,104 @@ fn runbook_commands() -> Vec<String> {
 }
 
 /// Five failures: the login context's user_ip rule locks the pair.
+/// A sprayed password locked at 3 a.m.: the operator sees it by a short
+/// prefix and unlocks it by typing the password, which only the CLI hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_unlocks_a_sprayed_password_read_from_stdin() {
+    use sha2::Digest;
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    let admin_key = keygen(&keys, "ops-laptop", "admin");
+    let bot_key = keygen(&keys, "chat-bot", "check");
+    let keys_path = keys.display().to_string();
+    let server = ChildServer::spawn(
+        dir.path(),
+        &[],
+        &[
+            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("AUTHGATE_AUTH__KEYS_FILE", &keys_path),
+            ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
+        ],
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut bot = keyed_access(channel, &bot_key);
+    let password = "Hunter2-at-3am";
+    let sprayed = sha2::Sha256::digest(password.as_bytes()).to_vec();
+    let attempt = |i: u32| {
+        Some(proto::Subject {
+            password_fingerprint: sprayed.clone(),
+            ..subject(&format!("u{i}"), &format!("192.0.2.{i}")).unwrap()
+        })
+    };
+    for i in 0..30 {
+        bot.record_failure(proto::RecordFailureRequest {
+            context: "login".into(),
+            subject: attempt(i),
+            activity: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+
+    let addr = format!("http://{}", server.addr);
+    let admin = |args: &[&str], stdin: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        cmd.args(["admin", "--addr", &addr, "--actor", "admin"])
+            .args(args)
+            .env("AUTHGATE_API_KEY", &admin_key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("authgate runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let locked: serde_json::Value =
+        serde_json::from_str(&admin(&["list-locked", "--json"], "")).unwrap();
+    assert_eq!(locked[0]["rule"], "password", "{locked}");
+    let shown = locked[0]["key"].as_str().unwrap();
+    assert!(shown.starts_with("password=local:"), "{shown}");
+    assert_eq!(shown.len(), "password=local:".len() + 4, "{shown}");
+
+    let table = admin(&["subject", "--password-stdin"], &format!("{password}\n"));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("login") && l.contains("password")),
+        "{table}"
+    );
+    let unlocked = admin(&["unlock", "--password-stdin"], &format!("{password}\n"));
+    assert_eq!(unlocked, "UNLOCKED\n1\n");
+    let verdict = bot
+        .check_access(proto::CheckAccessRequest {
+            context: "login".into(),
+            subject: attempt(99),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(verdict.decision(), proto::Decision::Allow);
+    let (_, log) = server.terminate();
+    assert!(
+        log.iter().all(|l| !l.contains(password)),
+        "the password reaches no log"
+    );
+}
+
 async fn lock_in_login(
     bot: &mut proto::access_service_client::AccessServiceClient<Keyed>,
     user: &str,
