@@ -85,15 +85,22 @@ fn an_exposed_address_needs_keys_or_an_explicit_opt_out() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_cli_lists_unlocks_and_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
+/// A server in `dir` with two keys, an admin's and a bot's, and the bot's
+/// client.
+async fn keyed_server(
+    dir: &Path,
+) -> (
+    ChildServer,
+    String,
+    String,
+    proto::access_service_client::AccessServiceClient<Keyed>,
+) {
+    let keys = dir.join("keys.toml");
     let admin_key = keygen(&keys, "ops-laptop", "admin");
     let bot_key = keygen(&keys, "chat-bot", "check");
     let keys_path = keys.display().to_string();
     let server = ChildServer::spawn(
-        dir.path(),
+        dir,
         &[],
         &[
             ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
@@ -106,7 +113,14 @@ async fn the_admin_cli_lists_unlocks_and_reports() {
         .connect()
         .await
         .unwrap();
-    let mut bot = keyed_access(channel, &bot_key);
+    let bot = keyed_access(channel, &bot_key);
+    (server, admin_key, bot_key, bot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_lists_unlocks_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, admin_key, bot_key, mut bot) = keyed_server(dir.path()).await;
     lock_in_login(&mut bot, "frank", "192.0.2.50").await;
 
     let addr = format!("http://{}", server.addr);
@@ -353,25 +367,7 @@ async fn the_admin_cli_unlocks_a_sprayed_password_read_from_stdin() {
     use sha2::Digest;
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.toml");
-    let admin_key = keygen(&keys, "ops-laptop", "admin");
-    let bot_key = keygen(&keys, "chat-bot", "check");
-    let keys_path = keys.display().to_string();
-    let server = ChildServer::spawn(
-        dir.path(),
-        &[],
-        &[
-            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
-            ("AUTHGATE_AUTH__KEYS_FILE", &keys_path),
-            ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
-        ],
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut bot = keyed_access(channel, &bot_key);
+    let (server, admin_key, _, mut bot) = keyed_server(dir.path()).await;
     let password = "Hunter2-at-3am";
     let sprayed = sha2::Sha256::digest(password.as_bytes()).to_vec();
     let attempt = |i: u32| {
