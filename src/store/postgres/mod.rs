@@ -40,11 +40,13 @@ const MAX_ATTEMPTS: usize = 5;
 /// cores, one or two lanes served 40% more checks per second than four and
 /// half again more than eight (scripts/bench.sh, pool of 16).
 const READ_LANES: usize = 2;
-/// Batched writes in flight at once. Every write NOTIFYs its keys, and
-/// Postgres commits NOTIFYing transactions one at a time (a global lock
-/// held through the WAL flush), so a second lane gains no overlap and only
-/// halves the batches: one lane served 15-25% more failures than two, at 8
-/// and at 64 in flight, and four did worse still (scripts/bench.sh).
+/// Batched writes in flight at once. One lane makes the largest batches,
+/// and on two cores CPU, not commit latency, is the limit: one lane served
+/// 15-25% more failures than two, at 8 and at 64 in flight, and four did
+/// worse still (scripts/bench.sh). Every write NOTIFYs its keys, and
+/// Postgres commits NOTIFYing transactions one at a time, but that is not
+/// what decides it: without the NOTIFY, two lanes did no better than one
+/// with it.
 const WRITE_LANES: usize = 1;
 
 /// Far longer than any transaction of authgate's stays idle between its
