@@ -148,7 +148,11 @@ impl Gate {
         }
         metrics::failure(slots[0].context);
         for ((slot, state), _) in slots.iter().zip(&by_slot).zip(&locked).filter(|(_, l)| **l) {
-            metrics::lockout(slot.context, state.recent_lockouts);
+            metrics::lockout(
+                slot.context,
+                slot.key.kind().as_str(),
+                state.recent_lockouts,
+            );
             tracing::info!(
                 context = slot.context,
                 rule = %slot.rule.name,

@@ -76,7 +76,7 @@ fn describe() {
     );
     describe_counter!(DECISIONS, "Verdicts answered, by RPC, context and decision");
     describe_counter!(FAILURES, "Failures recorded, by context");
-    describe_counter!(LOCKOUTS, "Lockouts applied, by context and tier");
+    describe_counter!(LOCKOUTS, "Lockouts applied, by context, key kind and tier");
     describe_counter!(UNLOCKS, "Locks lifted by admins, by scope");
     describe_counter!(
         TOTP_VERIFICATIONS,
@@ -165,13 +165,15 @@ pub fn failure(context: &str) {
     counter!(FAILURES, "context" => context.to_owned()).increment(1);
 }
 
-pub fn lockout(context: &str, tier: u32) {
+/// `key` is the key kind (user, ip, user+ip, session, password), never a
+/// key: a lock on a password shows as spraying without naming it.
+pub fn lockout(context: &str, key: &'static str, tier: u32) {
     let tier = if tier > MAX_TIER_LABEL {
         format!("{MAX_TIER_LABEL}+")
     } else {
         tier.to_string()
     };
-    counter!(LOCKOUTS, "context" => context.to_owned(), "tier" => tier).increment(1);
+    counter!(LOCKOUTS, "context" => context.to_owned(), "key" => key, "tier" => tier).increment(1);
 }
 
 pub fn unlocked(scope: &'static str, n: u64) {

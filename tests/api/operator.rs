@@ -9,12 +9,30 @@ use authgate::grpc::proto;
 use crate::helpers::*;
 
 fn authgate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    authgate_fed(args, env, "")
+}
+
+/// `authgate` with `stdin` as its standard input.
+fn authgate_fed(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
-    cmd.args(args).env_remove("AUTHGATE_API_KEY");
+    cmd.args(args)
+        .env_remove("AUTHGATE_API_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("authgate runs")
+    let mut child = cmd.spawn().expect("authgate runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin written");
+    child.wait_with_output().expect("authgate runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -194,13 +212,17 @@ async fn the_admin_cli_lists_unlocks_and_reports() {
             .replace("<admin>", "admin")
             .replace("<user>", "gina");
         let args: Vec<&str> = filled.split_whitespace().skip(1).collect();
-        let out = authgate(&args, &[]);
+        // A password the runbook's reader types: none that is locked.
+        let by_password = command.contains("--password-stdin");
+        let out = authgate_fed(&args, &[], "not-a-sprayed-one\n");
         assert!(out.status.success(), "{command}: {}", text(&out.stderr));
         let listed = text(&out.stdout).contains("192.0.2.51");
         if command.contains("list-locked") {
             assert_eq!(listed, gina_locked, "{command}");
         }
-        if command.contains("unlock") {
+        if by_password {
+            assert_eq!(text(&out.stdout), "UNLOCKED\n0\n", "{command}");
+        } else if command.contains("unlock") {
             assert_eq!(
                 text(&out.stdout),
                 if gina_locked {
@@ -359,13 +381,11 @@ fn runbook_commands() -> Vec<String> {
         .collect()
 }
 
-/// Five failures: the login context's user_ip rule locks the pair.
 /// A sprayed password locked at 3 a.m.: the operator sees it by a short
 /// prefix and unlocks it by typing the password, which only the CLI hashes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_cli_unlocks_a_sprayed_password_read_from_stdin() {
     use sha2::Digest;
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let (server, admin_key, _, mut bot) = keyed_server(dir.path()).await;
     let password = "Hunter2-at-3am";
@@ -388,21 +408,9 @@ async fn the_admin_cli_unlocks_a_sprayed_password_read_from_stdin() {
 
     let addr = format!("http://{}", server.addr);
     let admin = |args: &[&str], stdin: &str| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
-        cmd.args(["admin", "--addr", &addr, "--actor", "admin"])
-            .args(args)
-            .env("AUTHGATE_API_KEY", &admin_key)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("authgate runs");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut all = vec!["admin", "--addr", &addr, "--actor", "admin"];
+        all.extend_from_slice(args);
+        let out = authgate_fed(&all, &[("AUTHGATE_API_KEY", &admin_key)], stdin);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
@@ -440,6 +448,7 @@ async fn the_admin_cli_unlocks_a_sprayed_password_read_from_stdin() {
     );
 }
 
+/// Five failures: the login context's user_ip rule locks the pair.
 async fn lock_in_login(
     bot: &mut proto::access_service_client::AccessServiceClient<Keyed>,
     user: &str,

@@ -271,6 +271,12 @@ async fn the_fingerprint_is_kept_nowhere(
         logs.iter().any(|l| l.contains("lockout")),
         "the spray's lock was logged (without its key)"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("authgate_lockouts_total{") && l.contains("key=\"password\"")),
+        "the lock is counted by its key kind: {metrics}"
+    );
 }
 
 /// A secret being rotated out keeps its counts judging: with both keys
