@@ -54,6 +54,9 @@ known_metrics=(
   authgate_admission_updates_total
   authgate_admission_warnings_total
   authgate_admission_blocks_total
+  authgate_key_cache_lookups_total
+  authgate_key_cache_entries
+  authgate_key_cache_trusted
 )
 
 write=false
