@@ -158,15 +158,7 @@ async fn five_identical_texts_pass_and_the_sixth_blocks(
 ) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
-    let mut alerts = server
-        .admin()
-        .await
-        .watch_security_events(proto::WatchSecurityEventsRequest {
-            actor_user_id: "admin".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut alerts = watch(&mut server.admin().await).await;
     for _ in 0..5 {
         assert!(
             admit(&mut c, "copypaste", "text", b"buy now")
@@ -344,17 +336,7 @@ async fn idle_users_are_forgotten_after_a_day(
 /// warned and blocked exactly as one process would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_across_two_replicas_counts_every_update_once() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AUTHGATE_DATABASE__URL", db.url()),
-        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
-        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
-    ];
-    let replicas = [
-        ChildServer::spawn(dir.path(), &[], &env),
-        ChildServer::spawn(dir.path(), &[], &env),
-    ];
+    let (_db, _dir, replicas) = two_replicas(&[]).await;
     let clients = [replicas[0].access().await, replicas[1].access().await];
     let calls: Vec<_> = (0..30)
         .map(|i| {

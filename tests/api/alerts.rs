@@ -11,17 +11,6 @@ use crate::helpers::*;
 
 type Alerts = Streaming<proto::SecurityAlert>;
 
-async fn watch(
-    a: &mut proto::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
-) -> Alerts {
-    a.watch_security_events(proto::WatchSecurityEventsRequest {
-        actor_user_id: "admin".into(),
-    })
-    .await
-    .expect("WatchSecurityEvents")
-    .into_inner()
-}
-
 async fn next(alerts: &mut Alerts) -> proto::SecurityAlert {
     tokio::time::timeout(Duration::from_secs(10), alerts.next())
         .await
@@ -38,21 +27,11 @@ async fn quiet(alerts: &mut Alerts) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_cross_replicas_once_per_attack() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AUTHGATE_DATABASE__URL", db.url()),
-        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
-        (
-            "AUTHGATE_ACCESS__ALLOWED_USER_IDS",
-            "[\"admin\", \"alice\"]",
-        ),
-        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
-    ];
-    let replicas = [
-        ChildServer::spawn(dir.path(), &[], &env),
-        ChildServer::spawn(dir.path(), &[], &env),
-    ];
+    let (_db, _dir, replicas) = two_replicas(&[(
+        "AUTHGATE_ACCESS__ALLOWED_USER_IDS",
+        "[\"admin\", \"alice\"]",
+    )])
+    .await;
     let mut alerts = watch(&mut replicas[1].admin().await).await;
     let mut c = replicas[0].access().await;
 

@@ -9,7 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_count_every_failure_exactly_once() {
-    let (db, _dir, replicas) = two_replicas().await;
+    let (db, _dir, replicas) = two_replicas(&[]).await;
     let clients = [replicas[0].access().await, replicas[1].access().await];
 
     let calls = (0..200).map(|i| {
@@ -77,7 +77,7 @@ async fn two_processes_count_every_failure_exactly_once() {
 /// overlapping keys share read and write batches, and none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_keys_in_concurrent_batches_lose_nothing() {
-    let (db, _dir, replicas) = two_replicas().await;
+    let (db, _dir, replicas) = two_replicas(&[]).await;
     let clients = [replicas[0].access().await, replicas[1].access().await];
     let (users, ips, per_user) = (40, 4, 10);
 
@@ -120,22 +120,6 @@ async fn overlapping_keys_in_concurrent_batches_lose_nothing() {
     assert_eq!(audited, (users * per_user) as i64);
 }
 
-/// Two authgate processes on one fresh Postgres database.
-async fn two_replicas() -> (TestDb, tempfile::TempDir, [ChildServer; 2]) {
-    let db = TestDb::new(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AUTHGATE_DATABASE__URL", db.url()),
-        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
-        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
-    ];
-    let replicas = [
-        ChildServer::spawn(dir.path(), &[], &env),
-        ChildServer::spawn(dir.path(), &[], &env),
-    ];
-    (db, dir, replicas)
-}
-
 /// Awaits every task, in order.
 async fn futures_join_all<T: Send + 'static>(
     tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
@@ -156,7 +140,7 @@ async fn futures_join_all<T: Send + 'static>(
 /// tests/api/cache.rs measures.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unlock_racing_failures_is_never_lost() {
-    let (db, _dir, replicas) = two_replicas().await;
+    let (db, _dir, replicas) = two_replicas(&[]).await;
     let clients = [replicas[0].access().await, replicas[1].access().await];
     let mut admin = replicas[1].admin().await;
     let mut relocked = Vec::new();

@@ -511,6 +511,34 @@ pub async fn success(
     .expect("verdict")
 }
 
+/// The security alert stream, as the test admin.
+pub async fn watch(a: &mut AdminServiceClient<Channel>) -> tonic::Streaming<proto::SecurityAlert> {
+    a.watch_security_events(proto::WatchSecurityEventsRequest {
+        actor_user_id: "admin".into(),
+    })
+    .await
+    .expect("WatchSecurityEvents")
+    .into_inner()
+}
+
+/// Two authgate processes on one fresh Postgres database, "admin" an admin,
+/// with `env` on top.
+pub async fn two_replicas(env: &[(&str, &str)]) -> (TestDb, tempfile::TempDir, [ChildServer; 2]) {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![
+        ("AUTHGATE_DATABASE__URL", db.url()),
+        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+        ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
+    ];
+    all.extend_from_slice(env);
+    let replicas = [
+        ChildServer::spawn(dir.path(), &[], &all),
+        ChildServer::spawn(dir.path(), &[], &all),
+    ];
+    (db, dir, replicas)
+}
+
 /// GetSubject as the test admin.
 pub async fn report(
     a: &mut AdminServiceClient<Channel>,

@@ -28,15 +28,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
             ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
         ],
     );
-    let mut alerts = server
-        .admin()
-        .await
-        .watch_security_events(proto::WatchSecurityEventsRequest {
-            actor_user_id: "admin".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut alerts = watch(&mut server.admin().await).await;
     let client = server.access().await;
     let acked = Arc::new(AtomicU64::new(0));
     // Callers that keep failing logins until the server goes away.

@@ -121,18 +121,8 @@ async fn rfc6238_vectors(#[values(Backend::Sqlite, Backend::Postgres)] backend: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oathtool_code_is_accepted_once_across_two_processes() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
     let keys = format!("[{{id=\"k1\", key=\"{TEST_KEY}\"}}]");
-    let env = [
-        ("AUTHGATE_DATABASE__URL", db.url()),
-        ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
-        ("AUTHGATE_TOTP__KEYS", keys.as_str()),
-    ];
-    let replicas = [
-        ChildServer::spawn(dir.path(), &[], &env),
-        ChildServer::spawn(dir.path(), &[], &env),
-    ];
+    let (_db, _dir, replicas) = two_replicas(&[("AUTHGATE_TOTP__KEYS", keys.as_str())]).await;
     let mut first = replicas[0].access().await;
     let mut second = replicas[1].access().await;
 
