@@ -232,3 +232,162 @@ async fn a_replica_that_cannot_hear_invalidations_reads_postgres() {
     let v = check(&mut c, "login", before).await;
     assert_eq!(decision(&v), Decision::Blocked, "nothing cached survived");
 }
+
+/// A write that Postgres committed but whose answer never came back (the
+/// connection died in between) must not leave the writer's cache holding
+/// the row from before: the writer ignores its own invalidations, so only
+/// it can drop the key. Postgres holds a commit, durable locally, while it
+/// waits for a synchronous standby; with one named that does not exist,
+/// terminating the waiting backend ends the wait with the commit made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_not_answered_from_the_cache() {
+    // A cluster of its own: the standby trap holds every commit on it.
+    let cluster = PgCluster::start();
+    let db = cluster.database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let writer = replica(dir.path(), db.url());
+    trusted(&writer).await;
+    let mut c = writer.access().await;
+    let who = subject("unanswered", "198.51.100.200");
+    for _ in 0..4 {
+        fail(&mut c, "login", who.clone()).await;
+    }
+    assert_eq!(
+        decision(&check(&mut c, "login", who.clone()).await),
+        Decision::Allow
+    );
+
+    let mut su = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    // Only this database's commits wait: dropping it afterwards, from the
+    // postgres database, must not, whatever happens to the test.
+    for setting in [
+        "CREATE TABLE probe (n int)",
+        "ALTER DATABASE postgres SET synchronous_commit = local",
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(setting).execute(&mut su).await.unwrap();
+    }
+    // Commits wait once the reload has reached Postgres's shared state, a
+    // moment after pg_reload_conf returns: probe with writes of our own
+    // (a commit that wrote nothing never waits) until one is held, and let
+    // it go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut probe = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut probe)
+            .await
+            .unwrap();
+        let committing = tokio::spawn(async move {
+            sqlx::query("INSERT INTO probe VALUES (1)")
+                .execute(&mut probe)
+                .await
+        });
+        if held_in_sync_rep(&mut su, pid).await {
+            release(&mut su, pid).await;
+            break;
+        }
+        committing.await.unwrap().unwrap();
+        assert!(Instant::now() < deadline, "commits never waited");
+    }
+    let mut locking = c.clone();
+    let fifth = tokio::spawn({
+        let who = who.clone();
+        async move {
+            locking
+                .record_failure(proto::RecordFailureRequest {
+                    context: "login".into(),
+                    subject: who,
+                    activity: String::new(),
+                })
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held: i32 = loop {
+        let waiting: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE wait_event = 'SyncRep' AND query LIKE '%key_state%' LIMIT 1",
+        )
+        .fetch_optional(&mut su)
+        .await
+        .unwrap();
+        if let Some(pid) = waiting {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fifth failure never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    release(&mut su, held).await;
+    for setting in [
+        "ALTER SYSTEM RESET synchronous_standby_names",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(setting).execute(&mut su).await.unwrap();
+    }
+    assert!(
+        fifth.await.unwrap().is_err(),
+        "the fifth failure's answer was lost"
+    );
+    let locked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM key_state WHERE user_id = 'unanswered' AND locked_at IS NOT NULL",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(locked, 1, "yet Postgres committed the lock");
+
+    trusted(&writer).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let verdict = loop {
+        // The lost connection marks the store down until a probe answers.
+        match c
+            .check_access(proto::CheckAccessRequest {
+                context: "login".into(),
+                subject: who.clone(),
+            })
+            .await
+        {
+            Ok(r) => break r.into_inner().verdict.unwrap(),
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                assert!(Instant::now() < deadline, "the store never came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => panic!("CheckAccess: {s:?}"),
+        }
+    };
+    assert_eq!(decision(&verdict), Decision::Blocked);
+}
+
+/// Whether the backend `pid` comes to wait for a synchronous standby
+/// within 200 ms.
+async fn held_in_sync_rep(su: &mut sqlx::PgConnection, pid: i32) -> bool {
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep')",
+        )
+        .bind(pid)
+        .fetch_one(&mut *su)
+        .await
+        .unwrap();
+        if waiting {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Ends the backend `pid`'s wait, its commit already made, by ending it.
+async fn release(su: &mut sqlx::PgConnection, pid: i32) {
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(su)
+        .await
+        .unwrap();
+}

@@ -929,18 +929,51 @@ impl PostgresStore {
         &self,
         mut tx: sqlx::Transaction<'_, Postgres>,
     ) -> Result<(), StoreError> {
-        if self.cache.is_some() {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(KEY_CHANNEL)
-                .bind(CLEAR_ALL)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // Sent whether or not this replica caches: others may.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(KEY_CHANNEL)
+            .bind(CLEAR_ALL)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         if let Some(cache) = &self.cache {
             cache.clear();
         }
         Ok(())
+    }
+
+    /// One try of AdminUnlock's reset. The CTE reads each row's lock state
+    /// as it was and locks the row, so the count is exact even while
+    /// failures keep arriving.
+    async fn unlock_once(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
+        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+            "WITH target AS (SELECT context, rule, user_id, ip, session_id, \
+               locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ",
+        );
+        q.push_bind(now.0);
+        q.push(") AS was_locked FROM key_state");
+        push_scope(&mut q, scope);
+        // Rows are locked by context and rule first, the order in which
+        // every writer locks a subject's rows, so an unlock racing failures
+        // does not deadlock with them; a conflict that still aborts it is
+        // retried.
+        q.push(
+            " ORDER BY context, rule, user_id, ip, session_id FOR UPDATE) \
+             UPDATE key_state AS k SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
+               recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, \
+               version = k.version + 1, expires_at = ",
+        );
+        // The reset row holds nothing that affects a decision any more.
+        q.push_bind(now.0);
+        q.push(
+            " FROM target AS t WHERE k.context = t.context AND k.rule = t.rule \
+               AND k.user_id = t.user_id AND k.ip = t.ip AND k.session_id = t.session_id \
+             RETURNING t.was_locked",
+        );
+        let mut tx = self.sql.writer.begin().await?;
+        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        self.commit_clearing(tx).await?;
+        Ok(lifted.into_iter().filter(|&l| l).count() as u64)
     }
 
     /// The path under contention, where compare-and-set would keep losing:
@@ -1034,39 +1067,30 @@ impl Dialect for PostgresStore {
         // Other replicas hear of the write at its commit; this one has
         // updated or forgotten the keys before it answers, so its caller
         // reads its own write.
-        match self.optimistic(ids, f).await? {
-            Some(applied) => Ok(applied),
-            None => self.locking_with_retries(ids, f).await,
+        let written = match self.optimistic(ids, f).await {
+            Ok(Some(applied)) => Ok(applied),
+            Ok(None) => self.locking_with_retries(ids, f).await,
+            Err(e) => Err(e),
+        };
+        // A failed write may still have committed (the connection died
+        // before the answer came), and this replica ignores its own
+        // invalidations: it forgets the keys, so its checks read Postgres.
+        if written.is_err() {
+            self.forget(ids);
         }
+        written
     }
 
     async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
-        // The CTE reads each row's lock state as it was and locks the row,
-        // so the count is exact even while failures keep arriving.
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "WITH target AS (SELECT context, rule, user_id, ip, session_id, \
-               locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ",
-        );
-        q.push_bind(now.0);
-        q.push(") AS was_locked FROM key_state");
-        push_scope(&mut q, scope);
-        q.push(
-            " FOR UPDATE) \
-             UPDATE key_state AS k SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
-               recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, \
-               version = k.version + 1, expires_at = ",
-        );
-        // The reset row holds nothing that affects a decision any more.
-        q.push_bind(now.0);
-        q.push(
-            " FROM target AS t WHERE k.context = t.context AND k.rule = t.rule \
-               AND k.user_id = t.user_id AND k.ip = t.ip AND k.session_id = t.session_id \
-             RETURNING t.was_locked",
-        );
-        let mut tx = self.sql.writer.begin().await?;
-        let lifted: Vec<bool> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-        self.commit_clearing(tx).await?;
-        Ok(lifted.into_iter().filter(|&l| l).count() as u64)
+        let mut attempt = 1;
+        loop {
+            match self.unlock_once(scope, now).await {
+                Err(StoreError::Other(cause)) if is_retryable(&cause) && attempt < MAX_ATTEMPTS => {
+                    attempt += 1
+                }
+                result => return result,
+            }
+        }
     }
 
     async fn purge_expired(
