@@ -26,7 +26,8 @@ pub use policy::{
 pub use rule::{KeyState, Ladder, Lock, LockDuration, Rule, Transition};
 pub use session::{Session, SessionPolicy, SessionStatus, SessionStep, TimeoutMode};
 pub use subject::{
-    ContextName, FieldError, IpAddress, Key, KeyKind, PasswordKey, SessionId, Subject, UserId,
+    ContextName, FieldError, HIDDEN_HEX, IpAddress, Key, KeyKind, PasswordKey, SessionId, Subject,
+    UserId,
 };
 pub use time::UnixMillis;
 pub use totp::{

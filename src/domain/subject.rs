@@ -115,6 +115,9 @@ pub struct PasswordKey(String);
 /// Hex digits of the HMAC that admins see: 16 bits, which thousands of
 /// common passwords share, so a prefix confirms no guess.
 const SHOWN_HEX: usize = 4;
+/// Hex digits of the HMAC past what admins see: a stored key less these
+/// is what `PasswordKey::shown` gives, which SQL can cut too.
+pub const HIDDEN_HEX: usize = 64 - SHOWN_HEX;
 
 impl PasswordKey {
     /// The key of `hmac` made under the secret `secret_id`.

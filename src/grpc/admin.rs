@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    ContextName, FieldError, Key, KeyKind, PASSWORD_DETAIL, SecurityEvent, Suppressor,
+    ContextName, EventKind, FieldError, Key, KeyKind, PASSWORD_DETAIL, SecurityEvent, Suppressor,
     TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis, UserId,
 };
 use crate::service::{Admin, Gate};
@@ -69,10 +69,23 @@ impl AdminApi {
 /// what that reader cannot keep up with.
 const ALERT_QUEUE: usize = 16;
 
-/// The identifiers an event names, as a key of the kind they make up (a
-/// password key's is in its detail, as admins are shown it).
+/// The password key a lock event is about, as admins are shown it: in its
+/// detail, which only those events fill so (a failure's detail is the
+/// caller's free text, and may look the same).
+fn password_of(e: &SecurityEvent) -> Option<&str> {
+    let about_a_lock = matches!(
+        e.kind,
+        EventKind::Lockout | EventKind::PermanentLockout | EventKind::LockoutExpired
+    );
+    let nameless = e.user_id.is_empty() && e.ip.is_empty() && e.session_id.is_empty();
+    (about_a_lock && nameless)
+        .then(|| e.detail.strip_prefix(PASSWORD_DETAIL))
+        .flatten()
+}
+
+/// The identifiers an event names, as a key of the kind they make up.
 fn event_key(e: &SecurityEvent) -> proto::Key {
-    if let Some(shown) = e.detail.strip_prefix(PASSWORD_DETAIL) {
+    if let Some(shown) = password_of(e) {
         return proto::Key {
             kind: proto::KeyKind::Password.into(),
             password: shown.to_owned(),
@@ -233,7 +246,13 @@ impl AdminService for AdminApi {
                         _ = stop.wait_for(|stopped| *stopped) => return,
                         _ = tx.closed() => return,
                     };
-                    let subject = format!("{}|{}|{}", event.user_id, event.ip, event.session_id);
+                    let subject = format!(
+                        "{}|{}|{}|{}",
+                        event.user_id,
+                        event.ip,
+                        event.session_id,
+                        password_of(&event).unwrap_or_default()
+                    );
                     let Some(suppressed) =
                         suppressor.offer(event.kind.as_str(), &subject, UnixMillis(event.at))
                     else {

@@ -23,8 +23,8 @@ use super::{
 };
 use crate::crypto::Sealed;
 use crate::domain::{
-    AdmissionState, Cause, EventKind, SecurityEvent, Session, SessionStatus, Subject,
-    TotpAlgorithm, TotpParams, UnixMillis, UserId,
+    AdmissionState, Cause, EventKind, HIDDEN_HEX, PASSWORD_DETAIL, SecurityEvent, Session,
+    SessionStatus, Subject, TotpAlgorithm, TotpParams, UnixMillis, UserId,
 };
 
 /// The columns of a stored key state, in the order `Row` has them.
@@ -194,10 +194,20 @@ const ACTIVE_LOCKS: &str = "SELECT context, locked_until IS NULL AS permanent, C
 /// sessions that are not authenticated are forgotten a day after they last
 /// changed.
 const LAST_PASS: &str = "SELECT last_at FROM maintenance WHERE name = 'cleanup'";
-const LOCKS_EXPIRED: &str = "INSERT INTO security_event \
-       (at, kind, context, rule, user_id, ip, session_id, tier, until_at) \
-     SELECT locked_until, $3, context, rule, user_id, ip, session_id, lock_tier, locked_until \
-     FROM key_state WHERE locked_until > $1 AND locked_until <= $2";
+/// A password key's row keeps its key where a session id goes; its event
+/// names it as every password event does, by what admins are shown.
+static LOCKS_EXPIRED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO security_event \
+           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, detail) \
+         SELECT locked_until, $3, context, rule, user_id, ip, \
+           CASE WHEN kind = 'password' THEN '' ELSE session_id END, lock_tier, locked_until, \
+           CASE WHEN kind = 'password' \
+             THEN '{PASSWORD_DETAIL}' || substr(session_id, 1, length(session_id) - {HIDDEN_HEX}) \
+             ELSE '' END \
+         FROM key_state WHERE locked_until > $1 AND locked_until <= $2"
+    )
+});
 const MARK_PASS: &str = "INSERT INTO maintenance (name, last_at) VALUES ('cleanup', $1) \
      ON CONFLICT (name) DO UPDATE SET last_at = excluded.last_at";
 const DELETE_EXPIRED_STATES: &str = "DELETE FROM key_state WHERE expires_at <= $1";
@@ -862,7 +872,7 @@ where
         let last: Option<i64> = sqlx::query_scalar(LAST_PASS)
             .fetch_optional(&mut *conn)
             .await?;
-        let locks_expired = sqlx::query(LOCKS_EXPIRED)
+        let locks_expired = sqlx::query(LOCKS_EXPIRED.as_str())
             .bind(last.unwrap_or(i64::MIN))
             .bind(now.0)
             .bind(EventKind::LockoutExpired.as_str())

@@ -2,6 +2,7 @@
 //! addresses is caught, and authgate never keeps what the caller sent.
 
 use authgate::crypto::PasswordKeys;
+use authgate::domain::{PASSWORD_DETAIL, UnixMillis};
 use authgate::grpc::proto::{self, Decision};
 use base64::Engine;
 use rstest::rstest;
@@ -394,4 +395,99 @@ async fn postgres_with_a_password_rule_needs_a_key() {
     };
     assert!(err.contains("\"login\""), "{err}");
     assert!(err.contains("passwords.keys"), "{err}");
+}
+
+/// The audit trail names a password key as admins see it, in every event
+/// about its lock, the one the cleanup pass records when it ends included;
+/// and a failure whose activity reads like one is still about its user.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_show_password_keys_by_their_prefix_only(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let server = TestServer::spawn(backend).await;
+    let sprayed = fingerprint("Audited2026");
+    spray(&server, &sprayed, 31).await;
+    let mut access = server.access().await;
+    access
+        .record_failure(proto::RecordFailureRequest {
+            context: "login".into(),
+            subject: subject("writer", "192.0.2.99"),
+            activity: format!("{PASSWORD_DETAIL}test:abcd"),
+        })
+        .await
+        .unwrap();
+    let (config, _) = config("", &server.db);
+    let store = authgate::app::open_store(&config).await.unwrap();
+    let after_the_lock = UnixMillis(EPOCH.0 + 31 * 60_000);
+    store
+        .purge_expired(after_the_lock, RETENTION)
+        .await
+        .unwrap()
+        .expect("the cleanup pass ran");
+
+    let stored = PasswordKeys::new(vec![("test".into(), test_key())]).rekey(
+        sprayed
+            .as_slice()
+            .try_into()
+            .expect("a fingerprint is 32 bytes"),
+    );
+    let mut admin = server.admin().await;
+    let events = admin
+        .list_audit_events(proto::ListAuditEventsRequest {
+            actor_user_id: "admin".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    for kind in ["lockout", "lockout_expired"] {
+        let event = events
+            .iter()
+            .find(|e| e.kind == kind && e.rule == "password")
+            .unwrap_or_else(|| panic!("a {kind} event of the password rule"));
+        let key = event.key.as_ref().unwrap();
+        assert_eq!(key.kind(), proto::KeyKind::Password, "{kind}");
+        assert_eq!(key.password, stored[0].shown(), "{kind}");
+    }
+    let hmac = stored[0].as_str();
+    assert!(
+        !format!("{events:?}").contains(&hmac[hmac.len() - 20..]),
+        "no event holds more of the key than its prefix"
+    );
+    let forged = events
+        .iter()
+        .find(|e| e.kind == "failure_recorded" && e.detail.starts_with(PASSWORD_DETAIL))
+        .expect("the failure with that activity");
+    let key = forged.key.as_ref().unwrap();
+    assert_eq!(key.kind(), proto::KeyKind::UserIp);
+    assert_eq!(key.user_id, "writer");
+    server.stop().await;
+}
+
+/// Two passwords locked one after the other are two alerts: suppression
+/// holds back repeats about one key, not about every password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_locked_password_is_alerted() {
+    use tokio_stream::StreamExt;
+    let server = TestServer::spawn(Backend::Sqlite).await;
+    let mut alerts = watch(&mut server.admin().await).await;
+    for password in ["FirstSprayed1", "SecondSprayed2"] {
+        spray(&server, &fingerprint(password), 30).await;
+    }
+    let mut locked = Vec::new();
+    while locked.len() < 2 {
+        let alert = tokio::time::timeout(std::time::Duration::from_secs(10), alerts.next())
+            .await
+            .expect("an alert within 10 s")
+            .expect("the stream is open")
+            .expect("an alert");
+        if alert.kind == "lockout" && alert.rule == "password" {
+            locked.push(alert.key.unwrap().password);
+        }
+    }
+    assert_ne!(locked[0], locked[1]);
+    server.stop().await;
 }
