@@ -350,6 +350,16 @@ impl Application {
             stop_rx.clone(),
         ));
         let handle = metrics::handle();
+        for name in self.gate.policy().context_names() {
+            let Ok(context) = self.gate.policy().context("context", name) else {
+                continue;
+            };
+            for kind in KeyKind::ALL {
+                if context.rules_on(kind).any(|r| r.lock_after.is_some()) {
+                    metrics::lockouts_possible(name, kind.as_str());
+                }
+            }
+        }
         let refresher = tokio::spawn(refresh_loop(
             self.gate.clone(),
             handle.clone(),

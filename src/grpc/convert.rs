@@ -19,17 +19,16 @@ const FINGERPRINT_BYTES: usize = 32;
 
 /// A subject from a request. Its password fingerprint, if any, is re-keyed
 /// under `passwords` here and dropped: nothing past this point sees it.
-/// Without keys (no password rule anywhere) it is checked and ignored.
+/// Without keys (no password rule anywhere) it is checked and ignored, and
+/// then it is no identifier: a request must name someone else.
 pub fn subject(
     field: &str,
     s: Option<&proto::Subject>,
     passwords: Option<&PasswordKeys>,
 ) -> Result<Subject, FieldError> {
     let s = s.ok_or_else(|| FieldError::new(field, "is required"))?;
-    let fingerprinted = !s.password_fingerprint.is_empty();
-    let mut subject = Subject::parse_with(field, &s.user_id, &s.ip, &s.session_id, fingerprinted)?;
-    if fingerprinted {
-        let fingerprint: &[u8; FINGERPRINT_BYTES] =
+    let fingerprint: Option<&[u8; FINGERPRINT_BYTES]> = (!s.password_fingerprint.is_empty())
+        .then(|| {
             s.password_fingerprint.as_slice().try_into().map_err(|_| {
                 FieldError::new(
                     format!("{field}.password_fingerprint"),
@@ -39,11 +38,16 @@ pub fn subject(
                         s.password_fingerprint.len()
                     ),
                 )
-            })?;
-        if let Some(keys) = passwords {
-            subject.passwords = keys.rekey(fingerprint);
-        }
-    }
+            })
+        })
+        .transpose()?;
+    let rekeyed = fingerprint
+        .zip(passwords)
+        .map(|(fingerprint, keys)| keys.rekey(fingerprint))
+        .unwrap_or_default();
+    let mut subject =
+        Subject::parse_with(field, &s.user_id, &s.ip, &s.session_id, !rekeyed.is_empty())?;
+    subject.passwords = rekeyed;
     Ok(subject)
 }
 

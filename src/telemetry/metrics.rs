@@ -165,6 +165,14 @@ pub fn failure(context: &str) {
     counter!(FAILURES, "context" => context.to_owned()).increment(1);
 }
 
+/// Puts each first-tier lockout series a context can produce on /metrics at
+/// 0, so that the first lock shows as an increase: Prometheus's
+/// `increase()` sees none in a series that appears already at 1, and
+/// AuthgatePasswordSprayed would miss the first sprayed password.
+pub fn lockouts_possible(context: &str, key: &'static str) {
+    counter!(LOCKOUTS, "context" => context.to_owned(), "key" => key, "tier" => "1").increment(0);
+}
+
 /// `key` is the key kind (user, ip, user+ip, session, password), never a
 /// key: a lock on a password shows as spraying without naming it.
 pub fn lockout(context: &str, key: &'static str, tier: u32) {

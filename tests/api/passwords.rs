@@ -93,10 +93,27 @@ async fn one_password_sprayed_across_accounts_is_challenged_then_blocked(
         decision(&check(&mut access, "login", owner).await),
         Decision::Allow
     );
-    // A request without a fingerprint is not judged by the password rule.
+    // A request without a fingerprint is not judged by the password rule,
+    // nor counted on it.
     assert_eq!(
         decision(&check(&mut access, "login", subject("victim1", "198.51.100.1")).await),
         Decision::Allow
+    );
+    for i in 0..30 {
+        fail(
+            &mut access,
+            "login",
+            subject(&format!("plain{i}"), "203.0.113.7"),
+        )
+        .await;
+    }
+    assert_eq!(
+        server
+            .db
+            .count("SELECT COUNT(*) FROM key_state WHERE kind = 'password'")
+            .await,
+        1,
+        "the sprayed password's row alone"
     );
     server.stop().await;
 }
@@ -489,5 +506,77 @@ async fn each_locked_password_is_alerted() {
         }
     }
     assert_ne!(locked[0], locked[1]);
+    server.stop().await;
+}
+
+/// The first sprayed password an alert can see: its lockout series is on
+/// /metrics at 0 from the start, so the first lock is an increase.
+#[test]
+fn lockout_series_start_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(
+        dir.path(),
+        &[],
+        &[("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0")],
+    );
+    let metrics = http_get(&server.metrics_url);
+    for series in [
+        "authgate_lockouts_total{context=\"login\",key=\"password\",tier=\"1\"} 0",
+        "authgate_lockouts_total{context=\"login\",key=\"user+ip\",tier=\"1\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == series),
+            "{series} in {metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("context=\"login\",key=\"user\","),
+        "login's user rule never locks"
+    );
+    server.terminate();
+}
+
+/// Postgres with no password rule needs no key and starts; a fingerprint is
+/// then checked and ignored, and names nobody on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_password_rule_fingerprints_are_checked_and_ignored() {
+    let server = TestServer::spawn_with(
+        Backend::Postgres,
+        "[passwords]\nkeys = []\n\
+         [[contexts.login.rules]]\nname = \"user_ip\"\nkey = \"user+ip\"\nwindow = \"30m\"\n\
+         lock_after = 5\nlockout = [\"30m\"]\n",
+    )
+    .await;
+    let mut access = server.access().await;
+    let record = |subject| proto::RecordFailureRequest {
+        context: "login".into(),
+        subject,
+        activity: String::new(),
+    };
+    let alone = access
+        .record_failure(record(Some(proto::Subject {
+            password_fingerprint: fingerprint("nobody's"),
+            ..proto::Subject::default()
+        })))
+        .await
+        .expect_err("a fingerprint alone names nobody here");
+    assert_eq!(alone.code(), Code::InvalidArgument);
+    assert!(alone.message().starts_with("subject: needs at least one"));
+    let short = access
+        .record_failure(record(attempt("ivy", "192.0.2.8", &[1; 5])))
+        .await
+        .expect_err("a wrong length is still refused");
+    assert!(short.message().starts_with("subject.password_fingerprint"));
+    access
+        .record_failure(record(attempt("ivy", "192.0.2.8", &fingerprint("pw"))))
+        .await
+        .expect("a well-formed fingerprint is ignored");
+    assert_eq!(
+        server
+            .db
+            .count("SELECT COUNT(*) FROM key_state WHERE kind = 'password'")
+            .await,
+        0
+    );
     server.stop().await;
 }
