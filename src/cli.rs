@@ -55,7 +55,7 @@ enum AdminCommand {
         #[arg(long, requires = "kind")]
         context: Option<String>,
         /// user, ip, user+ip or session.
-        #[arg(long, requires = "context")]
+        #[arg(long, requires = "context", conflicts_with = "password_stdin")]
         kind: Option<String>,
         /// Lift every lock there is.
         #[arg(long, conflicts_with_all = ["user", "ip", "session", "password_stdin", "context"])]
@@ -505,6 +505,11 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             kind,
             limit,
         } => {
+            anyhow::ensure!(
+                !subject.password_stdin,
+                "events: --password-stdin filters nothing (events show a password key by its \
+                 prefix); use --kind lockout --context ..."
+            );
             let mut t = Table::new(&[
                 "at", "kind", "context", "rule", "key", "actor", "caller", "detail",
             ]);

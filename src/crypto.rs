@@ -79,17 +79,30 @@ pub fn generate_key() -> Zeroizing<String> {
 
 /// Reads the key file at `path`, creating it (mode 0600, a fresh random
 /// key) when it does not exist. Returns the key and whether it was created.
+///
+/// The key is written whole to a file of its own and only then linked in
+/// place: a process killed halfway leaves no empty key file that every
+/// later start would refuse, and of two processes starting together one
+/// links first and the other reads its key.
 pub fn key_file(id: &str, path: &Path) -> Result<(Zeroizing<[u8; 32]>, bool), std::io::Error> {
-    let created = !path.exists();
-    if created {
+    let mut created = false;
+    if !path.exists() {
         use std::io::Write;
+        let draft = draft_of(path);
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
+        options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path)?;
+        let mut file = options.open(&draft)?;
         file.write_all(generate_key().as_bytes())?;
         file.sync_all()?;
+        let linked = std::fs::hard_link(&draft, path);
+        std::fs::remove_file(&draft)?;
+        match linked {
+            Ok(()) => created = true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
     }
     let material = Zeroizing::new(std::fs::read(path)?);
     let key = parse_key(id, &material)
@@ -152,6 +165,11 @@ impl SecretKeys {
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Tampered)
     }
+}
+
+/// Where `key_file` writes a key before it links it at `path`.
+fn draft_of(path: &Path) -> std::path::PathBuf {
+    format!("{}.{}.draft", path.display(), std::process::id()).into()
 }
 
 /// A key and its id.
@@ -272,6 +290,13 @@ mod tests {
         assert!(created);
         let (again, created) = key_file("k", &path).unwrap();
         assert!(!created);
+        // A draft left by a process killed while writing it stands in the
+        // way of nothing.
+        let fresh = dir.path().join("fresh");
+        std::fs::write(draft_of(&fresh), b"half a k").unwrap();
+        let (_, created) = key_file("k", &fresh).unwrap();
+        assert!(created);
+        assert!(!draft_of(&fresh).exists());
         assert_eq!(first.as_ref(), again.as_ref());
         #[cfg(unix)]
         {

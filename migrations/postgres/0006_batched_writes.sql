@@ -1,8 +1,9 @@
 -- The batched compare-and-set write (store/postgres) serves many requests in
--- one statement. Each request names the version it expects of each of its
--- rows: the one it read, or 0 for a row it has not seen and guesses is not
--- stored yet. This finds, in the statement's snapshot, the requests whose
--- expectation is already wrong, so that the statement writes the others
+-- one statement. Each request names the version it writes to each of its
+-- rows: one past the version it read, or 1 for a row it has not seen and
+-- guesses is not stored yet. This finds, in the statement's snapshot, the
+-- requests whose expectation (the version before, 0 for none) is already
+-- wrong, so that the statement writes the others
 -- and those alone go back to read and try again, rather than the whole
 -- batch failing. (A row that changes after the snapshot still fails the
 -- whole statement, through authgate_expect_written.)

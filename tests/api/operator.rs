@@ -428,6 +428,28 @@ async fn the_admin_cli_unlocks_a_sprayed_password_read_from_stdin() {
             .any(|l| l.starts_with("login") && l.contains("password")),
         "{table}"
     );
+    // Where a password cannot apply, the flag is refused, not ignored.
+    for args in [
+        vec!["events", "--password-stdin"],
+        vec![
+            "unlock",
+            "--context",
+            "login",
+            "--kind",
+            "user",
+            "--password-stdin",
+        ],
+    ] {
+        let mut all = vec!["admin", "--addr", &addr, "--actor", "admin"];
+        all.extend_from_slice(&args);
+        let out = authgate_fed(&all, &[("AUTHGATE_API_KEY", &admin_key)], "x\n");
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("password"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     let unlocked = admin(&["unlock", "--password-stdin"], &format!("{password}\n"));
     assert_eq!(unlocked, "UNLOCKED\n1\n");
     let verdict = bot
