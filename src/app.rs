@@ -74,11 +74,6 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "context {0:?} has a password rule, which needs passwords.keys (a secret that re-keys \
-         password fingerprints) on Postgres"
-    )]
-    PasswordKeyMissing(String),
     #[error("key file {path}: {source}")]
     KeyFile {
         path: PathBuf,
@@ -158,36 +153,28 @@ fn configured_keys(configured: &[SecretKeyConfig]) -> Result<Vec<crypto::NamedKe
 }
 
 /// The keys that re-key password fingerprints: the configured ones, or for
-/// the embedded default a key file generated beside the SQLite database.
-/// `None` (fingerprints ignored) for Postgres without keys, which no
-/// context with a password rule accepts.
-fn password_keys(
-    config: &Config,
-    policy: &Policy,
-) -> Result<Option<Arc<PasswordKeys>>, StartError> {
-    if !config.passwords.keys.is_empty() {
-        let keys = configured_keys(&config.passwords.keys)?;
-        return Ok(Some(Arc::new(PasswordKeys::new(keys))));
-    }
-    if let Some(db) = store::sqlite_file(config.database.url.expose()) {
-        let key = local_key(&db, "password-key", "passwords.keys")?;
-        return Ok(Some(Arc::new(PasswordKeys::new(vec![(
+/// the embedded default a key file generated beside the SQLite database
+/// (for an in-memory one, a key as short-lived as its counts). `None`
+/// (fingerprints ignored) for Postgres without keys, which the
+/// configuration accepts only where no context has a password rule.
+fn password_keys(config: &Config) -> Result<Option<Arc<PasswordKeys>>, StartError> {
+    let url = config.database.url.expose();
+    let keys = if !config.passwords.keys.is_empty() {
+        configured_keys(&config.passwords.keys)?
+    } else if let Some(db) = store::sqlite_file(url) {
+        vec![(
             LOCAL_KEY.into(),
-            key,
-        )]))));
-    }
-    let users: Vec<&str> = policy
-        .context_names()
-        .filter(|name| {
-            policy
-                .context("context", name)
-                .is_ok_and(|c| c.rules_on(KeyKind::Password).next().is_some())
-        })
-        .collect();
-    if let Some(context) = users.first() {
-        return Err(StartError::PasswordKeyMissing((*context).to_owned()));
-    }
-    Ok(None)
+            local_key(&db, "password-key", "passwords.keys")?,
+        )]
+    } else if url.starts_with("sqlite:") {
+        vec![(
+            LOCAL_KEY.into(),
+            crypto::parse_key(LOCAL_KEY, crypto::generate_key().as_bytes())?,
+        )]
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(PasswordKeys::new(keys))))
 }
 
 /// The server's TLS settings: its identity and, for mutual TLS, the CA
@@ -288,7 +275,7 @@ impl Application {
                     source,
                 })?;
         let keys = secret_keys(config)?;
-        let passwords = password_keys(config, &policy)?;
+        let passwords = password_keys(config)?;
         let auth = Arc::new(config.authenticator()?);
         if auth.is_anonymous() {
             tracing::warn!(

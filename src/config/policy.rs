@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::lockout::LockoutConfig;
 use super::schema::{
-    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, SessionMode, TotpConfig,
+    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, SecretKeyConfig, SessionMode,
+    TotpConfig,
 };
 use super::{ConfigError, invalid};
 use crate::domain::{
@@ -151,8 +152,63 @@ impl Config {
                     .transpose()?,
             });
         }
+        validate_keys("passwords.keys", &self.passwords.keys)?;
+        if let Some((i, k)) = self
+            .passwords
+            .keys
+            .iter()
+            .enumerate()
+            .find(|(_, k)| k.id.contains(':'))
+        {
+            // A stored password key is the id, ':' and the HMAC.
+            return Err(invalid(
+                format!("passwords.keys[{i}].id"),
+                format!("{:?} must not contain ':'", k.id),
+            ));
+        }
+        if url.starts_with("postgres")
+            && self.passwords.keys.is_empty()
+            && let Some(context) = contexts
+                .iter()
+                .find(|c| c.rules_on(KeyKind::Password).next().is_some())
+        {
+            return Err(invalid(
+                "passwords.keys",
+                format!(
+                    "context {:?} has a password rule, which needs a key that re-keys password \
+                     fingerprints on Postgres (replicas must share it)",
+                    context.name.as_str()
+                ),
+            ));
+        }
         Ok(Policy::new(contexts, access, totp, self.alerts.suppression))
     }
+}
+
+/// Keys given as `setting`: each with an id of 1 to 64 bytes, the ids
+/// distinct, and either a file or an inline key.
+fn validate_keys(setting: &str, keys: &[SecretKeyConfig]) -> Result<(), ConfigError> {
+    for (i, k) in keys.iter().enumerate() {
+        if k.id.is_empty() || k.id.len() > 64 {
+            return Err(invalid(
+                format!("{setting}[{i}].id"),
+                "must be 1 to 64 bytes",
+            ));
+        }
+        if keys[..i].iter().any(|other| other.id == k.id) {
+            return Err(invalid(
+                format!("{setting}[{i}].id"),
+                format!("duplicate id {:?}", k.id),
+            ));
+        }
+        if k.file.is_some() == k.key.is_some() {
+            return Err(invalid(
+                format!("{setting}[{i}]"),
+                "needs exactly one of file, key",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl TotpConfig {
@@ -184,20 +240,7 @@ impl TotpConfig {
                 "window and block must be more than 0",
             ));
         }
-        for (i, k) in self.keys.iter().enumerate() {
-            if k.id.is_empty() || k.id.len() > 64 {
-                return Err(invalid(
-                    format!("totp.keys[{i}].id"),
-                    "must be 1 to 64 bytes",
-                ));
-            }
-            if k.file.is_some() == k.key.is_some() {
-                return Err(invalid(
-                    format!("totp.keys[{i}]"),
-                    "needs exactly one of file, key",
-                ));
-            }
-        }
+        validate_keys("totp.keys", &self.keys)?;
         if let Some(active) = &self.active_key
             && !self.keys.iter().any(|k| &k.id == active)
         {

@@ -54,7 +54,10 @@ fn check_config_prints_the_effective_config_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("authgate.toml"),
-        "[database]\nurl = \"postgres://app:hunter2@db.internal/authgate\"\n",
+        format!(
+            "[database]\nurl = \"postgres://app:hunter2@db.internal/authgate\"\n\
+             [passwords]\nkeys = [{{ id = \"p1\", key = \"{TEST_KEY}\" }}]\n"
+        ),
     )
     .unwrap();
     let out = authgate(
@@ -69,6 +72,7 @@ fn check_config_prints_the_effective_config_without_secrets() {
         "{text}"
     );
     assert!(!text.contains("hunter2"));
+    assert!(!text.contains(TEST_KEY), "the password key is redacted");
     assert!(text.contains("interval = \"5m\""), "{text}");
 }
 

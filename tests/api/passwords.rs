@@ -401,17 +401,26 @@ async fn a_malformed_fingerprint_is_refused_and_nothing_written(
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_with_a_password_rule_needs_a_key() {
-    let db = TestDb::new(Backend::Postgres).await;
-    let (config, policy) = config("[passwords]\nkeys = []", &db);
-    let clock = std::sync::Arc::new(authgate::clock::ManualClock::new(EPOCH));
-    let err = match authgate::app::Application::build(&config, policy, clock).await {
-        Ok(_) => panic!("started without a password key"),
-        Err(e) => e.to_string(),
+/// The configuration is refused (check-config says so too, before anything
+/// starts) where a password rule runs on Postgres without a key, or a key
+/// id could not be told from the HMAC after it.
+#[test]
+fn postgres_with_a_password_rule_needs_a_key() {
+    use figment::providers::{Format, Toml};
+    let refused = |toml: &str| {
+        let figment = figment::Figment::new().merge(Toml::string(toml));
+        match authgate::config::Config::from_figment(figment) {
+            Ok(_) => panic!("accepted: {toml}"),
+            Err(e) => e.to_string(),
+        }
     };
+    let err = refused("[database]\nurl = \"postgres://db/authgate\"\n");
     assert!(err.contains("\"login\""), "{err}");
     assert!(err.contains("passwords.keys"), "{err}");
+    let err = refused(&format!(
+        "[passwords]\nkeys = [{{ id = \"p:1\", key = \"{TEST_KEY}\" }}]\n"
+    ));
+    assert!(err.contains("passwords.keys[0].id"), "{err}");
 }
 
 /// The audit trail names a password key as admins see it, in every event
