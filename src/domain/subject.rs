@@ -122,8 +122,7 @@ pub const HIDDEN_HEX: usize = 64 - SHOWN_HEX;
 impl PasswordKey {
     /// The key of `hmac` made under the secret `secret_id`.
     pub fn new(secret_id: &str, hmac: &[u8; 32]) -> PasswordKey {
-        let hex: String = hmac.iter().map(|b| format!("{b:02x}")).collect();
-        PasswordKey(format!("{secret_id}:{hex}"))
+        PasswordKey(format!("{secret_id}:{}", hex::encode(hmac)))
     }
 
     /// A key as stored, checked for its shape.

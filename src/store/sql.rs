@@ -19,7 +19,7 @@ use super::admission::{
 };
 use super::{
     EventFilter, Health, LockCount, Purged, Row, StateId, Stats, StoreError, Stored, StoredTotp,
-    key_columns, push_subject,
+    count, key_columns, push_subject,
 };
 use crate::crypto::Sealed;
 use crate::domain::{
@@ -361,10 +361,6 @@ pub trait Common: Send + Sync {
         now: UnixMillis,
         retention: Duration,
     ) -> Result<Purged, StoreError>;
-}
-
-fn count(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 #[async_trait]

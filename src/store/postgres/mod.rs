@@ -820,40 +820,25 @@ impl PostgresStore {
                 .zip(lookup.found)
                 .filter_map(|(id, found)| found.flatten().map(|k| k.row(id)))
                 .collect();
-            if let Some(applied) = self.compare_and_set(ids, &known, f, &lookup.ticket).await? {
+            let written = self.compare_and_set(ids, &known, f, Some(&lookup.ticket));
+            if let Some(applied) = written.await? {
                 return Ok(Some(applied));
             }
         }
         let (current, ticket) = self.read(ids).await?;
-        match ticket {
-            Some(ticket) => self.compare_and_set(ids, &current, f, &ticket).await,
-            None => {
-                let next = next_rows(ids, &current, f);
-                let written = self
-                    .writes
-                    .call(Write {
-                        ids: ids.to_vec(),
-                        rows: next.rows,
-                        events: next.events,
-                    })
-                    .await?;
-                if written {
-                    self.forget(ids);
-                }
-                Ok(written.then_some(next.applied))
-            }
-        }
+        self.compare_and_set(ids, &current, f, ticket.as_ref())
+            .await
     }
 
     /// Decides on `current` and writes, batched; once written, this
-    /// replica's cache holds the rows written (`ticket` is from before
-    /// `current` was known).
+    /// replica's cache, if any, holds the rows written (`ticket` is from
+    /// before `current` was known).
     async fn compare_and_set(
         &self,
         ids: &[StateId],
         current: &[Row],
         f: &TransitionFn<'_>,
-        ticket: &cache::Ticket,
+        ticket: Option<&cache::Ticket>,
     ) -> Result<Option<Applied>, StoreError> {
         let NextRows {
             rows,
@@ -868,7 +853,7 @@ impl PostgresStore {
         if !self.writes.call(write).await? {
             return Ok(None);
         }
-        if let Some(cache) = &self.cache {
+        if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
             cache.wrote(ticket, &rows);
         }
         Ok(Some(applied))
