@@ -17,10 +17,11 @@ if ! have_pg; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 # oathtool: an independent TOTP generator; prometheus: a real scraper and
-# promtool.
+# promtool; faketime: replicas whose wall clocks are off.
 missing=()
 command -v oathtool >/dev/null || missing+=(oathtool)
 { command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
+compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (apt)"
   apt-get update -qq

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use crate::clock::Clock;
-use crate::config::{Config, ConfigError, SecretKeyConfig, TlsConfig};
+use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
+use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
 use crate::domain::{KeyKind, Policy};
 use crate::grpc::auth::{Authenticator, Role};
@@ -51,6 +51,21 @@ const STORE_PROBE_RETRY: Duration = Duration::from_millis(100);
 /// replicas out of rotation (readiness, the overall status) without having
 /// them restarted.
 pub const LIVENESS: &str = "liveness";
+
+/// The health service name that tells whether this replica's wall clock is
+/// within `clock.skew_tolerance` of the time authority: NOT_SERVING while it
+/// is not, though the replica goes on serving (on the authority's time), so
+/// no probe should take it out of rotation for that.
+pub const CLOCK: &str = "clock";
+
+/// Where decisions take their time from.
+pub enum Time {
+    /// The store's shared clock (Postgres's), or this host's wall clock
+    /// where the store has none (SQLite), watched for skew and steps.
+    Authority,
+    /// A clock the caller moves (tests), taken as it is.
+    Manual(Arc<dyn Clock>),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -222,6 +237,9 @@ pub struct Application {
     store_health: Arc<Health>,
     cleanup_interval: Duration,
     audit_retention: Duration,
+    /// `None` with a manual clock: nothing to read or watch.
+    authority: Option<Arc<Authority>>,
+    clock: ClockConfig,
 }
 
 /// Opens and migrates the configured store.
@@ -247,12 +265,16 @@ async fn open_watched_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Heal
 }
 
 impl Application {
-    pub async fn build(
-        config: &Config,
-        policy: Policy,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, StartError> {
+    pub async fn build(config: &Config, policy: Policy, time: Time) -> Result<Self, StartError> {
         let (store, store_health) = open_watched_store(config).await?;
+        let (clock, authority): (Arc<dyn Clock>, _) = match time {
+            Time::Manual(clock) => (clock, None),
+            Time::Authority => {
+                let first = store.clock().await?.unwrap_or_else(Reading::wall);
+                let authority = Arc::new(Authority::new(first));
+                (authority.clone(), Some(authority))
+            }
+        };
         // Alert subscribers may join as soon as the server listens: from
         // then on they must hear of every alert, so the events of other
         // replicas must be flowing first.
@@ -308,6 +330,8 @@ impl Application {
             store_health,
             cleanup_interval: config.cleanup.interval,
             audit_retention: config.cleanup.audit_retention,
+            authority,
+            clock: config.clock.clone(),
         })
     }
 
@@ -370,6 +394,18 @@ impl Application {
         health_reporter
             .set_service_status(LIVENESS, ServingStatus::Serving)
             .await;
+        health_reporter
+            .set_service_status(CLOCK, ServingStatus::Serving)
+            .await;
+        let clock_watch = self.authority.clone().map(|authority| {
+            tokio::spawn(clock_loop(
+                self.gate.clone(),
+                authority,
+                self.clock.clone(),
+                health_reporter.clone(),
+                stop_rx.clone(),
+            ))
+        });
         // The store answered the migrations a moment ago: every service is
         // known, and SERVING, from the first connection on; the probe takes
         // over from here.
@@ -447,6 +483,9 @@ impl Application {
             }
         };
         let _ = prober.await;
+        if let Some(watch) = clock_watch {
+            let _ = watch.await;
+        }
         let _ = cleanup.await;
         let _ = refresher.await;
         if let Ok(Err(e)) = exporter.await {
@@ -504,6 +543,73 @@ async fn health_loop(
         }
     }
     report(reporter, ServingStatus::NotServing).await;
+}
+
+/// Reads the time authority every `clock.sync_interval` and carries its
+/// time forward from there; tells of a step of the authority against the
+/// monotonic clock (counted) and of this replica's wall clock leaving or
+/// re-entering `clock.skew_tolerance` of it (logged once per change,
+/// exported as a gauge and as the `clock` health service).
+async fn clock_loop(
+    gate: Arc<Gate>,
+    authority: Arc<Authority>,
+    config: ClockConfig,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut skew = SkewWatch::new(config.skew_tolerance);
+    // On /metrics at 0 from the start, so the first step is an increase.
+    metrics::clock_steps(0);
+    let mut ticker = tokio::time::interval(config.sync_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        // An unreachable store is the health probe's to report; meanwhile
+        // the monotonic clock carries the last reading.
+        let (reading, source) =
+            match tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.read_clock()).await {
+                Ok(Ok(Some(reading))) => (reading, "postgres"),
+                Ok(Ok(None)) => (Reading::wall(), "wall"),
+                Ok(Err(_)) | Err(_) => continue,
+            };
+        let wall = SystemClock.now();
+        if let Some(moved) = authority.adopt(reading)
+            && skew.is_step(moved)
+        {
+            tracing::warn!(
+                authority = source,
+                moved_seconds = moved as f64 / 1000.0,
+                "the time authority stepped against the monotonic clock: locks and failure \
+                 windows in flight now end that much sooner (forward) or later (back)"
+            );
+            metrics::clock_steps(1);
+        }
+        let skew_ms = reading.skew_of(wall);
+        metrics::clock_skew(skew_ms, config.skew_tolerance);
+        let status = match skew.judge(skew_ms) {
+            None => continue,
+            Some(Finding::Skewed) => {
+                tracing::warn!(
+                    skew_seconds = skew_ms as f64 / 1000.0,
+                    tolerance = ?config.skew_tolerance,
+                    "this replica's wall clock is off from the database's clock; it goes on \
+                     deciding by the database's time, but fix its NTP: its log timestamps are off"
+                );
+                ServingStatus::NotServing
+            }
+            Some(Finding::Recovered) => {
+                tracing::info!(
+                    skew_seconds = skew_ms as f64 / 1000.0,
+                    "this replica's wall clock is within clock.skew_tolerance of the database's again"
+                );
+                ServingStatus::Serving
+            }
+        };
+        reporter.set_service_status(CLOCK, status).await;
+    }
 }
 
 /// Sets the overall status and every service's (not liveness's).

@@ -1,12 +1,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use authgate::app::{Application, open_store};
-use authgate::clock::SystemClock;
+use authgate::app::{Application, Time, open_store};
 use authgate::config::{ApiKeyConfig, Config};
 use authgate::telemetry::LogTo;
 
@@ -176,7 +174,7 @@ async fn serve(config: Config, policy: authgate::domain::Policy) -> anyhow::Resu
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let app = Application::build(&config, policy, Arc::new(SystemClock)).await?;
+    let app = Application::build(&config, policy, Time::Authority).await?;
     app.run_until(shutdown_signal()).await?;
     Ok(())
 }

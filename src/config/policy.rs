@@ -42,6 +42,12 @@ impl Config {
         if self.cleanup.interval.is_zero() {
             return Err(invalid("cleanup.interval", "must be more than 0"));
         }
+        if self.clock.skew_tolerance.is_zero() {
+            return Err(invalid("clock.skew_tolerance", "must be more than 0"));
+        }
+        if self.clock.sync_interval.is_zero() {
+            return Err(invalid("clock.sync_interval", "must be more than 0"));
+        }
         if self.server.request_timeout.is_zero() {
             return Err(invalid("server.request_timeout", "must be more than 0"));
         }

@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub cleanup: CleanupConfig,
     #[serde(default)]
+    pub clock: ClockConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -49,6 +51,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             database: DatabaseConfig::default(),
             cleanup: CleanupConfig::default(),
+            clock: ClockConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             alerts: AlertsConfig::default(),
@@ -257,6 +260,34 @@ impl Default for CleanupConfig {
         CleanupConfig {
             interval: Duration::from_secs(600),
             audit_retention: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// How far this replica's wall clock may be from the time authority
+    /// (Postgres's clock) before it is reported as skewed, and how far the
+    /// authority may move against the monotonic clock between two readings
+    /// before that is reported as a step. A few seconds: NTP keeps hosts
+    /// within milliseconds, so more is a fault, while a lock's or window's
+    /// edge moving by less decides nothing an attacker can use.
+    #[serde(with = "duration")]
+    pub skew_tolerance: Duration,
+    /// How often the authority is read again. Between readings time is
+    /// carried by the monotonic clock, which drifts by parts per million,
+    /// so this bounds how long a step of the authority goes unseen rather
+    /// than the error of `now`.
+    #[serde(with = "duration")]
+    pub sync_interval: Duration,
+}
+
+impl Default for ClockConfig {
+    fn default() -> Self {
+        ClockConfig {
+            skew_tolerance: Duration::from_secs(2),
+            sync_interval: Duration::from_secs(1),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{Gate, ServiceError};
+use crate::clock::Reading;
 use crate::domain::{ALLOW_LIST_CONTEXT, TOTP_CONTEXT};
 use crate::store::{Purged, Stats, StoreError};
 use crate::telemetry::metrics;
@@ -48,6 +49,11 @@ impl Gate {
         audit_retention: Duration,
     ) -> Result<Option<Purged>, StoreError> {
         self.store.purge_expired(self.now(), audit_retention).await
+    }
+
+    /// The store's shared clock, read now; `None` where it has none.
+    pub async fn read_clock(&self) -> Result<Option<Reading>, StoreError> {
+        self.store.clock().await
     }
 
     /// Whether the store answers at all.

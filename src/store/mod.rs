@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use crate::clock::Reading;
 use crate::crypto::Sealed;
 use crate::domain::{
     Admission, EventKind, Key, KeyKind, KeyState, Lock, SecurityEvent, Session, Subject,
@@ -323,6 +324,10 @@ pub trait Store: Send + Sync + 'static {
     /// health service reports it).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The clock every replica of this store shares, read now; `None` when
+    /// the store has none (SQLite: one process, whose wall clock it is).
+    async fn clock(&self) -> Result<Option<Reading>, StoreError>;
+
     /// Judges one update with `f` against `user`'s admission state in
     /// `context` and writes the outcome with its events, as one atomic step:
     /// concurrent updates of one user, from any replica, are judged one
@@ -388,6 +393,7 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<SecurityEvent>;
     async fn events_ready(&self, within: Duration) -> bool;
     async fn migrate(&self) -> Result<(), StoreError>;
+    async fn clock(&self) -> Result<Option<Reading>, StoreError>;
     async fn admit(
         &self,
         context: &str,
@@ -617,6 +623,10 @@ impl<D: Dialect> Store for D {
         let result = self.sql().ping().await;
         metrics::store_done("ping", result.is_ok(), start.elapsed());
         result
+    }
+
+    async fn clock(&self) -> Result<Option<Reading>, StoreError> {
+        watched(self.sql().health(), "clock", Dialect::clock(self)).await
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     AdmitFn, Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
     TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
 };
+use crate::clock::Reading;
 use crate::domain::{Admission, KeyState, SecurityEvent, UnixMillis, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -265,6 +266,10 @@ impl Dialect for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.sql.writer).await?;
         Ok(())
+    }
+
+    async fn clock(&self) -> Result<Option<Reading>, StoreError> {
+        Ok(None)
     }
 
     async fn admit(

@@ -37,6 +37,9 @@ pub const FAIL_OPEN: &str = "authgate_fail_open_decisions_total";
 pub const KEY_CACHE_LOOKUPS: &str = "authgate_key_cache_lookups_total";
 pub const KEY_CACHE_ENTRIES: &str = "authgate_key_cache_entries";
 pub const KEY_CACHE_TRUSTED: &str = "authgate_key_cache_trusted";
+pub const CLOCK_SKEW: &str = "authgate_clock_skew_seconds";
+pub const CLOCK_SKEW_TOLERANCE: &str = "authgate_clock_skew_tolerance_seconds";
+pub const CLOCK_STEPS: &str = "authgate_clock_steps_total";
 
 /// 50 µs to 1 s: a cached check is tens of microseconds, a store under
 /// strain hundreds of milliseconds.
@@ -139,6 +142,18 @@ fn describe() {
     describe_gauge!(
         KEY_CACHE_TRUSTED,
         "1 while this replica's key cache provably hears every invalidation, 0 while checks bypass it"
+    );
+    describe_gauge!(
+        CLOCK_SKEW,
+        "How far this replica's wall clock is ahead of the time authority (Postgres's clock; negative: behind) at the latest reading; decisions use the authority's time"
+    );
+    describe_gauge!(
+        CLOCK_SKEW_TOLERANCE,
+        "clock.skew_tolerance: a skew beyond it is reported, and a step of the authority beyond it is counted"
+    );
+    describe_counter!(
+        CLOCK_STEPS,
+        "Times the time authority (Postgres's clock, or on SQLite this host's wall clock) moved against the monotonic clock by more than clock.skew_tolerance between two readings"
     );
     describe_gauge!(
         BUILD_INFO,
@@ -285,4 +300,13 @@ pub fn key_cache_entries(n: usize) {
 
 pub fn key_cache_trusted(trusted: bool) {
     gauge!(KEY_CACHE_TRUSTED).set(if trusted { 1.0 } else { 0.0 });
+}
+
+pub fn clock_skew(skew_ms: i64, tolerance: Duration) {
+    gauge!(CLOCK_SKEW).set(skew_ms as f64 / 1000.0);
+    gauge!(CLOCK_SKEW_TOLERANCE).set(tolerance.as_secs_f64());
+}
+
+pub fn clock_steps(n: u64) {
+    counter!(CLOCK_STEPS).increment(n);
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use authgate::app::Application;
+use authgate::app::{Application, Time};
 use authgate::clock::ManualClock;
 use authgate::config::{Config, DatabaseUrl};
 use authgate::domain::UnixMillis;
@@ -402,7 +402,7 @@ impl TestServer {
     pub async fn spawn_on(db: TestDb, extra_toml: &str) -> TestServer {
         let (config, policy) = config(extra_toml, &db);
         let clock = Arc::new(ManualClock::new(EPOCH));
-        let app = Application::build(&config, policy, clock.clone())
+        let app = Application::build(&config, policy, Time::Manual(clock.clone()))
             .await
             .expect("server starts");
         let addr = app.local_addr();
@@ -526,17 +526,56 @@ pub async fn watch(a: &mut AdminServiceClient<Channel>) -> tonic::Streaming<prot
 pub async fn two_replicas(env: &[(&str, &str)]) -> (TestDb, tempfile::TempDir, [ChildServer; 2]) {
     let db = TestDb::new(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
+    let replicas = [
+        replica(&db, dir.path(), Wall::True, env),
+        replica(&db, dir.path(), Wall::True, env),
+    ];
+    (db, dir, replicas)
+}
+
+/// One authgate process on `db`, "admin" an admin, its wall clock as
+/// `wall` says, with `env` on top.
+pub fn replica(db: &TestDb, cwd: &Path, wall: Wall<'_>, env: &[(&str, &str)]) -> ChildServer {
     let mut all = vec![
         ("AUTHGATE_DATABASE__URL", db.url()),
         ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
         ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
     ];
     all.extend_from_slice(env);
-    let replicas = [
-        ChildServer::spawn(dir.path(), &[], &all),
-        ChildServer::spawn(dir.path(), &[], &all),
-    ];
-    (db, dir, replicas)
+    ChildServer::spawn_with_wall(cwd, &[], &all, wall)
+}
+
+/// A child process's wall clock, as libfaketime (Debian's faketime) moves
+/// it: its monotonic clock is left alone, as after an NTP step or a VM
+/// resume.
+#[derive(Clone, Copy)]
+pub enum Wall<'a> {
+    True,
+    /// Shifted by a libfaketime offset such as "+2h" or "-2h".
+    Shifted(&'a str),
+    /// Shifted by the offset the file holds, read again on every clock
+    /// call, so a test steps the clock by rewriting it.
+    FromFile(&'a Path),
+}
+
+/// libfaketime's thread-safe build, wherever Debian put it for this
+/// architecture.
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file())
+        .expect("libfaketime is installed (apt-get install faketime; scripts/test.sh does)")
+}
+
+/// A metric's value in a Prometheus scrape (0 when absent).
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// GetSubject as the test admin.
@@ -572,8 +611,32 @@ impl ChildServer {
     /// environment for AUTHGATE_*, listening on a free port, and waits for
     /// its "listening" line.
     pub fn spawn(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> ChildServer {
+        Self::spawn_with_wall(cwd, args, env, Wall::True)
+    }
+
+    /// `spawn`, with the process's wall clock as `wall` says.
+    pub fn spawn_with_wall(
+        cwd: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wall: Wall<'_>,
+    ) -> ChildServer {
         use std::io::BufRead;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        match wall {
+            Wall::True => {}
+            Wall::Shifted(offset) => {
+                cmd.env("FAKETIME", offset);
+            }
+            Wall::FromFile(file) => {
+                cmd.env("FAKETIME_TIMESTAMP_FILE", file)
+                    .env("FAKETIME_NO_CACHE", "1");
+            }
+        }
+        if !matches!(wall, Wall::True) {
+            cmd.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         cmd.current_dir(cwd)
             .args(args)
             .env("AUTHGATE_LOG__LEVEL", "info")

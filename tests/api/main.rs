@@ -14,6 +14,7 @@ mod cache;
 mod citizenship;
 mod cli;
 mod clients;
+mod clock;
 mod concurrency;
 mod faults;
 mod observability;

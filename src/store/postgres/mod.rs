@@ -21,6 +21,7 @@ use super::{
     AdmitFn, Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
     TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
 };
+use crate::clock::Reading;
 use crate::domain::{Admission, EventKind, KeyState, SecurityEvent, UnixMillis, UserId};
 use crate::telemetry::metrics;
 
@@ -33,6 +34,11 @@ pub const CLEANUP_LOCK: i64 = 0x6175_7468_6761_7465; // "authgate"
 /// Postgres reports these when it chose this transaction as the victim of a
 /// deadlock or serialization conflict, and authgate_expect_written when a
 /// compare-and-set lost; the transition is pure, so it is simply run again.
+/// The database's clock, the one every replica decides by: the time the
+/// statement runs, not the transaction's start (`now()`), in milliseconds
+/// as every stored time is.
+const DATABASE_NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 const RETRYABLE: [&str; 2] = ["40001", "40P01"];
 const MAX_ATTEMPTS: usize = 5;
 
@@ -1103,6 +1109,22 @@ impl Dialect for PostgresStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.sql.writer).await?;
         Ok(())
+    }
+
+    async fn clock(&self) -> Result<Option<Reading>, StoreError> {
+        // The round trip is timed on a connection already in hand: a wait
+        // for the pool would widen it without saying anything about the
+        // time.
+        let mut conn = self.sql.writer.acquire().await?;
+        let sent = std::time::Instant::now();
+        let at: i64 = sqlx::query_scalar(DATABASE_NOW)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(Some(Reading {
+            at: UnixMillis(at),
+            sent,
+            received: std::time::Instant::now(),
+        }))
     }
 
     async fn append_event(&self, e: &SecurityEvent) -> Result<(), StoreError> {
