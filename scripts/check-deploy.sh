@@ -57,6 +57,9 @@ known_metrics=(
   authgate_key_cache_lookups_total
   authgate_key_cache_entries
   authgate_key_cache_trusted
+  authgate_clock_skew_seconds
+  authgate_clock_skew_tolerance_seconds
+  authgate_clock_steps_total
 )
 
 write=false
