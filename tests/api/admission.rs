@@ -151,25 +151,25 @@ async fn failure_rules_judge_beside_admission(
     server.stop().await;
 }
 
+/// A photo's caption is its text: the reference middleware compares `text
+/// or caption`, and the clients fingerprint a media update's caption.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_identical_texts_pass_and_the_sixth_blocks(
+async fn five_identical_texts_or_captions_pass_and_the_sixth_blocks(
     #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+    #[values("text", "media")] kind: &str,
 ) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut alerts = watch(&mut server.admin().await).await;
     for _ in 0..5 {
-        assert!(
-            admit(&mut c, "copypaste", "text", b"buy now")
-                .await
-                .admitted
-        );
+        assert!(admit(&mut c, "copypaste", kind, b"buy now").await.admitted);
     }
-    let sixth = admit(&mut c, "copypaste", "text", b"buy now").await;
+    let sixth = admit(&mut c, "copypaste", kind, b"buy now").await;
     assert!(!sixth.admitted && sixth.block_started);
     assert_eq!(sixth.block_cause(), SpamCause::IdenticalMessages);
     assert_eq!(sixth.warning_cause(), SpamCause::IdenticalMessages);
+    assert_eq!(reason(&sixth), (Decision::Blocked, "spam_blocked"));
     let alert = tokio::time::timeout(Duration::from_secs(10), alerts.next())
         .await
         .expect("an alert")
