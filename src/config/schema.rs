@@ -442,7 +442,8 @@ pub struct AdmissionConfig {
     pub reputation: bool,
     /// Spam patterns among the user's 10 latest admitted updates.
     pub patterns: bool,
-    /// Identical text fingerprints (commands aside) that make a pattern.
+    /// Identical text fingerprints (a media update's is its caption's;
+    /// commands aside) that make a pattern.
     pub identical_text: PatternConfig,
     /// Identical callback fingerprints that make a pattern.
     pub identical_callback: PatternConfig,

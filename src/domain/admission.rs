@@ -12,13 +12,14 @@ use super::UnixMillis;
 /// How the pattern detector sees a kind of update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KindClass {
-    /// Messages with text (plain, replies, forwards, captions): identical
+    /// Messages with text (plain, replies, forwards): identical
     /// fingerprints among them are the identical-messages pattern.
     Text,
     /// Button presses: identical fingerprints are callback spam.
     Callback,
     /// Photos, videos, documents, audio, voice, stickers: many of them are
-    /// a media flood.
+    /// a media flood, and their fingerprints (of the caption) count with
+    /// texts' toward identical messages.
     Media,
     /// Commands: never limited, and left out of the text pattern.
     Command,
@@ -39,6 +40,13 @@ impl KindClass {
             KindClass::Media => "media",
             KindClass::Command => "command",
         }
+    }
+
+    /// Whether the identical-messages pattern compares this class's
+    /// fingerprints: the reference reads a message's `text or caption`, so
+    /// five photos with one caption are five identical messages.
+    fn has_text(self) -> bool {
+        matches!(self, KindClass::Text | KindClass::Media)
     }
 }
 
@@ -330,10 +338,10 @@ impl AdmissionState {
             return None;
         }
         let latest = &self.recent[self.recent.len().saturating_sub(patterns.lookback)..];
-        let most_repeated = |class: KindClass| {
+        let most_repeated = |compared: fn(KindClass) -> bool| {
             let prints: Vec<u64> = latest
                 .iter()
-                .filter(|u| u.class == class)
+                .filter(|u| compared(u.class))
                 .filter_map(|u| u.fingerprint)
                 .collect();
             prints
@@ -350,12 +358,12 @@ impl AdmissionState {
             (
                 Cause::IdenticalMessages,
                 patterns.identical_text,
-                most_repeated(KindClass::Text),
+                most_repeated(KindClass::has_text),
             ),
             (
                 Cause::CallbackSpam,
                 patterns.identical_callback,
-                most_repeated(KindClass::Callback),
+                most_repeated(|class| class == KindClass::Callback),
             ),
             (Cause::MediaFlood, patterns.media_flood, media),
         ]
@@ -677,18 +685,51 @@ mod tests {
     }
 
     #[test]
-    fn five_identical_texts_pass_and_the_sixth_is_blocked_at_once() {
+    fn five_identical_texts_or_captions_pass_and_the_sixth_is_blocked_at_once() {
+        let p = bot();
+        // A media update's fingerprint is its caption's: the reference
+        // compares `text or caption`.
+        for kind in ["text", "media"] {
+            let mut s = AdmissionState::default();
+            let fifth = send(&p, &mut s, kind, 5, T0, true);
+            assert!(
+                fifth.admitted,
+                "{kind}: patterns look at admitted updates only"
+            );
+            let sixth = send(&p, &mut s, kind, 1, UnixMillis(T0.0 + 100), true);
+            assert!(!sixth.admitted, "{kind}");
+            assert_eq!(sixth.warning, Some(Cause::IdenticalMessages), "{kind}");
+            let block = sixth.block.unwrap();
+            assert_eq!(block.cause, Cause::IdenticalMessages);
+            // One warning: 120 s × 2^(1 ÷ 3).
+            assert_eq!(block.until, UnixMillis(T0.0 + 100).plus(120 * SEC));
+        }
+    }
+
+    #[test]
+    fn photos_without_a_caption_are_no_identical_messages() {
+        let p = bot();
+        let photo = p.kind("media").unwrap();
+        let mut s = AdmissionState::default();
+        // No fingerprint: only the flood pattern, at seven, sees them.
+        for i in 0..7 {
+            let (next, a) = admit(&p, &s, photo, None, UnixMillis(T0.0 + 10 * i));
+            assert!(a.admitted && a.warning.is_none(), "photo {i}");
+            s = next;
+        }
+    }
+
+    #[test]
+    fn captions_and_texts_are_one_pattern() {
         let p = bot();
         let mut s = AdmissionState::default();
-        let fifth = send(&p, &mut s, "text", 5, T0, true);
-        assert!(fifth.admitted, "patterns look at admitted updates only");
-        let sixth = send(&p, &mut s, "text", 1, UnixMillis(T0.0 + 100), true);
-        assert!(!sixth.admitted);
-        assert_eq!(sixth.warning, Some(Cause::IdenticalMessages));
-        let block = sixth.block.unwrap();
-        assert_eq!(block.cause, Cause::IdenticalMessages);
-        // One warning: 120 s × 2^(1 ÷ 3).
-        assert_eq!(block.until, UnixMillis(T0.0 + 100).plus(120 * SEC));
+        send(&p, &mut s, "text", 2, T0, true);
+        send(&p, &mut s, "media", 2, UnixMillis(T0.0 + 100), true);
+        let fifth = send(&p, &mut s, "forward", 1, UnixMillis(T0.0 + 200), true);
+        assert!(fifth.admitted);
+        let next = send(&p, &mut s, "command", 1, UnixMillis(T0.0 + 300), false);
+        assert!(!next.admitted);
+        assert_eq!(next.block.unwrap().cause, Cause::IdenticalMessages);
     }
 
     #[test]

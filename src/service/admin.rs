@@ -91,8 +91,10 @@ impl Gate {
             }
         }
         let now = self.now();
-        // Admission blocks are lifted too (their warnings forgotten, as the
-        // reference's unblock does): they are the users' locks in a bot.
+        // Admission blocks are lifted too: they are the users' locks in a
+        // bot. The warnings go whether or not a block is in force (the
+        // reference's unblock keeps those of a user not blocked), so an
+        // unlocked user is not one warning away from the next block.
         let admission = match scope {
             UnlockScope::Key { context, key } => key.user().map(|user| AdmissionScope {
                 context: Some(context.clone()),

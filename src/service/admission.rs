@@ -199,8 +199,8 @@ impl Gate {
         Ok(records)
     }
 
-    /// Lifts admission blocks in `scope` (warnings forgotten); returns how
-    /// many users were unblocked.
+    /// Lifts the admission blocks in force in `scope` and forgets every
+    /// warning there, blocked or not; returns how many blocks were lifted.
     pub(super) async fn unblock_admission(
         &self,
         scope: &AdmissionScope,

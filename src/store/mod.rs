@@ -343,9 +343,9 @@ pub trait Store: Send + Sync + 'static {
     /// A user's admission state in every context.
     async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, StoreError>;
 
-    /// Unblocks the users blocked in `scope` at `now` (their warnings
-    /// forgotten), or with `unblock` false only forgets warnings; returns
-    /// how many users changed.
+    /// Forgets the warnings of every user in `scope`, blocked or not, and
+    /// with `unblock` lifts the blocks in force at `now`; returns how many
+    /// blocks were lifted, or without `unblock` how many users had warnings.
     async fn reset_admission(
         &self,
         scope: &AdmissionScope,

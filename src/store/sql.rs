@@ -93,11 +93,11 @@ static USER_ADMISSIONS: LazyLock<String> = LazyLock::new(|| {
 /// or '' for all.
 const ADMISSION_SCOPE: &str = "($1 = '' OR context = $1) AND ($2 = '' OR user_id = $2)";
 
-/// The reference middleware's unblock: the block lifted and the warnings
-/// forgotten, for users blocked at $3.
+/// Lifts the blocks in force at $3; an unlock forgets the warnings with
+/// RESET_WARNINGS.
 static UNBLOCK_ADMISSION: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE admission SET blocked_until = NULL, warnings = 0, version = version + 1 \
+        "UPDATE admission SET blocked_until = NULL, version = version + 1 \
          WHERE {ADMISSION_SCOPE} AND blocked_until > $3"
     )
 });
@@ -334,8 +334,9 @@ pub trait Common: Send + Sync {
         now: UnixMillis,
     ) -> Result<(), StoreError>;
     async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, StoreError>;
-    /// Unblocks (and forgets the warnings of) the users blocked in `scope`,
-    /// or only resets the warnings; returns how many users changed.
+    /// Forgets the warnings of every user in `scope`, blocked or not, and
+    /// with `unblock` lifts the blocks in force at `now`; returns how many
+    /// blocks were lifted, or without `unblock` how many users had warnings.
     async fn reset_admission(
         &self,
         scope: &AdmissionScope,
@@ -785,21 +786,27 @@ where
     ) -> Result<u64, StoreError> {
         let context = scope.context.as_deref().unwrap_or_default();
         let user = scope.user.as_ref().map_or("", |u| u.as_str());
-        let done = if unblock {
-            sqlx::query(UNBLOCK_ADMISSION.as_str())
+        // One transaction, so an unlock never lifts a block and leaves the
+        // warnings that would block again at the next one too many.
+        let mut tx = self.writer.begin_with(self.begin_write).await?;
+        let unblocked = if unblock {
+            let done = sqlx::query(UNBLOCK_ADMISSION.as_str())
                 .bind(context)
                 .bind(user)
                 .bind(now.0)
-                .execute(&self.writer)
-                .await?
+                .execute(&mut *tx)
+                .await?;
+            Some(done.affected())
         } else {
-            sqlx::query(RESET_WARNINGS.as_str())
-                .bind(context)
-                .bind(user)
-                .execute(&self.writer)
-                .await?
+            None
         };
-        Ok(done.affected())
+        let reset = sqlx::query(RESET_WARNINGS.as_str())
+            .bind(context)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(unblocked.unwrap_or(reset.affected()))
     }
 
     async fn admission_offenders(

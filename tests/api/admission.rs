@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use authgate::grpc::proto::admin_unlock_request::Scope;
 use authgate::grpc::proto::{self, Decision, SpamCause};
 use rstest::rstest;
 use tokio_stream::StreamExt;
@@ -47,6 +48,17 @@ fn reason(r: &proto::AdmitResponse) -> (Decision, &str) {
 
 async fn admission_of(a: &mut AdminClient, user: &str) -> Vec<proto::AdmissionState> {
     report(a, subject(user, "")).await.admission
+}
+
+async fn unlock(a: &mut AdminClient, scope: Scope) -> u64 {
+    a.admin_unlock(proto::AdminUnlockRequest {
+        actor_user_id: "admin".into(),
+        scope: Some(scope),
+    })
+    .await
+    .expect("AdminUnlock")
+    .into_inner()
+    .unlocked
 }
 
 #[rstest]
@@ -151,25 +163,25 @@ async fn failure_rules_judge_beside_admission(
     server.stop().await;
 }
 
+/// A photo's caption is its text: the reference middleware compares `text
+/// or caption`, and the clients fingerprint a media update's caption.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_identical_texts_pass_and_the_sixth_blocks(
+async fn five_identical_texts_or_captions_pass_and_the_sixth_blocks(
     #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+    #[values("text", "media")] kind: &str,
 ) {
     let server = TestServer::spawn(backend).await;
     let mut c = server.access().await;
     let mut alerts = watch(&mut server.admin().await).await;
     for _ in 0..5 {
-        assert!(
-            admit(&mut c, "copypaste", "text", b"buy now")
-                .await
-                .admitted
-        );
+        assert!(admit(&mut c, "copypaste", kind, b"buy now").await.admitted);
     }
-    let sixth = admit(&mut c, "copypaste", "text", b"buy now").await;
+    let sixth = admit(&mut c, "copypaste", kind, b"buy now").await;
     assert!(!sixth.admitted && sixth.block_started);
     assert_eq!(sixth.block_cause(), SpamCause::IdenticalMessages);
     assert_eq!(sixth.warning_cause(), SpamCause::IdenticalMessages);
+    assert_eq!(reason(&sixth), (Decision::Blocked, "spam_blocked"));
     let alert = tokio::time::timeout(Duration::from_secs(10), alerts.next())
         .await
         .expect("an alert")
@@ -293,21 +305,81 @@ async fn admins_see_unblock_reset_and_rank_offenders(
     let still = admit(&mut c, "spammer", "text", b"hello?").await;
     assert!(!still.admitted);
 
-    let unlocked = a
-        .admin_unlock(proto::AdminUnlockRequest {
-            actor_user_id: "admin".into(),
-            scope: Some(proto::admin_unlock_request::Scope::Subject(
-                proto::Subject {
-                    user_id: "spammer".into(),
-                    ..Default::default()
-                },
-            )),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(unlocked.unlocked, 1);
+    let lifted = unlock(
+        &mut a,
+        Scope::Subject(proto::Subject {
+            user_id: "spammer".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(lifted, 1);
     assert!(admit(&mut c, "spammer", "text", b"hello!").await.admitted);
+    server.stop().await;
+}
+
+/// The first text over the user's limit (reputation applied).
+async fn first_refused_text(c: &mut Access, user: &str) -> proto::AdmitResponse {
+    let mut i = 0;
+    loop {
+        let r = admit(c, user, "text", format!("again-{i}").as_bytes()).await;
+        if !r.admitted {
+            return r;
+        }
+        i += 1;
+    }
+}
+
+/// An admin's unlock forgets a user's admission warnings whether or not a
+/// block is in force, and counts only the blocks it lifted.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_forgets_warnings_when_no_block_is_in_force(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let server = TestServer::spawn(backend).await;
+    let mut c = server.access().await;
+    let mut a = server.admin().await;
+    // Three warnings and a 240 s block that runs out; one warning, no block.
+    assert!(burst(&mut c, "served", "text", 11).await.block_started);
+    assert!(!burst(&mut c, "warned", "text", 9).await.admitted);
+    server.clock.advance(Duration::from_secs(240));
+    assert_eq!(admission_of(&mut a, "served").await[0].warnings, 2);
+    assert_eq!(admission_of(&mut a, "warned").await[0].warnings, 1);
+
+    let served = proto::Subject {
+        user_id: "served".into(),
+        ..Default::default()
+    };
+    let warned = proto::KeyRef {
+        context: "bot".into(),
+        key: Some(proto::Key {
+            kind: proto::KeyKind::User.into(),
+            user_id: "warned".into(),
+            ..Default::default()
+        }),
+    };
+    assert_eq!(
+        unlock(&mut a, Scope::Subject(served)).await,
+        0,
+        "no block in force"
+    );
+    assert_eq!(
+        unlock(&mut a, Scope::Key(warned)).await,
+        0,
+        "no block in force"
+    );
+    for user in ["served", "warned"] {
+        assert_eq!(admission_of(&mut a, user).await[0].warnings, 0, "{user}");
+        // Forgotten, so the next update over the limit is a first warning
+        // again, not the third that blocks.
+        let refused = first_refused_text(&mut c, user).await;
+        assert_eq!(
+            (refused.warnings, refused.block_started),
+            (1, false),
+            "{user}"
+        );
+    }
     server.stop().await;
 }
 
