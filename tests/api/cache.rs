@@ -14,14 +14,6 @@ use crate::helpers::*;
 /// above the delay of a notification on a working one.
 const STALENESS: Duration = Duration::from_secs(1);
 
-/// A metric's value in a Prometheus scrape (0 when absent).
-fn metric(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn hits(replica: &ChildServer) -> f64 {
     metric(
         &http_get(&replica.metrics_url),

@@ -664,6 +664,17 @@ impl ChildServer {
 }
 
 impl ChildServer {
+    /// The process's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server runs");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// kill -9: no drain, no goodbye.
     pub fn kill(self) {
         drop(self);
@@ -816,6 +827,14 @@ pub async fn raw_call(
     )
     .await
     .map(tonic::Response::into_inner)
+}
+
+/// A metric's value in a Prometheus scrape (0 when absent).
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A plain HTTP/1.0 GET; enough for /metrics and Prometheus's API.

@@ -15,6 +15,7 @@ mod citizenship;
 mod cli;
 mod clients;
 mod concurrency;
+mod connections;
 mod faults;
 mod observability;
 mod operator;
