@@ -64,19 +64,13 @@ mod tests {
 
     /// Work that waits for `step`, passes its point of no return, waits
     /// for `step` again, then records that it finished.
-    fn work(
-        step: Arc<Notify>,
-        finished: Arc<AtomicBool>,
-        commits: bool,
-    ) -> impl Future<Output = ()> {
-        async move {
-            step.notified().await;
-            if commits {
-                point_of_no_return();
-            }
-            step.notified().await;
-            finished.store(true, Ordering::SeqCst);
+    async fn work(step: Arc<Notify>, finished: Arc<AtomicBool>, commits: bool) {
+        step.notified().await;
+        if commits {
+            point_of_no_return();
         }
+        step.notified().await;
+        finished.store(true, Ordering::SeqCst);
     }
 
     #[tokio::test]

@@ -235,20 +235,33 @@ async fn a_connection_of_bodiless_calls_leaves_other_clients_served() {
     assert!(report["most_open"].as_u64().unwrap() <= 100, "{report}");
 }
 
+/// A replica of `permits` permits that one connection may take all of,
+/// calls of at most `timeout`, and a keyed connection holding every permit
+/// with bodiless calls.
+async fn held_by_one_connection(permits: usize, timeout: &str) -> (Replica, Abuse) {
+    let permits = permits.to_string();
+    let replica = Replica::start(&[
+        ("AUTHGATE_SERVER__MAX_CONCURRENT_REQUESTS", &permits),
+        ("AUTHGATE_SERVER__MAX_CONNECTION_SHARE", "1.0"),
+        ("AUTHGATE_SERVER__REQUEST_TIMEOUT", timeout),
+    ])
+    .await;
+    let key = replica.keys.check.clone();
+    let mut holder = Abuse::start(
+        "bodiless",
+        replica.addr(),
+        &["--key", &key, "--calls", &permits],
+    );
+    holder.ready().await;
+    (replica, holder)
+}
+
 /// A bodiless call gives its permit back at its deadline, though its
 /// connection stays open: here one connection may take every permit
 /// (share 1), and the replica serves again once their deadline passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_calls_give_their_permits_back_at_their_deadline() {
-    let replica = Replica::start(&[
-        ("AUTHGATE_SERVER__MAX_CONCURRENT_REQUESTS", "8"),
-        ("AUTHGATE_SERVER__MAX_CONNECTION_SHARE", "1.0"),
-        ("AUTHGATE_SERVER__REQUEST_TIMEOUT", "1s"),
-    ])
-    .await;
-    let key = replica.keys.check.clone();
-    let mut attack = Abuse::start("bodiless", replica.addr(), &["--key", &key, "--calls", "8"]);
-    attack.ready().await;
+    let (replica, attack) = held_by_one_connection(8, "1s").await;
     let mut normal = replica.client().await;
     let start = Instant::now();
     loop {
@@ -322,15 +335,7 @@ async fn connections_that_never_read_pin_bounded_memory() {
 /// at once, not RESOURCE_EXHAUSTED nor at their deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_connection_holds_nothing() {
-    let replica = Replica::start(&[
-        ("AUTHGATE_SERVER__MAX_CONCURRENT_REQUESTS", "4"),
-        ("AUTHGATE_SERVER__MAX_CONNECTION_SHARE", "1.0"),
-        ("AUTHGATE_SERVER__REQUEST_TIMEOUT", "30s"),
-    ])
-    .await;
-    let key = replica.keys.check.clone();
-    let mut holder = Abuse::start("bodiless", replica.addr(), &["--key", &key, "--calls", "4"]);
-    holder.ready().await;
+    let (replica, holder) = held_by_one_connection(4, "30s").await;
 
     let mut stranger = Abuse::start("bodiless", replica.addr(), &["--calls", "1000"]);
     stranger.ready().await;
