@@ -53,9 +53,8 @@ pub struct Authenticate<S> {
 }
 
 impl<S> Authenticate<S> {
-    /// The caller of `request`, when it may call the service `route` is
-    /// for: `role` is the role that service needs, `None` any
-    /// authenticated caller (reflection).
+    /// The caller of `request`, when it has `role`, the role of the service
+    /// called (`None`: any authenticated caller may, as for reflection).
     fn caller<B>(&self, request: &Request<B>, role: Option<Role>) -> Result<Caller, Status> {
         let authorization = request.headers().get("authorization").map(|v| v.as_bytes());
         // A key, when sent, decides; the certificate is parsed only without
