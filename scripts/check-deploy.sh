@@ -48,6 +48,11 @@ known_metrics=(
   authgate_build_info
   authgate_auth_rejected_total
   authgate_requests_shed_total
+  authgate_connection_share_shed_total
+  authgate_calls_abandoned_total
+  authgate_connections
+  authgate_connections_refused_total
+  authgate_http2_warnings_suppressed_total
   authgate_store_up
   authgate_fail_open_decisions_total
   authgate_accept_errors_total

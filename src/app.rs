@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::server::NamedService;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -22,11 +21,12 @@ use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
 use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
 use crate::domain::{KeyKind, Policy};
-use crate::grpc::auth::{Authenticator, Role};
+use crate::grpc::auth::Authenticator;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{
-    AccessApi, AdminApi, Authenticate, LimitsLayer, RequestIdLayer, incoming, proto, wire_errors,
+    AccessApi, AdminApi, AuthenticateLayer, LimitsLayer, RequestIdLayer, incoming, proto,
+    wire_errors,
 };
 use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
@@ -211,13 +211,29 @@ fn server_tls(t: &TlsConfig) -> Result<ServerTlsConfig, StartError> {
     Ok(tls)
 }
 
-/// How long connections may live and idle (see ServerConfig).
+/// Streams a peer may have the server reset for it (streams it opened past
+/// the stream limit, for one) before its connection is closed with GOAWAY:
+/// hyper's own default, which tonic leaves unset, so that a peer that keeps
+/// ignoring the limit cannot keep the server busy refusing it.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// How long connections may live and idle, and how many there may be (see
+/// ServerConfig).
 struct ConnectionLimits {
+    max_connections: usize,
+    max_streams: u32,
     max_age: Duration,
     max_age_grace: Duration,
     handshake_timeout: Duration,
     keepalive_interval: Duration,
     keepalive_timeout: Duration,
+}
+
+/// The calls one connection may hold: its share of the replica's, at least
+/// one.
+fn calls_per_connection(server: &crate::config::ServerConfig) -> usize {
+    let share = server.max_concurrent_requests as f64 * server.max_connection_share;
+    (share as usize).max(1)
 }
 
 /// The id of the generated key of the embedded default.
@@ -313,10 +329,14 @@ impl Application {
             tls,
             limits: LimitsLayer::new(
                 config.server.max_concurrent_requests,
+                calls_per_connection(&config.server),
                 config.server.request_timeout,
+                MAX_MESSAGE_BYTES,
             ),
             shutdown_grace: config.server.shutdown_grace,
             connections: ConnectionLimits {
+                max_connections: config.server.max_connections,
+                max_streams: config.server.max_concurrent_streams,
                 max_age: config.server.max_connection_age,
                 max_age_grace: config.server.max_connection_age_grace,
                 handshake_timeout: config.server.handshake_timeout,
@@ -425,7 +445,6 @@ impl Application {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let guard = |role| Authenticate::new(self.auth.clone(), role);
 
         tracing::info!(
             addr = %addr,
@@ -435,6 +454,8 @@ impl Application {
         );
         let limits = &self.connections;
         let mut builder = Server::builder()
+            .max_concurrent_streams(limits.max_streams)
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
             .max_connection_age(limits.max_age)
             .max_connection_age_grace(limits.max_age_grace)
             .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -443,25 +464,29 @@ impl Application {
             builder = builder.tls_config(tls.timeout(limits.handshake_timeout))?;
         }
         let mut grace_timer = stop_for_streams.clone();
+        // Credentials first: a call that has none never holds a permit.
         let server = builder
             .layer(RequestIdLayer)
+            .layer(AuthenticateLayer::new(self.auth.clone()))
             .layer(self.limits)
             .layer(wire_errors())
             .add_service(health)
-            .add_service(InterceptedService::new(reflection_v1, guard(None)))
-            .add_service(InterceptedService::new(reflection_v1alpha, guard(None)))
-            .add_service(InterceptedService::new(
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
                 AccessServiceServer::new(AccessApi::new(self.gate.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                guard(Some(Role::Check)),
-            ))
-            .add_service(InterceptedService::new(
+            )
+            .add_service(
                 AdminServiceServer::new(AdminApi::new(self.gate.clone(), stop_for_streams))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                guard(Some(Role::Admin)),
-            ))
+            )
             .serve_with_incoming_shutdown(
-                incoming(self.listener, self.connections.handshake_timeout),
+                incoming(
+                    self.listener,
+                    limits.handshake_timeout,
+                    limits.max_connections,
+                ),
                 async move {
                     shutdown.await;
                     tracing::info!("shutting down: no new connections; draining calls in flight");

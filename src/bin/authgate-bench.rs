@@ -41,7 +41,11 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// HTTP/2 connections to each server the requests are spread over (gRPC
-    /// clients in production hold a few, one per backend).
+    /// clients in production hold a few, one per backend). authgate serves
+    /// at most server.max_concurrent_streams (100) calls of a connection at
+    /// once (more wait in the client) and refuses more than
+    /// server.max_connection_share of its calls (128) from one: keep
+    /// --concurrency / --connections under both.
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Measured time per workload, after a one-second warm-up.

@@ -176,6 +176,17 @@ mod tests {
         assert!(
             err("[server]\nmax_concurrent_requests = 0").contains("server.max_concurrent_requests")
         );
+        for share in ["0.0", "1.5", "-1.0", "nan"] {
+            assert!(
+                err(&format!("[server]\nmax_connection_share = {share}"))
+                    .contains("server.max_connection_share"),
+                "{share}"
+            );
+        }
+        assert!(
+            err("[server]\nmax_concurrent_streams = 0").contains("server.max_concurrent_streams")
+        );
+        assert!(err("[server]\nmax_connections = 0").contains("server.max_connections"));
     }
 
     #[test]

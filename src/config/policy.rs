@@ -67,6 +67,22 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let share = self.server.max_connection_share;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(invalid(
+                "server.max_connection_share",
+                "must be more than 0 and at most 1",
+            ));
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err(invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
         let user_ids = |key: &str, raw: &[String]| -> Result<BTreeSet<UserId>, ConfigError> {
             raw.iter()
                 .enumerate()

@@ -78,6 +78,26 @@ pub struct ServerConfig {
     /// overloaded replica sheds load and clients retry elsewhere. Health
     /// checks are exempt.
     pub max_concurrent_requests: usize,
+    /// The share of max_concurrent_requests the calls of one connection may
+    /// hold at once (at least one call); past it its calls are answered
+    /// RESOURCE_EXHAUSTED like the replica's, so one connection cannot take
+    /// a replica's capacity. At the default 0.5 (128 of 256) a client that
+    /// keeps to max_concurrent_streams never meets it: its calls queue at
+    /// the client instead, and one connection holds at most 100.
+    pub max_connection_share: f64,
+    /// HTTP/2 streams (calls) one connection may have open at once,
+    /// advertised to clients as SETTINGS_MAX_CONCURRENT_STREAMS: clients
+    /// queue calls beyond it, and streams a peer opens past it are refused.
+    /// A stream whose answer the client does not read stays open and counts
+    /// here, so this also bounds the memory a connection can pin with
+    /// unread answers.
+    pub max_concurrent_streams: u32,
+    /// Connections served at once; a connection accepted past it is closed
+    /// at once, so a client retries another replica. With
+    /// max_concurrent_streams it bounds what unread answers can hold: about
+    /// 2 KiB a stalled stream and 15 KiB a connection, so at the defaults
+    /// some 110 MiB at worst, within the shipped Deployment's 256Mi.
+    pub max_connections: usize,
     /// After SIGTERM or SIGINT: how long in-flight calls may take to finish
     /// before the process exits anyway.
     #[serde(with = "duration")]
@@ -112,6 +132,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             request_timeout: Duration::from_secs(5),
             max_concurrent_requests: 256,
+            max_connection_share: 0.5,
+            max_concurrent_streams: 100,
+            max_connections: 512,
             shutdown_grace: Duration::from_secs(20),
             max_connection_age: Duration::from_secs(300),
             max_connection_age_grace: Duration::from_secs(30),

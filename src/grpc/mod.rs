@@ -9,12 +9,13 @@ mod convert;
 mod incoming;
 mod limits;
 mod request_id;
+mod route;
 mod status;
 mod wire;
 
 pub use access::AccessApi;
 pub use admin::AdminApi;
-pub use auth::{Authenticate, caller};
+pub use auth::{AuthenticateLayer, caller};
 pub use incoming::incoming;
 pub use limits::LimitsLayer;
 pub use request_id::RequestIdLayer;

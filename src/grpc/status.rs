@@ -38,6 +38,9 @@ pub enum Refusal {
     ResourceExhausted { message: String, retry: bool },
     /// DEADLINE_EXCEEDED: the caller's deadline or the server's.
     DeadlineExceeded(String),
+    /// CANCELLED: the request broke off before it was whole (its caller
+    /// is gone, so the answer is for the logs).
+    Cancelled(String),
     /// UNAVAILABLE, with RetryInfo: the store cannot be reached.
     Unavailable,
     /// INTERNAL: authgate's own fault; the cause is logged, never sent.
@@ -64,6 +67,7 @@ impl From<Refusal> for Status {
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             Refusal::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            Refusal::Cancelled(m) => Status::cancelled(m),
             Refusal::Unavailable => Status::with_error_details(
                 Code::Unavailable,
                 "the state store is unavailable; retry later",

@@ -405,12 +405,14 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
 /// Runs one store operation on behalf of `Store`: answered at once while
 /// the store is known to be unreachable, timed, its failures counted, and
-/// its outcome told to `health`.
+/// its outcome told to `health`. From here on the call's work runs to
+/// completion, whatever its caller does.
 async fn watched<T>(
     health: &Health,
     op: &'static str,
     f: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    crate::work::point_of_no_return();
     health.admit()?;
     let start = Instant::now();
     let result = f.await;

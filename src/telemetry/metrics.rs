@@ -28,6 +28,11 @@ pub const BUILD_INFO: &str = "authgate_build_info";
 pub const EVENTS_DROPPED: &str = "authgate_security_events_dropped_total";
 pub const AUTH_REJECTED: &str = "authgate_auth_rejected_total";
 pub const SHED: &str = "authgate_requests_shed_total";
+pub const CONNECTION_SHED: &str = "authgate_connection_share_shed_total";
+pub const ABANDONED: &str = "authgate_calls_abandoned_total";
+pub const CONNECTIONS: &str = "authgate_connections";
+pub const CONNECTIONS_REFUSED: &str = "authgate_connections_refused_total";
+pub const HTTP2_WARNINGS_SUPPRESSED: &str = "authgate_http2_warnings_suppressed_total";
 pub const ACCEPT_ERRORS: &str = "authgate_accept_errors_total";
 pub const ADMISSIONS: &str = "authgate_admission_updates_total";
 pub const ADMISSION_WARNINGS: &str = "authgate_admission_warnings_total";
@@ -106,6 +111,26 @@ fn describe() {
     describe_counter!(
         SHED,
         "Calls answered RESOURCE_EXHAUSTED because server.max_concurrent_requests were in flight"
+    );
+    describe_counter!(
+        CONNECTION_SHED,
+        "Calls answered RESOURCE_EXHAUSTED because their connection's calls held server.max_connection_share of the replica's"
+    );
+    describe_counter!(
+        ABANDONED,
+        "Calls whose caller reset them, hung up or ran out of time before their work touched the store: their work was not run"
+    );
+    describe_gauge!(
+        CONNECTIONS,
+        "gRPC connections open (at most server.max_connections)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "gRPC connections closed on arrival because server.max_connections were open"
+    );
+    describe_counter!(
+        HTTP2_WARNINGS_SUPPRESSED,
+        "Warnings of the HTTP/2 stack (GOAWAYs to abusive peers, for one) left out of the log past its rate limit"
     );
     describe_counter!(
         ADMISSIONS,
@@ -228,6 +253,26 @@ pub fn auth_rejected(reason: &'static str) {
 
 pub fn shed() {
     counter!(SHED).increment(1);
+}
+
+pub fn connection_shed() {
+    counter!(CONNECTION_SHED).increment(1);
+}
+
+pub fn abandoned() {
+    counter!(ABANDONED).increment(1);
+}
+
+pub fn connections(open: usize) {
+    gauge!(CONNECTIONS).set(open as f64);
+}
+
+pub fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+pub fn http2_warning_suppressed() {
+    counter!(HTTP2_WARNINGS_SUPPRESSED).increment(1);
 }
 
 /// Labels are bounded: kinds are those a context configures.

@@ -2,9 +2,11 @@
 //! or a session goes through.
 
 pub mod metrics;
+mod throttle;
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -25,7 +27,8 @@ pub enum LogTo {
 
 /// Installs the global subscriber. `log.level` is a tracing directive
 /// string such as `info` or `authgate=debug`; an invalid one falls back to
-/// `info` with a warning rather than losing all logs.
+/// `info` with a warning rather than losing all logs. The HTTP/2 stack's
+/// warnings pass at a bounded rate (see throttle.rs).
 pub fn init(log: &LogConfig, to: LogTo) {
     let (filter, bad) = match EnvFilter::try_new(&log.level) {
         Ok(f) => (f, None),
@@ -59,14 +62,15 @@ pub fn init(log: &LogConfig, to: LogTo) {
             .with_flattened_event()
             .with_flattened_span_fields("span");
         tracing_subscriber::registry()
-            .with(layer.with_filter(filter))
+            .with(layer.with_filter(filter.and(throttle::Http2Warnings::new())))
             .try_init()
             .is_ok()
     } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        let layer = tracing_subscriber::fmt::layer()
             .with_writer(writer)
-            .with_ansi(terminal)
+            .with_ansi(terminal);
+        tracing_subscriber::registry()
+            .with(layer.with_filter(filter.and(throttle::Http2Warnings::new())))
             .try_init()
             .is_ok()
     };

@@ -16,6 +16,7 @@ mod cli;
 mod clients;
 mod clock;
 mod concurrency;
+mod connections;
 mod faults;
 mod observability;
 mod operator;

@@ -1,11 +1,19 @@
-//! The credential check in front of every service but health: parses the
-//! caller once, in an interceptor, and leaves a typed `Caller` in the
-//! request's extensions for the handlers.
+//! The credential check in front of every service but health: a layer that
+//! parses the caller once, from the `authorization` header or the client
+//! certificate of the connection, and leaves a typed `Caller` in the
+//! request's extensions, which tonic hands to the handlers. It sits before
+//! the limits, so a call without a valid credential is answered at once and
+//! never holds a permit: an unauthenticated connection holds nothing.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tonic::service::Interceptor;
-use tonic::{Request, Status};
+use http::{Request, Response};
+use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 mod keys;
@@ -13,34 +21,50 @@ mod keys;
 pub use keys::{AuthError, Authenticator, Caller, Credential, KeyHash, Role, generate_key};
 
 use super::Refusal;
+use super::route::Route;
 use crate::telemetry::metrics;
 
 #[derive(Clone)]
-pub struct Authenticate {
+pub struct AuthenticateLayer {
     auth: Arc<Authenticator>,
-    /// The role the service needs; `None` lets any authenticated caller in
-    /// (reflection).
-    role: Option<Role>,
 }
 
-impl Authenticate {
-    pub fn new(auth: Arc<Authenticator>, role: Option<Role>) -> Self {
-        Authenticate { auth, role }
+impl AuthenticateLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthenticateLayer { auth }
     }
 }
 
-impl Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let authorization = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes());
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S> Authenticate<S> {
+    /// The caller of `request`, when it has `role`, the role of the service
+    /// called (`None`: any authenticated caller may, as for reflection).
+    fn caller<B>(&self, request: &Request<B>, role: Option<Role>) -> Result<Caller, Status> {
+        let authorization = request.headers().get("authorization").map(|v| v.as_bytes());
         // A key, when sent, decides; the certificate is parsed only without
         // one.
         let names = match authorization {
             Some(_) => Vec::new(),
             None => request
-                .peer_certs()
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs)
                 .and_then(|chain| chain.first().map(|leaf| names_of(leaf.as_ref())))
                 .unwrap_or_default(),
         };
@@ -52,7 +76,7 @@ impl Interceptor for Authenticate {
             });
             Status::from(Refusal::Unauthenticated(e.to_string()))
         })?;
-        if let Some(role) = self.role
+        if let Some(role) = role
             && !caller.has(role)
         {
             metrics::auth_rejected("role");
@@ -62,14 +86,46 @@ impl Interceptor for Authenticate {
             ))
             .into());
         }
-        request.extensions_mut().insert(caller);
-        Ok(request)
+        Ok(caller)
     }
 }
 
-/// The caller the interceptor left on a request. Every service that reads
-/// it sits behind `Authenticate`, so it is always there.
-pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
+impl<S, B, RB> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let role = match Route::of(request.uri().path()) {
+            // Kubernetes' probes carry no credentials.
+            Route::Health => return Box::pin(self.inner.call(request)),
+            Route::Access => Some(Role::Check),
+            Route::Admin => Some(Role::Admin),
+            Route::Other => None,
+        };
+        match self.caller(&request, role) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(refused) => Box::pin(std::future::ready(Ok(refused.into_http()))),
+        }
+    }
+}
+
+/// The caller `Authenticate` left on a request. Every service that reads
+/// it sits behind it, so it is always there.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
     request
         .extensions()
         .get::<Caller>()

@@ -1,0 +1,72 @@
+//! Which of the server's services a request is for, read once from its path
+//! (`/package.Service/Method`) by the middleware that treats them apart:
+//! authentication (which role) and limits (which calls are shed, which
+//! requests are read whole before their work starts).
+
+use tonic_health::pb::health_server;
+
+use super::proto::{access_service_server, admin_service_server};
+
+/// The services the server routes to, as the middleware tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `grpc.health.v1.Health`: Kubernetes' probes, which carry no
+    /// credentials and are never shed nor cut short.
+    Health,
+    /// `authgate.v1.AccessService`: the `check` role.
+    Access,
+    /// `authgate.v1.AdminService`: the `admin` role.
+    Admin,
+    /// Server reflection, and any path the server does not serve (answered
+    /// UNIMPLEMENTED): any authenticated caller.
+    Other,
+}
+
+impl Route {
+    pub fn of(path: &str) -> Route {
+        let service = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .map_or("", |(service, _)| service);
+        match service {
+            health_server::SERVICE_NAME => Route::Health,
+            access_service_server::SERVICE_NAME => Route::Access,
+            admin_service_server::SERVICE_NAME => Route::Admin,
+            _ => Route::Other,
+        }
+    }
+
+    /// authgate's own services, whose every method takes one request
+    /// message (WatchSecurityEvents streams only its answer): their request
+    /// can be read whole before the work starts. Reflection streams both
+    /// ways and is left to read its own.
+    pub fn takes_one_message(self) -> bool {
+        matches!(self, Route::Access | Route::Admin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Route;
+
+    #[test]
+    fn routes_are_read_from_the_service_part_of_the_path() {
+        assert_eq!(Route::of("/grpc.health.v1.Health/Check"), Route::Health);
+        assert_eq!(
+            Route::of("/authgate.v1.AccessService/CheckAccess"),
+            Route::Access
+        );
+        assert_eq!(
+            Route::of("/authgate.v1.AdminService/AdminUnlock"),
+            Route::Admin
+        );
+        assert_eq!(
+            Route::of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Route::Other
+        );
+        // A prefix is not the service.
+        assert_eq!(Route::of("/grpc.health.v1.HealthX/Check"), Route::Other);
+        assert_eq!(Route::of("/authgate.v1.AccessService"), Route::Other);
+        assert_eq!(Route::of(""), Route::Other);
+    }
+}
