@@ -95,7 +95,7 @@ impl Reading {
     /// How far `wall`, this host's wall clock read just after the answer
     /// arrived, is ahead of the authority (negative: behind).
     pub fn skew_of(&self, wall: UnixMillis) -> i64 {
-        wall.0 - (self.at.0 + millis(self.round_trip()) / 2)
+        wall.0 - self.at.plus(self.round_trip() / 2).0
     }
 }
 
@@ -133,7 +133,7 @@ impl Authority {
 
 impl Clock for Authority {
     fn now(&self) -> UnixMillis {
-        UnixMillis(self.base.load(Ordering::SeqCst) + millis(self.origin.elapsed()))
+        UnixMillis(self.base.load(Ordering::SeqCst)).plus(self.origin.elapsed())
     }
 }
 
