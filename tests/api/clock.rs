@@ -5,7 +5,9 @@
 //! where the wall clock is the only clock, a step of it is seen.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use authgate::clock::{Clock, SystemClock};
 
 use authgate::grpc::proto::Decision;
 use tonic::transport::Channel;
@@ -83,13 +85,7 @@ async fn skew(replica: &ChildServer) -> f64 {
 }
 
 fn real_now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+    SystemClock.now().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,5 +261,116 @@ async fn a_step_of_the_wall_clock_is_seen_on_sqlite() {
         stepped[0].contains("\"authority\":\"wall\""),
         "{}",
         stepped[0]
+    );
+}
+
+/// The store going away and coming back: a skewed replica answers
+/// UNAVAILABLE meanwhile (nothing is judged on its own clock), and after
+/// the outage still decides by the database's time, carried across by its
+/// monotonic clock and read again once the store answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_replica_keeps_the_databases_time_across_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = PgCluster::start();
+    let db = cluster.database().await;
+    let skewed = replica(
+        &db,
+        dir.path(),
+        Wall::Shifted("+2h"),
+        &[("AUTHGATE_CLOCK__SYNC_INTERVAL", "100ms")],
+    );
+    attack(&[&skewed], "mallory", "203.0.113.7", 5).await;
+    let mut c = skewed.access().await;
+
+    cluster.stop();
+    let refused = c
+        .check_access(authgate::grpc::proto::CheckAccessRequest {
+            context: "login".into(),
+            subject: subject("mallory", "203.0.113.7"),
+        })
+        .await
+        .expect_err("no store, no verdict");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    cluster.restart();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let verdict = loop {
+        let answer = c
+            .check_access(authgate::grpc::proto::CheckAccessRequest {
+                context: "login".into(),
+                subject: subject("mallory", "203.0.113.7"),
+            })
+            .await;
+        if let Ok(r) = answer {
+            break r.into_inner().verdict.expect("verdict");
+        }
+        assert!(Instant::now() < deadline, "the store did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(decision(&verdict), Decision::Blocked, "{verdict:?}");
+    assert!(
+        (LOCK_SECONDS - 30..=LOCK_SECONDS).contains(&verdict.retry_after_seconds),
+        "{} s left",
+        verdict.retry_after_seconds
+    );
+    let again = fail(&mut c, "login", subject("mallory", "203.0.113.7")).await;
+    assert!(!again.lockout_applied, "a locked key is not locked again");
+    let off = skew(&skewed).await;
+    assert!((off - 7200.0).abs() < 60.0, "skew {off}");
+}
+
+/// A replica's wall clock stepped while it runs, on Postgres: the skew is
+/// reported and, once the clock is put right, reported gone; the decision
+/// clock never moved, so no step of it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_put_right_is_reported_and_decisions_never_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("faketime");
+    step_to(&file, "+2h");
+    let db = TestDb::new(Backend::Postgres).await;
+    let server = replica(
+        &db,
+        dir.path(),
+        Wall::FromFile(&file),
+        &[("AUTHGATE_CLOCK__SYNC_INTERVAL", "100ms")],
+    );
+    let off = skew(&server).await;
+    assert!((off - 7200.0).abs() < 60.0, "skew {off}");
+    assert_eq!(
+        health(&server, "clock").await,
+        ServingStatus::NotServing as i32
+    );
+    attack(&[&server], "mallory", "203.0.113.7", 5).await;
+
+    step_to(&file, "+0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health(&server, "clock").await != ServingStatus::Serving as i32 {
+        assert!(Instant::now() < deadline, "the skew was not reported gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(skew(&server).await.abs() < 1.0);
+    let scrape = http_get(&server.metrics_url);
+    assert_eq!(
+        metric(&scrape, "authgate_clock_steps_total"),
+        0.0,
+        "{scrape}"
+    );
+    let v = check(
+        &mut server.access().await,
+        "login",
+        subject("mallory", "203.0.113.7"),
+    )
+    .await;
+    assert_eq!(decision(&v), Decision::Blocked);
+    assert!(
+        (LOCK_SECONDS - 5..=LOCK_SECONDS).contains(&v.retry_after_seconds),
+        "{} s left",
+        v.retry_after_seconds
+    );
+    let (_, log) = server.terminate();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("within clock.skew_tolerance of the database's again")),
+        "{log:#?}"
     );
 }
