@@ -409,7 +409,9 @@ async fn calls_reset_before_their_work_touched_the_store_do_not_run() {
         .await;
     let abandoned = replica.metric("authgate_calls_abandoned_total") - abandoned_before;
     eprintln!(
-        "rapid reset: {reset} of 200 reset calls stored, {kept} of 50 kept; {abandoned} abandoned"
+        "rapid reset: {reset} of 200 reset calls stored, {kept} of 50 kept; {abandoned} abandoned; \
+         GOAWAY during the flood: {}",
+        report["flood_goaway"]
     );
     assert_eq!(kept, 50);
     assert!(reset <= 20, "{reset} of 200 reset calls ran to the store");
