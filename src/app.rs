@@ -21,6 +21,7 @@ use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
 use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
 use crate::domain::{KeyKind, Policy};
+use crate::gateway::{ExtAuthz, Gateway, Mapping};
 use crate::grpc::auth::Authenticator;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
@@ -31,6 +32,7 @@ use crate::grpc::{
 use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
 use crate::telemetry::metrics;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -250,6 +252,7 @@ pub struct Application {
     metrics_path: String,
     metrics_refresh: Duration,
     gate: Arc<Gate>,
+    gateway: Arc<Gateway>,
     store_health: Arc<Health>,
     cleanup_interval: Duration,
     audit_retention: Duration,
@@ -323,6 +326,8 @@ impl Application {
             );
         }
         let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
+        let mapping = Mapping::new(&config.gateway, &policy)?;
+        let gate = Arc::new(Gate::new(policy, store, clock, keys, passwords));
         Ok(Application {
             listener,
             auth,
@@ -346,7 +351,8 @@ impl Application {
             metrics_listener,
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
-            gate: Arc::new(Gate::new(policy, store, clock, keys, passwords)),
+            gateway: Arc::new(Gateway::new(gate.clone(), mapping)),
+            gate,
             store_health,
             cleanup_interval: config.cleanup.interval,
             audit_retention: config.cleanup.audit_retention,
@@ -479,6 +485,10 @@ impl Application {
             )
             .add_service(
                 AdminServiceServer::new(AdminApi::new(self.gate.clone(), stop_for_streams))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                AuthorizationServer::new(ExtAuthz::new(self.gateway.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(

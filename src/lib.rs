@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod gateway;
 pub mod grpc;
 pub mod service;
 pub mod store;

@@ -21,11 +21,11 @@ mod shipped;
 pub use load::{DEFAULT_CONFIG_FILE, NearMiss, near_misses};
 pub use lockout::{LockoutConfig, ProgressiveConfig};
 pub use schema::{
-    AccessConfig, AdmissionConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CertCallerConfig,
-    CleanupConfig, ClockConfig, Config, ContextConfig, DatabaseConfig, DatabaseUrl, FailureMode,
-    LogConfig, LogFormat, MetricsConfig, NotAllowedConfig, PasswordsConfig, RuleConfig,
-    SecretKeyConfig, SecretValue, ServerConfig, SessionMode, TlsConfig, TotpConfig,
-    UpdateKindConfig,
+    AccessConfig, AdmissionConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CaptchaAnswer,
+    CertCallerConfig, CleanupConfig, ClockConfig, Config, ContextConfig, DatabaseConfig,
+    DatabaseUrl, FailureMode, GatewayConfig, GatewayRouteConfig, LogConfig, LogFormat,
+    MetricsConfig, NotAllowedConfig, PasswordsConfig, RuleConfig, SecretKeyConfig, SecretValue,
+    ServerConfig, SessionMode, TlsConfig, TotpConfig, UpdateKindConfig,
 };
 
 /// A configuration problem, always naming the key it is about.

@@ -38,6 +38,8 @@ pub struct Config {
     pub totp: TotpConfig,
     #[serde(default)]
     pub passwords: PasswordsConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
     /// Replaces the built-in contexts as a whole when given, so a deployment
     /// never carries rules it did not write down.
     #[serde(default = "shipped::contexts")]
@@ -58,6 +60,7 @@ impl Default for Config {
             access: AccessConfig::default(),
             totp: TotpConfig::default(),
             passwords: PasswordsConfig::default(),
+            gateway: GatewayConfig::default(),
             contexts: shipped::contexts(),
         }
     }
@@ -313,6 +316,80 @@ impl Default for ClockConfig {
             sync_interval: Duration::from_secs(1),
         }
     }
+}
+
+/// How requests that proxies forward (Envoy's ext_authz and ext_proc, the
+/// HTTP forward-auth endpoint) are mapped to a context and a subject.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Tried in order; the first that matches the request's host, path and
+    /// method names its context.
+    pub routes: Vec<GatewayRouteConfig>,
+    /// The context of a request that matches no route. Absent: such a
+    /// request is refused (403, reason `no_route`), so a path nobody wrote
+    /// down is never let through unjudged.
+    pub default_context: Option<String>,
+    /// Proxies in front of Envoy whose `x-forwarded-for` entries are
+    /// trusted, counted from the right (Envoy's `xff_num_trusted_hops`).
+    /// 0: the client is Envoy's downstream peer (`source.address`) and the
+    /// header, which any client can write, is ignored.
+    pub trusted_hops: u32,
+    /// The request header holding the user id, written by something the
+    /// client cannot forge (Envoy's jwt_authn `claim_to_headers`, an
+    /// authenticating proxy). Absent: requests carry no user id.
+    pub user_header: Option<String>,
+    /// The cookie holding the session id. Absent: requests carry none.
+    pub session_cookie: Option<String>,
+}
+
+/// One route of the gateway mapping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRouteConfig {
+    /// Exact host (`login.example.com`) or a suffix wildcard
+    /// (`*.example.com`), compared without case and port. Absent: any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The path must start with this.
+    #[serde(default = "root_path")]
+    pub path_prefix: String,
+    /// Upper-case HTTP methods. Empty: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub context: String,
+    /// The activity failures on this route are recorded as (ext_proc).
+    #[serde(default)]
+    pub activity: String,
+    /// What a CHALLENGE_CAPTCHA verdict does here: `deny` answers 403
+    /// naming the challenge; `pass` lets the request through with
+    /// `x-authgate-challenge: captcha` for the upstream to render one.
+    #[serde(default)]
+    pub captcha: CaptchaAnswer,
+    /// Upstream response statuses that are a failure of the request's
+    /// subject (ext_proc records them).
+    #[serde(default = "unauthorized")]
+    pub failure_statuses: Vec<u16>,
+    /// Upstream response statuses that are a success (ext_proc records
+    /// them, clearing failure counts). Empty: none.
+    #[serde(default)]
+    pub success_statuses: Vec<u16>,
+}
+
+fn root_path() -> String {
+    "/".into()
+}
+
+fn unauthorized() -> Vec<u16> {
+    vec![401]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptchaAnswer {
+    #[default]
+    Deny,
+    Pass,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -38,7 +38,7 @@ use std::time::Instant;
 use tonic::{Response, Status};
 
 /// Runs one RPC and records its latency and status code.
-async fn observe<T>(
+pub(crate) async fn observe<T>(
     rpc: &'static str,
     call: impl Future<Output = Result<Response<T>, Status>>,
 ) -> Result<Response<T>, Status> {

@@ -5,6 +5,8 @@
 
 use tonic_health::pb::health_server;
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_server;
+
 use super::proto::{access_service_server, admin_service_server};
 
 /// The services the server routes to, as the middleware tells them apart.
@@ -13,7 +15,8 @@ pub enum Route {
     /// `grpc.health.v1.Health`: Kubernetes' probes, which carry no
     /// credentials and are never shed nor cut short.
     Health,
-    /// `authgate.v1.AccessService`: the `check` role.
+    /// `authgate.v1.AccessService`, and Envoy's services that ask the same
+    /// questions (ext_authz): the `check` role.
     Access,
     /// `authgate.v1.AdminService`: the `admin` role.
     Admin,
@@ -30,7 +33,9 @@ impl Route {
             .map_or("", |(service, _)| service);
         match service {
             health_server::SERVICE_NAME => Route::Health,
-            access_service_server::SERVICE_NAME => Route::Access,
+            access_service_server::SERVICE_NAME | authorization_server::SERVICE_NAME => {
+                Route::Access
+            }
             admin_service_server::SERVICE_NAME => Route::Admin,
             _ => Route::Other,
         }
@@ -54,6 +59,10 @@ mod tests {
         assert_eq!(Route::of("/grpc.health.v1.Health/Check"), Route::Health);
         assert_eq!(
             Route::of("/authgate.v1.AccessService/CheckAccess"),
+            Route::Access
+        );
+        assert_eq!(
+            Route::of("/envoy.service.auth.v3.Authorization/Check"),
             Route::Access
         );
         assert_eq!(
