@@ -238,16 +238,24 @@ impl Mapping {
 
     /// The route and subject of `req`.
     pub fn map(&self, req: &Request<'_>) -> Result<Mapped, MapError> {
-        let mut route = self
+        if !req.path.starts_with('/') {
+            return Err(FieldError::new("request.path", "must be an absolute path").into());
+        }
+        let matched = self
             .routes
             .iter()
             .find(|r| r.matches(req))
-            .or(self.default.as_ref())
-            .cloned()
-            .ok_or(MapError::NoRoute)?;
-        if let Some(context) = (req.extension)(CONTEXT_EXTENSION) {
-            route.context = context.to_owned();
-        }
+            .or(self.default.as_ref());
+        // Envoy's per-route configuration names the context outright, so it
+        // needs no route of authgate's own.
+        let mut route = match ((req.extension)(CONTEXT_EXTENSION), matched) {
+            (Some(context), matched) => Route {
+                context: context.to_owned(),
+                ..matched.cloned().unwrap_or_else(|| Route::fallback(context))
+            },
+            (None, Some(route)) => route.clone(),
+            (None, None) => return Err(MapError::NoRoute),
+        };
         if let Some(activity) = (req.extension)(ACTIVITY_EXTENSION) {
             route.activity = activity.to_owned();
         }
