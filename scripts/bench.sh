@@ -91,6 +91,8 @@ window = "30m"
 lock_after = 5
 lockout = ["30m"]
 EOF
+# ext_authz's requests carry the user as Envoy's jwt_authn would write it.
+sed -i 's/^#   user_header = "x-jwt-sub"/user_header = "x-user"/' "$config"
 
 # Callers authenticate, as in production: the bench's calls carry a key with
 # the check role, which authgate verifies on every one.

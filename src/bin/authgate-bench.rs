@@ -22,6 +22,10 @@ use tonic_health::pb::health_client::HealthClient;
 
 use authgate::grpc::proto::access_service_client::AccessServiceClient;
 use authgate::grpc::proto::{AdmitRequest, CheckAccessRequest, RecordFailureRequest, Subject};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{self, HttpRequest, Peer};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
 #[derive(Parser)]
 #[command(about = "Benchmark a running authgate against a bare tonic server and pgbench")]
@@ -113,12 +117,15 @@ enum Workload {
     Check,
     /// CheckAccess in the login context.
     CheckLogin,
+    /// Envoy's ext_authz Check on the one-rule context and the same keys
+    /// as CheckAccess: what a request through Envoy costs authgate.
+    ExtAuthz,
     /// Admit in the admission context.
     Admit,
 }
 
 impl Workload {
-    const ALL: [Workload; 8] = [
+    const ALL: [Workload; 9] = [
         Workload::Bare,
         Workload::Health,
         Workload::Pgbench,
@@ -126,6 +133,7 @@ impl Workload {
         Workload::FailureLogin,
         Workload::Check,
         Workload::CheckLogin,
+        Workload::ExtAuthz,
         Workload::Admit,
     ];
 }
@@ -136,6 +144,7 @@ enum Rpc {
     CheckAccess,
     RecordFailure,
     Admit,
+    ExtAuthz,
 }
 
 /// Which user each call names.
@@ -289,6 +298,42 @@ async fn call(
             .admit(keyed(update(context, n), key))
             .await
             .map(drop),
+        Rpc::ExtAuthz => AuthorizationClient::new(channel)
+            .check(keyed(envoy_check(context, n), key))
+            .await
+            .map(drop),
+    }
+}
+
+/// What Envoy sends for a request by the n-th subject: its address as the
+/// downstream peer, its user id in the header scripts/bench.sh configures
+/// as gateway.user_header, the context as the route's context_extensions.
+fn envoy_check(context: &str, n: u64) -> CheckRequest {
+    let s = subject(n);
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: s.ip,
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Peer::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/login".into(),
+                    host: "bench.example.com".into(),
+                    headers: [("x-user".to_owned(), s.user_id)].into(),
+                    ..HttpRequest::default()
+                }),
+                ..attribute_context::Request::default()
+            }),
+            context_extensions: [("authgate.context".to_owned(), context.to_owned())].into(),
+            ..AttributeContext::default()
+        }),
     }
 }
 
@@ -467,6 +512,11 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
             args.login_context.clone(),
             Keys::Hot(args.hot_keys),
         ),
+        Workload::ExtAuthz => (
+            Rpc::ExtAuthz,
+            args.context.clone(),
+            Keys::Hot(args.hot_keys),
+        ),
         Workload::Admit => (
             Rpc::Admit,
             args.admit_context.clone(),
@@ -479,6 +529,7 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
         Rpc::RecordFailure => format!("RecordFailure [{context}]"),
         Rpc::CheckAccess => format!("CheckAccess [{context}]"),
         Rpc::Admit => format!("Admit [{context}]"),
+        Rpc::ExtAuthz => format!("ext_authz Check [{context}]"),
     };
     Some(Plan {
         label,
@@ -567,6 +618,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // (req/s, p99) of the bare server, once measured.
     let mut baseline: Option<(f64, f64)> = None;
+    // (req/s, p99) of CheckAccess on the one-rule context, which ext_authz
+    // is compared with.
+    let mut check: Option<(f64, f64)> = None;
     for workload in Workload::ALL.into_iter().filter(|&w| wanted(w)) {
         let (row, first_error) = match plan(workload, &args) {
             None => match pgbench_row(&args) {
@@ -591,8 +645,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (row, f.first_error)
             }
         };
-        if workload == Workload::Bare {
-            baseline = Some((row.rps, row.p99));
+        match workload {
+            Workload::Bare => baseline = Some((row.rps, row.p99)),
+            Workload::Check => check = Some((row.rps, row.p99)),
+            _ => {}
         }
         let share = match workload {
             Workload::Pgbench => "-".to_owned(),
@@ -618,6 +674,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         if let Some(e) = first_error {
             println!("  first error: {e}");
+        }
+        if workload == Workload::ExtAuthz {
+            println!(
+                "  vs CheckAccess [{}]: req/s {}, p99 {}",
+                args.context,
+                ratio(row.rps, check.map(|c| c.0), true),
+                ratio(row.p99, check.map(|c| c.1), false)
+            );
         }
     }
     Ok(())
