@@ -1,6 +1,7 @@
 //! One test binary (one link) for every integration test: each talks to a
 //! real authgate over gRPC, against SQLite and against Postgres.
 
+mod envoy;
 mod helpers;
 
 mod access;
@@ -18,6 +19,7 @@ mod clock;
 mod concurrency;
 mod connections;
 mod faults;
+mod gateway_envoy;
 mod observability;
 mod operator;
 mod outage;
