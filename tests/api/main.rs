@@ -18,6 +18,7 @@ mod clock;
 mod concurrency;
 mod connections;
 mod faults;
+mod forward_auth;
 mod observability;
 mod operator;
 mod outage;
