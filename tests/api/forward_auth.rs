@@ -567,3 +567,25 @@ async fn a_fail_open_context_lets_requests_through_while_postgres_is_down() {
     cluster.restart();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_hops_reach_past_a_load_balancer_in_front_of_the_proxy() {
+    let config = CONFIG.replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\ntrusted_hops = 2\n",
+    );
+    let server = TestServer::spawn_with(Backend::Sqlite, &config).await;
+    let at = server.forward_auth.expect("gateway.http listens");
+    let mut c = server.access().await;
+    fail(&mut c, "strict", subject("", "203.0.113.1")).await;
+    // client, load balancer (as the proxy saw it): the client is judged.
+    let forwarded = "198.51.100.99, 203.0.113.1, 10.0.0.5";
+    let r = send("127.0.0.1", at, "/", &traefik("/admin", forwarded)).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    // Fewer entries than hops: the nearest address known to be real.
+    let r = send("127.0.0.1", at, "/", &traefik("/admin", "203.0.113.1")).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    let r = send("127.0.0.1", at, "/", &traefik("/admin", "10.0.0.5")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    server.stop().await;
+}
