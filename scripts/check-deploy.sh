@@ -42,6 +42,7 @@ known_metrics=(
   authgate_unlocks_total
   authgate_totp_verifications_total
   authgate_rpc_duration_seconds
+  authgate_forward_auth_duration_seconds
   authgate_store_duration_seconds
   authgate_store_errors_total
   authgate_security_events_dropped_total

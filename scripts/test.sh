@@ -17,11 +17,14 @@ if ! have_pg; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 # oathtool: an independent TOTP generator; prometheus: a real scraper and
-# promtool; faketime: replicas whose wall clocks are off.
+# promtool; faketime: replicas whose wall clocks are off;
+# nginx: a real auth_request in front of the forward-auth endpoint (Debian's
+# nginx, which has the module; nginx-light is gone from newer releases).
 missing=()
 command -v oathtool >/dev/null || missing+=(oathtool)
 { command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
 compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || missing+=(faketime)
+{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} (apt)"
   apt-get update -qq

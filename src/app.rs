@@ -21,7 +21,7 @@ use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
 use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
 use crate::domain::{KeyKind, Policy};
-use crate::gateway::{ExtAuthz, Gateway, Mapping};
+use crate::gateway::{ExtAuthz, ForwardAuth, Gateway, Mapping};
 use crate::grpc::auth::Authenticator;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
@@ -249,6 +249,8 @@ pub struct Application {
     shutdown_grace: Duration,
     connections: ConnectionLimits,
     metrics_listener: TcpListener,
+    /// `gateway.http`, when configured, and what it serves.
+    forward_auth: Option<(TcpListener, Arc<ForwardAuth>)>,
     metrics_path: String,
     metrics_refresh: Duration,
     gate: Arc<Gate>,
@@ -315,6 +317,14 @@ impl Application {
                     addr: maddr,
                     source,
                 })?;
+        let forward_auth_listener = match config.gateway.http.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let keys = secret_keys(config)?;
         let passwords = password_keys(config)?;
         let auth = Arc::new(config.authenticator()?);
@@ -327,7 +337,26 @@ impl Application {
         }
         let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
         let mapping = Mapping::new(&config.gateway, &policy)?;
+        // The forward-auth listener's peer is a proxy, never the client: its
+        // mapping counts X-Forwarded-For hops of its own.
+        let forward_mapping = Mapping::new(
+            &crate::config::GatewayConfig {
+                trusted_hops: config.gateway.http.trusted_hops,
+                ..config.gateway.clone()
+            },
+            &policy,
+        )?;
         let gate = Arc::new(Gate::new(policy, store, clock, keys, passwords));
+        let forward_auth = forward_auth_listener.map(|listener| {
+            let gateway = Arc::new(Gateway::new(gate.clone(), forward_mapping));
+            let endpoints = ForwardAuth::new(
+                gateway,
+                auth.clone(),
+                config.gateway.http.trusted_proxies.clone(),
+                config.server.request_timeout,
+            );
+            (listener, Arc::new(endpoints))
+        });
         Ok(Application {
             listener,
             auth,
@@ -349,6 +378,7 @@ impl Application {
                 keepalive_timeout: config.server.keepalive_timeout,
             },
             metrics_listener,
+            forward_auth,
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
             gateway: Arc::new(Gateway::new(gate.clone(), mapping)),
@@ -371,6 +401,16 @@ impl Application {
         self.metrics_listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// The forward-auth listener's address, when `gateway.http.listen` is
+    /// set.
+    pub fn forward_auth_addr(&self) -> Option<SocketAddr> {
+        self.forward_auth.as_ref().map(|(listener, _)| {
+            listener
+                .local_addr()
+                .expect("a bound TCP listener has a local address")
+        })
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets
@@ -404,6 +444,7 @@ impl Application {
             stop_rx.clone(),
         ));
         let metrics_addr = self.metrics_addr();
+        let forward_auth_addr = self.forward_auth_addr();
         let addr = self.local_addr();
         let stop_for_streams = stop_rx.clone();
         let mut metrics_stop = stop_rx.clone();
@@ -415,6 +456,13 @@ impl Application {
                 let _ = metrics_stop.changed().await;
             },
         ));
+
+        let forward_auth = self.forward_auth.map(|(listener, endpoints)| {
+            let mut stop = stop_rx.clone();
+            tokio::spawn(endpoints.serve(listener, async move {
+                let _ = stop.changed().await;
+            }))
+        });
 
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
@@ -456,6 +504,7 @@ impl Application {
             addr = %addr,
             metrics = %format!("http://{metrics_addr}{}", self.metrics_path),
             tls = self.tls.is_some(),
+            forward_auth = forward_auth_addr.map(|a| a.to_string()),
             "authgate listening"
         );
         let limits = &self.connections;
@@ -525,6 +574,11 @@ impl Application {
         let _ = refresher.await;
         if let Ok(Err(e)) = exporter.await {
             tracing::warn!(error = %e, "metrics endpoint failed");
+        }
+        if let Some(served) = forward_auth
+            && let Ok(Err(e)) = served.await
+        {
+            tracing::warn!(error = %e, "forward-auth endpoint failed");
         }
         tracing::info!("authgate stopped");
         Ok(result?)

@@ -112,6 +112,20 @@ impl Config {
                 ),
             ));
         }
+        if let Some(listen) = self.gateway.http.listen
+            && auth.is_anonymous()
+            && !listen.ip().is_loopback()
+            && !self.auth.allow_anonymous
+        {
+            return Err(invalid(
+                "auth.keys",
+                format!(
+                    "no API keys configured and gateway.http.listen ({listen}) is not loopback: \
+                     anyone who can reach it could probe who is locked out. Add keys (authgate \
+                     keygen) or set auth.allow_anonymous = true"
+                ),
+            ));
+        }
         Ok(auth)
     }
 }

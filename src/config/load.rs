@@ -187,6 +187,29 @@ mod tests {
             err("[server]\nmax_concurrent_streams = 0").contains("server.max_concurrent_streams")
         );
         assert!(err("[server]\nmax_connections = 0").contains("server.max_connections"));
+        assert!(err("[gateway.http]\ntrusted_hops = 0").contains("gateway.http.trusted_hops"));
+        assert!(
+            err("[gateway.http]\ntrusted_proxies = [\"10.0.0.0/33\"]")
+                .contains("gateway.http.trusted_proxies")
+        );
+    }
+
+    #[test]
+    fn forward_auth_off_loopback_needs_keys_or_a_decision() {
+        let open = "[gateway.http]\nlisten = \"0.0.0.0:9091\"";
+        let (config, _) = Config::from_toml(open).unwrap();
+        let refused = config.authenticator().err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("gateway.http.listen")),
+            "{refused:?}"
+        );
+        let (config, _) =
+            Config::from_toml(&format!("{open}\n[auth]\nallow_anonymous = true")).unwrap();
+        assert!(config.authenticator().is_ok());
+        let (config, _) = Config::from_toml("[gateway.http]\nlisten = \"127.0.0.1:9091\"").unwrap();
+        assert!(config.authenticator().is_ok());
     }
 
     #[test]

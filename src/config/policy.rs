@@ -39,6 +39,12 @@ impl Config {
         if self.metrics.refresh_interval.is_zero() {
             return Err(invalid("metrics.refresh_interval", "must be more than 0"));
         }
+        if self.gateway.http.trusted_hops == 0 {
+            return Err(invalid(
+                "gateway.http.trusted_hops",
+                "must be at least 1: the proxy asking is itself one hop",
+            ));
+        }
         if self.cleanup.interval.is_zero() {
             return Err(invalid("cleanup.interval", "must be more than 0"));
         }

@@ -341,6 +341,41 @@ pub struct GatewayConfig {
     pub user_header: Option<String>,
     /// The cookie holding the session id. Absent: requests carry none.
     pub session_cookie: Option<String>,
+    /// The HTTP forward-auth endpoint for nginx, Traefik and Caddy.
+    pub http: ForwardAuthConfig,
+}
+
+/// `[gateway.http]`: the listener nginx's `auth_request`, Traefik's
+/// `ForwardAuth` and Caddy's `forward_auth` ask.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardAuthConfig {
+    /// Where to listen, plain HTTP/1.1. Absent: no listener, as nothing
+    /// but a proxy should ask it. Keep it on loopback or a private network
+    /// next to the proxy: answers tell who is locked out.
+    pub listen: Option<SocketAddr>,
+    /// Networks (CIDRs) whose callers are admitted without an API key:
+    /// proxies that cannot send one (Traefik). An `Authorization` header
+    /// from them is ignored, since it is their client's. Empty: every
+    /// caller presents a key of the `check` role, as on gRPC.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Proxies whose `X-Forwarded-For` entries are trusted, counted from the
+    /// right, the proxy that asks included: its right-most entry is the
+    /// address it was connected from. 1 (the default) takes that entry, right
+    /// for a proxy that clients reach directly; add one for each load
+    /// balancer or CDN in front of it. The listener's own peer is the proxy,
+    /// never the client, so it is never the subject.
+    pub trusted_hops: u32,
+}
+
+impl Default for ForwardAuthConfig {
+    fn default() -> Self {
+        ForwardAuthConfig {
+            listen: None,
+            trusted_proxies: Vec::new(),
+            trusted_hops: 1,
+        }
+    }
 }
 
 /// One route of the gateway mapping.

@@ -185,6 +185,61 @@ impl Answer {
         )
     }
 
+    /// A caller of the forward-auth endpoint without a valid API key: 401,
+    /// refused before its request is looked at.
+    pub fn unauthenticated(problem: &str) -> Answer {
+        let mut answer = Answer::refusal(
+            401,
+            Body {
+                decision: "deny",
+                reason: "unauthenticated",
+                problem: Some(problem),
+                ..Body::default()
+            },
+        );
+        answer
+            .headers
+            .push(("www-authenticate", "Bearer realm=\"authgate\"".into()));
+        answer
+    }
+
+    /// A caller whose API key lacks the `check` role: 403.
+    pub fn forbidden(problem: &str) -> Answer {
+        Answer::refusal(
+            403,
+            Body {
+                decision: "deny",
+                reason: "missing_role",
+                problem: Some(problem),
+                ..Body::default()
+            },
+        )
+    }
+
+    /// Not judged within server.request_timeout: 503.
+    pub fn timed_out() -> Answer {
+        Answer::refusal(
+            503,
+            Body {
+                decision: "deny",
+                reason: "timeout",
+                ..Body::default()
+            },
+        )
+    }
+
+    /// authgate failed (the cause is logged, never told): 500.
+    pub fn internal() -> Answer {
+        Answer::refusal(
+            500,
+            Body {
+                decision: "deny",
+                reason: "internal",
+                ..Body::default()
+            },
+        )
+    }
+
     fn refusal(status: u16, body: Body<'_>) -> Answer {
         Answer {
             status: Some(status),

@@ -113,14 +113,17 @@ impl authorization_server::Authorization for ExtAuthz {
             let extension = |name: &str| extensions.get(name).map(String::as_str);
             let judged = self
                 .gateway
-                .check(&super::Request {
-                    method: &http.method,
-                    host: &http.host,
-                    path: &http.path,
-                    source,
-                    header: &header,
-                    extension: &extension,
-                })
+                .check(
+                    "ext_authz",
+                    &super::Request {
+                        method: &http.method,
+                        host: &http.host,
+                        path: &http.path,
+                        source,
+                        header: &header,
+                        extension: &extension,
+                    },
+                )
                 .await?;
             let code = match &judged {
                 Judged::Answered(a) if a.status.is_none() => tonic::Code::Ok,

@@ -7,10 +7,13 @@
 
 mod answer;
 mod ext_authz;
+mod forward_auth;
 mod map;
+mod path;
 
 pub use answer::{Answer, HEADERS, Quota, decision_name, rate_limit_headers};
 pub use ext_authz::ExtAuthz;
+pub use forward_auth::ForwardAuth;
 pub use map::{MapError, Mapped, Mapping, Request, Route, forwarded_address};
 
 use std::sync::Arc;
@@ -72,14 +75,16 @@ impl Gateway {
         &self.gate
     }
 
-    /// Judges `req` as CheckAccess would.
-    pub async fn check(&self, req: &Request<'_>) -> Result<Judged, Status> {
-        Ok(self.check_mapped(req).await?.0)
+    /// Judges `req` as CheckAccess would; its verdict is counted under
+    /// `door`, the front door it came through.
+    pub async fn check(&self, door: &'static str, req: &Request<'_>) -> Result<Judged, Status> {
+        Ok(self.check_mapped(door, req).await?.0)
     }
 
     /// As `check`, with what the request was mapped to when it was.
     pub async fn check_mapped(
         &self,
+        door: &'static str,
         req: &Request<'_>,
     ) -> Result<(Judged, Option<Mapped>), Status> {
         let mapped = match self.mapping.map(req) {
@@ -90,7 +95,7 @@ impl Gateway {
         let context = mapped.route.context.as_str();
         let judged = match self.gate.check_access(context, &mapped.subject).await {
             Ok(verdict) => {
-                metrics::decided("ext_authz", context, verdict.decision);
+                metrics::decided(door, context, verdict.decision);
                 Judged::Answered(self.answer(&mapped, &verdict))
             }
             Err(e) => self.refused(e)?,

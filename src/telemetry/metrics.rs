@@ -22,6 +22,7 @@ pub const LOCKOUTS: &str = "authgate_lockouts_total";
 pub const UNLOCKS: &str = "authgate_unlocks_total";
 pub const TOTP_VERIFICATIONS: &str = "authgate_totp_verifications_total";
 pub const RPC_DURATION: &str = "authgate_rpc_duration_seconds";
+pub const FORWARD_AUTH_DURATION: &str = "authgate_forward_auth_duration_seconds";
 pub const STORE_DURATION: &str = "authgate_store_duration_seconds";
 pub const STORE_ERRORS: &str = "authgate_store_errors_total";
 pub const BUILD_INFO: &str = "authgate_build_info";
@@ -94,6 +95,11 @@ fn describe() {
         RPC_DURATION,
         Unit::Seconds,
         "gRPC call latency, by RPC and status code"
+    );
+    describe_histogram!(
+        FORWARD_AUTH_DURATION,
+        Unit::Seconds,
+        "HTTP forward-auth request latency (gateway.http), by endpoint (/ or /nginx) and HTTP status answered"
     );
     describe_histogram!(
         STORE_DURATION,
@@ -234,6 +240,12 @@ pub fn totp_verified(result: &'static str) {
 
 pub fn rpc_done(rpc: &'static str, code: tonic::Code, took: Duration) {
     histogram!(RPC_DURATION, "rpc" => rpc, "code" => format!("{code:?}")).record(took);
+}
+
+/// `status` is one of the few statuses forward auth answers.
+pub fn forward_auth_done(endpoint: &'static str, status: u16, took: Duration) {
+    histogram!(FORWARD_AUTH_DURATION, "endpoint" => endpoint, "status" => status.to_string())
+        .record(took);
 }
 
 pub fn store_done(op: &'static str, ok: bool, took: Duration) {

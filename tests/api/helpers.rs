@@ -367,6 +367,9 @@ impl Drop for TestDb {
 /// A running server with a clock the test moves.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The forward-auth listener, when the test's TOML sets
+    /// `gateway.http.listen`.
+    pub forward_auth: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
@@ -406,6 +409,7 @@ impl TestServer {
             .await
             .expect("server starts");
         let addr = app.local_addr();
+        let forward_auth = app.forward_auth_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(async move {
             app.run_until(async {
@@ -416,6 +420,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            forward_auth,
             clock,
             shutdown: Some(tx),
             handle: Some(handle),

@@ -20,6 +20,7 @@ mod concurrency;
 mod connections;
 mod ext_authz;
 mod faults;
+mod forward_auth;
 mod gateway_envoy;
 mod observability;
 mod operator;

@@ -114,6 +114,17 @@ pub enum AuthError {
     Unknown,
 }
 
+impl AuthError {
+    /// The `reason` label of authgate_auth_rejected_total.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Unknown => "unknown_key",
+        }
+    }
+}
+
 /// Resolves credentials to callers.
 pub struct Authenticator {
     keys: Vec<Credential>,

@@ -69,11 +69,7 @@ impl<S> Authenticate<S> {
                 .unwrap_or_default(),
         };
         let caller = self.auth.authenticate(authorization, &names).map_err(|e| {
-            metrics::auth_rejected(match e {
-                AuthError::Missing => "missing",
-                AuthError::Malformed => "malformed",
-                AuthError::Unknown => "unknown_key",
-            });
+            metrics::auth_rejected(e.label());
             Status::from(Refusal::Unauthenticated(e.to_string()))
         })?;
         if let Some(role) = role
