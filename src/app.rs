@@ -244,6 +244,8 @@ const LOCAL_KEY: &str = "local";
 pub struct Application {
     listener: TcpListener,
     auth: Arc<Authenticator>,
+    /// Proxies admitted to the gateway services without a key.
+    trusted_proxies: Vec<ipnet::IpNet>,
     tls: Option<ServerTlsConfig>,
     limits: LimitsLayer,
     shutdown_grace: Duration,
@@ -352,7 +354,7 @@ impl Application {
             let endpoints = ForwardAuth::new(
                 gateway,
                 auth.clone(),
-                config.gateway.http.trusted_proxies.clone(),
+                config.gateway.trusted_proxies.clone(),
                 config.server.request_timeout,
             );
             (listener, Arc::new(endpoints))
@@ -360,6 +362,7 @@ impl Application {
         Ok(Application {
             listener,
             auth,
+            trusted_proxies: config.gateway.trusted_proxies.clone(),
             tls,
             limits: LimitsLayer::new(
                 config.server.max_concurrent_requests,
@@ -522,7 +525,10 @@ impl Application {
         // Credentials first: a call that has none never holds a permit.
         let server = builder
             .layer(RequestIdLayer)
-            .layer(AuthenticateLayer::new(self.auth.clone()))
+            .layer(AuthenticateLayer::new(
+                self.auth.clone(),
+                self.trusted_proxies.clone(),
+            ))
             .layer(self.limits)
             .layer(wire_errors())
             .add_service(health)

@@ -189,8 +189,8 @@ mod tests {
         assert!(err("[server]\nmax_connections = 0").contains("server.max_connections"));
         assert!(err("[gateway.http]\ntrusted_hops = 0").contains("gateway.http.trusted_hops"));
         assert!(
-            err("[gateway.http]\ntrusted_proxies = [\"10.0.0.0/33\"]")
-                .contains("gateway.http.trusted_proxies")
+            err("[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]")
+                .contains("gateway.trusted_proxies")
         );
     }
 

@@ -341,6 +341,14 @@ pub struct GatewayConfig {
     pub user_header: Option<String>,
     /// The cookie holding the session id. Absent: requests carry none.
     pub session_cookie: Option<String>,
+    /// Networks (CIDRs) of proxies admitted without an API key, to the
+    /// gateway front doors only (Envoy's services on the gRPC port, the
+    /// forward-auth endpoint), never to AccessService or AdminService:
+    /// for proxies that cannot send one (Istio's and Envoy Gateway's
+    /// ext_authz providers, Traefik). On HTTP their `Authorization` header
+    /// is ignored, since it is their client's; on gRPC a key they do send
+    /// decides. Empty: every caller presents a key of the `check` role.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The HTTP forward-auth endpoint for nginx, Traefik and Caddy.
     pub http: ForwardAuthConfig,
 }
@@ -354,11 +362,6 @@ pub struct ForwardAuthConfig {
     /// but a proxy should ask it. Keep it on loopback or a private network
     /// next to the proxy: answers tell who is locked out.
     pub listen: Option<SocketAddr>,
-    /// Networks (CIDRs) whose callers are admitted without an API key:
-    /// proxies that cannot send one (Traefik). An `Authorization` header
-    /// from them is ignored, since it is their client's. Empty: every
-    /// caller presents a key of the `check` role, as on gRPC.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Proxies whose `X-Forwarded-For` entries are trusted, counted from the
     /// right, the proxy that asks included: its right-most entry is the
     /// address it was connected from. 1 (the default) takes that entry, right
@@ -372,7 +375,6 @@ impl Default for ForwardAuthConfig {
     fn default() -> Self {
         ForwardAuthConfig {
             listen: None,
-            trusted_proxies: Vec::new(),
             trusted_hops: 1,
         }
     }

@@ -15,9 +15,11 @@ pub enum Route {
     /// `grpc.health.v1.Health`: Kubernetes' probes, which carry no
     /// credentials and are never shed nor cut short.
     Health,
-    /// `authgate.v1.AccessService`, and Envoy's services that ask the same
-    /// questions (ext_authz): the `check` role.
+    /// `authgate.v1.AccessService`: the `check` role.
     Access,
+    /// Envoy's services that ask the same questions (ext_authz): the
+    /// `check` role, or a peer in `gateway.trusted_proxies`.
+    Gateway,
     /// `authgate.v1.AdminService`: the `admin` role.
     Admin,
     /// Server reflection, and any path the server does not serve (answered
@@ -33,9 +35,8 @@ impl Route {
             .map_or("", |(service, _)| service);
         match service {
             health_server::SERVICE_NAME => Route::Health,
-            access_service_server::SERVICE_NAME | authorization_server::SERVICE_NAME => {
-                Route::Access
-            }
+            access_service_server::SERVICE_NAME => Route::Access,
+            authorization_server::SERVICE_NAME => Route::Gateway,
             admin_service_server::SERVICE_NAME => Route::Admin,
             _ => Route::Other,
         }
@@ -46,7 +47,7 @@ impl Route {
     /// can be read whole before the work starts. Reflection streams both
     /// ways and is left to read its own.
     pub fn takes_one_message(self) -> bool {
-        matches!(self, Route::Access | Route::Admin)
+        matches!(self, Route::Access | Route::Admin | Route::Gateway)
     }
 }
 
@@ -63,7 +64,7 @@ mod tests {
         );
         assert_eq!(
             Route::of("/envoy.service.auth.v3.Authorization/Check"),
-            Route::Access
+            Route::Gateway
         );
         assert_eq!(
             Route::of("/authgate.v1.AdminService/AdminUnlock"),

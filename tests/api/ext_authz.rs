@@ -316,3 +316,50 @@ async fn check_needs_the_check_role() {
             .into_inner();
     assert_eq!(rendered(&checked).0, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_network_may_check_without_a_key_and_do_nothing_else() {
+    let keys = TestKeys::new();
+    let trusted = format!("{}{ROUTES}", keys.toml).replacen(
+        "[gateway]\n",
+        "[gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        1,
+    );
+    let server = TestServer::spawn_with(Backend::Sqlite, &trusted).await;
+    let checked = AuthorizationClient::new(server.channel().await)
+        .check(envoy_request("POST", "/login", "192.0.2.1", &[], &[]))
+        .await
+        .expect("a trusted proxy needs no key")
+        .into_inner();
+    assert_eq!(rendered(&checked).0, None);
+    // Only the gateway front doors: AccessService still wants a key.
+    let refused = server
+        .access()
+        .await
+        .check_access(authgate::grpc::proto::CheckAccessRequest {
+            context: "login".into(),
+            subject: subject("alice", "192.0.2.1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // A key the proxy does send still decides.
+    let wrong = AuthorizationClient::with_interceptor(server.channel().await, Bearer::new("nope"))
+        .check(envoy_request("POST", "/login", "192.0.2.1", &[], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+
+    // Outside the network, no key is no entry.
+    let elsewhere = format!("{}{ROUTES}", keys.toml).replacen(
+        "[gateway]\n",
+        "[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        1,
+    );
+    let server = TestServer::spawn_with(Backend::Sqlite, &elsewhere).await;
+    let refused = AuthorizationClient::new(server.channel().await)
+        .check(envoy_request("POST", "/login", "192.0.2.1", &[], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}

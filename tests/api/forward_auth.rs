@@ -506,8 +506,8 @@ async fn requests_without_what_is_needed_are_400_and_record_nothing() {
 async fn callers_need_a_check_key_or_a_trusted_network() {
     let keys = TestKeys::new();
     let toml = format!("{}{CONFIG}", keys.toml).replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.2/32\"]\n",
+        "default_context = \"web\"\n",
+        "default_context = \"web\"\ntrusted_proxies = [\"127.0.0.2/32\"]\n",
     );
     let server = TestServer::spawn_with(Backend::Sqlite, &toml).await;
     let at = server.forward_auth.expect("gateway.http listens");

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use ipnet::IpNet;
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
@@ -27,11 +28,15 @@ use crate::telemetry::metrics;
 #[derive(Clone)]
 pub struct AuthenticateLayer {
     auth: Arc<Authenticator>,
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 impl AuthenticateLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        AuthenticateLayer { auth }
+    pub fn new(auth: Arc<Authenticator>, trusted_proxies: Vec<IpNet>) -> Self {
+        AuthenticateLayer {
+            auth,
+            trusted_proxies: trusted_proxies.into(),
+        }
     }
 }
 
@@ -42,6 +47,7 @@ impl<S> Layer<S> for AuthenticateLayer {
         Authenticate {
             inner,
             auth: self.auth.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
         }
     }
 }
@@ -50,9 +56,34 @@ impl<S> Layer<S> for AuthenticateLayer {
 pub struct Authenticate<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    trusted_proxies: Arc<[IpNet]>,
 }
 
 impl<S> Authenticate<S> {
+    /// A gateway call without a key from a peer in `gateway.trusted_proxies`:
+    /// Istio's and Envoy Gateway's ext_authz providers cannot send one.
+    fn trusted_proxy<B>(&self, request: &Request<B>) -> Option<Caller> {
+        if request.headers().contains_key("authorization") {
+            return None;
+        }
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .map(TlsConnectInfo::get_ref)
+            })
+            .and_then(TcpConnectInfo::remote_addr)?
+            .ip()
+            .to_canonical();
+        self.trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer))
+            .then(|| Caller::trusted_proxy(peer))
+    }
+
     /// The caller of `request`, when it has `role`, the role of the service
     /// called (`None`: any authenticated caller may, as for reflection).
     fn caller<B>(&self, request: &Request<B>, role: Option<Role>) -> Result<Caller, Status> {
@@ -102,14 +133,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let role = match Route::of(request.uri().path()) {
+        let route = Route::of(request.uri().path());
+        let role = match route {
             // Kubernetes' probes carry no credentials.
             Route::Health => return Box::pin(self.inner.call(request)),
-            Route::Access => Some(Role::Check),
+            Route::Access | Route::Gateway => Some(Role::Check),
             Route::Admin => Some(Role::Admin),
             Route::Other => None,
         };
-        match self.caller(&request, role) {
+        let trusted = (route == Route::Gateway)
+            .then(|| self.trusted_proxy(&request))
+            .flatten();
+        match trusted.map_or_else(|| self.caller(&request, role), Ok) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
