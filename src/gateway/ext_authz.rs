@@ -18,7 +18,8 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
-use super::{Answer, Gateway, Judged};
+use super::{Answer, Gateway, Judged, path};
+use crate::domain::FieldError;
 use crate::grpc::observe;
 
 /// `envoy.service.auth.v3.Authorization` on authgate's gRPC port.
@@ -109,6 +110,18 @@ impl authorization_server::Authorization for ExtAuthz {
                 .as_ref()
                 .and_then(|p| peer_ip(p.address.as_ref()));
             let extensions = attributes.context_extensions;
+            // Envoy forwards the path as the client wrote it unless its
+            // normalize_path is on, which it is not by default.
+            let path = match path::normalized(&http.path) {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = FieldError::new("attributes.request.http.path", e.problem);
+                    return Ok(Response::new(check_response(
+                        &Answer::invalid(&e),
+                        tonic::Code::InvalidArgument,
+                    )));
+                }
+            };
             let header = |name: &str| headers.get(name).map(String::as_str);
             let extension = |name: &str| extensions.get(name).map(String::as_str);
             let judged = self
@@ -118,7 +131,7 @@ impl authorization_server::Authorization for ExtAuthz {
                     &super::Request {
                         method: &http.method,
                         host: &http.host,
-                        path: &http.path,
+                        path: &path,
                         source,
                         header: &header,
                         extension: &extension,

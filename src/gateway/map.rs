@@ -70,7 +70,8 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// The Host (`:authority`), possibly with a port.
     pub host: &'a str,
-    /// The path, possibly with a query string.
+    /// The path as the proxy routes it (`path::normalized`), possibly
+    /// with a query string.
     pub path: &'a str,
     /// The address of the proxy's downstream peer, when known.
     pub source: Option<IpAddr>,

@@ -148,6 +148,16 @@ async fn a_login_route_is_judged_and_locked_like_check_access(
     assert_eq!(body["reason"], "locked");
     assert_eq!(body["retry_after"], 1800);
 
+    // The path as Envoy's router would read it, however the client spells it.
+    let spelled = envoy_request(
+        "POST",
+        "//%6Cogin/./",
+        "203.0.113.5",
+        &[("x-user", "alice")],
+        &[],
+    );
+    assert_eq!(rendered(&authz(&server, spelled).await).0, Some(429));
+
     // Another address of the same user is not locked, as with CheckAccess.
     let other = envoy_request(
         "POST",
@@ -271,6 +281,10 @@ async fn requests_without_what_authgate_needs_are_refused_and_record_nothing(
                 &[("authgate.captcha", "maybe")],
             ),
             "authgate.captcha",
+        ),
+        (
+            envoy_request("POST", "/../login", "192.0.2.1", &[], &[]),
+            "attributes.request.http.path",
         ),
     ];
     for (req, field) in cases {

@@ -1,5 +1,5 @@
 //! HTTP forward auth (`[gateway.http]`): through a real nginx with the
-//! `auth_request` configuration docs/forward-auth.md gives, in front of an
+//! `auth_request` configuration README "Behind a gateway" gives, in front of an
 //! upstream that records what reached it, and straight against the
 //! endpoints as Traefik and Caddy call them.
 
@@ -141,7 +141,7 @@ impl Upstream {
     }
 }
 
-/// nginx, configured as docs/forward-auth.md says, in the foreground; killed
+/// nginx, configured as README "Behind a gateway" says, in the foreground; killed
 /// when dropped.
 struct Nginx {
     child: Child,
