@@ -7,10 +7,12 @@
 
 mod answer;
 mod ext_authz;
+mod ext_proc;
 mod map;
 
 pub use answer::{Answer, HEADERS, Quota, decision_name, rate_limit_headers};
 pub use ext_authz::ExtAuthz;
+pub use ext_proc::ExtProc;
 pub use map::{MapError, Mapped, Mapping, Request, Route, forwarded_address};
 
 use std::sync::Arc;
@@ -72,14 +74,20 @@ impl Gateway {
         &self.gate
     }
 
-    /// Judges `req` as CheckAccess would.
-    pub async fn check(&self, req: &Request<'_>) -> Result<Judged, Status> {
-        Ok(self.check_mapped(req).await?.0)
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
-    /// As `check`, with what the request was mapped to when it was.
+    /// Judges `req` as CheckAccess would.
+    pub async fn check(&self, req: &Request<'_>) -> Result<Judged, Status> {
+        Ok(self.check_mapped("ext_authz", req).await?.0)
+    }
+
+    /// As `check`, with what the request was mapped to when it was; its
+    /// decision counted under `rpc`, the front door that asked.
     pub async fn check_mapped(
         &self,
+        rpc: &'static str,
         req: &Request<'_>,
     ) -> Result<(Judged, Option<Mapped>), Status> {
         let mapped = match self.mapping.map(req) {
@@ -90,7 +98,7 @@ impl Gateway {
         let context = mapped.route.context.as_str();
         let judged = match self.gate.check_access(context, &mapped.subject).await {
             Ok(verdict) => {
-                metrics::decided("ext_authz", context, verdict.decision);
+                metrics::decided(rpc, context, verdict.decision);
                 Judged::Answered(self.answer(&mapped, &verdict))
             }
             Err(e) => self.refused(e)?,

@@ -116,3 +116,67 @@ fn every_bootstrap_the_harness_writes_is_one_envoy_accepts() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_proc_locks_a_login_out_by_the_upstreams_own_answers() {
+    let keys = TestKeys::new();
+    let server = TestServer::spawn_with(Backend::Sqlite, &format!("{}{WEB}", keys.toml)).await;
+    let upstream = Upstream::start(PASSWORD).await;
+    let envoy = Envoy::start(
+        &Bootstrap::new(&[server.addr], upstream.addr)
+            .key(&keys.check)
+            .with(Filter::ExtProc {
+                failure_mode_allow: false,
+            }),
+    )
+    .await;
+    let client = plain_client(Some(ip("127.0.0.4")));
+    let url = envoy.url("/login");
+
+    let first = login(&client, &url, "guess-1").await;
+    assert_eq!(first.status, 401, "{first:?}\n{}", envoy.log());
+    assert_eq!(first.header("x-authgate-remaining"), Some("4"));
+    assert_eq!(first.header("retry-after"), None);
+    for n in 2..=4 {
+        let reply = login(&client, &url, &format!("guess-{n}")).await;
+        assert_eq!(reply.status, 401);
+    }
+    // The fifth failure locks: its own 401 already says for how long.
+    let fifth = login(&client, &url, "guess-5").await;
+    assert_eq!(fifth.status, 401, "{fifth:?}");
+    assert_eq!(fifth.header("x-authgate-decision"), Some("blocked"));
+    assert_eq!(fifth.header("retry-after"), Some("1800"));
+
+    let sixth = login(&client, &url, PASSWORD).await;
+    assert_eq!(sixth.status, 429, "{sixth:?}\n{}", envoy.log());
+    assert_eq!(sixth.header("retry-after"), Some("1800"));
+    assert!(
+        sixth.body.contains(r#""reason":"locked""#),
+        "{}",
+        sixth.body
+    );
+    assert_eq!(
+        upstream.requests(),
+        5,
+        "the locked attempt never reached it"
+    );
+
+    let unlocked = keyed_admin(server.channel().await, &keys.admin)
+        .admin_unlock(authgate::grpc::proto::AdminUnlockRequest {
+            actor_user_id: "admin".into(),
+            scope: Some(authgate::grpc::proto::admin_unlock_request::Scope::Subject(
+                subject("", "127.0.0.4").expect("subject"),
+            )),
+        })
+        .await
+        .expect("AdminUnlock")
+        .into_inner();
+    assert_eq!(unlocked.unlocked, 1);
+    let after = login(&client, &url, PASSWORD).await;
+    assert_eq!(after.status, 200, "{after:?}\n{}", envoy.log());
+    assert_eq!(
+        after.echoed("x-authgate-decision").as_deref(),
+        Some("allow")
+    );
+    assert_eq!(upstream.requests(), 6);
+}

@@ -109,7 +109,7 @@ where
         let role = match Route::of(request.uri().path()) {
             // Kubernetes' probes carry no credentials.
             Route::Health => return Box::pin(self.inner.call(request)),
-            Route::Access => Some(Role::Check),
+            Route::Access | Route::Processing => Some(Role::Check),
             Route::Admin => Some(Role::Admin),
             Route::Other => None,
         };
