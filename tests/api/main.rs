@@ -18,6 +18,7 @@ mod clients;
 mod clock;
 mod concurrency;
 mod connections;
+mod ext_proc;
 mod faults;
 mod gateway_envoy;
 mod observability;
