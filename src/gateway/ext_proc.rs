@@ -233,6 +233,7 @@ impl Stream {
             ));
         }
         let header = |name: &str| value(map, name);
+        // ext_proc has no per-route context_extensions: the routes decide.
         let extension = |_: &str| None;
         let (judged, mapped) = self
             .gateway

@@ -282,3 +282,25 @@ async fn a_stream_outlives_the_per_call_timeout_while_the_upstream_answers() {
     let failed = mutation_of(stream.ask(response_headers(401)).await.unwrap());
     assert_eq!(set(&failed, "x-authgate-remaining").as_deref(), Some("4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_the_store_cannot_take_is_not_passed_on() {
+    // Its own cluster: stopping the shared one would break other tests.
+    let cluster = PgCluster::start();
+    let server = TestServer::spawn_on(
+        cluster.database().await,
+        &format!("[database]\nacquire_timeout = \"500ms\"\n{}", login()),
+    )
+    .await;
+    let mut stream = Stream::open(&server).await;
+    mutation_of(
+        stream
+            .ask(request_headers(Some("198.51.100.50:1")))
+            .await
+            .unwrap(),
+    );
+    cluster.stop();
+    let (status, body) = immediate(stream.ask(response_headers(401)).await.unwrap());
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""reason":"store_unavailable""#), "{body}");
+}
