@@ -21,7 +21,7 @@ use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
 use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
 use crate::domain::{KeyKind, Policy};
-use crate::gateway::{ExtAuthz, ForwardAuth, Gateway, Mapping};
+use crate::gateway::{ExtAuthz, ExtProc, ForwardAuth, Gateway, Mapping};
 use crate::grpc::auth::Authenticator;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
@@ -33,6 +33,7 @@ use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
 use crate::telemetry::metrics;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -544,6 +545,10 @@ impl Application {
             )
             .add_service(
                 AuthorizationServer::new(ExtAuthz::new(self.gateway.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ExternalProcessorServer::new(ExtProc::new(self.gateway.clone()))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(

@@ -237,6 +237,13 @@ impl Mapping {
         })
     }
 
+    /// Whether the client's address may come from `x-forwarded-for`, so a
+    /// request whose proxy did not say who its peer was can still be
+    /// told apart.
+    pub fn trusts_forwarded_for(&self) -> bool {
+        self.trusted_hops > 0
+    }
+
     /// The route and subject of `req`.
     pub fn map(&self, req: &Request<'_>) -> Result<Mapped, MapError> {
         if !req.path.starts_with('/') {

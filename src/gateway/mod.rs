@@ -7,12 +7,14 @@
 
 mod answer;
 mod ext_authz;
+mod ext_proc;
 mod forward_auth;
 mod map;
 mod path;
 
 pub use answer::{Answer, HEADERS, Quota, decision_name, rate_limit_headers};
 pub use ext_authz::ExtAuthz;
+pub use ext_proc::ExtProc;
 pub use forward_auth::ForwardAuth;
 pub use map::{MapError, Mapped, Mapping, Request, Route, forwarded_address};
 
@@ -79,6 +81,10 @@ impl Gateway {
     /// `door`, the front door it came through.
     pub async fn check(&self, door: &'static str, req: &Request<'_>) -> Result<Judged, Status> {
         Ok(self.check_mapped(door, req).await?.0)
+    }
+
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     /// As `check`, with what the request was mapped to when it was.

@@ -6,6 +6,7 @@
 use tonic_health::pb::health_server;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server;
 
 use super::proto::{access_service_server, admin_service_server};
 
@@ -20,6 +21,10 @@ pub enum Route {
     /// Envoy's services that ask the same questions (ext_authz): the
     /// `check` role, or a peer in `gateway.trusted_proxies`.
     Gateway,
+    /// Envoy's ext_proc: as Gateway, on one stream each way that lives as
+    /// long as the HTTP request it processes, the upstream's answer
+    /// included.
+    Processing,
     /// `authgate.v1.AdminService`: the `admin` role.
     Admin,
     /// Server reflection, and any path the server does not serve (answered
@@ -37,6 +42,7 @@ impl Route {
             health_server::SERVICE_NAME => Route::Health,
             access_service_server::SERVICE_NAME => Route::Access,
             authorization_server::SERVICE_NAME => Route::Gateway,
+            external_processor_server::SERVICE_NAME => Route::Processing,
             admin_service_server::SERVICE_NAME => Route::Admin,
             _ => Route::Other,
         }
@@ -44,8 +50,8 @@ impl Route {
 
     /// authgate's own services, whose every method takes one request
     /// message (WatchSecurityEvents streams only its answer): their request
-    /// can be read whole before the work starts. Reflection streams both
-    /// ways and is left to read its own.
+    /// can be read whole before the work starts. Reflection and ext_proc
+    /// stream both ways and are left to read their own.
     pub fn takes_one_message(self) -> bool {
         matches!(self, Route::Access | Route::Admin | Route::Gateway)
     }
@@ -65,6 +71,10 @@ mod tests {
         assert_eq!(
             Route::of("/envoy.service.auth.v3.Authorization/Check"),
             Route::Gateway
+        );
+        assert_eq!(
+            Route::of("/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
+            Route::Processing
         );
         assert_eq!(
             Route::of("/authgate.v1.AdminService/AdminUnlock"),

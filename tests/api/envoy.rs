@@ -494,3 +494,16 @@ pub async fn send(
 pub async fn get(client: &Http, url: &str) -> Option<Reply> {
     send(client, "GET", url, &[], "").await
 }
+
+/// A login attempt with `password` at `url`.
+pub async fn login(client: &Http, url: &str, password: &str) -> Reply {
+    send(
+        client,
+        "POST",
+        url,
+        &[],
+        &format!("{PASSWORD_FIELD}={password}"),
+    )
+    .await
+    .expect("envoy answers")
+}

@@ -8,29 +8,28 @@ use crate::helpers::*;
 
 const PASSWORD: &str = "right horse battery staple";
 
-/// Every request is judged in "web", whose ip rule locks after 5
-/// failures for 30 minutes.
-const WEB: &str = r#"
-[gateway]
-[[gateway.routes]]
-path_prefix = "/"
-context = "web"
-activity = "password"
-[[contexts.web.rules]]
-name = "ip"
-key = "ip"
-window = "30m"
-lock_after = 5
-lockout = ["30m"]
-"#;
+/// Context `name`'s rule "ip", locking an address for 30 minutes after 5
+/// failures.
+pub fn ip_rule(name: &str) -> String {
+    format!(
+        "[[contexts.{name}.rules]]\nname = \"ip\"\nkey = \"ip\"\nwindow = \"30m\"\n\
+         lock_after = 5\nlockout = [\"30m\"]\n"
+    )
+}
+
+/// Every request is judged in "web", by its ip rule.
+fn web() -> String {
+    let routes = "[gateway]\n[[gateway.routes]]\npath_prefix = \"/\"\ncontext = \"web\"\n";
+    format!("{routes}{}", ip_rule("web"))
+}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("IP")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ext_authz_blocks_a_locked_address_and_tells_the_upstream_of_the_rest() {
-    let server = TestServer::spawn_with(Backend::Sqlite, WEB).await;
+/// The upstream, behind an Envoy that asks `server` with ext_authz and
+/// refuses requests when it cannot.
+async fn behind_ext_authz(server: &TestServer) -> (Upstream, Envoy) {
     let upstream = Upstream::start(PASSWORD).await;
     let envoy = Envoy::start(&Bootstrap::new(&[server.addr], upstream.addr).with(
         Filter::ExtAuthz {
@@ -38,6 +37,13 @@ async fn ext_authz_blocks_a_locked_address_and_tells_the_upstream_of_the_rest() 
         },
     ))
     .await;
+    (upstream, envoy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_blocks_a_locked_address_and_tells_the_upstream_of_the_rest() {
+    let server = TestServer::spawn_with(Backend::Sqlite, &web()).await;
+    let (upstream, envoy) = behind_ext_authz(&server).await;
     let mut access = server.access().await;
     for _ in 0..5 {
         fail(&mut access, "web", subject("", "127.0.0.2")).await;
@@ -115,4 +121,127 @@ fn every_bootstrap_the_harness_writes_is_one_envoy_accepts() {
             panic!("envoy refuses\n{}\n{said}", bootstrap.yaml());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_proc_locks_a_login_out_by_the_upstreams_own_answers() {
+    let keys = TestKeys::new();
+    let server = TestServer::spawn_with(Backend::Sqlite, &format!("{}{}", keys.toml, web())).await;
+    let upstream = Upstream::start(PASSWORD).await;
+    let envoy = Envoy::start(
+        &Bootstrap::new(&[server.addr], upstream.addr)
+            .key(&keys.check)
+            .with(Filter::ExtProc {
+                failure_mode_allow: false,
+            }),
+    )
+    .await;
+    let client = plain_client(Some(ip("127.0.0.4")));
+    let url = envoy.url("/login");
+
+    let first = login(&client, &url, "guess-1").await;
+    assert_eq!(first.status, 401, "{first:?}\n{}", envoy.log());
+    assert_eq!(first.header("x-authgate-remaining"), Some("4"));
+    assert_eq!(first.header("retry-after"), None);
+    for n in 2..=4 {
+        let reply = login(&client, &url, &format!("guess-{n}")).await;
+        assert_eq!(reply.status, 401);
+    }
+    // The fifth failure locks: its own 401 already says for how long.
+    let fifth = login(&client, &url, "guess-5").await;
+    assert_eq!(fifth.status, 401, "{fifth:?}");
+    assert_eq!(fifth.header("x-authgate-decision"), Some("blocked"));
+    assert_eq!(fifth.header("retry-after"), Some("1800"));
+
+    let sixth = login(&client, &url, PASSWORD).await;
+    assert_eq!(sixth.status, 429, "{sixth:?}\n{}", envoy.log());
+    assert_eq!(sixth.header("retry-after"), Some("1800"));
+    assert!(
+        sixth.body.contains(r#""reason":"locked""#),
+        "{}",
+        sixth.body
+    );
+    assert_eq!(
+        upstream.requests(),
+        5,
+        "the locked attempt never reached it"
+    );
+
+    let unlocked = keyed_admin(server.channel().await, &keys.admin)
+        .admin_unlock(authgate::grpc::proto::AdminUnlockRequest {
+            actor_user_id: "admin".into(),
+            scope: Some(authgate::grpc::proto::admin_unlock_request::Scope::Subject(
+                subject("", "127.0.0.4").expect("subject"),
+            )),
+        })
+        .await
+        .expect("AdminUnlock")
+        .into_inner();
+    assert_eq!(unlocked.unlocked, 1);
+    let after = login(&client, &url, PASSWORD).await;
+    assert_eq!(after.status, 200, "{after:?}\n{}", envoy.log());
+    assert_eq!(
+        after.echoed("x-authgate-decision").as_deref(),
+        Some("allow")
+    );
+    assert_eq!(upstream.requests(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authgate_gone_envoy_fails_as_configured() {
+    let server = TestServer::spawn_with(Backend::Sqlite, &web()).await;
+    let (upstream, envoy) = behind_ext_authz(&server).await;
+    let client = plain_client(Some(ip("127.0.0.5")));
+    let before = get(&client, &envoy.url("/home")).await.expect("answer");
+    assert_eq!(before.status, 200, "{before:?}\n{}", envoy.log());
+
+    server.stop().await;
+    let after = get(&client, &envoy.url("/home")).await.expect("answer");
+    // ext_authz's status_on_error, 403 unless configured otherwise.
+    assert_eq!(after.status, 403, "{after:?}\n{}", envoy.log());
+    assert_eq!(upstream.requests(), 1);
+}
+
+/// "feed" fails open, "web" (everything else) fails closed.
+const FEED: &str = r#"
+[database]
+acquire_timeout = "500ms"
+[gateway]
+[[gateway.routes]]
+path_prefix = "/feed"
+context = "feed"
+[[gateway.routes]]
+path_prefix = "/"
+context = "web"
+[contexts.feed]
+failure_mode = "fail_open"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_down_only_a_fail_open_context_passes_and_says_so() {
+    // Its own cluster: stopping the shared one would break other tests.
+    let cluster = PgCluster::start();
+    let server = TestServer::spawn_on(
+        cluster.database().await,
+        &format!("{FEED}{}{}", ip_rule("feed"), ip_rule("web")),
+    )
+    .await;
+    let (upstream, envoy) = behind_ext_authz(&server).await;
+    let client = plain_client(Some(ip("127.0.0.6")));
+    let up = get(&client, &envoy.url("/feed")).await.expect("answer");
+    assert_eq!(up.status, 200, "{up:?}\n{}", envoy.log());
+    assert_eq!(up.echoed("x-authgate-fail-open"), None);
+
+    cluster.stop();
+    let open = get(&client, &envoy.url("/feed")).await.expect("answer");
+    assert_eq!(open.status, 200, "{open:?}\n{}", envoy.log());
+    assert_eq!(open.echoed("x-authgate-fail-open").as_deref(), Some("true"));
+    let closed = get(&client, &envoy.url("/home")).await.expect("answer");
+    assert_eq!(closed.status, 503, "{closed:?}\n{}", envoy.log());
+    assert!(
+        closed.body.contains(r#""reason":"store_unavailable""#),
+        "{}",
+        closed.body
+    );
+    assert_eq!(upstream.requests(), 2);
 }

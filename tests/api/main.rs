@@ -19,6 +19,7 @@ mod clock;
 mod concurrency;
 mod connections;
 mod ext_authz;
+mod ext_proc;
 mod faults;
 mod forward_auth;
 mod gateway_envoy;

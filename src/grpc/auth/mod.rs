@@ -137,11 +137,11 @@ where
         let role = match route {
             // Kubernetes' probes carry no credentials.
             Route::Health => return Box::pin(self.inner.call(request)),
-            Route::Access | Route::Gateway => Some(Role::Check),
+            Route::Access | Route::Gateway | Route::Processing => Some(Role::Check),
             Route::Admin => Some(Role::Admin),
             Route::Other => None,
         };
-        let trusted = (route == Route::Gateway)
+        let trusted = matches!(route, Route::Gateway | Route::Processing)
             .then(|| self.trusted_proxy(&request))
             .flatten();
         match trusted.map_or_else(|| self.caller(&request, role), Ok) {
