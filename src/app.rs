@@ -38,6 +38,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest message a proxy may send the gateway services: Envoy describes a
+/// whole HTTP request's headers, up to its own default limit of 60 KiB
+/// (max_request_headers_kb), with attributes beside them.
+const MAX_PROXIED_BYTES: usize = 128 * 1024;
 
 /// How often this replica asks the store whether it answers, for the health
 /// service: often enough that a load balancer stops sending within seconds
@@ -370,6 +374,7 @@ impl Application {
                 calls_per_connection(&config.server),
                 config.server.request_timeout,
                 MAX_MESSAGE_BYTES,
+                MAX_PROXIED_BYTES,
             ),
             shutdown_grace: config.server.shutdown_grace,
             connections: ConnectionLimits {
@@ -545,11 +550,11 @@ impl Application {
             )
             .add_service(
                 AuthorizationServer::new(ExtAuthz::new(self.gateway.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                    .max_decoding_message_size(MAX_PROXIED_BYTES),
             )
             .add_service(
                 ExternalProcessorServer::new(ExtProc::new(self.gateway.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                    .max_decoding_message_size(MAX_PROXIED_BYTES),
             )
             .serve_with_incoming_shutdown(
                 incoming(

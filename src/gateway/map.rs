@@ -145,8 +145,21 @@ fn header_name(key: &str, raw: &str) -> Result<String, ConfigError> {
         .map_err(|_| invalid(key, format!("{raw:?} is not an HTTP header name")))
 }
 
+/// An activity as RecordFailure takes it: at most 64 bytes, no control
+/// characters.
+fn activity(field: &str, raw: &str) -> Result<(), FieldError> {
+    if raw.len() > 64 || raw.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must be at most 64 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
 fn route(policy: &Policy, key: &str, rc: &GatewayRouteConfig) -> Result<Route, ConfigError> {
     known_context(policy, &format!("{key}.context"), &rc.context)?;
+    activity(&format!("{key}.activity"), &rc.activity).map_err(|e| invalid(e.field, e.problem))?;
     if !rc.path_prefix.starts_with('/') {
         return Err(invalid(format!("{key}.path_prefix"), "must start with /"));
     }
@@ -264,8 +277,9 @@ impl Mapping {
             (None, Some(route)) => route.clone(),
             (None, None) => return Err(MapError::NoRoute),
         };
-        if let Some(activity) = (req.extension)(ACTIVITY_EXTENSION) {
-            route.activity = activity.to_owned();
+        if let Some(a) = (req.extension)(ACTIVITY_EXTENSION) {
+            activity(&format!("context_extensions[{ACTIVITY_EXTENSION}]"), a)?;
+            route.activity = a.to_owned();
         }
         match (req.extension)(CAPTCHA_EXTENSION) {
             Some("pass") => route.captcha = CaptchaAnswer::Pass,
@@ -461,6 +475,8 @@ mod tests {
             ("login", "otp")
         );
         r.extensions = vec![(CAPTCHA_EXTENSION, "maybe")];
+        assert!(matches!(map(&m, &r), Err(MapError::Invalid(_))));
+        r.extensions = vec![(ACTIVITY_EXTENSION, "a\u{7}")];
         assert!(matches!(map(&m, &r), Err(MapError::Invalid(_))));
     }
 

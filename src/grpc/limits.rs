@@ -43,23 +43,28 @@ pub struct LimitsLayer {
     /// The most a request's body may take: one message of the largest size
     /// the services decode.
     max_body_bytes: usize,
+    /// The same for the gateway services, whose messages describe a whole
+    /// proxied HTTP request.
+    max_proxied_body_bytes: usize,
 }
 
 impl LimitsLayer {
     /// `max_in_flight` calls at once, `per_connection` of them from one
     /// connection; each at most `timeout`, with a request message of at
-    /// most `max_message_bytes`.
+    /// most `max_message_bytes` (`max_proxied_bytes` from a proxy).
     pub fn new(
         max_in_flight: usize,
         per_connection: usize,
         timeout: Duration,
         max_message_bytes: usize,
+        max_proxied_bytes: usize,
     ) -> Self {
         LimitsLayer {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             shares: Shares::new(per_connection),
             timeout,
             max_body_bytes: max_message_bytes + MESSAGE_PREFIX,
+            max_proxied_body_bytes: max_proxied_bytes + MESSAGE_PREFIX,
         }
     }
 }
@@ -133,7 +138,11 @@ where
         let budget = client_timeout(request.headers())
             .map_or(self.limits.timeout, |t| t.min(self.limits.timeout));
         let deadline = tokio::time::sleep(budget);
-        let max_body_bytes = self.limits.max_body_bytes;
+        let max_body_bytes = if route == Route::Gateway {
+            self.limits.max_proxied_body_bytes
+        } else {
+            self.limits.max_body_bytes
+        };
         // Called once the request is whole: the clone waits its turn, the
         // service polled ready goes with this call.
         let ready = self.inner.clone();

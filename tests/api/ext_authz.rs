@@ -377,3 +377,33 @@ async fn a_trusted_proxy_network_may_check_without_a_key_and_do_nothing_else() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_more_headers_than_authgate_own_calls_carry_is_judged() {
+    let server = TestServer::spawn_with(Backend::Sqlite, ROUTES).await;
+    // Envoy's max_request_headers_kb is 60 by default and often raised: a
+    // request of 100 KB of headers, past the 64 KiB authgate's own calls
+    // may take.
+    let names: Vec<String> = (0..100).map(|i| format!("x-filler-{i}")).collect();
+    let value = "v".repeat(1000);
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+    let r = authz(
+        &server,
+        envoy_request("POST", "/login", "192.0.2.1", &headers, &[]),
+    )
+    .await;
+    assert_eq!(rendered(&r).0, None);
+
+    let huge = "v".repeat(200 * 1024);
+    let refused = AuthorizationClient::new(server.channel().await)
+        .check(envoy_request(
+            "POST",
+            "/login",
+            "192.0.2.1",
+            &[("x-huge", &huge)],
+            &[],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+}
