@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
 use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
-use crate::domain::{KeyKind, Policy};
+use crate::domain::{KeyKind, Policy, Rule};
 use crate::gateway::{ExtAuthz, Gateway, Mapping};
 use crate::grpc::auth::Authenticator;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
@@ -392,7 +392,7 @@ impl Application {
                 continue;
             };
             for kind in KeyKind::ALL {
-                if context.rules_on(kind).any(|r| r.lock_after.is_some()) {
+                if context.rules_on(kind).any(Rule::locks) {
                     metrics::lockouts_possible(name, kind.as_str());
                 }
             }

@@ -24,8 +24,8 @@ pub use schema::{
     AccessConfig, AdmissionConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CaptchaAnswer,
     CertCallerConfig, CleanupConfig, ClockConfig, Config, ContextConfig, DatabaseConfig,
     DatabaseUrl, FailureMode, GatewayConfig, GatewayRouteConfig, LogConfig, LogFormat,
-    MetricsConfig, NotAllowedConfig, PasswordsConfig, RuleConfig, SecretKeyConfig, SecretValue,
-    ServerConfig, SessionMode, TlsConfig, TotpConfig, UpdateKindConfig,
+    MetricsConfig, NotAllowedConfig, PasswordsConfig, RuleConfig, RuleKindConfig, SecretKeyConfig,
+    SecretValue, ServerConfig, SessionMode, TlsConfig, TotpConfig, UpdateKindConfig,
 };
 
 /// A configuration problem, always naming the key it is about.

@@ -746,7 +746,13 @@ pub struct SecretKeyConfig {
 pub struct RuleConfig {
     /// Unique within its context; reported in verdicts.
     pub name: String,
-    /// `user`, `ip`, `user+ip`, `session` or `password`.
+    /// `failures` (the default): counts what RecordFailure reports, with
+    /// captcha_after and lock_after. `rate`: counts the requests CheckAccess
+    /// and Envoy's ShouldRateLimit let through, at most `limit` a window.
+    #[serde(default, skip_serializing_if = "RuleKindConfig::is_failures")]
+    pub kind: RuleKindConfig,
+    /// `user`, `ip`, `user+ip`, `session` or `password` (not for rate
+    /// rules).
     #[serde(with = "by_name")]
     pub key: KeyKind,
     /// Activities counted (RecordFailure.activity); empty counts all.
@@ -758,13 +764,32 @@ pub struct RuleConfig {
     pub captcha_after: Option<u32>,
     #[serde(default)]
     pub lock_after: Option<u32>,
-    /// Required with lock_after.
+    /// A rate rule's requests per window, 1 to 1000.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Required with lock_after. On a rate rule, optional: a request over
+    /// the limit then also locks the key (a penalty box).
     #[serde(default)]
     pub lockout: Option<LockoutConfig>,
     #[serde(with = "duration", default = "day")]
     pub recurrence_window: Duration,
     #[serde(default)]
     pub extend_while_locked: bool,
+}
+
+/// What a rule counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKindConfig {
+    #[default]
+    Failures,
+    Rate,
+}
+
+impl RuleKindConfig {
+    fn is_failures(&self) -> bool {
+        *self == RuleKindConfig::Failures
+    }
 }
 
 pub(super) fn day() -> Duration {

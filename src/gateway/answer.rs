@@ -26,15 +26,24 @@ pub const HEADERS: [&str; 6] = [DECISION, REASON, RULE, REMAINING, CHALLENGE, FA
 pub struct Quota {
     pub limit: u32,
     pub window: Duration,
+    /// A rate rule's requests, which every answer reports (what is left of
+    /// them); otherwise the failures that lock, which only a refusal does.
+    pub requests: bool,
 }
 
 impl Quota {
-    /// The quota of the rule behind `verdict` in `context`, if it has one.
+    /// The quota of the rule behind `verdict` in `context`, if it has one:
+    /// a rate rule's limit, or a failure rule's lock_after.
     pub fn of(policy: &Policy, context: &str, verdict: &Verdict) -> Option<Quota> {
         let rule = policy.rule(context, verdict.rule.as_deref()?)?;
+        let (limit, requests) = match rule.rate_limit() {
+            Some(limit) => (limit, true),
+            None => (rule.lock_after()?, false),
+        };
         Some(Quota {
-            limit: rule.lock_after?,
+            limit,
             window: rule.window,
+            requests,
         })
     }
 }
@@ -108,7 +117,9 @@ impl Answer {
         if let Some(c) = challenge {
             headers.push((CHALLENGE, c.into()));
         }
-        let retry_after = (verdict.decision == Decision::Blocked && !verdict.permanent)
+        // A request that can never fit (more hits than a rate rule's whole
+        // limit) is refused with no time to come back, as a permanent lock.
+        let retry_after = (verdict.decision == Decision::Blocked && verdict.unblock_at.is_some())
             .then(|| verdict.retry_after_seconds(now));
         let status = match verdict.decision {
             Decision::Allow => None,
@@ -117,14 +128,24 @@ impl Answer {
             Decision::ChallengeTotp | Decision::EnrollTotp => Some(401),
             Decision::Blocked => Some(429),
         };
+        let name = verdict.rule.as_deref().unwrap_or("authgate");
+        let left = |q: Quota| {
+            if q.requests {
+                verdict.remaining_attempts.unwrap_or(0)
+            } else {
+                0
+            }
+        };
         if verdict.decision == Decision::Blocked {
             if let Some(secs) = retry_after {
                 headers.push(("retry-after", secs.to_string()));
             }
             if let Some(q) = quota {
-                let name = verdict.rule.as_deref().unwrap_or("authgate");
-                headers.extend(rate_limit_headers(name, q, 0, retry_after));
+                headers.extend(rate_limit_headers(name, q, left(q), retry_after));
             }
+        } else if let Some(q) = quota.filter(|q| q.requests) {
+            let frees = verdict.frees_at.map(|at| now.seconds_until(at));
+            headers.extend(rate_limit_headers(name, q, left(q), frees));
         }
         let body = if status.is_some() {
             serde_json::to_string(&Body {
@@ -295,6 +316,7 @@ mod tests {
         let quota = Quota {
             limit: 5,
             window: Duration::from_secs(1800),
+            requests: false,
         };
         let a = Answer::of(&blocked, CaptchaAnswer::Deny, Some(quota), now);
         assert_eq!(a.status, Some(429));
