@@ -341,6 +341,45 @@ pub struct GatewayConfig {
     pub user_header: Option<String>,
     /// The cookie holding the session id. Absent: requests carry none.
     pub session_cookie: Option<String>,
+    /// Envoy's rate-limit service (ShouldRateLimit).
+    pub rate_limit: RateLimitConfig,
+}
+
+/// How Envoy's rate-limit descriptors name authgate's keys. A request's
+/// `domain` is the context; each descriptor's entries whose keys are listed
+/// here make one key (an ip and a user entry: the user+ip key), judged by
+/// that context's rate rules of its kind. Other entries are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Descriptor entry keys and what their values are: `ip`, `user` or
+    /// `session`. Replaces the defaults as a whole when given.
+    pub entries: BTreeMap<String, EntryKind>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            // Envoy's remote_address action writes the client's address
+            // under this key; `user` is what a request_headers action is
+            // usually told to write the user id under.
+            entries: [
+                ("remote_address".to_owned(), EntryKind::Ip),
+                ("user".to_owned(), EntryKind::User),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+}
+
+/// What a descriptor entry's value identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Ip,
+    User,
+    Session,
 }
 
 /// One route of the gateway mapping.

@@ -117,10 +117,7 @@ impl Answer {
         if let Some(c) = challenge {
             headers.push((CHALLENGE, c.into()));
         }
-        // A request that can never fit (more hits than a rate rule's whole
-        // limit) is refused with no time to come back, as a permanent lock.
-        let retry_after = (verdict.decision == Decision::Blocked && verdict.unblock_at.is_some())
-            .then(|| verdict.retry_after_seconds(now));
+        let retry_after = retry_after(verdict, now);
         let status = match verdict.decision {
             Decision::Allow => None,
             Decision::ChallengeCaptcha if captcha == CaptchaAnswer::Pass => None,
@@ -128,25 +125,7 @@ impl Answer {
             Decision::ChallengeTotp | Decision::EnrollTotp => Some(401),
             Decision::Blocked => Some(429),
         };
-        let name = verdict.rule.as_deref().unwrap_or("authgate");
-        let left = |q: Quota| {
-            if q.requests {
-                verdict.remaining_attempts.unwrap_or(0)
-            } else {
-                0
-            }
-        };
-        if verdict.decision == Decision::Blocked {
-            if let Some(secs) = retry_after {
-                headers.push(("retry-after", secs.to_string()));
-            }
-            if let Some(q) = quota {
-                headers.extend(rate_limit_headers(name, q, left(q), retry_after));
-            }
-        } else if let Some(q) = quota.filter(|q| q.requests) {
-            let frees = verdict.frees_at.map(|at| now.seconds_until(at));
-            headers.extend(rate_limit_headers(name, q, left(q), frees));
-        }
+        headers.extend(quota_headers(verdict, quota, now));
         let body = if status.is_some() {
             serde_json::to_string(&Body {
                 decision,
@@ -216,6 +195,48 @@ impl Answer {
             body: serde_json::to_string(&body).unwrap_or_default(),
         }
     }
+}
+
+/// Seconds a refused client should wait: `None` unless blocked with an
+/// end in sight. A request that can never fit (more hits than a rate
+/// rule's whole limit) is refused with no time to come back, as a
+/// permanent lock is.
+fn retry_after(verdict: &Verdict, now: UnixMillis) -> Option<u64> {
+    (verdict.decision == Decision::Blocked && verdict.unblock_at.is_some())
+        .then(|| verdict.retry_after_seconds(now))
+}
+
+/// The headers that tell a client about its quota: on a refusal
+/// `Retry-After` and, when the rule has a quota, the RateLimit headers with
+/// what is left; on any other answer by a rate rule, the RateLimit headers
+/// with what is left and when more is.
+pub fn quota_headers(
+    verdict: &Verdict,
+    quota: Option<Quota>,
+    now: UnixMillis,
+) -> Vec<(&'static str, String)> {
+    let name = verdict.rule.as_deref().unwrap_or("authgate");
+    let left = |q: Quota| {
+        if q.requests {
+            verdict.remaining_attempts.unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let mut headers = Vec::new();
+    if verdict.decision == Decision::Blocked {
+        let retry_after = retry_after(verdict, now);
+        if let Some(secs) = retry_after {
+            headers.push(("retry-after", secs.to_string()));
+        }
+        if let Some(q) = quota {
+            headers.extend(rate_limit_headers(name, q, left(q), retry_after));
+        }
+    } else if let Some(q) = quota.filter(|q| q.requests) {
+        let frees = verdict.frees_at.map(|at| now.seconds_until(at));
+        headers.extend(rate_limit_headers(name, q, left(q), frees));
+    }
+    headers
 }
 
 /// `RateLimit-Policy` and `RateLimit` as draft-ietf-httpapi-ratelimit-headers

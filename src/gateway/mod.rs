@@ -8,10 +8,12 @@
 mod answer;
 mod ext_authz;
 mod map;
+mod rate_limit;
 
-pub use answer::{Answer, HEADERS, Quota, decision_name, rate_limit_headers};
+pub use answer::{Answer, HEADERS, Quota, decision_name, quota_headers, rate_limit_headers};
 pub use ext_authz::ExtAuthz;
 pub use map::{MapError, Mapped, Mapping, Request, Route, forwarded_address};
+pub use rate_limit::RateLimitService;
 
 use std::sync::Arc;
 

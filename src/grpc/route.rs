@@ -6,6 +6,7 @@
 use tonic_health::pb::health_server;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server;
 
 use super::proto::{access_service_server, admin_service_server};
 
@@ -16,7 +17,7 @@ pub enum Route {
     /// credentials and are never shed nor cut short.
     Health,
     /// `authgate.v1.AccessService`, and Envoy's services that ask the same
-    /// questions (ext_authz): the `check` role.
+    /// questions (ext_authz, the rate-limit service): the `check` role.
     Access,
     /// `authgate.v1.AdminService`: the `admin` role.
     Admin,
@@ -33,9 +34,9 @@ impl Route {
             .map_or("", |(service, _)| service);
         match service {
             health_server::SERVICE_NAME => Route::Health,
-            access_service_server::SERVICE_NAME | authorization_server::SERVICE_NAME => {
-                Route::Access
-            }
+            access_service_server::SERVICE_NAME
+            | authorization_server::SERVICE_NAME
+            | rate_limit_service_server::SERVICE_NAME => Route::Access,
             admin_service_server::SERVICE_NAME => Route::Admin,
             _ => Route::Other,
         }
@@ -63,6 +64,10 @@ mod tests {
         );
         assert_eq!(
             Route::of("/envoy.service.auth.v3.Authorization/Check"),
+            Route::Access
+        );
+        assert_eq!(
+            Route::of("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"),
             Route::Access
         );
         assert_eq!(
