@@ -578,6 +578,18 @@ pub fn metric(scrape: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Awaits every task, in order.
+pub async fn futures_join_all<T: Send + 'static>(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let handles: Vec<_> = tasks.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
 /// GetSubject as the test admin.
 pub async fn report(
     a: &mut AdminServiceClient<Channel>,
