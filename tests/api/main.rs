@@ -17,6 +17,7 @@ mod clients;
 mod clock;
 mod concurrency;
 mod connections;
+mod envoy;
 mod faults;
 mod observability;
 mod operator;
