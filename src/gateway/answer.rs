@@ -359,6 +359,49 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_rules_answers_say_what_is_left() {
+        let now = UnixMillis(1_000_000);
+        let quota = Quota {
+            limit: 100,
+            window: Duration::from_secs(60),
+            requests: true,
+        };
+        let allowed = Verdict {
+            remaining_attempts: Some(7),
+            frees_at: Some(UnixMillis(1_000_000 + 41_500)),
+            ..verdict(Decision::Allow, Reason::Ok)
+        };
+        let a = Answer::of(&allowed, CaptchaAnswer::Deny, Some(quota), now);
+        assert_eq!(a.status, None);
+        assert_eq!(
+            header(&a, "ratelimit-policy"),
+            Some("\"user_ip\";q=100;w=60")
+        );
+        assert_eq!(header(&a, "ratelimit"), Some("\"user_ip\";r=7;t=42"));
+        assert_eq!(header(&a, "retry-after"), None);
+
+        let over = Verdict {
+            remaining_attempts: Some(0),
+            unblock_at: Some(UnixMillis(1_000_000 + 9_000)),
+            ..verdict(Decision::Blocked, Reason::RateLimited)
+        };
+        let a = Answer::of(&over, CaptchaAnswer::Deny, Some(quota), now);
+        assert_eq!(a.status, Some(429));
+        assert_eq!(header(&a, "retry-after"), Some("9"));
+        assert_eq!(header(&a, "ratelimit"), Some("\"user_ip\";r=0;t=9"));
+        assert!(a.body.contains(r#""reason":"rate_limited""#), "{}", a.body);
+
+        // More than the whole limit never fits: no time to come back.
+        let never = Verdict {
+            unblock_at: None,
+            ..over
+        };
+        let a = Answer::of(&never, CaptchaAnswer::Deny, Some(quota), now);
+        assert_eq!(header(&a, "retry-after"), None);
+        assert_eq!(header(&a, "ratelimit"), Some("\"user_ip\";r=0"));
+    }
+
+    #[test]
     fn failing_open_is_said() {
         let v = Verdict {
             reason: Reason::StoreUnavailable,

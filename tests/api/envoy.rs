@@ -31,13 +31,6 @@ impl Drop for Envoy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Envoy's cluster of authgate replicas: HTTP/2, round robin over every
 /// address given.
 fn authgate_cluster(replicas: &[SocketAddr]) -> String {
