@@ -240,6 +240,50 @@ async fn hits_addend_counts_that_many(
 
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_descriptors_count_together_or_not_at_all(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let server = TestServer::spawn_with(backend, API).await;
+    let mut c = limiter(&server).await;
+    let both = || {
+        request(
+            "api",
+            vec![
+                descriptor(&[("remote_address", IP)]),
+                descriptor(&[("user", "bob"), ("generic_key", "ignored")]),
+            ],
+        )
+    };
+    let r = ask(&mut c, both()).await;
+    let left: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
+    assert_eq!((r.overall_code, left), (Code::Ok as i32, vec![2, 1]));
+    ask(&mut c, both()).await;
+    // bob's rule is used up: the request is over, and the address's rule,
+    // which had room, does not count it.
+    let r = ask(&mut c, both()).await;
+    let codes: Vec<i32> = r.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(codes, [Code::Ok as i32, Code::OverLimit as i32]);
+    assert_eq!(r.statuses[0].limit_remaining, 1);
+    assert_eq!(
+        header(&r, "ratelimit-policy"),
+        Some("\"per_user\";q=2;w=90")
+    );
+    // One key named twice is one count of both hits.
+    let twice = request(
+        "api",
+        vec![
+            descriptor(&[("remote_address", IP)]),
+            descriptor(&[("remote_address", IP)]),
+        ],
+    );
+    let r = ask(&mut c, twice).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(from_ip(&mut c).await.statuses[0].limit_remaining, 0);
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_penalty_box_locks_on_its_tiers_and_an_admin_lifts_it(
     #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
 ) {
