@@ -149,10 +149,26 @@ static_resources:
         }
         // Envoy keeps logging; a reader keeps its pipe from filling up.
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        Envoy {
+        let envoy = Envoy {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             _dir: dir,
+        };
+        envoy.await_listener();
+        envoy
+    }
+
+    /// Envoy logs that it starts its workers, but not when they have bound
+    /// the listener: probed until it accepts, which is at once on an idle
+    /// machine and never more than a few milliseconds.
+    fn await_listener(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "envoy's listener never came up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
