@@ -445,3 +445,83 @@ async fn bad_input_is_invalid_argument_and_records_nothing(
         0
     );
 }
+
+/// ext_authz judges through CheckAccess, so its answers carry the rate
+/// rule's headers: what is left while allowed, Envoy's 429 once over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_answers_with_the_rate_rules_headers() {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    let server = TestServer::spawn_with(
+        Backend::Sqlite,
+        &format!("{API}[gateway]\ndefault_context = \"api\"\n"),
+    )
+    .await;
+    let mut c = AuthorizationClient::new(server.channel().await);
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: IP.into(),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Peer::default()
+            }),
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    host: "app.example.com".into(),
+                    path: "/".into(),
+                    ..HttpRequest::default()
+                }),
+                ..AttrRequest::default()
+            }),
+            ..AttributeContext::default()
+        }),
+    };
+    let headers = |r: &HttpResponse| -> Vec<(String, String)> {
+        let list = match r {
+            HttpResponse::OkResponse(ok) => &ok.headers,
+            HttpResponse::DeniedResponse(denied) => &denied.headers,
+            HttpResponse::ErrorResponse(_) => unreachable!("no error answer here"),
+        };
+        list.iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect()
+    };
+    let find = |hs: &[(String, String)], name: &str| {
+        hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    for remaining in [2, 1, 0] {
+        let r = c.check(check.clone()).await.unwrap().into_inner();
+        let answer = r.http_response.unwrap();
+        assert!(matches!(answer, HttpResponse::OkResponse(_)));
+        let hs = headers(&answer);
+        assert_eq!(
+            find(&hs, "ratelimit"),
+            Some(format!("\"burst\";r={remaining};t=60"))
+        );
+    }
+    let r = c.check(check).await.unwrap().into_inner();
+    let answer = r.http_response.unwrap();
+    let HttpResponse::DeniedResponse(denied) = &answer else {
+        panic!("refused: {answer:?}");
+    };
+    assert_eq!(denied.status.as_ref().unwrap().code, 429);
+    assert!(denied.body.contains("rate_limited"), "{}", denied.body);
+    let hs = headers(&answer);
+    assert_eq!(find(&hs, "retry-after").as_deref(), Some("60"));
+    assert_eq!(
+        find(&hs, "ratelimit-policy").as_deref(),
+        Some("\"burst\";q=3;w=60")
+    );
+}
