@@ -65,6 +65,7 @@ known_metrics=(
   authgate_key_cache_trusted
   authgate_clock_skew_seconds
   authgate_clock_skew_tolerance_seconds
+  authgate_rate_limit_requests_total
   authgate_clock_steps_total
 )
 

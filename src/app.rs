@@ -20,8 +20,8 @@ use zeroize::Zeroizing;
 use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
 use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
 use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
-use crate::domain::{KeyKind, Policy};
-use crate::gateway::{ExtAuthz, ExtProc, ForwardAuth, Gateway, Mapping};
+use crate::domain::{KeyKind, Policy, Rule};
+use crate::gateway::{ExtAuthz, ExtProc, ForwardAuth, Gateway, Mapping, RateLimitService};
 use crate::grpc::auth::Authenticator;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
@@ -34,6 +34,7 @@ use crate::store::{self, Health, PoolSettings, Store, StoreError};
 use crate::telemetry::metrics;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -262,6 +263,7 @@ pub struct Application {
     metrics_refresh: Duration,
     gate: Arc<Gate>,
     gateway: Arc<Gateway>,
+    rate_limit: Arc<RateLimitService>,
     store_health: Arc<Health>,
     cleanup_interval: Duration,
     audit_retention: Duration,
@@ -391,6 +393,10 @@ impl Application {
             metrics_path: config.metrics.path.clone(),
             metrics_refresh: config.metrics.refresh_interval,
             gateway: Arc::new(Gateway::new(gate.clone(), mapping)),
+            rate_limit: Arc::new(RateLimitService::new(
+                gate.clone(),
+                &config.gateway.rate_limit,
+            )),
             gate,
             store_health,
             cleanup_interval: config.cleanup.interval,
@@ -441,7 +447,7 @@ impl Application {
                 continue;
             };
             for kind in KeyKind::ALL {
-                if context.rules_on(kind).any(|r| r.lock_after.is_some()) {
+                if context.rules_on(kind).any(Rule::locks) {
                     metrics::lockouts_possible(name, kind.as_str());
                 }
             }
@@ -555,6 +561,10 @@ impl Application {
             .add_service(
                 ExternalProcessorServer::new(ExtProc::new(self.gateway.clone()))
                     .max_decoding_message_size(MAX_PROXIED_BYTES),
+            )
+            .add_service(
+                RateLimitServiceServer::from_arc(self.rate_limit.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES),
             )
             .serve_with_incoming_shutdown(
                 incoming(

@@ -23,9 +23,10 @@ pub use lockout::{LockoutConfig, ProgressiveConfig};
 pub use schema::{
     AccessConfig, AdmissionConfig, AlertsConfig, ApiKeyConfig, AuthConfig, CaptchaAnswer,
     CertCallerConfig, CleanupConfig, ClockConfig, Config, ContextConfig, DatabaseConfig,
-    DatabaseUrl, FailureMode, ForwardAuthConfig, GatewayConfig, GatewayRouteConfig, LogConfig,
-    LogFormat, MetricsConfig, NotAllowedConfig, PasswordsConfig, RuleConfig, SecretKeyConfig,
-    SecretValue, ServerConfig, SessionMode, TlsConfig, TotpConfig, UpdateKindConfig,
+    DatabaseUrl, EntryKind, FailureMode, ForwardAuthConfig, GatewayConfig, GatewayRouteConfig,
+    LogConfig, LogFormat, MetricsConfig, NotAllowedConfig, PasswordsConfig, RateLimitConfig,
+    RuleConfig, RuleKindConfig, SecretKeyConfig, SecretValue, ServerConfig, SessionMode, TlsConfig,
+    TotpConfig, UpdateKindConfig,
 };
 
 /// A configuration problem, always naming the key it is about.

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use super::lockout::LockoutConfig;
 use super::schema::{
-    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, SecretKeyConfig, SessionMode,
-    TotpConfig,
+    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, RuleKindConfig,
+    SecretKeyConfig, SessionMode, TotpConfig,
 };
 use super::{ConfigError, invalid};
 use crate::domain::{
     AccessList, AdmissionPolicy, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration,
-    PatternRule, Patterns, Policy, Rule, SessionPolicy, TimeoutMode, TotpParams, TotpPolicy,
-    UpdateKind, UserId, Window,
+    MAX_RATE_LIMIT, PatternRule, Patterns, Policy, Rule, RuleKind, SessionPolicy, TimeoutMode,
+    TotpParams, TotpPolicy, UpdateKind, UserId, Window,
 };
 
 impl Config {
@@ -109,9 +109,11 @@ impl Config {
             name: "allow_list".into(),
             key: KeyKind::User,
             activities: Vec::new(),
+            kind: RuleKind::Failures {
+                captcha_after: None,
+                lock_after: Some(na.max_attempts),
+            },
             window: na.window,
-            captcha_after: None,
-            lock_after: Some(na.max_attempts),
             ladder: Ladder::Tiers(vec![LockDuration::For(na.block)]),
             recurrence_window: na.window,
             extend_while_locked: false,
@@ -288,9 +290,11 @@ impl TotpConfig {
                 name: "totp".into(),
                 key: KeyKind::User,
                 activities: Vec::new(),
+                kind: RuleKind::Failures {
+                    captcha_after: None,
+                    lock_after: Some(self.max_attempts),
+                },
                 window: self.window,
-                captcha_after: None,
-                lock_after: Some(self.max_attempts),
                 ladder: Ladder::Tiers(vec![LockDuration::For(self.block)]),
                 recurrence_window: self.window,
                 extend_while_locked: false,
@@ -307,6 +311,33 @@ impl RuleConfig {
         }
         if self.window.is_zero() {
             return Err(invalid(format!("{key}.window"), "must be more than 0"));
+        }
+        let kind = match self.kind {
+            RuleKindConfig::Failures => self.failures(key)?,
+            RuleKindConfig::Rate => self.rate(key)?,
+        };
+        let ladder = match &self.lockout {
+            None => Ladder::Tiers(Vec::new()),
+            Some(l) => l.to_ladder(&format!("{key}.lockout"))?,
+        };
+        Ok(Rule {
+            name: self.name.clone(),
+            key: self.key,
+            kind,
+            activities: self.activities.clone(),
+            window: self.window,
+            ladder,
+            recurrence_window: self.recurrence_window,
+            extend_while_locked: self.extend_while_locked,
+        })
+    }
+
+    fn failures(&self, key: &str) -> Result<RuleKind, ConfigError> {
+        if self.limit.is_some() {
+            return Err(invalid(
+                format!("{key}.limit"),
+                "only rate rules (kind = \"rate\") have a limit",
+            ));
         }
         for (field, value) in [
             ("captcha_after", self.captcha_after),
@@ -330,29 +361,62 @@ impl RuleConfig {
                 "must be below lock_after",
             ));
         }
-        let ladder = match (&self.lockout, self.lock_after) {
-            (None, Some(_)) => {
+        match (&self.lockout, self.lock_after) {
+            (None, Some(_)) => Err(invalid(
+                format!("{key}.lockout"),
+                "is required with lock_after",
+            )),
+            (Some(_), None) => Err(invalid(format!("{key}.lockout"), "needs lock_after")),
+            _ => Ok(RuleKind::Failures {
+                captcha_after: self.captcha_after,
+                lock_after: self.lock_after,
+            }),
+        }
+    }
+
+    /// A rate rule counts requests: the keys about failures mean nothing
+    /// on it and are refused rather than ignored.
+    fn rate(&self, key: &str) -> Result<RuleKind, ConfigError> {
+        let failure_keys = [
+            ("captcha_after", self.captcha_after.is_some()),
+            ("lock_after", self.lock_after.is_some()),
+            ("activities", !self.activities.is_empty()),
+            ("extend_while_locked", self.extend_while_locked),
+        ];
+        if let Some((field, _)) = failure_keys.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                format!("{key}.{field}"),
+                "is for failure rules: a rate rule counts requests (limit, window, lockout)",
+            ));
+        }
+        if self.key == KeyKind::Password {
+            return Err(invalid(
+                format!("{key}.key"),
+                "a rate rule counts on user, ip, user+ip or session",
+            ));
+        }
+        let limit = match self.limit {
+            None => {
                 return Err(invalid(
-                    format!("{key}.lockout"),
-                    "is required with lock_after",
+                    format!("{key}.limit"),
+                    "is required with kind = \"rate\"",
                 ));
             }
-            (Some(_), None) => {
-                return Err(invalid(format!("{key}.lockout"), "needs lock_after"));
+            Some(0) => return Err(invalid(format!("{key}.limit"), "must be at least 1")),
+            Some(n) if n > MAX_RATE_LIMIT => {
+                return Err(invalid(
+                    format!("{key}.limit"),
+                    format!(
+                        "must be at most {MAX_RATE_LIMIT}: the time of every counted request \
+                         is kept"
+                    ),
+                ));
             }
-            (None, None) => Ladder::Tiers(Vec::new()),
-            (Some(l), Some(_)) => l.to_ladder(&format!("{key}.lockout"))?,
+            Some(n) => n,
         };
-        Ok(Rule {
-            name: self.name.clone(),
-            key: self.key,
-            activities: self.activities.clone(),
-            window: self.window,
-            captcha_after: self.captcha_after,
-            lock_after: self.lock_after,
-            ladder,
-            recurrence_window: self.recurrence_window,
-            extend_while_locked: self.extend_while_locked,
+        Ok(RuleKind::Rate {
+            limit,
+            penalty_box: self.lockout.is_some(),
         })
     }
 }
@@ -485,5 +549,70 @@ impl AdmissionConfig {
             progressive: self.progressive,
             exempt_admins: self.exempt_admins,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::domain::RuleKind;
+
+    const RATE: &str = r#"
+        [[contexts.api.rules]]
+        name = "burst"
+        kind = "rate"
+        key = "ip"
+        limit = 100
+        window = "1m"
+    "#;
+
+    #[test]
+    fn a_rate_rule_reads_with_an_optional_penalty_box() {
+        let (_, policy) = Config::from_toml(RATE).unwrap();
+        let rule = policy.rule("api", "burst").unwrap();
+        assert_eq!(
+            rule.kind,
+            RuleKind::Rate {
+                limit: 100,
+                penalty_box: false
+            }
+        );
+        let boxed = format!("{RATE}lockout = [\"10m\", \"permanent\"]\n");
+        let (config, policy) = Config::from_toml(&boxed).unwrap();
+        assert!(policy.rule("api", "burst").unwrap().locks());
+        Config::from_toml(&config.to_toml()).expect("the output reads back");
+    }
+
+    #[test]
+    fn nonsense_on_a_rate_rule_names_its_key() {
+        let err = |extra: &str, from: &str, to: &str| {
+            let toml = format!("{}{extra}\n", RATE.replace(from, to));
+            Config::from_toml(&toml).unwrap_err().to_string()
+        };
+        let key = "contexts.api.rules[0]";
+        for (extra, field) in [
+            ("captcha_after = 3", "captcha_after"),
+            ("lock_after = 3\nlockout = [\"1m\"]", "lock_after"),
+            ("activities = [\"x\"]", "activities"),
+            ("extend_while_locked = true", "extend_while_locked"),
+        ] {
+            assert!(
+                err(extra, "", "").contains(&format!("{key}.{field}")),
+                "{field}"
+            );
+        }
+        assert!(err("", "limit = 100", "limit = 0").contains(&format!("{key}.limit")));
+        let over = err("", "limit = 100", "limit = 1001");
+        assert!(
+            over.contains(&format!("{key}.limit")) && over.contains("1000"),
+            "{over}"
+        );
+        assert!(err("", "limit = 100", "").contains(&format!("{key}.limit")));
+        assert!(err("", "\"ip\"", "\"password\"").contains(&format!("{key}.key")));
+        let failure_limit = err("", "kind = \"rate\"", "lock_after = 2\nlockout = [\"1m\"]");
+        assert!(
+            failure_limit.contains(&format!("{key}.limit")),
+            "{failure_limit}"
+        );
     }
 }

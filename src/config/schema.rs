@@ -351,6 +351,8 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The HTTP forward-auth endpoint for nginx, Traefik and Caddy.
     pub http: ForwardAuthConfig,
+    /// Envoy's rate-limit service (ShouldRateLimit).
+    pub rate_limit: RateLimitConfig,
 }
 
 /// `[gateway.http]`: the listener nginx's `auth_request`, Traefik's
@@ -378,6 +380,43 @@ impl Default for ForwardAuthConfig {
             trusted_hops: 1,
         }
     }
+}
+
+/// How Envoy's rate-limit descriptors name authgate's keys. A request's
+/// `domain` is the context; each descriptor's entries whose keys are listed
+/// here make one key (an ip and a user entry: the user+ip key), judged by
+/// that context's rate rules of its kind. Other entries are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Descriptor entry keys and what their values are: `ip`, `user` or
+    /// `session`. Replaces the defaults as a whole when given.
+    pub entries: BTreeMap<String, EntryKind>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            // Envoy's remote_address action writes the client's address
+            // under this key; `user` is what a request_headers action is
+            // usually told to write the user id under.
+            entries: [
+                ("remote_address".to_owned(), EntryKind::Ip),
+                ("user".to_owned(), EntryKind::User),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+}
+
+/// What a descriptor entry's value identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Ip,
+    User,
+    Session,
 }
 
 /// One route of the gateway mapping.
@@ -783,7 +822,13 @@ pub struct SecretKeyConfig {
 pub struct RuleConfig {
     /// Unique within its context; reported in verdicts.
     pub name: String,
-    /// `user`, `ip`, `user+ip`, `session` or `password`.
+    /// `failures` (the default): counts what RecordFailure reports, with
+    /// captcha_after and lock_after. `rate`: counts the requests CheckAccess
+    /// and Envoy's ShouldRateLimit let through, at most `limit` a window.
+    #[serde(default, skip_serializing_if = "RuleKindConfig::is_failures")]
+    pub kind: RuleKindConfig,
+    /// `user`, `ip`, `user+ip`, `session` or `password` (not for rate
+    /// rules).
     #[serde(with = "by_name")]
     pub key: KeyKind,
     /// Activities counted (RecordFailure.activity); empty counts all.
@@ -795,13 +840,32 @@ pub struct RuleConfig {
     pub captcha_after: Option<u32>,
     #[serde(default)]
     pub lock_after: Option<u32>,
-    /// Required with lock_after.
+    /// A rate rule's requests per window, 1 to 1000.
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Required with lock_after. On a rate rule, optional: a request over
+    /// the limit then also locks the key (a penalty box).
     #[serde(default)]
     pub lockout: Option<LockoutConfig>,
     #[serde(with = "duration", default = "day")]
     pub recurrence_window: Duration,
     #[serde(default)]
     pub extend_while_locked: bool,
+}
+
+/// What a rule counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKindConfig {
+    #[default]
+    Failures,
+    Rate,
+}
+
+impl RuleKindConfig {
+    fn is_failures(&self) -> bool {
+        *self == RuleKindConfig::Failures
+    }
 }
 
 pub(super) fn day() -> Duration {

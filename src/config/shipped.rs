@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::lockout::{LockoutConfig, ProgressiveConfig};
 use super::schema::{
-    AdmissionConfig, ContextConfig, FailureMode, RuleConfig, SessionMode, day, ten_minutes,
+    AdmissionConfig, ContextConfig, FailureMode, RuleConfig, RuleKindConfig, SessionMode, day,
+    ten_minutes,
 };
 use crate::domain::{KeyKind, LockDuration};
 
@@ -20,11 +21,13 @@ fn rule(
 ) -> RuleConfig {
     RuleConfig {
         name: name.into(),
+        kind: RuleKindConfig::Failures,
         key,
         activities: Vec::new(),
         window: Duration::from_secs(window_min * 60),
         captcha_after,
         lock_after,
+        limit: None,
         lockout,
         recurrence_window: day(),
         extend_while_locked: false,

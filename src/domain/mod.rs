@@ -23,7 +23,9 @@ pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,
 };
-pub use rule::{KeyState, Ladder, Lock, LockDuration, Rule, Transition};
+pub use rule::{
+    Hit, KeyState, Ladder, Lock, LockDuration, MAX_RATE_LIMIT, Rule, RuleKind, Transition, hit_all,
+};
 pub use session::{Session, SessionPolicy, SessionStatus, SessionStep, TimeoutMode};
 pub use subject::{
     ContextName, FieldError, HIDDEN_HEX, IpAddress, Key, KeyKind, PasswordKey, SessionId, Subject,

@@ -175,6 +175,18 @@ impl ContextPolicy {
     pub fn rules_on(&self, kind: KeyKind) -> impl Iterator<Item = &Rule> {
         self.rules.iter().filter(move |r| r.key == kind)
     }
+
+    /// The rate rules counting on `key`'s kind, each applied to `key`.
+    pub fn rate_slots<'a>(&'a self, key: &Key) -> Vec<Slot<'a>> {
+        self.rules_on(key.kind())
+            .filter(|r| r.rate_limit().is_some())
+            .map(|rule| Slot {
+                context: self.name.as_str(),
+                rule,
+                key: key.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Everything the server decides by.
@@ -255,9 +267,11 @@ mod tests {
             name: name.into(),
             key,
             activities: vec![],
+            kind: crate::domain::RuleKind::Failures {
+                captcha_after: None,
+                lock_after: Some(3),
+            },
             window: Duration::from_secs(3600),
-            captcha_after: None,
-            lock_after: Some(3),
             ladder: Ladder::Tiers(vec![LockDuration::For(Duration::from_secs(3600))]),
             recurrence_window: Duration::from_secs(3600),
             extend_while_locked: false,

@@ -20,4 +20,10 @@ impl UnixMillis {
     pub fn until(self, later: UnixMillis) -> Duration {
         Duration::from_millis(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
     }
+
+    /// Whole seconds from `self` until `later`, rounded up so a caller that
+    /// waits that long is never early.
+    pub fn seconds_until(self, later: UnixMillis) -> u64 {
+        self.until(later).as_millis().div_ceil(1000) as u64
+    }
 }

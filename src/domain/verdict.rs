@@ -33,7 +33,8 @@ pub enum Reason {
     /// configured to fail open.
     StoreUnavailable,
     /// Admit: this update is one too many for its kind's limit; it is
-    /// refused with a warning.
+    /// refused with a warning. A rate rule: this request is one too many
+    /// for the rule's limit; it is refused and not counted.
     RateLimited,
     /// Admit: the user is blocked for spam.
     SpamBlocked,
@@ -67,10 +68,16 @@ pub struct Verdict {
     /// The rule that produced it; `None` when no rule applied.
     pub rule: Option<String>,
     pub key: Option<Key>,
-    /// Failures left before the rule's next step; `None` when none is ahead.
+    /// Failures left before the rule's next step (a rate rule: requests
+    /// left in its window); `None` when none is ahead.
     pub remaining_attempts: Option<u32>,
-    /// End of a temporary lock.
+    /// End of a temporary lock; for a rate rule's refusal, when the request
+    /// would fit.
     pub unblock_at: Option<UnixMillis>,
+    /// A rate rule's: when the oldest request it counts leaves the window,
+    /// making room for one more. `None` for other rules, or when nothing is
+    /// counted.
+    pub frees_at: Option<UnixMillis>,
     pub permanent: bool,
 }
 
@@ -84,6 +91,7 @@ impl Verdict {
             key: None,
             remaining_attempts: None,
             unblock_at: None,
+            frees_at: None,
             permanent: false,
         }
     }
@@ -91,9 +99,7 @@ impl Verdict {
     /// Whole seconds until the lock ends, rounded up so a caller that waits
     /// that long is never refused again for the same lock.
     pub fn retry_after_seconds(&self, now: UnixMillis) -> u64 {
-        self.unblock_at
-            .map(|at| now.until(at).as_millis().div_ceil(1000) as u64)
-            .unwrap_or(0)
+        self.unblock_at.map(|at| now.seconds_until(at)).unwrap_or(0)
     }
 
     /// Orders verdicts by severity: decision first, then a permanent lock over

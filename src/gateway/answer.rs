@@ -26,15 +26,24 @@ pub const HEADERS: [&str; 6] = [DECISION, REASON, RULE, REMAINING, CHALLENGE, FA
 pub struct Quota {
     pub limit: u32,
     pub window: Duration,
+    /// A rate rule's requests, which every answer reports (what is left of
+    /// them); otherwise the failures that lock, which only a refusal does.
+    pub requests: bool,
 }
 
 impl Quota {
-    /// The quota of the rule behind `verdict` in `context`, if it has one.
+    /// The quota of the rule behind `verdict` in `context`, if it has one:
+    /// a rate rule's limit, or a failure rule's lock_after.
     pub fn of(policy: &Policy, context: &str, verdict: &Verdict) -> Option<Quota> {
         let rule = policy.rule(context, verdict.rule.as_deref()?)?;
+        let (limit, requests) = match rule.rate_limit() {
+            Some(limit) => (limit, true),
+            None => (rule.lock_after()?, false),
+        };
         Some(Quota {
-            limit: rule.lock_after?,
+            limit,
             window: rule.window,
+            requests,
         })
     }
 }
@@ -108,8 +117,7 @@ impl Answer {
         if let Some(c) = challenge {
             headers.push((CHALLENGE, c.into()));
         }
-        let retry_after = (verdict.decision == Decision::Blocked && !verdict.permanent)
-            .then(|| verdict.retry_after_seconds(now));
+        let retry_after = retry_after(verdict, now);
         let status = match verdict.decision {
             Decision::Allow => None,
             Decision::ChallengeCaptcha if captcha == CaptchaAnswer::Pass => None,
@@ -117,15 +125,7 @@ impl Answer {
             Decision::ChallengeTotp | Decision::EnrollTotp => Some(401),
             Decision::Blocked => Some(429),
         };
-        if verdict.decision == Decision::Blocked {
-            if let Some(secs) = retry_after {
-                headers.push(("retry-after", secs.to_string()));
-            }
-            if let Some(q) = quota {
-                let name = verdict.rule.as_deref().unwrap_or("authgate");
-                headers.extend(rate_limit_headers(name, q, 0, retry_after));
-            }
-        }
+        headers.extend(quota_headers(verdict, quota, now));
         let body = if status.is_some() {
             serde_json::to_string(&Body {
                 decision,
@@ -252,6 +252,48 @@ impl Answer {
     }
 }
 
+/// Seconds a refused client should wait: `None` unless blocked with an
+/// end in sight. A request that can never fit (more hits than a rate
+/// rule's whole limit) is refused with no time to come back, as a
+/// permanent lock is.
+fn retry_after(verdict: &Verdict, now: UnixMillis) -> Option<u64> {
+    (verdict.decision == Decision::Blocked && verdict.unblock_at.is_some())
+        .then(|| verdict.retry_after_seconds(now))
+}
+
+/// The headers that tell a client about its quota: on a refusal
+/// `Retry-After` and, when the rule has a quota, the RateLimit headers with
+/// what is left; on any other answer by a rate rule, the RateLimit headers
+/// with what is left and when more is.
+pub fn quota_headers(
+    verdict: &Verdict,
+    quota: Option<Quota>,
+    now: UnixMillis,
+) -> Vec<(&'static str, String)> {
+    let name = verdict.rule.as_deref().unwrap_or("authgate");
+    let left = |q: Quota| {
+        if q.requests {
+            verdict.remaining_attempts.unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let mut headers = Vec::new();
+    if verdict.decision == Decision::Blocked {
+        let retry_after = retry_after(verdict, now);
+        if let Some(secs) = retry_after {
+            headers.push(("retry-after", secs.to_string()));
+        }
+        if let Some(q) = quota {
+            headers.extend(rate_limit_headers(name, q, left(q), retry_after));
+        }
+    } else if let Some(q) = quota.filter(|q| q.requests) {
+        let frees = verdict.frees_at.map(|at| now.seconds_until(at));
+        headers.extend(rate_limit_headers(name, q, left(q), frees));
+    }
+    headers
+}
+
 /// `RateLimit-Policy` and `RateLimit` as draft-ietf-httpapi-ratelimit-headers
 /// writes them: a named policy with its quota and window, and what is
 /// left of it with the seconds until more is.
@@ -350,6 +392,7 @@ mod tests {
         let quota = Quota {
             limit: 5,
             window: Duration::from_secs(1800),
+            requests: false,
         };
         let a = Answer::of(&blocked, CaptchaAnswer::Deny, Some(quota), now);
         assert_eq!(a.status, Some(429));
@@ -368,6 +411,49 @@ mod tests {
         let a = Answer::of(&permanent, CaptchaAnswer::Deny, None, now);
         assert_eq!(a.status, Some(429));
         assert_eq!(header(&a, "retry-after"), None);
+    }
+
+    #[test]
+    fn a_rate_rules_answers_say_what_is_left() {
+        let now = UnixMillis(1_000_000);
+        let quota = Quota {
+            limit: 100,
+            window: Duration::from_secs(60),
+            requests: true,
+        };
+        let allowed = Verdict {
+            remaining_attempts: Some(7),
+            frees_at: Some(UnixMillis(1_000_000 + 41_500)),
+            ..verdict(Decision::Allow, Reason::Ok)
+        };
+        let a = Answer::of(&allowed, CaptchaAnswer::Deny, Some(quota), now);
+        assert_eq!(a.status, None);
+        assert_eq!(
+            header(&a, "ratelimit-policy"),
+            Some("\"user_ip\";q=100;w=60")
+        );
+        assert_eq!(header(&a, "ratelimit"), Some("\"user_ip\";r=7;t=42"));
+        assert_eq!(header(&a, "retry-after"), None);
+
+        let over = Verdict {
+            remaining_attempts: Some(0),
+            unblock_at: Some(UnixMillis(1_000_000 + 9_000)),
+            ..verdict(Decision::Blocked, Reason::RateLimited)
+        };
+        let a = Answer::of(&over, CaptchaAnswer::Deny, Some(quota), now);
+        assert_eq!(a.status, Some(429));
+        assert_eq!(header(&a, "retry-after"), Some("9"));
+        assert_eq!(header(&a, "ratelimit"), Some("\"user_ip\";r=0;t=9"));
+        assert!(a.body.contains(r#""reason":"rate_limited""#), "{}", a.body);
+
+        // More than the whole limit never fits: no time to come back.
+        let never = Verdict {
+            unblock_at: None,
+            ..over
+        };
+        let a = Answer::of(&never, CaptchaAnswer::Deny, Some(quota), now);
+        assert_eq!(header(&a, "retry-after"), None);
+        assert_eq!(header(&a, "ratelimit"), Some("\"user_ip\";r=0"));
     }
 
     #[test]

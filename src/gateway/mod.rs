@@ -11,12 +11,14 @@ mod ext_proc;
 mod forward_auth;
 mod map;
 mod path;
+mod rate_limit;
 
-pub use answer::{Answer, HEADERS, Quota, decision_name, rate_limit_headers};
+pub use answer::{Answer, HEADERS, Quota, decision_name, quota_headers, rate_limit_headers};
 pub use ext_authz::ExtAuthz;
 pub use ext_proc::ExtProc;
 pub use forward_auth::ForwardAuth;
 pub use map::{MapError, Mapped, Mapping, Request, Route, forwarded_address};
+pub use rate_limit::RateLimitService;
 
 use std::sync::Arc;
 

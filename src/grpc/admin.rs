@@ -355,7 +355,7 @@ impl AdminService for AdminApi {
                 .map(|s| {
                     let in_window = policy
                         .rule(&s.id.context, &s.id.rule)
-                        .map(|r| r.failures_in_window(&s.state, now))
+                        .map(|r| r.in_window(&s.state, now))
                         .unwrap_or(
                             u32::try_from(s.state.recent_failures.len()).unwrap_or(u32::MAX),
                         );

@@ -7,6 +7,7 @@ use tonic_health::pb::health_server;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server;
 
 use super::proto::{access_service_server, admin_service_server};
 
@@ -18,7 +19,8 @@ pub enum Route {
     Health,
     /// `authgate.v1.AccessService`: the `check` role.
     Access,
-    /// Envoy's services that ask the same questions (ext_authz): the
+    /// Envoy's services that ask the same questions (ext_authz, the
+    /// rate-limit service): the
     /// `check` role, or a peer in `gateway.trusted_proxies`.
     Gateway,
     /// Envoy's ext_proc: as Gateway, on one stream each way that lives as
@@ -41,7 +43,9 @@ impl Route {
         match service {
             health_server::SERVICE_NAME => Route::Health,
             access_service_server::SERVICE_NAME => Route::Access,
-            authorization_server::SERVICE_NAME => Route::Gateway,
+            authorization_server::SERVICE_NAME | rate_limit_service_server::SERVICE_NAME => {
+                Route::Gateway
+            }
             external_processor_server::SERVICE_NAME => Route::Processing,
             admin_service_server::SERVICE_NAME => Route::Admin,
             _ => Route::Other,
@@ -75,6 +79,10 @@ mod tests {
         assert_eq!(
             Route::of("/envoy.service.ext_proc.v3.ExternalProcessor/Process"),
             Route::Processing
+        );
+        assert_eq!(
+            Route::of("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"),
+            Route::Gateway
         );
         assert_eq!(
             Route::of("/authgate.v1.AdminService/AdminUnlock"),

@@ -3,7 +3,9 @@
 
 use super::state::required_user;
 use super::{Gate, ServiceError};
-use crate::domain::{ContextPolicy, EventKind, SecurityEvent, Slot, Subject, UnixMillis, Verdict};
+use crate::domain::{
+    ContextPolicy, Decision, EventKind, SecurityEvent, Slot, Subject, UnixMillis, Verdict,
+};
 use crate::store::StoreError;
 use crate::telemetry::metrics;
 
@@ -64,13 +66,23 @@ impl Gate {
         subject: &Subject,
     ) -> Result<Verdict, ServiceError> {
         let now = self.now();
-        let slots = ctx.slots(subject, None);
+        let (rates, slots): (Vec<_>, Vec<_>) = ctx
+            .slots(subject, None)
+            .into_iter()
+            .partition(|s| s.rule.rate_limit().is_some());
         let mut verdicts = Self::judge(&slots, &self.load(&slots).await?, now);
         verdicts.extend(self.stranger(subject, true, now).await?);
         if self.policy.requires_totp(ctx, subject.user.as_ref()) {
             let user = required_user(subject)?;
             verdicts.push(self.second_factor(ctx, user, now).await?);
         }
+        // Rate rules count the requests the rest lets through: one that is
+        // refused anyway (blocked, denied) uses up no quota.
+        let admitted = Verdict::most_severe(verdicts.clone()).decision < Decision::Deny;
+        verdicts.extend(
+            self.hit(&rates, &vec![1; rates.len()], admitted, now)
+                .await?,
+        );
         Ok(Verdict::most_severe(verdicts))
     }
 

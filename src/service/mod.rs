@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod admission;
+mod rate;
 mod state;
 mod totp;
 mod upkeep;

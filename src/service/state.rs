@@ -3,8 +3,8 @@
 
 use super::Gate;
 use crate::domain::{
-    EventKind, FieldError, Key, KeyKind, KeyState, PASSWORD_DETAIL, SecurityEvent, Slot, Subject,
-    TOTP_CONTEXT, UnixMillis, UserId, Verdict,
+    EventKind, FieldError, Hit, Key, KeyKind, KeyState, PASSWORD_DETAIL, Reason, SecurityEvent,
+    Slot, Subject, TOTP_CONTEXT, UnixMillis, UserId, Verdict, hit_all,
 };
 use crate::store::{StateId, StoreError, Transition, Update};
 use crate::telemetry::mask;
@@ -80,6 +80,38 @@ pub(super) fn mask_key(key: &Key) -> String {
     format!("{}:{}", key.kind().as_str(), parts.join("|"))
 }
 
+/// Counts and logs a lockout this replica just committed.
+fn lockout_applied(slot: &Slot<'_>, state: &KeyState) {
+    metrics::lockout(
+        slot.context,
+        slot.key.kind().as_str(),
+        state.recent_lockouts,
+    );
+    tracing::info!(
+        context = slot.context,
+        rule = %slot.rule.name,
+        key = %mask_key(&slot.key),
+        tier = state.recent_lockouts,
+        "lockout applied"
+    );
+}
+
+/// Counts what each rate slot did with a request.
+fn rate_metrics(slots: &[Slot<'_>], outcome: &[Hit]) {
+    for (slot, hit) in slots.iter().zip(outcome) {
+        let result = if hit.counted {
+            metrics::RateResult::Counted
+        } else {
+            match hit.verdict.reason {
+                Reason::RateLimited => metrics::RateResult::OverLimit,
+                Reason::Locked | Reason::LockedPermanently => metrics::RateResult::Locked,
+                _ => metrics::RateResult::NotCounted,
+            }
+        };
+        metrics::rate_request(slot.context, &slot.rule.name, result);
+    }
+}
+
 impl Gate {
     /// Records one failure on every slot, atomically per request, together
     /// with `audit` and the alerts the failure causes: a lockout on any slot
@@ -148,20 +180,87 @@ impl Gate {
         }
         metrics::failure(slots[0].context);
         for ((slot, state), _) in slots.iter().zip(&by_slot).zip(&locked).filter(|(_, l)| **l) {
-            metrics::lockout(
-                slot.context,
-                slot.key.kind().as_str(),
-                state.recent_lockouts,
-            );
-            tracing::info!(
-                context = slot.context,
-                rule = %slot.rule.name,
-                key = %mask_key(&slot.key),
-                tier = state.recent_lockouts,
-                "lockout applied"
-            );
+            lockout_applied(slot, state);
         }
         Ok((by_slot, locked.contains(&true)))
+    }
+
+    /// Judges one request of `hits[i]` on each rate slot and counts it on
+    /// all of them when every one has room and `admitted` (nothing else
+    /// refused it): one compare-and-set transition, so concurrent requests
+    /// on any replica never count over the limit nor lose a hit, with the
+    /// penalty box's lockout events committed alongside. Slots must be
+    /// distinct.
+    pub(super) async fn hit(
+        &self,
+        slots: &[Slot<'_>],
+        hits: &[u32],
+        admitted: bool,
+        now: UnixMillis,
+    ) -> Result<Vec<Verdict>, StoreError> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let judge = |states: &[KeyState]| {
+            let entries: Vec<_> = slots
+                .iter()
+                .zip(states)
+                .zip(hits)
+                .map(|((slot, state), &n)| (slot.rule, &slot.key, state, n))
+                .collect();
+            hit_all(&entries, admitted, now)
+        };
+        // A request the stored states already refuse, with no penalty box to
+        // apply, changes nothing: refused floods cost no write. Counts only
+        // grow between this read and a write, so a refusal read here stands.
+        let loaded = self.load(slots).await?;
+        let read = judge(&loaded);
+        if read.iter().all(|h| !h.counted && !h.lockout_applied) {
+            rate_metrics(slots, &read);
+            return Ok(read.into_iter().map(|h| h.verdict).collect());
+        }
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_by_key(|&i| id_of(&slots[i]));
+        let ids: Vec<StateId> = order.iter().map(|&i| id_of(&slots[i])).collect();
+        let in_slot_order = |current: &[Option<KeyState>]| {
+            let mut states = vec![KeyState::default(); slots.len()];
+            for (&i, state) in order.iter().zip(current) {
+                states[i] = state.clone().unwrap_or_default();
+            }
+            states
+        };
+        let applied = self
+            .store
+            .transition(&ids, &|current| {
+                let outcome = judge(&in_slot_order(current));
+                let events = slots
+                    .iter()
+                    .zip(&outcome)
+                    .filter(|(_, h)| h.lockout_applied)
+                    .map(|(slot, h)| slot_event(lockout_kind(slot, &h.state), slot, now, &h.state))
+                    .collect();
+                let updates = order
+                    .iter()
+                    .map(|&i| Update {
+                        expires_at: slots[i].rule.expires_at(&outcome[i].state),
+                        state: outcome[i].state.clone(),
+                    })
+                    .collect();
+                Transition { updates, events }
+            })
+            .await?;
+        // The rules are pure: run on the committed run's input, they tell
+        // what that run decided.
+        let outcome = judge(&in_slot_order(&applied.before));
+        rate_metrics(slots, &outcome);
+        for (slot, h) in slots
+            .iter()
+            .zip(&outcome)
+            .filter(|(_, h)| h.lockout_applied)
+        {
+            lockout_applied(slot, &h.state);
+        }
+        Ok(outcome.into_iter().map(|h| h.verdict).collect())
     }
 
     /// Appends to the audit trail (and, for alert kinds, the alert stream).
@@ -196,7 +295,8 @@ impl Gate {
     ///
     /// Password keys keep theirs: a success shows the password right for
     /// one account, and spraying is exactly a common password that is right
-    /// for some accounts and failing on the rest.
+    /// for some accounts and failing on the rest. Rate rules count
+    /// requests, which a success does not undo.
     pub(super) async fn forgive(
         &self,
         slots: &[Slot<'_>],
@@ -204,7 +304,9 @@ impl Gate {
     ) -> Result<Vec<KeyState>, StoreError> {
         let dirty: Vec<usize> = (0..slots.len())
             .filter(|&i| {
-                !states[i].recent_failures.is_empty() && slots[i].key.kind() != KeyKind::Password
+                !states[i].recent_failures.is_empty()
+                    && slots[i].key.kind() != KeyKind::Password
+                    && slots[i].rule.rate_limit().is_none()
             })
             .collect();
         if !dirty.is_empty() {

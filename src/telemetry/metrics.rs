@@ -46,6 +46,7 @@ pub const KEY_CACHE_TRUSTED: &str = "authgate_key_cache_trusted";
 pub const CLOCK_SKEW: &str = "authgate_clock_skew_seconds";
 pub const CLOCK_SKEW_TOLERANCE: &str = "authgate_clock_skew_tolerance_seconds";
 pub const CLOCK_STEPS: &str = "authgate_clock_steps_total";
+pub const RATE_REQUESTS: &str = "authgate_rate_limit_requests_total";
 
 /// 50 µs to 1 s: a cached check is tens of microseconds, a store under
 /// strain hundreds of milliseconds.
@@ -186,6 +187,10 @@ fn describe() {
         CLOCK_STEPS,
         "Times the time authority (Postgres's clock, or on SQLite this host's wall clock) moved against the monotonic clock by more than clock.skew_tolerance between two readings"
     );
+    describe_counter!(
+        RATE_REQUESTS,
+        "Requests judged by a rate rule (CheckAccess, ext_authz, ShouldRateLimit), by context, rule and result: counted (let through), over_limit, locked (by its penalty box), not_counted (another rule refused the request)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label names the running build"
@@ -205,6 +210,31 @@ pub fn decision_label(d: Decision) -> &'static str {
 
 pub fn decided(rpc: &'static str, context: &str, d: Decision) {
     counter!(DECISIONS, "rpc" => rpc, "context" => context.to_owned(), "decision" => decision_label(d)).increment(1);
+}
+
+/// What a rate rule did with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateResult {
+    Counted,
+    OverLimit,
+    Locked,
+    NotCounted,
+}
+
+impl RateResult {
+    fn label(self) -> &'static str {
+        match self {
+            RateResult::Counted => "counted",
+            RateResult::OverLimit => "over_limit",
+            RateResult::Locked => "locked",
+            RateResult::NotCounted => "not_counted",
+        }
+    }
+}
+
+/// Labels are bounded: contexts and rules are configured.
+pub fn rate_request(context: &str, rule: &str, result: RateResult) {
+    counter!(RATE_REQUESTS, "context" => context.to_owned(), "rule" => rule.to_owned(), "result" => result.label()).increment(1);
 }
 
 pub fn failure(context: &str) {

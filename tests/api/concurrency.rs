@@ -120,18 +120,6 @@ async fn overlapping_keys_in_concurrent_batches_lose_nothing() {
     assert_eq!(audited, (users * per_user) as i64);
 }
 
-/// Awaits every task, in order.
-async fn futures_join_all<T: Send + 'static>(
-    tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<T> {
-    let handles: Vec<_> = tasks.collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("task"));
-    }
-    out
-}
-
 /// An unlock that lands between a failure's read and its write is not
 /// overwritten by that write: at most three failures follow it, too few to
 /// lock again, so every round must end unlocked, in Postgres and as the

@@ -108,9 +108,12 @@ impl Bootstrap {
             .iter()
             .map(|k| json!({"key": "authorization", "value": format!("Bearer {k}")}))
             .collect();
+        // Generous: on a loaded test machine a replica's first write (a
+        // new pool connection) can take seconds, and a call Envoy gives up
+        // on is a 500 (or a pass) the test did not ask for.
         json!({
             "envoy_grpc": {"cluster_name": "authgate"},
-            "timeout": "2s",
+            "timeout": "10s",
             "initial_metadata": metadata,
         })
     }
@@ -153,6 +156,9 @@ impl Bootstrap {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
                     "domain": domain,
                     "failure_mode_deny": failure_mode_deny,
+                    // Envoy's default is 20 ms, which a loaded test machine
+                    // overruns; past it Envoy fails the call itself.
+                    "timeout": "10s",
                     "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
                     "rate_limit_service": {
                         "transport_api_version": "V3",

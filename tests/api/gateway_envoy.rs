@@ -1,5 +1,6 @@
-//! authgate behind a real Envoy: ext_authz and ext_proc as Envoy calls
-//! them, driven by an HTTP client, judged against the upstream's view.
+//! authgate behind a real Envoy: ext_authz, ext_proc and the rate-limit
+//! service as Envoy calls them, driven by an HTTP client, judged against
+//! the upstream's view.
 
 use std::net::IpAddr;
 
@@ -244,4 +245,87 @@ async fn with_the_store_down_only_a_fail_open_context_passes_and_says_so() {
         closed.body
     );
     assert_eq!(upstream.requests(), 2);
+}
+
+/// The upstream behind an Envoy whose rate-limit filter asks `replicas`
+/// about every request's address, in context "api".
+async fn behind_rate_limit(replicas: &[std::net::SocketAddr]) -> (Upstream, Envoy) {
+    let upstream = Upstream::start(PASSWORD).await;
+    let envoy = Envoy::start(
+        &Bootstrap::new(replicas, upstream.addr).with(Filter::RateLimit {
+            domain: "api".into(),
+            failure_mode_deny: true,
+        }),
+    )
+    .await;
+    (upstream, envoy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_rate_limit_filter_refuses_the_request_past_the_limit() {
+    let server = TestServer::spawn_with(Backend::Sqlite, crate::rate_limit::API).await;
+    let (upstream, envoy) = behind_rate_limit(&[server.addr]).await;
+    let client = plain_client(Some(ip("127.0.0.7")));
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&client, &envoy.url("/")).await.expect("envoy answers"));
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429], "{}", envoy.log());
+    assert_eq!(upstream.requests(), 3);
+    assert_eq!(
+        answers[0].header("ratelimit-policy"),
+        Some("\"burst\";q=3;w=60")
+    );
+    assert_eq!(answers[2].header("ratelimit"), Some("\"burst\";r=0;t=60"));
+    let refused = &answers[3];
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    assert_eq!(refused.header("ratelimit"), Some("\"burst\";r=0;t=60"));
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        Some("\"burst\";q=3;w=60")
+    );
+}
+
+/// Two authgate processes on one Postgres behind one Envoy, which asks them
+/// in turn: they share one count, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_behind_one_envoy_share_the_rate_count_exactly() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Each replica reads ./authgate.toml from the directory it runs in.
+    let rule = "[[contexts.api.rules]]\nname = \"burst\"\nkind = \"rate\"\nkey = \"ip\"\n\
+                limit = 7\nwindow = \"1h\"\n";
+    std::fs::write(dir.path().join("authgate.toml"), rule).unwrap();
+    let replicas = [
+        replica(&db, dir.path(), Wall::True, &[]),
+        replica(&db, dir.path(), Wall::True, &[]),
+    ];
+    let (upstream, envoy) = behind_rate_limit(&[replicas[0].addr, replicas[1].addr]).await;
+    let client = plain_client(Some(ip("127.0.0.8")));
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            get(&client, &envoy.url("/"))
+                .await
+                .expect("envoy answers")
+                .status,
+        );
+    }
+    if statuses[..7] != [200; 7] {
+        let logs: Vec<_> = replicas.into_iter().map(|r| r.terminate().1).collect();
+        panic!("{statuses:?}\n{logs:#?}\n{}", envoy.log());
+    }
+    assert_eq!(&statuses[7..], [429; 5], "{statuses:?}");
+    assert_eq!(upstream.requests(), 7);
+    // Both replicas judged some of them.
+    for r in &replicas {
+        let scrape = http_get(&r.metrics_url);
+        assert!(
+            scrape
+                .lines()
+                .any(|l| l.starts_with("authgate_rate_limit_requests_total{")),
+            "{scrape}"
+        );
+    }
 }

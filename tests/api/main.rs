@@ -28,6 +28,7 @@ mod operator;
 mod outage;
 mod passwords;
 mod python;
+mod rate_limit;
 mod shutdown;
 mod tls;
 mod totp;
