@@ -94,6 +94,17 @@ window = "30m"
 lock_after = 5
 lockout = ["30m"]
 EOF
+# ShouldRateLimit's context: every call a counted request on its address,
+# under a limit the hot keys never reach.
+cat >>"$config" <<'EOF'
+
+[[contexts.bench_rate.rules]]
+name = "per_ip"
+kind = "rate"
+key = "ip"
+limit = 1000
+window = "1s"
+EOF
 # ext_authz's requests carry the user as Envoy's jwt_authn would write it.
 sed -i 's/^#   user_header = "x-jwt-sub"/user_header = "x-user"/' "$config"
 

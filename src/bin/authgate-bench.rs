@@ -23,9 +23,13 @@ use tonic_health::pb::health_client::HealthClient;
 use authgate::grpc::proto::access_service_client::AccessServiceClient;
 use authgate::grpc::proto::{AdmitRequest, CheckAccessRequest, RecordFailureRequest, Subject};
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{self, HttpRequest, Peer};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 
 #[derive(Parser)]
 #[command(about = "Benchmark a running authgate against a bare tonic server and pgbench")]
@@ -62,6 +66,10 @@ struct Args {
     /// A context with several rules, each a key of its own to read and write.
     #[arg(long, default_value = "login")]
     login_context: String,
+    /// The context ShouldRateLimit names: one rate rule on the address
+    /// (scripts/bench.sh configures one).
+    #[arg(long, default_value = "bench_rate")]
+    rate_context: String,
     /// The context named in Admit: one with admission rules.
     #[arg(long, default_value = "bot")]
     admit_context: String,
@@ -120,12 +128,15 @@ enum Workload {
     /// Envoy's ext_authz Check on the one-rule context and the same keys
     /// as CheckAccess: what a request through Envoy costs authgate.
     ExtAuthz,
+    /// Envoy's ShouldRateLimit on a context with one rate rule per address:
+    /// every call a counted request, on the same hot keys.
+    RateLimit,
     /// Admit in the admission context.
     Admit,
 }
 
 impl Workload {
-    const ALL: [Workload; 9] = [
+    const ALL: [Workload; 10] = [
         Workload::Bare,
         Workload::Health,
         Workload::Pgbench,
@@ -134,6 +145,7 @@ impl Workload {
         Workload::Check,
         Workload::CheckLogin,
         Workload::ExtAuthz,
+        Workload::RateLimit,
         Workload::Admit,
     ];
 }
@@ -145,6 +157,7 @@ enum Rpc {
     RecordFailure,
     Admit,
     ExtAuthz,
+    RateLimit,
 }
 
 /// Which user each call names.
@@ -300,6 +313,23 @@ async fn call(
             .map(drop),
         Rpc::ExtAuthz => AuthorizationClient::new(channel)
             .check(keyed(envoy_check(context, n), key))
+            .await
+            .map(drop),
+        Rpc::RateLimit => RateLimitServiceClient::new(channel)
+            .should_rate_limit(keyed(
+                RateLimitRequest {
+                    domain: context.to_owned(),
+                    descriptors: vec![RateLimitDescriptor {
+                        entries: vec![Entry {
+                            key: "remote_address".into(),
+                            value: subject(n).ip,
+                        }],
+                        ..RateLimitDescriptor::default()
+                    }],
+                    hits_addend: 1,
+                },
+                key,
+            ))
             .await
             .map(drop),
     }
@@ -517,6 +547,11 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
             args.context.clone(),
             Keys::Hot(args.hot_keys),
         ),
+        Workload::RateLimit => (
+            Rpc::RateLimit,
+            args.rate_context.clone(),
+            Keys::Hot(args.hot_keys),
+        ),
         Workload::Admit => (
             Rpc::Admit,
             args.admit_context.clone(),
@@ -530,6 +565,7 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
         Rpc::CheckAccess => format!("CheckAccess [{context}]"),
         Rpc::Admit => format!("Admit [{context}]"),
         Rpc::ExtAuthz => format!("ext_authz Check [{context}]"),
+        Rpc::RateLimit => format!("ShouldRateLimit [{context}]"),
     };
     Some(Plan {
         label,

@@ -54,16 +54,17 @@ pub fn header(key: &str, value: String) -> HeaderValueOption {
     }
 }
 
-fn check_response(answer: &Answer, status: tonic::Code) -> CheckResponse {
+fn check_response(answer: Answer, status: tonic::Code) -> CheckResponse {
+    let forged = super::forged(&answer.headers);
     let headers = answer
         .headers
-        .iter()
-        .map(|(k, v)| header(k, v.clone()))
+        .into_iter()
+        .map(|(k, v)| header(k, v))
         .collect();
     let http_response = match answer.status {
         None => HttpResponse::OkResponse(OkHttpResponse {
             headers,
-            headers_to_remove: super::forged(&answer.headers),
+            headers_to_remove: forged,
             ..OkHttpResponse::default()
         }),
         Some(code) => {
@@ -72,7 +73,7 @@ fn check_response(answer: &Answer, status: tonic::Code) -> CheckResponse {
             HttpResponse::DeniedResponse(DeniedHttpResponse {
                 status: Some(HttpStatus { code: code.into() }),
                 headers,
-                body: answer.body.clone(),
+                body: answer.body,
             })
         }
     };
@@ -117,7 +118,7 @@ impl authorization_server::Authorization for ExtAuthz {
                 Err(e) => {
                     let e = FieldError::new("attributes.request.http.path", e.problem);
                     return Ok(Response::new(check_response(
-                        &Answer::invalid(&e),
+                        Answer::invalid(&e),
                         tonic::Code::InvalidArgument,
                     )));
                 }
@@ -144,7 +145,7 @@ impl authorization_server::Authorization for ExtAuthz {
                 Judged::Invalid(_) => tonic::Code::InvalidArgument,
                 Judged::Unavailable(_) => tonic::Code::Unavailable,
             };
-            Ok(Response::new(check_response(judged.answer(), code)))
+            Ok(Response::new(check_response(judged.into_answer(), code)))
         })
         .await
     }

@@ -131,7 +131,8 @@ impl Forwarded {
         }
         let name = flavor.uri_header();
         let path = path::normalized(required(&headers, name)?)
-            .map_err(|e| FieldError::new(name, e.problem))?;
+            .map_err(|e| FieldError::new(name, e.problem))?
+            .into_owned();
         let host = required(&headers, "x-forwarded-host")?;
         let forwarded_for = headers
             .get_all("x-forwarded-for")

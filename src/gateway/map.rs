@@ -2,7 +2,9 @@
 //! the first configured route that matches its host, path and method, then
 //! the client's address, user header and session cookie.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::{CaptchaAnswer, ConfigError, GatewayConfig, GatewayRouteConfig};
 use crate::domain::{FieldError, Policy, Subject};
@@ -111,15 +113,19 @@ pub enum MapError {
 /// overridden per request) and who made it.
 #[derive(Debug, Clone)]
 pub struct Mapped {
-    pub route: Route,
+    /// Shared with the mapping unless the request overrides a setting.
+    pub route: Arc<Route>,
     pub subject: Subject,
 }
 
 /// The validated `[gateway]` section.
 #[derive(Debug, Clone)]
 pub struct Mapping {
-    routes: Vec<Route>,
-    default: Option<Route>,
+    routes: Vec<Arc<Route>>,
+    default: Option<Arc<Route>>,
+    /// The route of a request whose context Envoy names and no route
+    /// matches, ready for every configured context.
+    fallbacks: BTreeMap<String, Arc<Route>>,
     trusted_hops: usize,
     user_header: Option<String>,
     session_cookie: Option<String>,
@@ -228,18 +234,23 @@ impl Mapping {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, rc)| route(policy, &format!("gateway.routes[{i}]"), rc))
+            .map(|(i, rc)| route(policy, &format!("gateway.routes[{i}]"), rc).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let default = config
             .default_context
             .as_deref()
             .map(|c| {
-                known_context(policy, "gateway.default_context", c).map(|()| Route::fallback(c))
+                known_context(policy, "gateway.default_context", c)
+                    .map(|()| Arc::new(Route::fallback(c)))
             })
             .transpose()?;
         Ok(Mapping {
             routes,
             default,
+            fallbacks: policy
+                .context_names()
+                .map(|c| (c.to_owned(), Arc::new(Route::fallback(c))))
+                .collect(),
             trusted_hops: config.trusted_hops as usize,
             user_header: config
                 .user_header
@@ -270,20 +281,26 @@ impl Mapping {
         // Envoy's per-route configuration names the context outright, so it
         // needs no route of authgate's own.
         let mut route = match ((req.extension)(CONTEXT_EXTENSION), matched) {
-            (Some(context), matched) => Route {
+            (Some(context), Some(r)) if r.context == context => r.clone(),
+            (Some(context), Some(r)) => Arc::new(Route {
                 context: context.to_owned(),
-                ..matched.cloned().unwrap_or_else(|| Route::fallback(context))
-            },
-            (None, Some(route)) => route.clone(),
+                ..Route::clone(r)
+            }),
+            (Some(context), None) => self
+                .fallbacks
+                .get(context)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Route::fallback(context))),
+            (None, Some(r)) => r.clone(),
             (None, None) => return Err(MapError::NoRoute),
         };
         if let Some(a) = (req.extension)(ACTIVITY_EXTENSION) {
             activity(&format!("context_extensions[{ACTIVITY_EXTENSION}]"), a)?;
-            route.activity = a.to_owned();
+            Arc::make_mut(&mut route).activity = a.to_owned();
         }
         match (req.extension)(CAPTCHA_EXTENSION) {
-            Some("pass") => route.captcha = CaptchaAnswer::Pass,
-            Some("deny") => route.captcha = CaptchaAnswer::Deny,
+            Some("pass") => Arc::make_mut(&mut route).captcha = CaptchaAnswer::Pass,
+            Some("deny") => Arc::make_mut(&mut route).captcha = CaptchaAnswer::Deny,
             Some(other) => {
                 return Err(FieldError::new(
                     format!("context_extensions[{CAPTCHA_EXTENSION}]"),
@@ -432,7 +449,7 @@ mod tests {
     #[test]
     fn the_first_matching_route_wins_and_the_default_takes_the_rest() {
         let m = mapping(ROUTES);
-        let ctx = |r: &Req| map(&m, r).unwrap().route.context;
+        let ctx = |r: &Req| map(&m, r).unwrap().route.context.clone();
         assert_eq!(
             ctx(&req("POST", "Login.Example.com:8443", "/login?next=/")),
             "login"

@@ -42,6 +42,12 @@ pub enum Judged {
 }
 
 impl Judged {
+    pub fn into_answer(self) -> Answer {
+        match self {
+            Judged::Answered(a) | Judged::Invalid(a) | Judged::Unavailable(a) => a,
+        }
+    }
+
     pub fn answer(&self) -> &Answer {
         match self {
             Judged::Answered(a) | Judged::Invalid(a) | Judged::Unavailable(a) => a,

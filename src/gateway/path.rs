@@ -4,6 +4,8 @@
 //! `/public/../admin` would reach the proxy's `/admin` while missing
 //! authgate's `/admin` route.
 
+use std::borrow::Cow;
+
 use crate::domain::FieldError;
 
 fn bad(problem: &str) -> FieldError {
@@ -43,10 +45,24 @@ fn percent_decoded(raw: &str) -> Result<String, FieldError> {
 /// The path of `uri` (an origin-form request target, query allowed),
 /// decoded, with `.` and `..` resolved and repeated slashes merged. A path
 /// that climbs above the root is refused, as nginx refuses it.
-pub fn normalized(uri: &str) -> Result<String, FieldError> {
+pub fn normalized(uri: &str) -> Result<Cow<'_, str>, FieldError> {
     let raw = uri.split(['?', '#']).next().unwrap_or("");
     if !raw.starts_with('/') {
         return Err(bad("must be a path starting with /"));
+    }
+    // Most paths are already as the proxy routes them: nothing to decode,
+    // no dot segment, no empty one (the root's aside).
+    let rest = &raw[1..];
+    let last = rest.split('/').count() - 1;
+    let plain = !raw.contains('%')
+        && rest
+            .split('/')
+            .enumerate()
+            .all(|(i, seg)| !matches!(seg, "." | "..") && (!seg.is_empty() || i == last))
+        && !raw.ends_with("//")
+        && !raw.chars().any(char::is_control);
+    if plain {
+        return Ok(Cow::Borrowed(raw));
     }
     let decoded = percent_decoded(raw)?;
     let mut segments: Vec<&str> = Vec::new();
@@ -65,12 +81,22 @@ pub fn normalized(uri: &str) -> Result<String, FieldError> {
     if !segments.is_empty() && matches!(last, "" | "." | "..") {
         path.push('/');
     }
-    Ok(path)
+    Ok(Cow::Owned(path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_already_routed_as_written_are_not_copied() {
+        for raw in ["/", "/login", "/a/b/", "/login?next=/x"] {
+            assert!(matches!(normalized(raw), Ok(Cow::Borrowed(_))), "{raw}");
+        }
+        for raw in ["//login", "/a//b", "/a/./b", "/a/b/..", "/%61", "/a/b//"] {
+            assert!(!matches!(normalized(raw), Ok(Cow::Borrowed(_))), "{raw}");
+        }
+    }
 
     #[test]
     fn paths_read_as_the_proxy_routes_them() {
