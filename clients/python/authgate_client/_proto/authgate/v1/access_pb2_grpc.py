@@ -77,7 +77,12 @@ class AccessServiceServicer:
         """Judges the subject against every rule of the context whose key the request
         supplies and against the allow list. Read-only, except that an attempt by
         a user who is not on a non-empty allow list is counted (three such
-        attempts block that user for an hour by default).
+        attempts block that user for an hour by default), and that in a context
+        with rate rules (kind = "rate") the request is counted on each of them
+        whose key it supplies, atomically with their judgement, unless one of
+        them has no room for it or another rule refuses it (BLOCKED, DENY): a
+        request over a rate rule's limit is answered BLOCKED with reason
+        "rate_limited" and unblock_at when it would fit, and not counted.
 
         In a context that requires TOTP (or for a user who always needs it) the
         request must name a user_id, and the user's sign-in session is judged
