@@ -106,7 +106,9 @@ limit = 1000
 window = "1s"
 EOF
 # ext_authz's requests carry the user as Envoy's jwt_authn would write it.
-sed -i 's/^#   user_header = "x-jwt-sub"/user_header = "x-user"/' "$config"
+# ext_proc has no per-route context: Envoy's requests fall to "bench".
+sed -i -e 's/^#   user_header = "x-jwt-sub"/user_header = "x-user"/' \
+  -e 's/^#   default_context = "login"/default_context = "bench"/' "$config"
 
 # Callers authenticate, as in production: the bench's calls carry a key with
 # the check role, which authgate verifies on every one.
