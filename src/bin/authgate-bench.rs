@@ -85,6 +85,12 @@ struct Args {
     /// that nearly all are admitted.
     #[arg(long, default_value_t = 100_000)]
     admit_users: u64,
+    /// Runs the rows this many times in turn, so rows compared with each
+    /// other (ext_authz with CheckAccess) are measured side by side again
+    /// and again on a noisy machine; the medians of those comparisons
+    /// close the table.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Run only these rows, e.g. `--only bare,health,check`.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Workload>,
@@ -657,7 +663,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (req/s, p99) of CheckAccess on the one-rule context, which ext_authz
     // is compared with.
     let mut check: Option<(f64, f64)> = None;
-    for workload in Workload::ALL.into_iter().filter(|&w| wanted(w)) {
+    // ext_authz's req/s and p99 over CheckAccess's, a pair each round.
+    let mut vs_check: Vec<(f64, f64)> = Vec::new();
+    let rounds =
+        (0..args.rounds.max(1)).flat_map(|_| Workload::ALL.into_iter().filter(|&w| wanted(w)));
+    for workload in rounds {
         let (row, first_error) = match plan(workload, &args) {
             None => match pgbench_row(&args) {
                 Some(row) => (row, None),
@@ -718,7 +728,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ratio(row.rps, check.map(|c| c.0), true),
                 ratio(row.p99, check.map(|c| c.1), false)
             );
+            if let Some((rps, p99)) = check.filter(|c| c.0 > 0.0 && c.1 > 0.0) {
+                vs_check.push((row.rps / rps, row.p99 / p99));
+            }
         }
+    }
+    if vs_check.len() > 1 {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "ext_authz vs CheckAccess over {} rounds: median req/s {:.1}%, median p99 {:.2}x (req/s {})",
+            vs_check.len(),
+            100.0 * median(vs_check.iter().map(|v| v.0).collect()),
+            median(vs_check.iter().map(|v| v.1).collect()),
+            vs_check
+                .iter()
+                .map(|v| format!("{:.0}%", 100.0 * v.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     Ok(())
 }
