@@ -272,7 +272,7 @@ async fn read_whole(request: Request<Body>, limit: usize) -> Result<Request<Body
 
 /// The connection a request came on, by its peer's address: unique among
 /// the connections open at one time.
-fn connection_of<B>(request: &Request<B>) -> Option<SocketAddr> {
+pub(super) fn connection_of<B>(request: &Request<B>) -> Option<SocketAddr> {
     let extensions = request.extensions();
     extensions
         .get::<TcpConnectInfo>()

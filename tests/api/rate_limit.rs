@@ -525,3 +525,35 @@ async fn ext_authz_answers_with_the_rate_rules_headers() {
         Some("\"burst\";q=3;w=60")
     );
 }
+
+/// The store gone: a fail_open context answers OK without a limit, so Envoy
+/// lets its traffic through; any other answers UNAVAILABLE, for Envoy's
+/// failure_mode_deny to decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_down_only_a_fail_open_context_lets_requests_through() {
+    let cluster = PgCluster::start();
+    let open = API.replace("[[contexts.api.rules]]", "[[contexts.open.rules]]");
+    let config = format!(
+        "[database]\nacquire_timeout = \"500ms\"\n{API}{open}[contexts.open]\nfailure_mode = \"fail_open\"\n"
+    );
+    let server = TestServer::spawn_on(cluster.database().await, &config).await;
+    let mut c = limiter(&server).await;
+    let from = |domain: &str| request(domain, vec![descriptor(&[("remote_address", IP)])]);
+    assert!(
+        ask(&mut c, from("open")).await.statuses[0]
+            .current_limit
+            .is_some()
+    );
+
+    cluster.stop();
+    let passed = ask(&mut c, from("open")).await;
+    assert_eq!(passed.overall_code, Code::Ok as i32);
+    assert!(
+        passed.statuses.iter().all(|s| s.current_limit.is_none()),
+        "{passed:?}"
+    );
+    let refused = c.should_rate_limit(from("api")).await.unwrap_err();
+    assert_eq!(refused.code(), Status::Unavailable, "{refused:?}");
+    cluster.restart();
+    server.stop().await;
+}

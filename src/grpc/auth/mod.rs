@@ -22,6 +22,7 @@ mod keys;
 pub use keys::{AuthError, Authenticator, Caller, Credential, KeyHash, Role, generate_key};
 
 use super::Refusal;
+use super::limits::connection_of;
 use super::route::Route;
 use crate::telemetry::metrics;
 
@@ -66,18 +67,7 @@ impl<S> Authenticate<S> {
         if request.headers().contains_key("authorization") {
             return None;
         }
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .or_else(|| {
-                request
-                    .extensions()
-                    .get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .map(TlsConnectInfo::get_ref)
-            })
-            .and_then(TcpConnectInfo::remote_addr)?
-            .ip()
-            .to_canonical();
+        let peer = connection_of(request)?.ip().to_canonical();
         self.trusted_proxies
             .iter()
             .any(|n| n.contains(&peer))
