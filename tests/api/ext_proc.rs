@@ -304,3 +304,31 @@ async fn a_failure_the_store_cannot_take_is_not_passed_on() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(r#""reason":"store_unavailable""#), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fail_open_context_passes_a_response_it_cannot_record_and_says_so() {
+    let cluster = PgCluster::start();
+    let server = TestServer::spawn_on(
+        cluster.database().await,
+        &format!(
+            "[database]\nacquire_timeout = \"500ms\"\n{}[contexts.web]\nfailure_mode = \"fail_open\"\n",
+            login()
+        ),
+    )
+    .await;
+    let mut stream = Stream::open(&server).await;
+    mutation_of(
+        stream
+            .ask(request_headers(Some("198.51.100.51:1")))
+            .await
+            .unwrap(),
+    );
+    cluster.stop();
+    let passed = mutation_of(stream.ask(response_headers(401)).await.unwrap());
+    assert_eq!(
+        set(&passed, "x-authgate-fail-open").as_deref(),
+        Some("true")
+    );
+    cluster.restart();
+    server.stop().await;
+}
