@@ -31,6 +31,7 @@ use crate::grpc::{
 };
 use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
+use crate::store::{EventLog, Upkeep};
 use crate::telemetry::metrics;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
@@ -273,13 +274,13 @@ pub struct Application {
 }
 
 /// Opens and migrates the configured store.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open_store(config: &Config) -> Result<Arc<Store>, StoreError> {
     Ok(open_watched_store(config).await?.0)
 }
 
 /// Opens and migrates the configured store, with what tells whether it
 /// answers.
-async fn open_watched_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Health>), StoreError> {
+async fn open_watched_store(config: &Config) -> Result<(Arc<Store>, Arc<Health>), StoreError> {
     let settings = PoolSettings {
         max_connections: config.database.max_connections,
         acquire_timeout: config.database.acquire_timeout,
@@ -287,10 +288,10 @@ async fn open_watched_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<Heal
         event_buffer: config.alerts.buffer,
     };
     let health = Health::new();
-    let store: Arc<dyn Store> = store::connect(config.database.url.expose(), &settings, &health)
+    let store: Arc<Store> = store::connect(config.database.url.expose(), &settings, &health)
         .await?
         .into();
-    store.migrate().await?;
+    store.upkeep().migrate().await?;
     Ok((store, health))
 }
 
@@ -300,7 +301,7 @@ impl Application {
         let (clock, authority): (Arc<dyn Clock>, _) = match time {
             Time::Manual(clock) => (clock, None),
             Time::Authority => {
-                let first = store.clock().await?.unwrap_or_else(Reading::wall);
+                let first = store.upkeep().clock().await?.unwrap_or_else(Reading::wall);
                 let authority = Arc::new(Authority::new(first));
                 (authority.clone(), Some(authority))
             }
@@ -308,7 +309,11 @@ impl Application {
         // Alert subscribers may join as soon as the server listens: from
         // then on they must hear of every alert, so the events of other
         // replicas must be flowing first.
-        if !store.events_ready(config.database.acquire_timeout).await {
+        if !store
+            .events()
+            .events_ready(config.database.acquire_timeout)
+            .await
+        {
             tracing::warn!(
                 "security events from other replicas are not flowing yet; alerts committed \
                  meanwhile are delivered once they do"

@@ -10,6 +10,7 @@ use crate::domain::{
 use crate::store::{
     AdmissionRecord, AdmissionScope, EventFilter, StateId, Stored, StoredTotp, UnlockScope,
 };
+use crate::store::{EventLog, KeyStates, Reports, Sessions, TotpSecrets};
 use crate::telemetry::metrics;
 
 fn scope_name(scope: &UnlockScope) -> &'static str {
@@ -53,7 +54,7 @@ impl Admin {
 impl Gate {
     /// Events from every replica, for AdminService.WatchSecurityEvents.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecurityEvent> {
-        self.store.subscribe()
+        self.store.events().subscribe()
     }
 
     /// Admin calls act on behalf of a user on the admin list, through an
@@ -106,7 +107,7 @@ impl Gate {
             }),
             UnlockScope::All => Some(AdmissionScope::default()),
         };
-        let mut lifted = self.store.unlock(scope, now).await?;
+        let mut lifted = self.store.keys().unlock(scope, now).await?;
         if let Some(admission) = admission {
             lifted += self.unblock_admission(&admission, now).await?;
         }
@@ -149,17 +150,18 @@ impl Gate {
         }
         Ok(self
             .store
+            .reports()
             .list_locked(context, after, limit, self.now())
             .await?)
     }
 
     pub async fn subject(&self, subject: &Subject) -> Result<SubjectReport, ServiceError> {
-        let states = self.store.subject_states(subject).await?;
+        let states = self.store.reports().subject_states(subject).await?;
         let user = subject.user.as_ref();
         let (session, totp, admission) = match user {
             Some(u) => (
-                self.store.session(u).await?,
-                self.store.totp(u).await?.into_iter().next(),
+                self.store.sessions().session(u).await?,
+                self.store.totp().totp(u).await?.into_iter().next(),
                 self.admissions(u).await?,
             ),
             None => (None, None, Vec::new()),
@@ -182,7 +184,7 @@ impl Gate {
         if !filter.context.is_empty() {
             self.known_context("context", &filter.context)?;
         }
-        Ok(self.store.list_events(filter, limit).await?)
+        Ok(self.store.reports().list_events(filter, limit).await?)
     }
 
     pub async fn import_totp(
@@ -202,6 +204,7 @@ impl Gate {
             .keys()?
             .seal(user.as_str().as_bytes(), secret.as_bytes());
         self.store
+            .totp()
             .put_totp(
                 user,
                 &StoredTotp {
@@ -224,8 +227,11 @@ impl Gate {
     /// Removes the user's secret and ends their session.
     pub async fn reset_totp(&self, admin: &Admin, user: &UserId) -> Result<bool, ServiceError> {
         let now = self.now();
-        let removed = self.store.delete_totp(user).await?;
-        self.store.revoke_sessions(Some(user), now).await?;
+        let removed = self.store.totp().delete_totp(user).await?;
+        self.store
+            .sessions()
+            .revoke_sessions(Some(user), now)
+            .await?;
         self.record(SecurityEvent {
             user_id: user.to_string(),
             detail: format!("removed={removed}"),
@@ -241,7 +247,7 @@ impl Gate {
         user: Option<&UserId>,
     ) -> Result<u64, ServiceError> {
         let now = self.now();
-        let revoked = self.store.revoke_sessions(user, now).await?;
+        let revoked = self.store.sessions().revoke_sessions(user, now).await?;
         self.record(SecurityEvent {
             user_id: user.map(|u| u.to_string()).unwrap_or_default(),
             detail: format!("revoked={revoked}"),

@@ -15,6 +15,7 @@ use crate::domain::{
 use crate::store::{
     AdmissionRecord, AdmissionScope, AdmissionStats, AdmissionStep, OffenderCursor,
 };
+use crate::store::{AdmissionRecords, Admissions};
 use crate::telemetry::{mask, metrics};
 
 /// Longest fingerprint accepted: a SHA-512 digest. A client sends a hash,
@@ -130,6 +131,7 @@ impl Gate {
         let print = digest(fingerprint);
         let outcome = self
             .store
+            .admissions()
             .admit(context, user, now, &|current| {
                 let (state, outcome) = admit(policy, current, kind, print, now);
                 let events = outcome
@@ -192,7 +194,7 @@ impl Gate {
     /// A user's admission state in every context, as of now.
     pub async fn admissions(&self, user: &UserId) -> Result<Vec<AdmissionRecord>, ServiceError> {
         let now = self.now();
-        let mut records = self.store.admissions(user).await?;
+        let mut records = self.store.admission_records().admissions(user).await?;
         for r in &mut records {
             r.state = r.state.settled(now);
         }
@@ -206,7 +208,11 @@ impl Gate {
         scope: &AdmissionScope,
         now: UnixMillis,
     ) -> Result<u64, ServiceError> {
-        Ok(self.store.reset_admission(scope, true, now).await?)
+        Ok(self
+            .store
+            .admission_records()
+            .reset_admission(scope, true, now)
+            .await?)
     }
 
     /// Forgets users' admission warnings without lifting their blocks.
@@ -219,7 +225,11 @@ impl Gate {
             self.admission_policy(context)?;
         }
         let now = self.now();
-        let reset = self.store.reset_admission(scope, false, now).await?;
+        let reset = self
+            .store
+            .admission_records()
+            .reset_admission(scope, false, now)
+            .await?;
         self.record(SecurityEvent {
             context: scope.context.clone().unwrap_or_default(),
             user_id: scope
@@ -246,6 +256,7 @@ impl Gate {
         let now = self.now();
         let mut records = self
             .store
+            .admission_records()
             .admission_offenders(context, after, limit)
             .await?;
         for r in &mut records {
@@ -261,7 +272,11 @@ impl Gate {
         if let Some(c) = context {
             self.admission_policy(c)?;
         }
-        Ok(self.store.admission_stats(context, self.now()).await?)
+        Ok(self
+            .store
+            .admission_records()
+            .admission_stats(context, self.now())
+            .await?)
     }
 }
 

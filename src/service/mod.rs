@@ -48,7 +48,7 @@ pub enum ServiceError {
 
 pub struct Gate {
     policy: Policy,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     clock: Arc<dyn Clock>,
     /// `None` when no TOTP encryption key is configured (Postgres without
     /// totp.keys): TOTP calls answer FAILED_PRECONDITION.
@@ -61,7 +61,7 @@ pub struct Gate {
 impl Gate {
     pub fn new(
         policy: Policy,
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         clock: Arc<dyn Clock>,
         keys: Option<Arc<SecretKeys>>,
         passwords: Option<Arc<PasswordKeys>>,

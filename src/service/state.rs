@@ -6,6 +6,7 @@ use crate::domain::{
     EventKind, FieldError, Hit, Key, KeyKind, KeyState, PASSWORD_DETAIL, Reason, SecurityEvent,
     Slot, Subject, TOTP_CONTEXT, UnixMillis, UserId, Verdict, hit_all,
 };
+use crate::store::{EventLog, KeyStates};
 use crate::store::{StateId, StoreError, Transition, Update};
 use crate::telemetry::mask;
 use crate::telemetry::metrics;
@@ -137,6 +138,7 @@ impl Gate {
         let ids: Vec<StateId> = order.iter().map(|&i| id_of(&slots[i])).collect();
         let applied = self
             .store
+            .keys()
             .transition(&ids, &|current| {
                 let mut events = audit.to_vec();
                 let updates = order
@@ -231,6 +233,7 @@ impl Gate {
         };
         let applied = self
             .store
+            .keys()
             .transition(&ids, &|current| {
                 let outcome = judge(&in_slot_order(current));
                 let events = slots
@@ -265,7 +268,7 @@ impl Gate {
 
     /// Appends to the audit trail (and, for alert kinds, the alert stream).
     pub(super) async fn record(&self, event: SecurityEvent) -> Result<(), StoreError> {
-        self.store.append_event(&event).await
+        self.store.events().append(&event).await
     }
 
     pub(super) async fn load(&self, slots: &[Slot<'_>]) -> Result<Vec<KeyState>, StoreError> {
@@ -275,6 +278,7 @@ impl Gate {
         let ids: Vec<StateId> = slots.iter().map(id_of).collect();
         Ok(self
             .store
+            .keys()
             .load(&ids)
             .await?
             .into_iter()
@@ -313,6 +317,7 @@ impl Gate {
             let ids: Vec<StateId> = dirty.iter().map(|&i| id_of(&slots[i])).collect();
             let written = self
                 .store
+                .keys()
                 .transition(&ids, &|current| Transition {
                     updates: dirty
                         .iter()

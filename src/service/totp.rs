@@ -11,6 +11,7 @@ use crate::domain::{
 };
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoredTotp;
+use crate::store::{Sessions, TotpSecrets};
 use crate::telemetry::mask;
 
 /// Smallest secret ImportTotp accepts: RFC 4226's minimum.
@@ -90,11 +91,17 @@ impl Gate {
         if blocked.decision == Decision::Blocked {
             return Ok(blocked);
         }
-        let session = self.store.session(user).await?;
-        let enrolled = self.store.totp(user).await?.iter().any(|t| t.confirmed);
+        let session = self.store.sessions().session(user).await?;
+        let enrolled = self
+            .store
+            .totp()
+            .totp(user)
+            .await?
+            .iter()
+            .any(|t| t.confirmed);
         let step = ctx.session.check(user, session.as_ref(), enrolled, now);
         if let Some(next) = &step.write {
-            self.store.put_session(user, next).await?;
+            self.store.sessions().put_session(user, next).await?;
         }
         if step.expired {
             tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "session expired");
@@ -117,7 +124,7 @@ impl Gate {
         let ctx = self.policy.context("context", context)?;
         let user = required_user(subject)?;
         let now = self.now();
-        let secrets = self.store.totp(user).await?;
+        let secrets = self.store.totp().totp(user).await?;
         if secrets.is_empty() {
             return Ok(VerifyOutcome {
                 result: TotpResult::NotEnrolled,
@@ -170,6 +177,7 @@ impl Gate {
             (CodeCheck::Valid { step }, Some(stored)) => {
                 let won = self
                     .store
+                    .totp()
                     .accept_totp_step(user, &stored.sealed.nonce, step)
                     .await?;
                 // Another replica accepted this step first: a replay.
@@ -193,7 +201,7 @@ impl Gate {
         if accepted {
             self.forgive(std::slice::from_ref(&slot), counter).await?;
             let session = ctx.session.start(now);
-            self.store.put_session(user, &session).await?;
+            self.store.sessions().put_session(user, &session).await?;
             if matched.is_some_and(|t| !t.confirmed) {
                 self.record(SecurityEvent::new(EventKind::TotpConfirmed, now).about(subject))
                     .await?;
@@ -255,8 +263,15 @@ impl Gate {
         let user = required_user(subject)?.clone();
         let keys = self.keys()?.clone();
         let now = self.now();
-        if self.store.totp(&user).await?.iter().any(|t| t.confirmed) {
-            let session = self.store.session(&user).await?;
+        if self
+            .store
+            .totp()
+            .totp(&user)
+            .await?
+            .iter()
+            .any(|t| t.confirmed)
+        {
+            let session = self.store.sessions().session(&user).await?;
             if !session.is_some_and(|s| ctx.session.is_live(&s, now)) {
                 return Err(ServiceError::FailedPrecondition(
                     "a confirmed TOTP secret can only be replaced from an authenticated session \
@@ -293,6 +308,7 @@ impl Gate {
         let (user, sealed) = sealed;
         let provision = provision.map_err(|e| FieldError::new("account_name", e))?;
         self.store
+            .totp()
             .put_totp(
                 &user,
                 &StoredTotp {

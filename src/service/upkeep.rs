@@ -7,13 +7,14 @@ use super::{Gate, ServiceError};
 use crate::clock::Reading;
 use crate::domain::{ALLOW_LIST_CONTEXT, TOTP_CONTEXT};
 use crate::store::{Purged, Stats, StoreError};
+use crate::store::{Reports, Upkeep};
 use crate::telemetry::metrics;
 
 impl Gate {
     /// Sets the session and lock gauges from the store.
     pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
         let now = self.now();
-        let s = self.store.stats(now, TOTP_CONTEXT).await?;
+        let s = self.store.reports().stats(now, TOTP_CONTEXT).await?;
         for (state, n) in [
             ("total", s.total),
             ("authenticated", s.authenticated),
@@ -23,7 +24,7 @@ impl Gate {
         ] {
             metrics::sessions(state, n);
         }
-        let locks = self.store.active_locks(now).await?;
+        let locks = self.store.reports().active_locks(now).await?;
         // Every known context is set, so a context whose locks all ended
         // reads 0 rather than its last count.
         for context in self
@@ -48,12 +49,15 @@ impl Gate {
         &self,
         audit_retention: Duration,
     ) -> Result<Option<Purged>, StoreError> {
-        self.store.purge_expired(self.now(), audit_retention).await
+        self.store
+            .upkeep()
+            .purge_expired(self.now(), audit_retention)
+            .await
     }
 
     /// The store's shared clock, read now; `None` where it has none.
     pub async fn read_clock(&self) -> Result<Option<Reading>, StoreError> {
-        self.store.clock().await
+        self.store.upkeep().clock().await
     }
 
     /// Whether the store answers at all.
@@ -62,6 +66,6 @@ impl Gate {
     }
 
     pub async fn stats(&self) -> Result<Stats, ServiceError> {
-        Ok(self.store.stats(self.now(), TOTP_CONTEXT).await?)
+        Ok(self.store.reports().stats(self.now(), TOTP_CONTEXT).await?)
     }
 }

@@ -91,7 +91,7 @@ async fn dispatch<T, R, F, Fut>(
             }
         }
         let (calls, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
-        if let Err(down) = health.admit() {
+        if let Err(down) = health.refuse_while_down() {
             drop(lane);
             for reply in replies {
                 let _ = reply.send(Err(down.clone()));

@@ -45,7 +45,7 @@ impl Health {
     }
 
     /// Ok while the store is believed to answer; the last cause otherwise.
-    pub fn admit(&self) -> Result<(), StoreError> {
+    pub fn refuse_while_down(&self) -> Result<(), StoreError> {
         if self.is_up() {
             return Ok(());
         }

@@ -4,20 +4,20 @@
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
-use super::sql::{COLUMNS, Common, FailuresColumn, Sql};
-use super::{
-    AdmitFn, Applied, Dialect, Health, NextRows, PoolSettings, Purged, Row, StateId, StoreError,
-    TransitionFn, UnlockScope, in_order, key_columns, next_rows, push_scope,
-};
+use super::interface::{Admissions, EventLog, KeyStates, Parts, Upkeep};
+use super::model::{AdmitFn, Applied, Purged, StateId, TransitionFn, UnlockScope};
+use super::row::{Known, Named, NextRows, Row, next_rows, push_scope};
+use super::shared::{COLUMNS, EVENT_COLUMNS, FailuresColumn, Params, Sql};
+use super::{PoolSettings, StoreError};
 use crate::clock::Reading;
 use crate::domain::{Admission, KeyState, SecurityEvent, UnixMillis, UserId};
 
@@ -31,27 +31,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// before reading, so no other process can change the rows read before
 /// they are written.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-
-static FETCH_ONE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {COLUMNS} FROM key_state \
-         WHERE context = $1 AND rule = $2 AND user_id = $3 AND ip = $4 AND session_id = $5"
-    )
-});
-
-static UPSERT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO key_state ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-         ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
-           recent_failures = excluded.recent_failures, failures_total = excluded.failures_total, \
-           last_failure_at = excluded.last_failure_at, locked_at = excluded.locked_at, \
-           locked_until = excluded.locked_until, lock_tier = excluded.lock_tier, \
-           recent_lockouts = excluded.recent_lockouts, last_lockout_at = excluded.last_lockout_at, \
-           lockouts_total = excluded.lockouts_total, expires_at = excluded.expires_at, \
-           version = excluded.version"
-    )
-});
 
 pub struct SqliteStore {
     /// The writer pool has one connection: SQLite allows one writer at a
@@ -77,23 +56,103 @@ impl FailuresColumn for SqliteRow {
     }
 }
 
-async fn fetch_rows(conn: &mut SqliteConnection, ids: &[StateId]) -> Result<Vec<Row>, StoreError> {
-    let mut rows = Vec::with_capacity(ids.len());
-    for id in ids {
-        let (_, user_id, ip, session_id) = key_columns(&id.key);
-        let row = sqlx::query(FETCH_ONE.as_str())
-            .bind(&id.context)
-            .bind(&id.rule)
-            .bind(user_id)
-            .bind(ip)
-            .bind(session_id)
+/// The rows of `named`, in its order: one primary-key lookup each, which
+/// SQLite answers in microseconds.
+async fn fetch_rows(
+    conn: &mut SqliteConnection,
+    named: &[Named<'_>],
+) -> Result<Vec<Option<Known>>, StoreError> {
+    let mut rows = Vec::with_capacity(named.len());
+    for n in named {
+        let mut p = Params::<Sqlite>::default();
+        let context = p.bind(n.id.context.as_str());
+        let rule = p.bind(n.id.rule.as_str());
+        let user_id = p.bind(n.columns.user_id);
+        let ip = p.bind(n.columns.ip.as_str());
+        let session_id = p.bind(n.columns.session_id);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM key_state WHERE context = {context} AND rule = {rule} \
+               AND user_id = {user_id} AND ip = {ip} AND session_id = {session_id}"
+        );
+        let row = sqlx::query_with(AssertSqlSafe(sql), p.done()?)
             .fetch_optional(&mut *conn)
             .await?;
-        if let Some(row) = row {
-            rows.push(Sql::<Sqlite>::decode(&row)?);
-        }
+        rows.push(match row {
+            Some(row) => Some(Known::of(&Sql::<Sqlite>::decode(&row)?)),
+            None => None,
+        });
     }
     Ok(rows)
+}
+
+/// Writes one key state row.
+async fn upsert(conn: &mut SqliteConnection, r: &Row) -> Result<(), StoreError> {
+    let mut p = Params::<Sqlite>::default();
+    let failures: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
+    let values = [
+        p.bind(r.context.as_str()),
+        p.bind(r.rule.as_str()),
+        p.bind(r.kind),
+        p.bind(r.user_id.as_str()),
+        p.bind(r.ip.as_str()),
+        p.bind(r.session_id.as_str()),
+        p.bind(failures.join(",")),
+        p.bind(r.failures_total),
+        p.bind(r.last_failure_at),
+        p.bind(r.locked_at),
+        p.bind(r.locked_until),
+        p.bind(r.lock_tier),
+        p.bind(r.recent_lockouts),
+        p.bind(r.last_lockout_at),
+        p.bind(r.lockouts_total),
+        p.bind(r.expires_at),
+        p.bind(r.version),
+    ]
+    .map(|v| v.to_string())
+    .join(", ");
+    // The values are in COLUMNS' order, as `Row`'s fields are.
+    let sql = format!(
+        "INSERT INTO key_state ({COLUMNS}) VALUES ({values}) \
+         ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
+           recent_failures = excluded.recent_failures, failures_total = excluded.failures_total, \
+           last_failure_at = excluded.last_failure_at, locked_at = excluded.locked_at, \
+           locked_until = excluded.locked_until, lock_tier = excluded.lock_tier, \
+           recent_lockouts = excluded.recent_lockouts, last_lockout_at = excluded.last_lockout_at, \
+           lockouts_total = excluded.lockouts_total, expires_at = excluded.expires_at, \
+           version = excluded.version"
+    );
+    sqlx::query_with(AssertSqlSafe(sql), p.done()?)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Appends one event: the one place SQLite binds an audit event, its
+/// values in EVENT_COLUMNS' order.
+async fn insert_event(conn: &mut SqliteConnection, e: &SecurityEvent) -> Result<(), StoreError> {
+    let mut p = Params::<Sqlite>::default();
+    let values = [
+        p.bind(e.at),
+        p.bind(e.kind.as_str()),
+        p.bind(e.context.as_str()),
+        p.bind(e.rule.as_str()),
+        p.bind(e.user_id.as_str()),
+        p.bind(e.ip.as_str()),
+        p.bind(e.session_id.as_str()),
+        p.bind(i32::try_from(e.tier).unwrap_or(i32::MAX)),
+        p.bind(e.until),
+        p.bind(e.permanent),
+        p.bind(e.actor.as_str()),
+        p.bind(e.caller.as_str()),
+        p.bind(e.detail.as_str()),
+    ]
+    .map(|v| v.to_string())
+    .join(", ");
+    let sql = format!("INSERT INTO security_event ({EVENT_COLUMNS}) VALUES ({values})");
+    sqlx::query_with(AssertSqlSafe(sql), p.done()?)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Creates the database file readable by its owner only, before SQLite
@@ -113,11 +172,7 @@ fn create_private(file: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    pub async fn connect(
-        url: &str,
-        settings: &PoolSettings,
-        health: Arc<Health>,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Parts, StoreError> {
         if let Some(file) = super::sqlite_file(url) {
             create_private(&file)?;
         }
@@ -139,30 +194,35 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (events, _) = broadcast::channel(settings.event_buffer.max(1));
-        Ok(SqliteStore {
-            sql: Sql {
-                writer,
-                readers,
-                begin_write: BEGIN_WRITE,
-                health,
-            },
-            events,
-        })
+        let sql = Sql {
+            writer,
+            readers,
+            begin_write: BEGIN_WRITE,
+        };
+        let shared = Arc::new(sql.clone());
+        Ok(Parts::of(Arc::new(SqliteStore { sql, events }), shared))
+    }
+}
+
+impl SqliteStore {
+    /// Delivers committed alerts to this process's subscribers; none
+    /// listening is not an error, as the events are in the table.
+    fn deliver(&self, events: impl IntoIterator<Item = SecurityEvent>) {
+        for event in events.into_iter().filter(SecurityEvent::is_alert) {
+            let _ = self.events.send(event);
+        }
     }
 }
 
 #[async_trait::async_trait]
-impl Dialect for SqliteStore {
-    type Sql = Sql<Sqlite>;
-
-    fn sql(&self) -> &Sql<Sqlite> {
-        &self.sql
-    }
-
+impl KeyStates for SqliteStore {
     async fn load(&self, ids: &[StateId]) -> Result<Vec<Option<KeyState>>, StoreError> {
         let mut conn = self.sql.readers.acquire().await?;
-        let rows = fetch_rows(&mut conn, ids).await?;
-        Ok(in_order(ids, &rows))
+        let rows = fetch_rows(&mut conn, &Named::all(ids)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|k| k.map(|k| k.update.state))
+            .collect())
     }
 
     async fn transition(
@@ -170,45 +230,24 @@ impl Dialect for SqliteStore {
         ids: &[StateId],
         f: &TransitionFn<'_>,
     ) -> Result<Applied, StoreError> {
+        let named = Named::all(ids);
         let mut tx = self.sql.writer.begin_with(BEGIN_WRITE).await?;
-        let current = fetch_rows(&mut tx, ids).await?;
+        let current = fetch_rows(&mut tx, &named).await?;
         let NextRows {
             rows,
             events,
             applied,
-        } = next_rows(ids, &current, f);
-        for r in rows {
-            let failures: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
-            sqlx::query(UPSERT.as_str())
-                .bind(r.context)
-                .bind(r.rule)
-                .bind(r.kind)
-                .bind(r.user_id)
-                .bind(r.ip)
-                .bind(r.session_id)
-                .bind(failures.join(","))
-                .bind(r.failures_total)
-                .bind(r.last_failure_at)
-                .bind(r.locked_at)
-                .bind(r.locked_until)
-                .bind(r.lock_tier)
-                .bind(r.recent_lockouts)
-                .bind(r.last_lockout_at)
-                .bind(r.lockouts_total)
-                .bind(r.expires_at)
-                .bind(r.version)
-                .execute(&mut *tx)
-                .await?;
+        } = next_rows(&named, &current, f);
+        for row in &rows {
+            upsert(&mut tx, row).await?;
         }
         // The events commit with the state change or not at all, and alerts
         // are delivered once they have.
         for event in &events {
-            self.sql.insert_event(&mut tx, event).await?;
+            insert_event(&mut tx, event).await?;
         }
         tx.commit().await?;
-        for event in events.into_iter().filter(SecurityEvent::is_alert) {
-            let _ = self.events.send(event);
-        }
+        self.deliver(events);
         Ok(applied)
     }
 
@@ -232,6 +271,33 @@ impl Dialect for SqliteStore {
         tx.commit().await?;
         Ok(u64::try_from(lifted).unwrap_or(0))
     }
+}
+
+#[async_trait::async_trait]
+impl EventLog for SqliteStore {
+    async fn append(&self, event: &SecurityEvent) -> Result<(), StoreError> {
+        let mut conn = self.sql.writer.acquire().await?;
+        insert_event(&mut conn, event).await?;
+        self.deliver([event.clone()]);
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
+        self.events.subscribe()
+    }
+
+    /// One process: alerts go to subscribers as they commit, from the start.
+    async fn events_ready(&self, _within: Duration) -> bool {
+        true
+    }
+}
+
+#[async_trait::async_trait]
+impl Upkeep for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.sql.writer).await?;
+        Ok(())
+    }
 
     async fn purge_expired(
         &self,
@@ -244,34 +310,13 @@ impl Dialect for SqliteStore {
         Ok(Some(purged))
     }
 
-    async fn append_event(&self, event: &SecurityEvent) -> Result<(), StoreError> {
-        let mut conn = self.sql.writer.acquire().await?;
-        self.sql.insert_event(&mut conn, event).await?;
-        // No subscribers is not an error: the event is in the table.
-        if event.is_alert() {
-            let _ = self.events.send(event.clone());
-        }
-        Ok(())
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<SecurityEvent> {
-        self.events.subscribe()
-    }
-
-    /// One process: alerts go to subscribers as they commit, from the start.
-    async fn events_ready(&self, _within: Duration) -> bool {
-        true
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.sql.writer).await?;
-        Ok(())
-    }
-
     async fn clock(&self) -> Result<Option<Reading>, StoreError> {
         Ok(None)
     }
+}
 
+#[async_trait::async_trait]
+impl Admissions for SqliteStore {
     async fn admit(
         &self,
         context: &str,
@@ -286,12 +331,10 @@ impl Dialect for SqliteStore {
             .save_admission(&mut tx, context, user, &step.state, now)
             .await?;
         for event in &step.events {
-            self.sql.insert_event(&mut tx, event).await?;
+            insert_event(&mut tx, event).await?;
         }
         tx.commit().await?;
-        for event in step.events.into_iter().filter(SecurityEvent::is_alert) {
-            let _ = self.events.send(event);
-        }
+        self.deliver(step.events);
         Ok(step.outcome)
     }
 }

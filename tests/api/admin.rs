@@ -3,6 +3,7 @@ use rstest::rstest;
 use tonic::Code;
 
 use crate::helpers::*;
+use authgate::store::Upkeep;
 
 fn unlock(actor: &str, scope: Scope) -> proto::AdminUnlockRequest {
     proto::AdminUnlockRequest {
@@ -182,6 +183,7 @@ async fn cleanup_purges_only_what_expired(
     let store = authgate::app::open_store(&config).await.unwrap();
     let now = authgate::domain::UnixMillis(EPOCH.0 + 26 * 3600 * 1000);
     let purged = store
+        .upkeep()
         .purge_expired(now, RETENTION)
         .await
         .unwrap()
@@ -202,7 +204,14 @@ async fn one_replica_purges_at_a_time() {
     let (config, _) = config("", &db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let now = authgate::domain::UnixMillis(EPOCH.0);
-    assert!(store.purge_expired(now, RETENTION).await.unwrap().is_some());
+    assert!(
+        store
+            .upkeep()
+            .purge_expired(now, RETENTION)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Another replica mid-purge holds the lock.
     let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
@@ -212,7 +221,17 @@ async fn one_replica_purges_at_a_time() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    assert_eq!(store.purge_expired(now, RETENTION).await.unwrap(), None);
+    assert_eq!(
+        store.upkeep().purge_expired(now, RETENTION).await.unwrap(),
+        None
+    );
     tx.rollback().await.unwrap();
-    assert!(store.purge_expired(now, RETENTION).await.unwrap().is_some());
+    assert!(
+        store
+            .upkeep()
+            .purge_expired(now, RETENTION)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

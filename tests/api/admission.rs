@@ -12,6 +12,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::helpers::*;
+use authgate::store::Upkeep;
 
 type Access = proto::access_service_client::AccessServiceClient<Channel>;
 type AdminClient = proto::admin_service_client::AdminServiceClient<Channel>;
@@ -396,7 +397,12 @@ async fn idle_users_are_forgotten_after_a_day(
     let (config, _) = config("", &server.db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let day = authgate::domain::UnixMillis(EPOCH.0 + 24 * 3600 * 1000);
-    let purged = store.purge_expired(day, RETENTION).await.unwrap().unwrap();
+    let purged = store
+        .upkeep()
+        .purge_expired(day, RETENTION)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(purged.admissions, 1);
     let mut a = server.admin().await;
     assert!(admission_of(&mut a, "quiet").await.is_empty());

@@ -6,6 +6,7 @@ use rstest::rstest;
 use tonic::transport::Channel;
 
 use crate::helpers::*;
+use authgate::store::Upkeep;
 
 type Admin = proto::admin_service_client::AdminServiceClient<Channel>;
 
@@ -107,6 +108,7 @@ async fn audit_trail(#[values(Backend::Sqlite, Backend::Postgres)] backend: Back
     let store = authgate::app::open_store(&config).await.unwrap();
     let later = UnixMillis(EPOCH.0 + 31 * 60_000);
     let pass = store
+        .upkeep()
         .purge_expired(later, RETENTION)
         .await
         .unwrap()
@@ -114,6 +116,7 @@ async fn audit_trail(#[values(Backend::Sqlite, Backend::Postgres)] backend: Back
     assert_eq!(pass.locks_expired, 1);
     assert_eq!(
         store
+            .upkeep()
             .purge_expired(later, RETENTION)
             .await
             .unwrap()
@@ -132,6 +135,7 @@ async fn audit_trail(#[values(Backend::Sqlite, Backend::Postgres)] backend: Back
     let far = UnixMillis(EPOCH.0 + 91 * 24 * 3600 * 1000);
     assert!(
         store
+            .upkeep()
             .purge_expired(far, RETENTION)
             .await
             .unwrap()

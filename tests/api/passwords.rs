@@ -11,6 +11,7 @@ use tonic::Code;
 use zeroize::Zeroizing;
 
 use crate::helpers::*;
+use authgate::store::Upkeep;
 
 fn fingerprint(password: &str) -> Vec<u8> {
     Sha256::digest(password.as_bytes()).to_vec()
@@ -447,6 +448,7 @@ async fn audit_events_show_password_keys_by_their_prefix_only(
     let store = authgate::app::open_store(&config).await.unwrap();
     let after_the_lock = UnixMillis(EPOCH.0 + 31 * 60_000);
     store
+        .upkeep()
         .purge_expired(after_the_lock, RETENTION)
         .await
         .unwrap()

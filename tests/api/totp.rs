@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use totp_rs::{Algorithm, Builder};
 
 use crate::helpers::*;
+use authgate::store::Upkeep;
 
 type Access = proto::access_service_client::AccessServiceClient<Channel>;
 type Admin = proto::admin_service_client::AdminServiceClient<Channel>;
@@ -485,6 +486,7 @@ async fn cleanup_expires_sessions(#[values(Backend::Sqlite, Backend::Postgres)] 
     let (config, _) = config("", &server.db);
     let store = authgate::app::open_store(&config).await.unwrap();
     let purged = store
+        .upkeep()
         .purge_expired(UnixMillis(EPOCH.0 + 11 * 60_000), RETENTION)
         .await
         .unwrap()

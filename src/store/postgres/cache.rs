@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 
-use crate::domain::UnixMillis;
-use crate::store::{Row, StateId, Update, key_columns};
+use crate::store::row::{Known, Named};
 use crate::telemetry::metrics;
 
 /// The NOTIFY channel of key invalidations and heartbeats.
@@ -85,17 +84,27 @@ fn column_name(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &
     (half(0), half(8))
 }
 
-pub fn column_hash(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &str) -> u64 {
-    column_name(context, rule, user_id, ip, session_id).0
+/// A key's name, worked out once per call from its columns: its hash, which
+/// invalidations carry, and the rest, which tells keys sharing a hash
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyName {
+    pub hash: u64,
+    check: u64,
 }
 
-fn key_name(id: &StateId) -> (u64, u64) {
-    let (_, user_id, ip, session_id) = key_columns(&id.key);
-    column_name(&id.context, &id.rule, &user_id, &ip, &session_id)
-}
-
-pub fn key_hash(id: &StateId) -> u64 {
-    key_name(id).0
+impl KeyName {
+    pub fn of(named: &Named<'_>) -> KeyName {
+        let c = &named.columns;
+        let (hash, check) = column_name(
+            &named.id.context,
+            &named.id.rule,
+            c.user_id,
+            &c.ip,
+            c.session_id,
+        );
+        KeyName { hash, check }
+    }
 }
 
 /// The payloads that invalidate the keys with these hashes on every
@@ -150,35 +159,6 @@ pub struct Ticket {
 pub struct Lookup {
     pub found: Vec<Option<Option<Known>>>,
     pub ticket: Ticket,
-}
-
-/// A stored row as the cache keeps it: its state, when it may be purged,
-/// and its version. The key's text is left out (whoever looks a key up
-/// has it), which makes an entry a fraction of the row's size.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
-    pub update: Update,
-    pub version: i64,
-}
-
-impl Known {
-    pub fn of(row: &Row) -> Known {
-        Known {
-            update: Update {
-                state: row.state(),
-                expires_at: row.expires_at.map(UnixMillis),
-            },
-            version: row.version,
-        }
-    }
-
-    /// The row of `id` this is.
-    pub fn row(&self, id: &StateId) -> Row {
-        Row {
-            version: self.version,
-            ..Row::new(id, &self.update)
-        }
-    }
 }
 
 /// Entries are found by key hash, which is what invalidations name; the
@@ -255,15 +235,17 @@ impl KeyCache {
         self.floor.store(self.millis(now), Ordering::SeqCst);
     }
 
-    /// What a read of `ids` must show to fill the cache: taken before the
-    /// read.
-    pub fn ticket(&self, ids: &[StateId]) -> Ticket {
+    /// What a read of the keys `names` must show to fill the cache: taken
+    /// before the read.
+    pub fn ticket(&self, names: &[KeyName]) -> Ticket {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let (keys, checks) = ids
+        let (keys, checks) = names
             .iter()
-            .map(|id| {
-                let (hash, check) = key_name(id);
-                ((hash, self.generation(hash).load(Ordering::SeqCst)), check)
+            .map(|n| {
+                (
+                    (n.hash, self.generation(n.hash).load(Ordering::SeqCst)),
+                    n.check,
+                )
             })
             .unzip();
         Ticket {
@@ -273,15 +255,16 @@ impl KeyCache {
         }
     }
 
-    /// Looks `ids` up, at `now`; `None` when the cache must not answer.
-    pub fn lookup(&self, ids: &[StateId], now: Instant) -> Option<Lookup> {
+    /// Looks the keys `names` up, at `now`; `None` when the cache must not
+    /// answer.
+    pub fn lookup(&self, names: &[KeyName], now: Instant) -> Option<Lookup> {
         if !self.trusted(now) {
-            metrics::key_cache_lookups("bypass", ids.len());
+            metrics::key_cache_lookups("bypass", names.len());
             return None;
         }
         // The ticket is taken before the entries are read, and both before
         // the caller reads the misses from Postgres.
-        let ticket = self.ticket(ids);
+        let ticket = self.ticket(names);
         let found: Vec<_> = ticket
             .keys
             .iter()
@@ -295,14 +278,14 @@ impl KeyCache {
             .collect();
         let hits = found.iter().filter(|f| f.is_some()).count();
         metrics::key_cache_lookups("hit", hits);
-        metrics::key_cache_lookups("miss", ids.len() - hits);
+        metrics::key_cache_lookups("miss", names.len() - hits);
         Some(Lookup { found, ticket })
     }
 
-    /// Caches what was read for a lookup's misses: `(i, row)` is what
-    /// Postgres holds for `ids[i]`, `ids` and `ticket` the lookup's.
-    pub fn fill(&self, ticket: &Ticket, read: Vec<(usize, Option<Row>)>) {
-        for (i, row) in read {
+    /// Caches what was read for a lookup's misses: `(i, known)` is what
+    /// Postgres holds for the lookup's `i`th key, `ticket` the lookup's.
+    pub fn fill(&self, ticket: &Ticket, read: Vec<(usize, Option<Known>)>) {
+        for (i, known) in read {
             let (hash, generation) = ticket.keys[i];
             let unchanged = || {
                 self.epoch.load(Ordering::SeqCst) == ticket.epoch
@@ -313,7 +296,7 @@ impl KeyCache {
             }
             let entry = Entry {
                 check: ticket.checks[i],
-                known: row.as_ref().map(Known::of),
+                known,
             };
             self.entries.insert(hash, Arc::new(entry));
             // An invalidation that came in between the check and the insert
@@ -330,8 +313,9 @@ impl KeyCache {
     /// key's generation turns away fills of what was read before the
     /// commit. A key that another replica's write invalidated since the
     /// ticket is dropped instead: that write may have come after this one.
-    pub fn wrote(&self, ticket: &Ticket, rows: &[Row]) {
-        for ((row, (hash, generation)), check) in rows.iter().zip(&ticket.keys).zip(&ticket.checks)
+    pub fn wrote(&self, ticket: &Ticket, written: Vec<Known>) {
+        for ((known, (hash, generation)), check) in
+            written.into_iter().zip(&ticket.keys).zip(&ticket.checks)
         {
             // One step from the ticket's generation to this write's, so
             // that no invalidation can slip in between unseen.
@@ -347,7 +331,7 @@ impl KeyCache {
             }
             let entry = Entry {
                 check: *check,
-                known: Some(Known::of(row)),
+                known: Some(known),
             };
             self.entries.insert(*hash, Arc::new(entry));
             if self.epoch.load(Ordering::SeqCst) != ticket.epoch
@@ -391,30 +375,34 @@ fn millis(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::domain::{Key, UserId};
+    use crate::store::model::StateId;
 
-    fn id(user: &str) -> StateId {
-        StateId {
+    fn id(user: &str) -> KeyName {
+        let ids = [StateId {
             context: "login".into(),
             rule: "user".into(),
             key: Key::User(UserId::parse("user_id", user).unwrap()),
-        }
+        }];
+        KeyName::of(&Named::all(&ids)[0])
     }
 
-    fn failed(times: i64) -> Option<Row> {
-        Some(Row {
-            failures_total: times,
-            version: times,
-            ..Row::default()
-        })
+    fn failed_once() -> Option<Known> {
+        known(1)
     }
 
-    fn failed_once() -> Option<Row> {
-        failed(1)
-    }
-
-    /// What a lookup finds of `failed(times)`.
+    /// What a lookup finds of a key that failed `times` times.
     fn known(times: i64) -> Option<Known> {
-        failed(times).as_ref().map(Known::of)
+        let state = crate::domain::KeyState {
+            failures_total: u64::try_from(times).unwrap(),
+            ..crate::domain::KeyState::default()
+        };
+        Some(Known {
+            update: crate::store::Update {
+                state,
+                expires_at: None,
+            },
+            version: times,
+        })
     }
 
     /// A cache that trusts itself at `now` and for the next STALENESS.
@@ -436,7 +424,7 @@ mod tests {
         let second = cache.lookup(&ids, now).unwrap();
         assert_eq!(second.found, vec![Some(known(1)), Some(None)]);
 
-        cache.invalidate(&[key_hash(&ids[0])]);
+        cache.invalidate(&[ids[0].hash]);
         let third = cache.lookup(&ids, now).unwrap();
         assert_eq!(third.found, vec![None, Some(None)]);
     }
@@ -449,7 +437,7 @@ mod tests {
         // The read that missed saw the state before a write whose
         // invalidation came in before the fill.
         let raced = cache.lookup(&ids, now).unwrap();
-        cache.invalidate(&[key_hash(&ids[0])]);
+        cache.invalidate(&[ids[0].hash]);
         cache.fill(&raced.ticket, vec![(0, None), (1, None)]);
         let after = cache.lookup(&ids, now).unwrap();
         assert_eq!(after.found, vec![None, Some(None)], "only bob was filled");
@@ -468,7 +456,7 @@ mod tests {
         // A check read version 1 just before this replica wrote version 2.
         let check = cache.lookup(&ids, now).unwrap();
         let write = cache.ticket(&ids);
-        cache.wrote(&write, &[failed(2).unwrap()]);
+        cache.wrote(&write, vec![known(2).unwrap()]);
         cache.fill(&check.ticket, vec![(0, failed_once())]);
         assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![Some(known(2))]);
     }
@@ -483,34 +471,9 @@ mod tests {
         let write = cache.ticket(&ids);
         // Another replica's write of alice was notified between this
         // replica's ticket and its own commit's answer.
-        cache.invalidate(&[key_hash(&ids[0])]);
-        cache.wrote(&write, &[failed(2).unwrap()]);
+        cache.invalidate(&[ids[0].hash]);
+        cache.wrote(&write, vec![known(2).unwrap()]);
         assert_eq!(cache.lookup(&ids, now).unwrap().found, vec![None]);
-    }
-
-    #[test]
-    fn a_row_is_rebuilt_whole_from_its_entry() {
-        let update = Update {
-            state: crate::domain::KeyState {
-                recent_failures: vec![UnixMillis(5), UnixMillis(9)],
-                failures_total: 12,
-                last_failure_at: Some(UnixMillis(9)),
-                lock: Some(crate::domain::Lock {
-                    locked_at: UnixMillis(9),
-                    until: Some(UnixMillis(60_009)),
-                    tier: 2,
-                }),
-                recent_lockouts: 2,
-                last_lockout_at: Some(UnixMillis(9)),
-                lockouts_total: 3,
-            },
-            expires_at: Some(UnixMillis(900_000)),
-        };
-        let row = Row {
-            version: 7,
-            ..Row::new(&id("alice"), &update)
-        };
-        assert_eq!(Known::of(&row).row(&id("alice")), row);
     }
 
     #[test]
@@ -571,12 +534,12 @@ mod tests {
         // upgrade: the hash is part of the wire format. (The value is
         // Python's hashlib.sha256 of the same bytes.)
         assert_eq!(
-            column_hash("login", "user_ip", "alice", "192.0.2.1", ""),
+            column_name("login", "user_ip", "alice", "192.0.2.1", "").0,
             0x7ac7_b39d_fb33_9403
         );
         assert_ne!(
-            column_hash("login", "user", "ab", "", ""),
-            column_hash("login", "user", "a", "b", "")
+            column_name("login", "user", "ab", "", ""),
+            column_name("login", "user", "a", "b", "")
         );
     }
 
