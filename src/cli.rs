@@ -3,10 +3,10 @@
 //! for people, `--json` (one array of objects) for scripts.
 
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::Digest;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -14,6 +14,9 @@ use tonic::{Request, Status};
 
 use crate::grpc::proto::admin_service_client::AdminServiceClient;
 use crate::grpc::proto::{self, admin_unlock_request::Scope};
+
+mod table;
+use table::{Table, admission_table, key_text, time, until};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -151,115 +154,6 @@ impl SubjectArgs {
             && self.ip.is_empty()
             && self.session.is_empty()
             && !self.password_stdin
-    }
-}
-
-/// Rows with named columns, printed as a table or as JSON objects.
-struct Table {
-    columns: Vec<&'static str>,
-    rows: Vec<Vec<Value>>,
-}
-
-impl Table {
-    fn new(columns: &[&'static str]) -> Self {
-        Table {
-            columns: columns.to_vec(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn render(&self, as_json: bool) -> String {
-        if as_json {
-            let objects: Vec<Value> = self
-                .rows
-                .iter()
-                .map(|row| {
-                    let object: Map<String, Value> = self
-                        .columns
-                        .iter()
-                        .map(|c| (*c).to_owned())
-                        .zip(row.iter().cloned())
-                        .collect();
-                    Value::Object(object)
-                })
-                .collect();
-            return serde_json::to_string_pretty(&objects).unwrap_or_default() + "\n";
-        }
-        let cell = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            Value::Null => "-".into(),
-            other => other.to_string(),
-        };
-        let cells: Vec<Vec<String>> = self
-            .rows
-            .iter()
-            .map(|r| r.iter().map(cell).collect())
-            .collect();
-        let widths: Vec<usize> = self
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                cells
-                    .iter()
-                    .map(|r| r[i].chars().count())
-                    .chain([c.len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |values: Vec<String>| {
-            let padded: Vec<String> = values
-                .iter()
-                .zip(&widths)
-                .map(|(v, w)| format!("{v:<w$}"))
-                .collect();
-            padded.join("  ").trim_end().to_owned() + "\n"
-        };
-        let mut out = line(self.columns.iter().map(|c| c.to_uppercase()).collect());
-        for row in cells {
-            out += &line(row);
-        }
-        if self.rows.is_empty() {
-            out += "(none)\n";
-        }
-        out
-    }
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> Value {
-    t.and_then(|t| {
-        let secs = u64::try_from(t.seconds).ok()?;
-        let at = UNIX_EPOCH + Duration::from_secs(secs);
-        Some(Value::String(
-            humantime::format_rfc3339_seconds(at).to_string(),
-        ))
-    })
-    .unwrap_or(Value::Null)
-}
-
-fn key_text(key: Option<&proto::Key>) -> Value {
-    let Some(k) = key else {
-        return Value::Null;
-    };
-    let parts: Vec<String> = [
-        ("user", &k.user_id),
-        ("ip", &k.ip),
-        ("session", &k.session_id),
-        ("password", &k.password),
-    ]
-    .into_iter()
-    .filter(|(_, v)| !v.is_empty())
-    .map(|(n, v)| format!("{n}={v}"))
-    .collect();
-    Value::String(parts.join(" "))
-}
-
-fn until(t: Option<&prost_types::Timestamp>, permanent: bool) -> Value {
-    if permanent {
-        Value::String("permanent".into())
-    } else {
-        time(t)
     }
 }
 
@@ -555,45 +449,6 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admission_table(states: Vec<proto::AdmissionState>) -> Table {
-    let mut t = Table::new(&[
-        "context",
-        "user",
-        "warnings",
-        "reputation",
-        "blocked_until",
-        "cause",
-        "in_window",
-        "updates",
-        "blocks",
-        "refused",
-    ]);
-    for s in states {
-        let cause = match s.block_cause() {
-            proto::SpamCause::Unspecified => Value::Null,
-            other => json!(
-                other
-                    .as_str_name()
-                    .trim_start_matches("SPAM_CAUSE_")
-                    .to_lowercase()
-            ),
-        };
-        t.rows.push(vec![
-            json!(s.context),
-            json!(s.user_id),
-            json!(s.warnings),
-            json!(s.reputation),
-            time(s.blocked_until.as_ref()),
-            cause,
-            json!(s.updates_in_window),
-            json!(s.updates_total),
-            json!(s.blocks_total),
-            json!(s.refused_total),
-        ]);
-    }
-    t
-}
-
 fn key_kind(name: &str) -> anyhow::Result<proto::KeyKind> {
     Ok(match name {
         "user" => proto::KeyKind::User,
@@ -615,35 +470,4 @@ fn key_of(subject: &SubjectArgs) -> proto::Key {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(seconds: i64) -> prost_types::Timestamp {
-        prost_types::Timestamp { seconds, nanos: 0 }
-    }
-
-    #[test]
-    fn tables_align_and_json_keeps_types() {
-        let mut t = Table::new(&["context", "tier", "until"]);
-        t.rows
-            .push(vec![json!("login"), json!(2), until(None, true)]);
-        t.rows.push(vec![
-            json!("password_reset"),
-            json!(1),
-            until(Some(&at(1_700_000_000)), false),
-        ]);
-        assert_eq!(
-            t.render(false),
-            "CONTEXT         TIER  UNTIL\n\
-             login           2     permanent\n\
-             password_reset  1     2023-11-14T22:13:20Z\n"
-        );
-        let parsed: Value = serde_json::from_str(&t.render(true)).unwrap();
-        assert_eq!(parsed[0]["tier"], json!(2));
-        assert_eq!(parsed[1]["until"], json!("2023-11-14T22:13:20Z"));
-        assert_eq!(
-            Table::new(&["unlocked"]).render(false),
-            "UNLOCKED\n(none)\n"
-        );
-    }
-}
+mod tests;
