@@ -8,18 +8,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::server::NamedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use std::path::PathBuf;
 
-use zeroize::Zeroizing;
-
-use crate::clock::{Authority, Clock, Finding, Reading, SkewWatch, SystemClock};
-use crate::config::{ClockConfig, Config, ConfigError, SecretKeyConfig, TlsConfig};
-use crate::crypto::{self, CryptoError, PasswordKeys, SecretKeys};
+use crate::clock::{Authority, Clock, Reading};
+use crate::config::{ClockConfig, Config, ConfigError, TlsConfig};
+use crate::crypto::CryptoError;
 use crate::domain::{KeyKind, Policy, Rule};
 use crate::gateway::{ExtAuthz, ExtProc, ForwardAuth, Gateway, Mapping, RateLimitService};
 use crate::grpc::auth::Authenticator;
@@ -33,6 +29,11 @@ use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
 use crate::store::{EventLog, Upkeep};
 use crate::telemetry::metrics;
+mod keys;
+mod tasks;
+use keys::{password_keys, secret_keys};
+use tasks::{cleanup_loop, clock_loop, health_loop, refresh_loop, report};
+
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
@@ -44,16 +45,6 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// whole HTTP request's headers, up to its own default limit of 60 KiB
 /// (max_request_headers_kb), with attributes beside them.
 const MAX_PROXIED_BYTES: usize = 128 * 1024;
-
-/// How often this replica asks the store whether it answers, for the health
-/// service: often enough that a load balancer stops sending within seconds
-/// of an outage, rarely enough to cost the store nothing.
-const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// A probe that takes longer than this counts as the store being down.
-const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How soon a store found down is asked again: calls are answered at once
-/// meanwhile, so this bounds how long they keep failing after it returns.
-const STORE_PROBE_RETRY: Duration = Duration::from_millis(100);
 
 /// The health service name that stays SERVING for as long as the process
 /// runs: Kubernetes' liveness probe asks for it, so a database outage takes
@@ -105,102 +96,6 @@ pub enum StartError {
     },
 }
 
-/// The TOTP encryption keys: the configured ones, or for the embedded
-/// default a key file generated beside the SQLite database so `cargo run`
-/// works. `None` (TOTP disabled) for Postgres without keys.
-fn secret_keys(config: &Config) -> Result<Option<Arc<SecretKeys>>, StartError> {
-    let t = &config.totp;
-    if t.keys.is_empty() {
-        let Some(db) = store::sqlite_file(config.database.url.expose()) else {
-            tracing::warn!(
-                "no totp.keys configured: TOTP enrollment and verification are disabled"
-            );
-            return Ok(None);
-        };
-        let key = local_key(&db, "totp-key", "totp.keys")?;
-        return Ok(Some(Arc::new(SecretKeys::new(
-            vec![(LOCAL_KEY.into(), key)],
-            LOCAL_KEY,
-        )?)));
-    }
-    let keys = configured_keys(&t.keys)?;
-    let active = t
-        .active_key
-        .clone()
-        .or_else(|| t.keys.last().map(|k| k.id.clone()))
-        .unwrap_or_default();
-    Ok(Some(Arc::new(SecretKeys::new(keys, &active)?)))
-}
-
-/// The key in the file `<db>.<suffix>` beside the SQLite database `db`,
-/// generated (0600) the first time, so that `cargo run` works without
-/// configuring `setting`.
-fn local_key(
-    db: &std::path::Path,
-    suffix: &str,
-    setting: &str,
-) -> Result<Zeroizing<[u8; 32]>, StartError> {
-    let path = PathBuf::from(format!("{}.{suffix}", db.display()));
-    let (key, created) =
-        crypto::key_file(LOCAL_KEY, &path).map_err(|source| StartError::KeyFile {
-            path: path.clone(),
-            source,
-        })?;
-    if created {
-        tracing::warn!(
-            path = %path.display(),
-            setting,
-            "generated a key beside the database; back it up with the database or configure the \
-             setting"
-        );
-    }
-    Ok(key)
-}
-
-/// Keys as configured: each from its file or inline.
-fn configured_keys(configured: &[SecretKeyConfig]) -> Result<Vec<crypto::NamedKey>, StartError> {
-    let mut keys = Vec::new();
-    for k in configured {
-        let material = match (&k.file, &k.key) {
-            (Some(path), _) => {
-                Zeroizing::new(std::fs::read(path).map_err(|source| StartError::KeyFile {
-                    path: path.clone(),
-                    source,
-                })?)
-            }
-            (None, Some(inline)) => Zeroizing::new(inline.expose().as_bytes().to_vec()),
-            (None, None) => Zeroizing::new(Vec::new()),
-        };
-        keys.push((k.id.clone(), crypto::parse_key(&k.id, &material)?));
-    }
-    Ok(keys)
-}
-
-/// The keys that re-key password fingerprints: the configured ones, or for
-/// the embedded default a key file generated beside the SQLite database
-/// (for an in-memory one, a key as short-lived as its counts). `None`
-/// (fingerprints ignored) for Postgres without keys, which the
-/// configuration accepts only where no context has a password rule.
-fn password_keys(config: &Config) -> Result<Option<Arc<PasswordKeys>>, StartError> {
-    let url = config.database.url.expose();
-    let keys = if !config.passwords.keys.is_empty() {
-        configured_keys(&config.passwords.keys)?
-    } else if let Some(db) = store::sqlite_file(url) {
-        vec![(
-            LOCAL_KEY.into(),
-            local_key(&db, "password-key", "passwords.keys")?,
-        )]
-    } else if url.starts_with("sqlite:") {
-        vec![(
-            LOCAL_KEY.into(),
-            crypto::parse_key(LOCAL_KEY, crypto::generate_key().as_bytes())?,
-        )]
-    } else {
-        return Ok(None);
-    };
-    Ok(Some(Arc::new(PasswordKeys::new(keys))))
-}
-
 /// The server's TLS settings: its identity and, for mutual TLS, the CA
 /// that client certificates must chain to.
 fn server_tls(t: &TlsConfig) -> Result<ServerTlsConfig, StartError> {
@@ -244,9 +139,6 @@ fn calls_per_connection(server: &crate::config::ServerConfig) -> usize {
     let share = server.max_concurrent_requests as f64 * server.max_connection_share;
     (share as usize).max(1)
 }
-
-/// The id of the generated key of the embedded default.
-const LOCAL_KEY: &str = "local";
 
 pub struct Application {
     listener: TcpListener,
@@ -613,188 +505,5 @@ impl Application {
         }
         tracing::info!("authgate stopped");
         Ok(result?)
-    }
-}
-
-/// Asks the store every STORE_PROBE_INTERVAL whether it answers (at once
-/// when a call found it unreachable, and every STORE_PROBE_RETRY while it is
-/// down), tells `store_health`, and reports it through the health service:
-/// the overall status and every service's turn NOT_SERVING while it does
-/// not answer (the liveness name stays SERVING), and all of them once
-/// shutdown begins.
-async fn health_loop(
-    gate: Arc<Gate>,
-    store_health: Arc<Health>,
-    reporter: HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
-    // run_until reported SERVING before the first connection.
-    let mut was_up = true;
-    loop {
-        let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping())
-            .await
-            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
-        store_health.probed(&answer);
-        let up = answer.is_ok();
-        if up != was_up {
-            if up {
-                tracing::info!("state store answers again: SERVING");
-            } else {
-                tracing::warn!("state store unreachable: health NOT_SERVING");
-            }
-            metrics::store_up(up);
-            let status = if up {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            report(reporter.clone(), status).await;
-            was_up = up;
-        }
-        let pause = if up {
-            STORE_PROBE_INTERVAL
-        } else {
-            STORE_PROBE_RETRY
-        };
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = store_health.suspected() => {}
-            _ = stop.changed() => break,
-        }
-    }
-    report(reporter, ServingStatus::NotServing).await;
-}
-
-/// Reads the time authority every `clock.sync_interval` and carries its
-/// time forward from there; tells of a step of the authority against the
-/// monotonic clock (counted) and of this replica's wall clock leaving or
-/// re-entering `clock.skew_tolerance` of it (logged once per change,
-/// exported as a gauge and as the `clock` health service).
-async fn clock_loop(
-    gate: Arc<Gate>,
-    authority: Arc<Authority>,
-    config: ClockConfig,
-    reporter: HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut skew = SkewWatch::new(config.skew_tolerance);
-    // On /metrics at 0 from the start, so the first step is an increase.
-    metrics::clock_steps(0);
-    let mut ticker = tokio::time::interval(config.sync_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        // An unreachable store is the health probe's to report; meanwhile
-        // the monotonic clock carries the last reading.
-        let (reading, source) =
-            match tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.read_clock()).await {
-                Ok(Ok(Some(reading))) => (reading, "postgres"),
-                Ok(Ok(None)) => (Reading::wall(), "wall"),
-                Ok(Err(_)) | Err(_) => continue,
-            };
-        let wall = SystemClock.now();
-        if let Some(moved) = authority.adopt(reading)
-            && skew.is_step(moved)
-        {
-            tracing::warn!(
-                authority = source,
-                moved_seconds = moved as f64 / 1000.0,
-                "the time authority stepped against the monotonic clock: locks and failure \
-                 windows in flight now end that much sooner (forward) or later (back)"
-            );
-            metrics::clock_steps(1);
-        }
-        let skew_ms = reading.skew_of(wall);
-        metrics::clock_skew(skew_ms, config.skew_tolerance);
-        let status = match skew.judge(skew_ms) {
-            None => continue,
-            Some(Finding::Skewed) => {
-                tracing::warn!(
-                    skew_seconds = skew_ms as f64 / 1000.0,
-                    tolerance = ?config.skew_tolerance,
-                    "this replica's wall clock is off from the database's clock; it goes on \
-                     deciding by the database's time, but fix its NTP: its log timestamps are off"
-                );
-                ServingStatus::NotServing
-            }
-            Some(Finding::Recovered) => {
-                tracing::info!(
-                    skew_seconds = skew_ms as f64 / 1000.0,
-                    "this replica's wall clock is within clock.skew_tolerance of the database's again"
-                );
-                ServingStatus::Serving
-            }
-        };
-        reporter.set_service_status(CLOCK, status).await;
-    }
-}
-
-/// Sets the overall status and every service's (not liveness's).
-async fn report(reporter: HealthReporter, status: ServingStatus) {
-    for service in [
-        "",
-        <AccessServiceServer<AccessApi> as NamedService>::NAME,
-        <AdminServiceServer<AdminApi> as NamedService>::NAME,
-    ] {
-        reporter.set_service_status(service, status).await;
-    }
-}
-
-/// Recomputes the store-wide gauges every `interval`, so every replica
-/// reports the same session and lock figures, and lets the recorder do its
-/// housekeeping.
-async fn refresh_loop(
-    gate: Arc<Gate>,
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if let Err(e) = gate.refresh_gauges().await {
-            tracing::warn!(error = %e, "could not refresh session and lock gauges");
-        }
-        handle.run_upkeep();
-    }
-}
-
-/// Purges expired state every `interval` until told to stop. A failed pass
-/// is logged and retried at the next tick: purging is housekeeping, never
-/// needed for a correct decision.
-async fn cleanup_loop(
-    gate: Arc<Gate>,
-    interval: Duration,
-    audit_retention: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    // The first pass waits one interval: replicas starting together would
-    // otherwise all purge at once, for nothing.
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
-        match gate.purge_expired(audit_retention).await {
-            Ok(Some(p)) => tracing::debug!(
-                states = p.states,
-                sessions_expired = p.sessions_expired,
-                sessions_deleted = p.sessions_deleted,
-                locks_expired = p.locks_expired,
-                events_deleted = p.events_deleted,
-                "expired state purged"
-            ),
-            Ok(None) => tracing::debug!("cleanup running on another replica"),
-            Err(e) => tracing::warn!(error = %e, "cleanup failed; retrying next interval"),
-        }
     }
 }

@@ -1,19 +1,15 @@
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    ContextName, EventKind, FieldError, Key, KeyKind, PASSWORD_DETAIL, SecurityEvent, Suppressor,
-    TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis, UserId,
+    EventKind, FieldError, PASSWORD_DETAIL, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
+    TotpParams, UnixMillis, UserId,
 };
 use crate::service::{Admin, Gate};
-use crate::store::{
-    AdmissionRecord, AdmissionScope, EventFilter, OffenderCursor, StateId, UnlockScope,
-};
+use crate::store::{AdmissionRecord, AdmissionScope, EventFilter, UnlockScope};
 use crate::telemetry::mask;
 use crate::telemetry::metrics;
 use std::pin::Pin;
@@ -22,11 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
-/// Separates the parts of a page token; identifiers never contain control
-/// characters, so it cannot occur inside one.
-const SEP: char = '\u{1f}';
+mod paging;
+use paging::{
+    offender_token, page_size, page_token, paginate, parse_offender_token, parse_page_token,
+};
 
 pub struct AdminApi {
     gate: Arc<Gate>,
@@ -56,7 +51,11 @@ impl AdminApi {
     /// Every admin call acts for an admin user, named by the request's
     /// `actor`, through an authenticated caller: both are checked here,
     /// once, and returned with the request.
-    fn admit<T>(&self, request: Request<T>, actor: fn(&T) -> &str) -> Result<(Admin, T), Status> {
+    fn authorize<T>(
+        &self,
+        request: Request<T>,
+        actor: fn(&T) -> &str,
+    ) -> Result<(Admin, T), Status> {
         let admin = self
             .gate
             .authorize_admin(&caller(&request)?.name, actor(request.get_ref()))?;
@@ -126,93 +125,6 @@ fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAle
         dropped,
     }
 }
-
-/// The page size a request asked for, within bounds.
-fn page_size(asked: u32) -> u32 {
-    match asked {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    }
-}
-
-/// Cuts `rows`, fetched one longer than `limit` (the extra row tells that
-/// another page follows), to the page, with the token for the next one.
-fn paginate<T>(mut rows: Vec<T>, limit: u32, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = match rows.last() {
-        Some(last) if more => token(last),
-        _ => String::new(),
-    };
-    (rows, next)
-}
-
-/// An opaque resume point: the last id of the page.
-fn page_token(id: &StateId) -> String {
-    let k = &id.key;
-    let parts = [
-        id.context.clone(),
-        id.rule.clone(),
-        k.kind().as_str().to_owned(),
-        k.user().map(|u| u.to_string()).unwrap_or_default(),
-        k.ip().map(|i| i.to_string()).unwrap_or_default(),
-        k.session()
-            .map(|s| s.to_string())
-            .or_else(|| k.password().map(|p| p.as_str().to_owned()))
-            .unwrap_or_default(),
-    ];
-    URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
-}
-
-/// Where a page of offenders resumes: the last one's blocks, context and
-/// user.
-fn offender_token(last: &AdmissionRecord) -> String {
-    let parts = [
-        last.state.blocks_total.to_string(),
-        last.context.clone(),
-        last.user.to_string(),
-    ];
-    URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
-}
-
-fn parse_offender_token(token: &str) -> Result<OffenderCursor, FieldError> {
-    let bad = || FieldError::new("page_token", "is not a token this server issued");
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let parts: Vec<&str> = text.split(SEP).collect();
-    let [blocks, context, user] = parts[..] else {
-        return Err(bad());
-    };
-    Ok(OffenderCursor {
-        blocks: blocks.parse().map_err(|_| bad())?,
-        context: ContextName::parse("page_token", context)
-            .map_err(|_| bad())?
-            .to_string(),
-        user: UserId::parse("page_token", user)
-            .map_err(|_| bad())?
-            .to_string(),
-    })
-}
-
-fn parse_page_token(token: &str) -> Result<StateId, FieldError> {
-    let bad = || FieldError::new("page_token", "is not a token this server issued");
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let parts: Vec<&str> = text.split(SEP).collect();
-    let [context, rule, kind, user, ip, session] = parts[..] else {
-        return Err(bad());
-    };
-    let kind = KeyKind::from_name(kind).ok_or_else(bad)?;
-    let key = Key::from_parts("page_token", kind, user, ip, session).map_err(|_| bad())?;
-    let context = ContextName::parse("page_token", context).map_err(|_| bad())?;
-    let rule = ContextName::parse("page_token", rule).map_err(|_| bad())?;
-    Ok(StateId {
-        context: context.to_string(),
-        rule: rule.to_string(),
-        key,
-    })
-}
-
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     type WatchSecurityEventsStream =
@@ -224,7 +136,7 @@ impl AdminService for AdminApi {
         request: Request<proto::WatchSecurityEventsRequest>,
     ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
         observe("WatchSecurityEvents", async move {
-            let (admin, _) = self.admit(request, |r| &r.actor_user_id)?;
+            let (admin, _) = self.authorize(request, |r| &r.actor_user_id)?;
             let mut events = self.gate.subscribe();
             let mut suppressor = Suppressor::new(self.gate.policy().alert_suppression);
             let mut stop = self.stop.clone();
@@ -280,7 +192,7 @@ impl AdminService for AdminApi {
         request: Request<proto::AdminUnlockRequest>,
     ) -> Result<Response<proto::AdminUnlockResponse>, Status> {
         observe("AdminUnlock", async move {
-            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             use proto::admin_unlock_request::Scope;
             let scope = match req.scope {
                 Some(Scope::Key(k)) => UnlockScope::Key {
@@ -314,7 +226,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListLockedRequest>,
     ) -> Result<Response<proto::ListLockedResponse>, Status> {
         observe("ListLocked", async move {
-            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let after = (!req.page_token.is_empty())
                 .then(|| parse_page_token(&req.page_token))
                 .transpose()?;
@@ -344,7 +256,7 @@ impl AdminService for AdminApi {
         request: Request<proto::GetSubjectRequest>,
     ) -> Result<Response<proto::GetSubjectResponse>, Status> {
         observe("GetSubject", async move {
-            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let report = self.gate.subject(&subject).await?;
             let now = self.gate.now();
@@ -415,7 +327,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
         observe("ListAuditEvents", async move {
-            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let before_id =
                 match req.page_token.as_str() {
                     "" => None,
@@ -466,7 +378,7 @@ impl AdminService for AdminApi {
         request: Request<proto::RevokeSessionRequest>,
     ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
         observe("RevokeSession", async move {
-            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             use proto::revoke_session_request::Scope;
             let user = match req.scope {
                 Some(Scope::UserId(u)) => Some(UserId::parse("user_id", &u)?),
@@ -490,7 +402,7 @@ impl AdminService for AdminApi {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         observe("GetStats", async move {
-            self.admit(request, |r| &r.actor_user_id)?;
+            self.authorize(request, |r| &r.actor_user_id)?;
             let s = self.gate.stats().await?;
             let a = self.gate.admission_stats(None).await?;
             Ok(Response::new(proto::GetStatsResponse {
@@ -516,7 +428,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ResetTotpRequest>,
     ) -> Result<Response<proto::ResetTotpResponse>, Status> {
         observe("ResetTotp", async move {
-            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let removed = self.gate.reset_totp(&admin, &user).await?;
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), removed, "TOTP reset");
@@ -531,7 +443,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ImportTotpRequest>,
     ) -> Result<Response<proto::ImportTotpResponse>, Status> {
         observe("ImportTotp", async move {
-            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let algorithm = match req.algorithm.as_str() {
                 "" => TotpAlgorithm::Sha1,
@@ -565,7 +477,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ResetWarningsRequest>,
     ) -> Result<Response<proto::ResetWarningsResponse>, Status> {
         observe("ResetWarnings", async move {
-            let (admin, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let scope = AdmissionScope {
                 context: (!req.context.is_empty()).then_some(req.context),
                 user: (!req.user_id.is_empty())
@@ -584,7 +496,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListOffendersRequest>,
     ) -> Result<Response<proto::ListOffendersResponse>, Status> {
         observe("ListOffenders", async move {
-            let (_, req) = self.admit(request, |r| &r.actor_user_id)?;
+            let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let after = (!req.page_token.is_empty())
                 .then(|| parse_offender_token(&req.page_token))
                 .transpose()?;

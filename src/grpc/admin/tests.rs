@@ -1,5 +1,9 @@
 use super::*;
-use crate::domain::IpAddress;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::domain::{IpAddress, Key};
+use crate::store::StateId;
 
 #[test]
 fn page_tokens_round_trip_and_reject_forgeries() {

@@ -30,27 +30,15 @@ struct IdArrays {
 
 impl IdArrays {
     fn bind(p: &mut Params<Postgres>, named: &[Named<'_>]) -> IdArrays {
+        let mut column = |f: for<'n> fn(&'n Named<'_>) -> &'n str| {
+            p.bind(named.iter().map(f).collect::<Vec<_>>())
+        };
         IdArrays {
-            context: p.bind(
-                named
-                    .iter()
-                    .map(|n| n.id.context.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            rule: p.bind(named.iter().map(|n| n.id.rule.as_str()).collect::<Vec<_>>()),
-            user_id: p.bind(named.iter().map(|n| n.columns.user_id).collect::<Vec<_>>()),
-            ip: p.bind(
-                named
-                    .iter()
-                    .map(|n| n.columns.ip.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-            session_id: p.bind(
-                named
-                    .iter()
-                    .map(|n| n.columns.session_id)
-                    .collect::<Vec<_>>(),
-            ),
+            context: column(|n| n.id.context.as_str()),
+            rule: column(|n| n.id.rule.as_str()),
+            user_id: column(|n| n.columns.user_id),
+            ip: column(|n| n.columns.ip.as_str()),
+            session_id: column(|n| n.columns.session_id),
         }
     }
 }
