@@ -271,12 +271,12 @@ bare_addr=$(head -n 1 "$work/bare.addr")
 pgbench_args=()
 if [ -n "$run_pgbench" ]; then
   pg=(-h 127.0.0.1 -p "$pg_port" -U postgres postgres)
-  # pgbench's figures for one script as TPS,mean,p50,p99 (milliseconds),
+  # pgbench's figures for the script $2, run as $1, as TPS,mean,p50,p99 (ms),
   # from its summary and its per-transaction log (latency in microseconds,
   # third field).
   pgbench_run() {
-    local name=$1 tps avg p50 p99
-    "$(pg_bin pgbench)" -n -c 8 -j 2 -M prepared -T "$pg_seconds" -f "$work/$name.sql" \
+    local name=$1 script=$2 tps avg p50 p99
+    "$(pg_bin pgbench)" -n -c 8 -j 2 -M prepared -T "$pg_seconds" -D users=10000000 -f "$script" \
       -l --log-prefix="$work/$name-log" "${pg[@]}" >"$work/$name.out" 2>&1 ||
       { cat "$work/$name.out" >&2; exit 1; }
     tps=$(awk '/^tps = / { print $3 }' "$work/$name.out")
@@ -292,32 +292,10 @@ if [ -n "$run_pgbench" ]; then
 \set k random(1, 10000000)
 INSERT INTO bench_upsert VALUES (:k, 1) ON CONFLICT (k) DO UPDATE SET n = bench_upsert.n + 1;
 EOF
-  upsert=$(pgbench_run upsert)
-  # The durable work of one failure on the one-rule context, one failure a
-  # transaction: its key state upserted as authgate's write shapes it and
-  # its audit event inserted, on authgate's own tables and indexes (the
-  # server above has migrated them). RecordFailure does this work for many
-  # failures in one statement and one commit; this is what batching saves.
-  cat >"$work/work.sql" <<'EOF'
-\set u random(1, 10000000)
-BEGIN;
-INSERT INTO key_state AS k (context, rule, kind, user_id, ip, session_id, recent_failures,
-    failures_total, last_failure_at, expires_at, version)
-  VALUES ('pgbench', 'user_ip', 'user+ip', 'bench-' || :u,
-    '10.' || (:u / 65536 % 256) || '.' || (:u / 256 % 256) || '.' || (:u % 256), '',
-    ARRAY[(extract(epoch FROM clock_timestamp()) * 1000)::bigint], 1,
-    (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
-    (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 1800000, 1)
-  ON CONFLICT ON CONSTRAINT key_state_pkey DO UPDATE SET
-    recent_failures = k.recent_failures || EXCLUDED.recent_failures,
-    failures_total = k.failures_total + 1, last_failure_at = EXCLUDED.last_failure_at,
-    expires_at = EXCLUDED.expires_at, version = k.version + 1;
-INSERT INTO security_event (at, kind, context, rule, user_id, ip, caller)
-  VALUES ((extract(epoch FROM clock_timestamp()) * 1000)::bigint, 'failure', 'pgbench', 'user_ip',
-    'bench-' || :u, '10.' || (:u / 65536 % 256) || '.' || (:u / 256 % 256) || '.' || (:u % 256), 'bench');
-COMMIT;
-EOF
-  work_figures=$(pgbench_run work)
+  upsert=$(pgbench_run upsert "$work/upsert.sql")
+  # One failure's durable work a transaction, on authgate's schema (the
+  # server above has migrated it): what RecordFailure's batching must beat.
+  work_figures=$(pgbench_run work scripts/bench/failure-work.sql)
   # Otherwise autovacuum and the next checkpoint would work through
   # pgbench's rows while the RPCs are measured.
   "$(pg_bin psql)" -q "${pg[@]}" -c "DELETE FROM key_state WHERE context = 'pgbench'" \
@@ -326,7 +304,7 @@ EOF
     -c 'VACUUM ANALYZE security_event' -c 'CHECKPOINT'
   echo "pgbench: 8 clients, 2 threads, prepared, ${pg_seconds}s each, users drawn from 10 000 000:"
   echo "  upsert: INSERT ... ON CONFLICT DO UPDATE of a bigint pair"
-  echo "  work: BEGIN; a failure's key_state upsert; its security_event insert; COMMIT"
+  echo "  work: a failure's key_state upsert and its security_event insert (scripts/bench/failure-work.sql)"
   pgbench_args=(--pgbench-upsert "$upsert" --pgbench-work "$work_figures")
 elif [ "$backend" = sqlite ]; then
   echo "pgbench: no row (it needs Postgres)"

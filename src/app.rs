@@ -29,14 +29,14 @@ use crate::service::Gate;
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
 use crate::store::{EventLog, Upkeep};
 use crate::telemetry::metrics;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
+
 mod keys;
 mod tasks;
 use keys::{password_keys, secret_keys};
 use tasks::{cleanup_loop, clock_loop, health_loop, refresh_loop, report};
-
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 /// Largest request accepted. authgate's requests are a few identifiers of
 /// at most 256 bytes; anything near this size is abuse.
@@ -423,6 +423,7 @@ impl Application {
         let mut builder = Server::builder()
             .max_concurrent_streams(limits.max_streams)
             .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .http2_max_pending_accept_reset_streams(Some(limits.max_streams as usize))
             .max_connection_age(limits.max_age)
             .max_connection_age_grace(limits.max_age_grace)
             .http2_keepalive_interval(Some(limits.keepalive_interval))

@@ -96,7 +96,11 @@ pub struct ServerConfig {
     /// queue calls beyond it, and streams a peer opens past it are refused.
     /// A stream whose answer the client does not read stays open and counts
     /// here, so this also bounds the memory a connection can pin with
-    /// unread answers.
+    /// unread answers. It is also how many streams a peer may reset before
+    /// the server has taken them up before its connection is closed
+    /// (GOAWAY ENHANCE_YOUR_CALM, the rapid-reset defence): h2's own limit
+    /// of 20 closed the connections of honest clients that cancel calls on
+    /// short deadlines while a busy replica lags behind them.
     pub max_concurrent_streams: u32,
     /// Connections served at once; a connection accepted past it is closed
     /// at once, so a client retries another replica. With

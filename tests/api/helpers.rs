@@ -41,7 +41,7 @@ pub enum Backend {
 }
 
 /// Where the Postgres binaries are: PG_BIN, PATH, or Debian's layout.
-fn pg_bin(name: &str) -> PathBuf {
+pub fn pg_bin(name: &str) -> PathBuf {
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Ok(dir) = std::env::var("PG_BIN") {
         candidates.push(Path::new(&dir).join(name));

@@ -11,6 +11,7 @@ mod alerts;
 mod audit;
 mod auth;
 mod bad_input;
+mod bench_baseline;
 mod cache;
 mod citizenship;
 mod cli;

@@ -23,9 +23,10 @@ Modes (each prints one JSON object on its last line of output):
                whole and reset (RST_STREAM CANCEL) in the same write, five
                at a time; then --kept calls for users kept-0.., not reset,
                answered.
-  goaway       --connections connections, each sending 40 requests that it
-               resets before the server accepts them: past h2's limit of 20
-               such streams the server answers GOAWAY ENHANCE_YOUR_CALM.
+  goaway       --connections connections, each sending 150 requests that it
+               resets before the server accepts them: past the server's
+               limit of such streams (its max_concurrent_streams, 100 by
+               default) it answers GOAWAY ENHANCE_YOUR_CALM.
 
 Exit status: 0 when the mode ran, 2 on bad usage, 3 when the h2 package is
 missing.
@@ -368,7 +369,7 @@ def goaway(args):
     for _ in range(args.connections):
         c = Client(args.addr)
         c.await_settings()
-        for _ in range(40):
+        for _ in range(150):
             c.open(HEALTH, body=None, reset=True, end_stream=True)
         c.flush()
         deadline = time.monotonic() + PATIENCE

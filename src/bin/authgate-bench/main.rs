@@ -361,18 +361,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Workload::Check => check = Some((row.rps, row.p99)),
             _ => {}
         }
-        let writes = matches!(
-            workload,
-            Workload::Pgbench | Workload::PgbenchWork | Workload::Failure | Workload::FailureLogin
-        );
-        let share = match workload {
-            Workload::Pgbench | Workload::PgbenchWork => "-".to_owned(),
-            _ => ratio(row.rps, baseline.map(|b| b.0), true),
+        let pgbench = matches!(workload, Workload::Pgbench | Workload::PgbenchWork);
+        let share = match pgbench {
+            true => "-".to_owned(),
+            false => ratio(row.rps, baseline.map(|b| b.0), true),
         };
-        let vs = |pgbench: Option<Pgbench>| match writes {
-            true => ratio(row.rps, pgbench.map(|p| p.tps), false),
+        // The upsert is every write's floor; the work script is one
+        // failure on one rule, so only the one-rule RecordFailure does it.
+        let vs = |of: Option<Pgbench>, compared: bool| match compared || pgbench {
+            true => ratio(row.rps, of.map(|p| p.tps), false),
             false => "-".to_owned(),
         };
+        let writes = matches!(workload, Workload::Failure | Workload::FailureLogin);
         println!(
             "{:<28} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>7} {:>9} {:>8} {:>8}",
             row.label,
@@ -382,8 +382,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             row.mean,
             row.errors.map_or("-".to_owned(), |e| e.to_string()),
             share,
-            vs(args.pgbench_upsert),
-            vs(args.pgbench_work),
+            vs(args.pgbench_upsert, writes),
+            vs(args.pgbench_work, workload == Workload::Failure),
             ratio(row.p99, baseline.map(|b| b.1), false),
         );
         if let Some(e) = first_error {
