@@ -7,7 +7,7 @@
 -- user is the bench's (bench-n, from 10.0.0.n on).
 \set u random(1, :users)
 WITH failed AS (
-  INSERT INTO key_state AS k (context, rule, kind, user_id, ip, session_id, recent_failures,
+  INSERT INTO key_state AS k (context, rule, kind, user_id, ip, token, recent_failures,
       failures_total, last_failure_at, expires_at, version)
     SELECT 'pgbench', 'user_ip', 'user+ip', 'bench-' || :u,
       '10.' || (:u / 65536 % 256) || '.' || (:u / 256 % 256) || '.' || (:u % 256), '',

@@ -44,9 +44,10 @@ pub(super) async fn health_loop(
     // run_until reported SERVING before the first connection.
     let mut was_up = true;
     loop {
+        let mark = store_health.answered();
         let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping())
             .await
-            .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut.into()));
+            .unwrap_or_else(|_| store_health.probe_timed_out(mark));
         store_health.probed(&answer);
         let up = answer.is_ok();
         if up != was_up {

@@ -130,10 +130,6 @@ impl<'de> Deserialize<'de> for EventKind {
     }
 }
 
-/// The detail of an event about a password key: this, then the key as
-/// admins are shown it (never the whole HMAC).
-pub const PASSWORD_DETAIL: &str = "password ";
-
 /// One entry of the append-only security event log, as stored and as
 /// broadcast to every replica's alert subscribers. Identifiers are in their
 /// canonical text; '' where the event names none.
@@ -147,6 +143,10 @@ pub struct SecurityEvent {
     pub user_id: String,
     pub ip: String,
     pub session_id: String,
+    /// The password key an event is about, as admins are shown it (never
+    /// the whole HMAC: see PasswordKey::shown).
+    #[serde(default)]
+    pub password: String,
     pub tier: u32,
     /// End of a temporary lock, Unix milliseconds.
     #[serde(rename = "until_at")]
@@ -175,6 +175,7 @@ impl SecurityEvent {
             user_id: String::new(),
             ip: String::new(),
             session_id: String::new(),
+            password: String::new(),
             tier: 0,
             until: None,
             permanent: false,

@@ -18,7 +18,7 @@ pub use admission::{
     Patterns, UpdateKind, admit,
 };
 pub use alerts::Suppressor;
-pub use event::{EventKind, PASSWORD_DETAIL, SecurityEvent};
+pub use event::{EventKind, SecurityEvent};
 pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,

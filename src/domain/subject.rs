@@ -202,14 +202,15 @@ pub enum Key {
 
 impl Key {
     /// A key of `kind` from its identifiers as text; only the parts the kind
-    /// needs are read (a password key's is stored where a session id is).
-    /// `field` prefixes the names of the parts in errors.
+    /// needs are read. `token` is a session key's session id or a password
+    /// key's fingerprint, as `Key::token` gives them. `field` prefixes the
+    /// names of the parts in errors.
     pub fn from_parts(
         field: &str,
         kind: KeyKind,
         user: &str,
         ip: &str,
-        session: &str,
+        token: &str,
     ) -> Result<Key, FieldError> {
         let user = || UserId::parse(&format!("{field}.user_id"), user);
         let ip = || IpAddress::parse(&format!("{field}.ip"), ip);
@@ -218,10 +219,10 @@ impl Key {
             KeyKind::Ip => Key::Ip(ip()?),
             KeyKind::UserIp => Key::UserIp(user()?, ip()?),
             KeyKind::Session => {
-                Key::Session(SessionId::parse(&format!("{field}.session_id"), session)?)
+                Key::Session(SessionId::parse(&format!("{field}.session_id"), token)?)
             }
             KeyKind::Password => {
-                Key::Password(PasswordKey::parse(&format!("{field}.password"), session)?)
+                Key::Password(PasswordKey::parse(&format!("{field}.password"), token)?)
             }
         })
     }
@@ -261,6 +262,17 @@ impl Key {
         match self {
             Key::Password(p) => Some(p),
             _ => None,
+        }
+    }
+
+    /// The identifier that is neither a user nor an address: a session
+    /// key's session id or a password key's fingerprint ('' for the other
+    /// kinds), which the kind tells apart where keys are stored.
+    pub fn token(&self) -> &str {
+        match self {
+            Key::Session(s) => s.as_str(),
+            Key::Password(p) => p.as_str(),
+            _ => "",
         }
     }
 }

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    EventKind, FieldError, PASSWORD_DETAIL, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm,
-    TotpParams, UnixMillis, UserId,
+    FieldError, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis,
+    UserId,
 };
 use crate::service::{Admin, Gate};
 use crate::store::{AdmissionRecord, AdmissionScope, EventFilter, UnlockScope};
@@ -68,26 +68,12 @@ impl AdminApi {
 /// what that reader cannot keep up with.
 const ALERT_QUEUE: usize = 16;
 
-/// The password key a lock event is about, as admins are shown it: in its
-/// detail, which only those events fill so (a failure's detail is the
-/// caller's free text, and may look the same).
-fn password_of(e: &SecurityEvent) -> Option<&str> {
-    let about_a_lock = matches!(
-        e.kind,
-        EventKind::Lockout | EventKind::PermanentLockout | EventKind::LockoutExpired
-    );
-    let nameless = e.user_id.is_empty() && e.ip.is_empty() && e.session_id.is_empty();
-    (about_a_lock && nameless)
-        .then(|| e.detail.strip_prefix(PASSWORD_DETAIL))
-        .flatten()
-}
-
 /// The identifiers an event names, as a key of the kind they make up.
 fn event_key(e: &SecurityEvent) -> proto::Key {
-    if let Some(shown) = password_of(e) {
+    if !e.password.is_empty() {
         return proto::Key {
             kind: proto::KeyKind::Password.into(),
-            password: shown.to_owned(),
+            password: e.password.clone(),
             ..proto::Key::default()
         };
     }
@@ -163,7 +149,7 @@ impl AdminService for AdminApi {
                         event.user_id,
                         event.ip,
                         event.session_id,
-                        password_of(&event).unwrap_or_default()
+                        event.password
                     );
                     let Some(suppressed) =
                         suppressor.offer(event.kind.as_str(), &subject, UnixMillis(event.at))

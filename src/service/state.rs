@@ -3,8 +3,8 @@
 
 use super::Gate;
 use crate::domain::{
-    EventKind, FieldError, Hit, Key, KeyKind, KeyState, PASSWORD_DETAIL, Reason, SecurityEvent,
-    Slot, Subject, TOTP_CONTEXT, UnixMillis, UserId, Verdict, hit_all,
+    EventKind, FieldError, Hit, Key, KeyKind, KeyState, Reason, SecurityEvent, Slot, Subject,
+    TOTP_CONTEXT, UnixMillis, UserId, Verdict, hit_all,
 };
 use crate::store::{EventLog, KeyStates};
 use crate::store::{StateId, StoreError, Transition, Update};
@@ -51,10 +51,10 @@ pub(super) fn slot_event(
         tier: lock.map_or(0, |l| l.tier),
         until: lock.and_then(|l| l.until).map(|t| t.0),
         permanent: lock.is_some_and(|l| l.until.is_none()),
-        detail: slot
+        password: slot
             .key
             .password()
-            .map(|p| format!("{PASSWORD_DETAIL}{}", p.shown()))
+            .map(|p| p.shown().to_string())
             .unwrap_or_default(),
         ..SecurityEvent::new(kind, now)
     }

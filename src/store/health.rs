@@ -3,7 +3,7 @@
 //! of each waiting out `database.acquire_timeout` behind the others, until
 //! a probe finds the store answering again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ pub struct Health {
     suspected: Notify,
     /// When the store last came back (or this process started).
     up_since: Mutex<Instant>,
+    /// Calls the store has answered, ever: a probe that times out while
+    /// this moves was queued behind them, at a store that is busy, not
+    /// gone.
+    answered: AtomicU64,
 }
 
 impl Default for Health {
@@ -31,6 +35,7 @@ impl Default for Health {
             cause: Mutex::new(None),
             suspected: Notify::new(),
             up_since: Mutex::new(Instant::now()),
+            answered: AtomicU64::new(0),
         }
     }
 }
@@ -56,12 +61,32 @@ impl Health {
     /// Takes note of a call's result: an unreachable store is known down
     /// from now on, until `probed` says otherwise.
     pub fn observe<T>(&self, result: &Result<T, StoreError>) {
+        if result.is_ok() {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e @ StoreError::Unavailable(_)) = result {
             *self.cause.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
             if self.up.swap(false, Ordering::AcqRel) {
                 self.suspected.notify_one();
             }
         }
+    }
+
+    /// A mark to pass to `probe_timed_out` for a probe starting now.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// What a probe that ran out of time means, given the mark taken as it
+    /// started: the store is down only if it answered nothing else in the
+    /// meantime. (A SQLite replica's probe waits for its one writer behind
+    /// every call queued there, and under load that took longer than the
+    /// probe's patience while each of those calls was being answered.)
+    pub fn probe_timed_out(&self, mark: u64) -> Result<(), StoreError> {
+        if self.answered() != mark {
+            return Ok(());
+        }
+        Err(sqlx::Error::PoolTimedOut.into())
     }
 
     /// A probe's answer decides either way.
@@ -95,5 +120,26 @@ impl Health {
     /// time this resolved.
     pub async fn suspected(&self) {
         self.suspected.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_that_times_out_while_calls_are_answered_finds_the_store_up() {
+        let health = Health::default();
+        let mark = health.answered();
+        assert!(health.probe_timed_out(mark).is_err(), "nothing answered");
+        health.observe(&Ok::<(), StoreError>(()));
+        assert!(health.probe_timed_out(mark).is_ok(), "busy, not down");
+        let failed: Result<(), StoreError> = Err(sqlx::Error::PoolTimedOut.into());
+        let mark = health.answered();
+        health.observe(&failed);
+        assert!(
+            health.probe_timed_out(mark).is_err(),
+            "a failure is no answer"
+        );
     }
 }

@@ -6,11 +6,9 @@ use super::model::{Applied, StateId, Stored, Transition, TransitionFn, UnlockSco
 use crate::domain::{Key, KeyKind, KeyState, Lock, SecurityEvent, Subject, UnixMillis};
 
 /// A key's identifier columns, borrowed from the key where its text is
-/// already there.
-///
-/// A password key is stored in the session_id column: a rule counts on one
-/// kind (stored beside it), so the column cannot hold both for one rule,
-/// and every query that matches session ids asks for the session kind.
+/// already there. Session ids and password fingerprints share the `token`
+/// column, told apart by `kind`: every query that matches one asks for its
+/// kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyColumns<'a> {
     pub kind: &'static str,
@@ -18,7 +16,7 @@ pub(crate) struct KeyColumns<'a> {
     /// NULLs, and '' is never a valid identifier.
     pub user_id: &'a str,
     pub ip: String,
-    pub session_id: &'a str,
+    pub token: &'a str,
 }
 
 impl KeyColumns<'_> {
@@ -27,10 +25,7 @@ impl KeyColumns<'_> {
             kind: key.kind().as_str(),
             user_id: key.user().map_or("", |u| u.as_str()),
             ip: key.ip().map(|i| i.to_string()).unwrap_or_default(),
-            session_id: match key {
-                Key::Password(p) => p.as_str(),
-                _ => key.session().map_or("", |s| s.as_str()),
-            },
+            token: key.token(),
         }
     }
 }
@@ -60,7 +55,7 @@ impl<'a> Named<'a> {
             && row.rule == self.id.rule
             && row.user_id == self.columns.user_id
             && row.ip == self.columns.ip
-            && row.session_id == self.columns.session_id
+            && row.token == self.columns.token
     }
 
     /// This id's row among `rows`.
@@ -77,7 +72,7 @@ pub(crate) struct Row {
     pub kind: &'static str,
     pub user_id: String,
     pub ip: String,
-    pub session_id: String,
+    pub token: String,
     pub recent_failures: Vec<i64>,
     pub failures_total: i64,
     pub last_failure_at: Option<i64>,
@@ -115,7 +110,7 @@ impl Row {
             kind: c.kind,
             user_id: c.user_id.to_owned(),
             ip: c.ip.clone(),
-            session_id: c.session_id.to_owned(),
+            token: c.token.to_owned(),
             recent_failures: s.recent_failures.iter().map(|t| t.0).collect(),
             failures_total: big(s.failures_total),
             last_failure_at: s.last_failure_at.map(|t| t.0),
@@ -141,7 +136,7 @@ impl Row {
         let corrupt =
             |what: &str| StoreError::Corrupt(format!("{what} in {}/{}", self.context, self.rule));
         let kind = KeyKind::from_name(self.kind).ok_or_else(|| corrupt("unknown key kind"))?;
-        let key = Key::from_parts("key", kind, &self.user_id, &self.ip, &self.session_id)
+        let key = Key::from_parts("key", kind, &self.user_id, &self.ip, &self.token)
             .map_err(|e| corrupt(&format!("bad {}", e.field)))?;
         Ok(StateId {
             context: self.context.clone(),
@@ -217,8 +212,7 @@ where
             q.push(" AND kind = ").push_bind(c.kind.to_owned());
             q.push(" AND user_id = ").push_bind(c.user_id.to_owned());
             q.push(" AND ip = ").push_bind(c.ip);
-            q.push(" AND session_id = ")
-                .push_bind(c.session_id.to_owned());
+            q.push(" AND token = ").push_bind(c.token.to_owned());
         }
         UnlockScope::Subject(subject) => {
             q.push(" WHERE ");
@@ -239,15 +233,15 @@ where
         .push_bind(text(subject.user.as_ref().map(|u| u.to_string())));
     q.push(" AND user_id <> '') OR (ip = ")
         .push_bind(text(subject.ip.map(|i| i.to_string())));
-    q.push(" AND ip <> '') OR (session_id = ")
+    q.push(" AND ip <> '') OR (token = ")
         .push_bind(text(subject.session.as_ref().map(|s| s.to_string())));
-    q.push(" AND session_id <> '' AND kind = ")
+    q.push(" AND token <> '' AND kind = ")
         .push_bind(KeyKind::Session.as_str().to_owned());
     q.push(")");
     if !subject.passwords.is_empty() {
         q.push(" OR (kind = ")
             .push_bind(KeyKind::Password.as_str().to_owned());
-        q.push(" AND session_id IN (");
+        q.push(" AND token IN (");
         let mut keys = q.separated(", ");
         for key in &subject.passwords {
             keys.push_bind(key.as_str().to_owned());

@@ -69,10 +69,10 @@ async fn fetch_rows(
         let rule = p.bind(n.id.rule.as_str());
         let user_id = p.bind(n.columns.user_id);
         let ip = p.bind(n.columns.ip.as_str());
-        let session_id = p.bind(n.columns.session_id);
+        let token = p.bind(n.columns.token);
         let sql = format!(
             "SELECT {COLUMNS} FROM key_state WHERE context = {context} AND rule = {rule} \
-               AND user_id = {user_id} AND ip = {ip} AND session_id = {session_id}"
+               AND user_id = {user_id} AND ip = {ip} AND token = {token}"
         );
         let row = sqlx::query_with(AssertSqlSafe(sql), p.done()?)
             .fetch_optional(&mut *conn)
@@ -95,7 +95,7 @@ async fn upsert(conn: &mut SqliteConnection, r: &Row) -> Result<(), StoreError> 
         p.bind(r.kind),
         p.bind(r.user_id.as_str()),
         p.bind(r.ip.as_str()),
-        p.bind(r.session_id.as_str()),
+        p.bind(r.token.as_str()),
         p.bind(failures.join(",")),
         p.bind(r.failures_total),
         p.bind(r.last_failure_at),
@@ -113,7 +113,7 @@ async fn upsert(conn: &mut SqliteConnection, r: &Row) -> Result<(), StoreError> 
     // The values are in COLUMNS' order, as `Row`'s fields are.
     let sql = format!(
         "INSERT INTO key_state ({COLUMNS}) VALUES ({values}) \
-         ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
+         ON CONFLICT (context, rule, user_id, ip, token) DO UPDATE SET \
            recent_failures = excluded.recent_failures, failures_total = excluded.failures_total, \
            last_failure_at = excluded.last_failure_at, locked_at = excluded.locked_at, \
            locked_until = excluded.locked_until, lock_tier = excluded.lock_tier, \
@@ -139,6 +139,7 @@ async fn insert_event(conn: &mut SqliteConnection, e: &SecurityEvent) -> Result<
         p.bind(e.user_id.as_str()),
         p.bind(e.ip.as_str()),
         p.bind(e.session_id.as_str()),
+        p.bind(e.password.as_str()),
         p.bind(i32::try_from(e.tier).unwrap_or(i32::MAX)),
         p.bind(e.until),
         p.bind(e.permanent),

@@ -33,7 +33,7 @@ enum Deadlines {
 async fn cancellation_storm(
     server: &TestServer,
     deadlines: Deadlines,
-) -> (BTreeMap<String, u64>, HashMap<Code, u64>) {
+) -> (BTreeMap<String, u64>, Seen) {
     let channel = server.channel().await;
     let addr = server.addr;
     let callers = (0..CALLERS).map(|n| {
@@ -43,7 +43,7 @@ async fn cancellation_storm(
             let mut cancelling = proto::access_service_client::AccessServiceClient::new(channel);
             let mut patient = patient_access(addr);
             let mut acked = 0u64;
-            let mut codes = HashMap::new();
+            let mut codes = Seen::default();
             for _ in 0..CALLS_EACH {
                 let message = proto::RecordFailureRequest {
                     context: "login".into(),
@@ -61,28 +61,38 @@ async fn cancellation_storm(
                         .await
                         .map(drop),
                 };
-                let code = match answer {
+                match answer {
                     Ok(()) => {
                         acked += 1;
-                        Code::Ok
+                        codes.add(Code::Ok, 1, "");
                     }
-                    Err(status) => status.code(),
-                };
-                *codes.entry(code).or_insert(0u64) += 1;
+                    Err(status) => codes.add(status.code(), 1, status.message()),
+                }
             }
             (user, acked, codes)
         })
     });
     let mut acked = BTreeMap::new();
-    let mut codes = HashMap::new();
+    let mut codes = Seen::default();
     for caller in callers.collect::<Vec<_>>() {
         let (user, n, seen) = caller.await.expect("caller task");
         acked.insert(user, n);
-        for (code, count) in seen {
-            *codes.entry(code).or_insert(0) += count;
+        for (code, (count, message)) in seen.0 {
+            codes.add(code, count, &message);
         }
     }
     (acked, codes)
+}
+
+/// The status codes a storm's callers saw: how many of each, and the first
+/// message of each, so that a failure naming an unexpected code says why.
+#[derive(Debug, Default)]
+struct Seen(HashMap<Code, (u64, String)>);
+
+impl Seen {
+    fn add(&mut self, code: Code, count: u64, message: &str) {
+        self.0.entry(code).or_insert((0, message.to_owned())).0 += count;
+    }
 }
 
 /// Sessions of authgate's left inside a transaction, on Postgres.
@@ -182,7 +192,7 @@ async fn cancelled_calls_leave_the_store_whole(
     let server = TestServer::spawn_with(backend, STORM).await;
     let (acked, codes) = cancellation_storm(&server, Deadlines::Cancelling).await;
     assert!(
-        codes.keys().all(|c| matches!(
+        codes.0.keys().all(|c| matches!(
             c,
             Code::Ok | Code::Cancelled | Code::DeadlineExceeded | Code::ResourceExhausted
         )),
@@ -194,7 +204,11 @@ async fn cancelled_calls_leave_the_store_whole(
 
 /// Callers that wait for the answer to a 10 ms deadline: the server's
 /// answer is DEADLINE_EXCEEDED (or, at its limit, RESOURCE_EXHAUSTED),
-/// never CANCELLED nor an error of its own.
+/// never an error of its own. tonic keeps a timer of its own for
+/// grpc-timeout, which on a loaded machine now and then answers first, as
+/// CANCELLED "Timeout expired" (one or two calls of a storm's 2,400 in
+/// about half the runs on a two-core machine); past a handful it is a
+/// deadline authgate no longer keeps.
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timed_out_calls_leave_the_store_whole(
@@ -202,14 +216,16 @@ async fn timed_out_calls_leave_the_store_whole(
 ) {
     let server = TestServer::spawn_with(backend, STORM).await;
     let (acked, codes) = cancellation_storm(&server, Deadlines::Patient).await;
+    let tonics = |(n, message): &(u64, String)| *n <= 5 && message == "Timeout expired";
     assert!(
-        codes.keys().all(|c| matches!(
-            c,
-            Code::Ok | Code::DeadlineExceeded | Code::ResourceExhausted
-        )),
+        codes.0.iter().all(|(c, seen)| match c {
+            Code::Ok | Code::DeadlineExceeded | Code::ResourceExhausted => true,
+            Code::Cancelled => tonics(seen),
+            _ => false,
+        }),
         "a call answers, runs out of time or is shed: {codes:?}"
     );
-    assert!(codes.contains_key(&Code::DeadlineExceeded), "{codes:?}");
+    assert!(codes.0.contains_key(&Code::DeadlineExceeded), "{codes:?}");
     store_is_whole(&server, &acked).await;
     server.stop().await;
 }

@@ -33,3 +33,4 @@ mod rate_limit;
 mod shutdown;
 mod tls;
 mod totp;
+mod upgrade;

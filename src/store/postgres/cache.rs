@@ -69,9 +69,9 @@ const HASHES_PER_NOTIFY: usize = 400;
 /// invalidate each other. The other 64 tell such keys apart in the cache,
 /// which keeps no key text: finding two keys with one name takes about
 /// 2^64 tries.
-fn column_name(context: &str, rule: &str, user_id: &str, ip: &str, session_id: &str) -> (u64, u64) {
+fn column_name(context: &str, rule: &str, user_id: &str, ip: &str, token: &str) -> (u64, u64) {
     let mut h = Sha256::new();
-    for part in [context, rule, user_id, ip, session_id] {
+    for part in [context, rule, user_id, ip, token] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -96,13 +96,8 @@ pub struct KeyName {
 impl KeyName {
     pub fn of(named: &Named<'_>) -> KeyName {
         let c = &named.columns;
-        let (hash, check) = column_name(
-            &named.id.context,
-            &named.id.rule,
-            c.user_id,
-            &c.ip,
-            c.session_id,
-        );
+        let (hash, check) =
+            column_name(&named.id.context, &named.id.rule, c.user_id, &c.ip, c.token);
         KeyName { hash, check }
     }
 }

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, PgExecutor, Postgres};
 use super::relay::EVENT_CHANNEL;
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoreError;
-use crate::store::shared::Params;
+use crate::store::shared::{EVENT_COLUMNS, Params};
 
 /// Binds `events`, each of the request beside it, and gives back the CTEs
 /// `logged` (the events inserted, those of requests that `keep` holds
@@ -29,6 +29,7 @@ pub fn logged_and_notified(
     let user_id = column(p, |e| &e.user_id);
     let ip = column(p, |e| &e.ip);
     let session_id = column(p, |e| &e.session_id);
+    let password = column(p, |e| &e.password);
     let tier = p.bind(
         events
             .iter()
@@ -45,16 +46,13 @@ pub fn logged_and_notified(
     let alerts = p.bind(EventKind::alert_names());
     format!(
         "logged AS (INSERT INTO security_event \
-           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, actor, \
-            caller, detail) \
-           SELECT at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, \
-             actor, caller, detail \
+           ({EVENT_COLUMNS}) \
+           SELECT {EVENT_COLUMNS} \
            FROM UNNEST({at}::bigint[], {kind}::text[], {context}::text[], {rule}::text[], \
-             {user_id}::text[], {ip}::text[], {session_id}::text[], {tier}::int[], \
-             {until}::bigint[], {permanent}::bool[], {actor}::text[], {caller}::text[], \
-             {detail}::text[], {request}::int[]) \
-             AS e(at, kind, context, rule, user_id, ip, session_id, tier, until_at, permanent, \
-               actor, caller, detail, request) \
+             {user_id}::text[], {ip}::text[], {session_id}::text[], {password}::text[], \
+             {tier}::int[], {until}::bigint[], {permanent}::bool[], {actor}::text[], \
+             {caller}::text[], {detail}::text[], {request}::int[]) \
+             AS e({EVENT_COLUMNS}, request) \
            WHERE {keep} RETURNING *), \
          notified AS (SELECT pg_notify({channel}, row_to_json(logged)::text) FROM logged \
            WHERE kind = ANY({alerts}))"

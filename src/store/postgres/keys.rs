@@ -25,7 +25,7 @@ struct IdArrays {
     rule: Placeholder,
     user_id: Placeholder,
     ip: Placeholder,
-    session_id: Placeholder,
+    token: Placeholder,
 }
 
 impl IdArrays {
@@ -38,7 +38,7 @@ impl IdArrays {
             rule: column(|n| n.id.rule.as_str()),
             user_id: column(|n| n.columns.user_id),
             ip: column(|n| n.columns.ip.as_str()),
-            session_id: column(|n| n.columns.session_id),
+            token: column(|n| n.columns.token),
         }
     }
 }
@@ -52,11 +52,11 @@ async fn fetch<'c>(conn: impl PgExecutor<'c>, named: &[Named<'_>]) -> Result<Vec
         rule,
         user_id,
         ip,
-        session_id,
+        token,
     } = IdArrays::bind(&mut p, named);
     let sql = format!(
         "SELECT {COLUMNS} FROM authgate_key_states({context}, {rule}, {user_id}, {ip}, \
-         {session_id})"
+         {token})"
     );
     sqlx::query_with(AssertSqlSafe(sql), p.done()?)
         .fetch_all(conn)
@@ -87,7 +87,7 @@ pub async fn fetch_batch(
                 r.rule.as_str(),
                 r.user_id.as_str(),
                 r.ip.as_str(),
-                r.session_id.as_str(),
+                r.token.as_str(),
             );
             (key, r)
         })
@@ -106,7 +106,7 @@ pub async fn fetch_batch(
                         n.id.rule.as_str(),
                         c.user_id,
                         c.ip.as_str(),
-                        c.session_id,
+                        c.token,
                     );
                     by_key.get(&key).map(|r| Known::of(r))
                 })
@@ -126,7 +126,7 @@ pub struct Write {
 
 /// The order every writer locks key rows in, so that no two deadlock.
 fn lock_order(r: &Row) -> (&str, &str, &str, &str, &str) {
-    (&r.context, &r.rule, &r.user_id, &r.ip, &r.session_id)
+    (&r.context, &r.rule, &r.user_id, &r.ip, &r.token)
 }
 
 /// Commits a batch of writes as one statement. A request whose expected
@@ -227,7 +227,7 @@ async fn write<'c>(
     let kind = text(&mut p, |r| r.kind);
     let user_id = text(&mut p, |r| &r.user_id);
     let ip = text(&mut p, |r| &r.ip);
-    let session_id = text(&mut p, |r| &r.session_id);
+    let token = text(&mut p, |r| &r.token);
     // Arrays of arrays must be rectangular in Postgres, so each row's
     // recent_failures travels as an array literal and is cast back.
     let recent_failures = p.bind(
@@ -252,20 +252,20 @@ async fn write<'c>(
     let invalidations = p.bind(cache::invalidations(replica, hashes));
     let sql = format!(
         "WITH stale AS MATERIALIZED (SELECT s AS request FROM authgate_stale_requests( \
-             {request}, {context}, {rule}, {user_id}, {ip}, {session_id}, {version}) AS s), \
+             {request}, {context}, {rule}, {user_id}, {ip}, {token}, {version}) AS s), \
          fresh AS (SELECT * FROM UNNEST({request}::int[], {context}::text[], {rule}::text[], \
-             {kind}::text[], {user_id}::text[], {ip}::text[], {session_id}::text[], \
+             {kind}::text[], {user_id}::text[], {ip}::text[], {token}::text[], \
              {recent_failures}::text[], {failures_total}::bigint[], {last_failure_at}::bigint[], \
              {locked_at}::bigint[], {locked_until}::bigint[], {lock_tier}::int[], \
              {recent_lockouts}::int[], {last_lockout_at}::bigint[], {lockouts_total}::bigint[], \
              {expires_at}::bigint[], {version}::bigint[]) AS u(request, {COLUMNS}) \
            WHERE request NOT IN (SELECT request FROM stale)), \
          written AS (INSERT INTO key_state ({COLUMNS}) \
-           SELECT context, rule, kind, user_id, ip, session_id, recent_failures::bigint[], \
+           SELECT context, rule, kind, user_id, ip, token, recent_failures::bigint[], \
              failures_total, last_failure_at, locked_at, locked_until, lock_tier, \
              recent_lockouts, last_lockout_at, lockouts_total, expires_at, version \
            FROM fresh \
-           ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET \
+           ON CONFLICT (context, rule, user_id, ip, token) DO UPDATE SET \
              recent_failures = EXCLUDED.recent_failures, failures_total = EXCLUDED.failures_total, \
              last_failure_at = EXCLUDED.last_failure_at, locked_at = EXCLUDED.locked_at, \
              locked_until = EXCLUDED.locked_until, lock_tier = EXCLUDED.lock_tier, \
@@ -421,17 +421,17 @@ impl PostgresStore {
             rule,
             user_id,
             ip,
-            session_id,
+            token,
         } = IdArrays::bind(&mut p, named);
         let kind = p.bind(named.iter().map(|n| n.columns.kind).collect::<Vec<_>>());
         // Upserting every id takes its row lock whether or not the row
         // existed, and RETURNING hands back the current values. Ids arrive
         // sorted, so two requests sharing keys lock them in the same order.
         let lock = format!(
-            "INSERT INTO key_state (context, rule, kind, user_id, ip, session_id) \
+            "INSERT INTO key_state (context, rule, kind, user_id, ip, token) \
              SELECT * FROM UNNEST({context}::text[], {rule}::text[], {kind}::text[], \
-               {user_id}::text[], {ip}::text[], {session_id}::text[]) \
-             ON CONFLICT (context, rule, user_id, ip, session_id) DO UPDATE SET kind = EXCLUDED.kind \
+               {user_id}::text[], {ip}::text[], {token}::text[]) \
+             ON CONFLICT (context, rule, user_id, ip, token) DO UPDATE SET kind = EXCLUDED.kind \
              RETURNING {COLUMNS}"
         );
         let mut tx = self.sql.writer.begin().await?;
@@ -475,7 +475,7 @@ impl PostgresStore {
     /// failures keep arriving.
     async fn unlock_once(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError> {
         let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
-            "WITH target AS (SELECT context, rule, user_id, ip, session_id, \
+            "WITH target AS (SELECT context, rule, user_id, ip, token, \
                locked_at IS NOT NULL AND (locked_until IS NULL OR locked_until > ",
         );
         q.push_bind(now.0);
@@ -486,7 +486,7 @@ impl PostgresStore {
         // does not deadlock with them; a conflict that still aborts it is
         // retried.
         q.push(
-            " ORDER BY context, rule, user_id, ip, session_id FOR UPDATE) \
+            " ORDER BY context, rule, user_id, ip, token FOR UPDATE) \
              UPDATE key_state AS k SET locked_at = NULL, locked_until = NULL, lock_tier = 0, \
                recent_failures = '{}', recent_lockouts = 0, last_lockout_at = NULL, \
                version = k.version + 1, expires_at = ",
@@ -495,7 +495,7 @@ impl PostgresStore {
         q.push_bind(now.0);
         q.push(
             " FROM target AS t WHERE k.context = t.context AND k.rule = t.rule \
-               AND k.user_id = t.user_id AND k.ip = t.ip AND k.session_id = t.session_id \
+               AND k.user_id = t.user_id AND k.ip = t.ip AND k.token = t.token \
              RETURNING t.was_locked",
         );
         let mut tx = self.sql.writer.begin().await?;

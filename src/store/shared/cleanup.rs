@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::AssertSqlSafe;
 
 use super::{Params, Placeholder, Sql};
-use crate::domain::{EventKind, HIDDEN_HEX, PASSWORD_DETAIL, UnixMillis};
+use crate::domain::{EventKind, HIDDEN_HEX, UnixMillis};
 use crate::store::StoreError;
 use crate::store::model::Purged;
 
@@ -16,18 +16,18 @@ const SESSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
 /// unless they are blocked.
 const ADMISSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
-/// Locks that ended after `after` and by `now` become audit events. A
-/// password key's row keeps its key where a session id goes; its event
-/// names it as every password event does, by what admins are shown.
+/// Locks that ended after `after` and by `now` become audit events, each
+/// naming its key's token as the kind says: a session key's in session_id,
+/// a password key's in password as admins are shown it.
 fn locks_expired(after: Placeholder, now: Placeholder, kind: Placeholder) -> String {
     format!(
         "INSERT INTO security_event \
-           (at, kind, context, rule, user_id, ip, session_id, tier, until_at, detail) \
+           (at, kind, context, rule, user_id, ip, session_id, password, tier, until_at) \
          SELECT locked_until, {kind}, context, rule, user_id, ip, \
-           CASE WHEN kind = 'password' THEN '' ELSE session_id END, lock_tier, locked_until, \
+           CASE WHEN kind = 'session' THEN token ELSE '' END, \
            CASE WHEN kind = 'password' \
-             THEN '{PASSWORD_DETAIL}' || substr(session_id, 1, length(session_id) - {HIDDEN_HEX}) \
-             ELSE '' END \
+             THEN substr(token, 1, length(token) - {HIDDEN_HEX}) ELSE '' END, \
+           lock_tier, locked_until \
          FROM key_state WHERE locked_until > {after} AND locked_until <= {now}"
     )
 }

@@ -35,13 +35,13 @@ mod totp;
 pub(crate) use admission::{ADMISSION_COLUMNS, encode_recent};
 
 /// The columns of a stored key state, in the order `Row` has them.
-pub const COLUMNS: &str = "context, rule, kind, user_id, ip, session_id, recent_failures, \
+pub const COLUMNS: &str = "context, rule, kind, user_id, ip, token, recent_failures, \
      failures_total, last_failure_at, locked_at, locked_until, lock_tier, recent_lockouts, \
      last_lockout_at, lockouts_total, expires_at, version";
 
 /// The columns of a security event, without its id.
-pub const EVENT_COLUMNS: &str = "at, kind, context, rule, user_id, ip, session_id, tier, \
-     until_at, permanent, actor, caller, detail";
+pub const EVENT_COLUMNS: &str = "at, kind, context, rule, user_id, ip, session_id, password, \
+     tier, until_at, permanent, actor, caller, detail";
 
 /// A key-state row's recent_failures column, which each dialect stores its
 /// own way (Postgres as BIGINT[], SQLite as comma-separated text).
@@ -126,7 +126,7 @@ for_each_dialect! {
                 kind: super::Row::kind_of(&kind)?,
                 user_id: row.try_get("user_id")?,
                 ip: row.try_get("ip")?,
-                session_id: row.try_get("session_id")?,
+                token: row.try_get("token")?,
                 recent_failures: row.recent_failures()?,
                 failures_total: row.try_get("failures_total")?,
                 last_failure_at: row.try_get("last_failure_at")?,
@@ -159,6 +159,7 @@ for_each_dialect! {
                     user_id: row.try_get("user_id")?,
                     ip: row.try_get("ip")?,
                     session_id: row.try_get("session_id")?,
+                    password: row.try_get("password")?,
                     tier: u32::try_from(tier).unwrap_or(0),
                     until: row.try_get("until_at")?,
                     permanent: row.try_get("permanent")?,

@@ -33,12 +33,12 @@ for_each_dialect! {
                 Some(a) => {
                     let c = KeyColumns::of(&a.key);
                     format!(
-                        "(context, rule, user_id, ip, session_id) > ({}, {}, {}, {}, {})",
+                        "(context, rule, user_id, ip, token) > ({}, {}, {}, {}, {})",
                         p.bind(a.context.as_str()),
                         p.bind(a.rule.as_str()),
                         p.bind(c.user_id.to_owned()),
                         p.bind(c.ip),
-                        p.bind(c.session_id.to_owned()),
+                        p.bind(c.token.to_owned()),
                     )
                 }
             };
@@ -46,7 +46,7 @@ for_each_dialect! {
             let sql = format!(
                 "SELECT {COLUMNS} FROM key_state \
                  WHERE {locked} AND ({context} = '' OR context = {context}) AND {after} \
-                 ORDER BY context, rule, user_id, ip, session_id LIMIT {limit}"
+                 ORDER BY context, rule, user_id, ip, token LIMIT {limit}"
             );
             let rows = sqlx::query_with(AssertSqlSafe(sql), p.done()?)
                 .fetch_all(&self.readers)
@@ -58,7 +58,7 @@ for_each_dialect! {
             let mut q =
                 QueryBuilder::<Db>::new(format!("SELECT {COLUMNS} FROM key_state WHERE "));
             push_subject(&mut q, subject);
-            q.push(" ORDER BY context, rule, user_id, ip, session_id");
+            q.push(" ORDER BY context, rule, user_id, ip, token");
             let rows = q.build().fetch_all(&self.readers).await?;
             rows.iter().map(|r| Self::decode(r)?.stored()).collect()
         }
