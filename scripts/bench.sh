@@ -120,11 +120,11 @@ export AUTHGATE_API_KEY
 # The shipped login context's password rule needs a key on Postgres.
 password_key=$(head -c 32 /dev/urandom | base64)
 
-port=$(free_port)
+port=$(free_port) metrics_port=$(free_port)
 AUTHGATE_PASSWORDS__KEYS="[{id=\"bench\",key=\"$password_key\"}]" \
   AUTHGATE_AUTH__KEYS_FILE="$work/keys.toml" \
   AUTHGATE_DATABASE__URL="$url" AUTHGATE_SERVER__LISTEN="127.0.0.1:$port" \
-  AUTHGATE_METRICS__LISTEN=127.0.0.1:0 \
+  AUTHGATE_METRICS__LISTEN="127.0.0.1:$metrics_port" \
   AUTHGATE_DATABASE__MAX_CONNECTIONS="${BENCH_POOL:-32}" AUTHGATE_LOG__LEVEL=warn \
   target/release/authgate --config "$config" serve &
 authgate_pid=$!
@@ -263,27 +263,50 @@ EOF
 fi
 
 target/release/authgate-bare --listen 127.0.0.1:0 >"$work/bare.addr" &
-pids+=($!)
+bare_pid=$!
+pids+=("$bare_pid")
 for _ in $(seq 100); do [ -s "$work/bare.addr" ] && break; sleep 0.1; done
 bare_addr=$(head -n 1 "$work/bare.addr")
 [ -n "$bare_addr" ] || { echo "$0: authgate-bare did not start" >&2; exit 1; }
 
 pgbench_args=()
 if [ -n "$run_pgbench" ]; then
-  pg=(-h 127.0.0.1 -p "$pg_port" -U postgres postgres)
+  # pgbench works in a database of its own with authgate's schema: its rows
+  # left in authgate's tables (and the full-page images the first writes
+  # after its clean-up's checkpoint log) made authgate's failures cost
+  # Postgres twice the CPU (269 µs a failure against 122 without pgbench
+  # before it, in one session).
+  "$(pg_bin psql)" -q -h 127.0.0.1 -p "$pg_port" -U postgres postgres -c 'CREATE DATABASE pgbench'
+  AUTHGATE_PASSWORDS__KEYS="[{id=\"bench\",key=\"$password_key\"}]" \
+    AUTHGATE_DATABASE__URL="postgres://postgres@127.0.0.1:$pg_port/pgbench" \
+    target/release/authgate --config "$config" migrate >/dev/null
+  pg=(-h 127.0.0.1 -p "$pg_port" -U postgres pgbench)
+  pg_pid=$(head -n 1 "$work/pg/postmaster.pid")
+  # CPU ticks of the children of shell $1 that have ended (pgbench, once it
+  # has): cutime and cstime, past the command name.
+  ended_ticks() { awk '{ sub(/.*\) /, ""); print $14 + $15 }' "/proc/$1/stat"; }
   # pgbench's figures for the script $2, run as $1, as TPS,mean,p50,p99 (ms),
   # from its summary and its per-transaction log (latency in microseconds,
-  # third field).
+  # third field), then Postgres's and pgbench's CPU µs a transaction and the
+  # hypervisor's share of the machine's time meanwhile.
   pgbench_run() {
-    local name=$1 script=$2 tps avg p50 p99
+    local name=$1 script=$2 me=$BASHPID tps avg p50 p99 before after ended n
+    before=$(target/release/authgate-bench --ticks "$pg_pid")
+    ended=$(ended_ticks "$me")
     "$(pg_bin pgbench)" -n -c 8 -j 2 -M prepared -T "$pg_seconds" -D users=10000000 -f "$script" \
       -l --log-prefix="$work/$name-log" "${pg[@]}" >"$work/$name.out" 2>&1 ||
       { cat "$work/$name.out" >&2; exit 1; }
+    ended="$ended $(ended_ticks "$me")"
+    after=$(target/release/authgate-bench --ticks "$pg_pid")
+    n=$(cat "$work/$name"-log.* | wc -l)
     tps=$(awk '/^tps = / { print $3 }' "$work/$name.out")
     avg=$(awk '/^latency average = / { print $4 }' "$work/$name.out")
     read -r p50 p99 < <(cat "$work/$name"-log.* | awk '{ print $3 }' | sort -n |
       awk '{ v[NR] = $1 } END { printf "%.3f %.3f\n", v[int(NR * 0.50 + 0.5)] / 1000, v[int(NR * 0.99 + 0.5)] / 1000 }')
-    echo "$tps,$avg,$p50,$p99"
+    awk -v f="$tps,$avg,$p50,$p99" -v b="$before" -v a="$after" -v e="$ended" -v n="$n" 'BEGIN {
+      split(b, x); split(a, y); split(e, c)
+      printf "%s,%.1f,%.1f,%.3f\n", f, (y[1] - x[1]) * 1e4 / n, (c[2] - c[1]) * 1e4 / n,
+        (y[2] - x[2]) / (y[3] - x[3] > 0 ? y[3] - x[3] : 1) }'
   }
   # Postgres's own floor for a durable single-row write: an upsert on keys
   # spread like RecordFailure's.
@@ -298,10 +321,8 @@ EOF
   work_figures=$(pgbench_run work scripts/bench/failure-work.sql)
   # Otherwise autovacuum and the next checkpoint would work through
   # pgbench's rows while the RPCs are measured.
-  "$(pg_bin psql)" -q "${pg[@]}" -c "DELETE FROM key_state WHERE context = 'pgbench'" \
-    -c "DELETE FROM security_event WHERE context = 'pgbench'" \
-    -c 'VACUUM ANALYZE bench_upsert' -c 'VACUUM ANALYZE key_state' \
-    -c 'VACUUM ANALYZE security_event' -c 'CHECKPOINT'
+  "$(pg_bin psql)" -q -h 127.0.0.1 -p "$pg_port" -U postgres postgres \
+    -c 'DROP DATABASE pgbench' -c 'CHECKPOINT'
   echo "pgbench: 8 clients, 2 threads, prepared, ${pg_seconds}s each, users drawn from 10 000 000:"
   echo "  upsert: INSERT ... ON CONFLICT DO UPDATE of a bigint pair"
   echo "  work: a failure's key_state upsert and its security_event insert (scripts/bench/failure-work.sql)"
@@ -310,5 +331,7 @@ elif [ "$backend" = sqlite ]; then
   echo "pgbench: no row (it needs Postgres)"
 fi
 
+store_pid=()
+[ "$backend" = postgres ] && store_pid=(--store-pid "$(head -n 1 "$work/pg/postmaster.pid")")
 target/release/authgate-bench --addr "http://127.0.0.1:$port" --bare-addr "http://$bare_addr" \
-  "${pgbench_args[@]}" "$@"
+  --server-pid "$authgate_pid" --bare-pid "$bare_pid" --metrics-addr "127.0.0.1:$metrics_port" "${store_pid[@]}" "${pgbench_args[@]}" "$@"

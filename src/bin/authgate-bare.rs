@@ -10,6 +10,11 @@ use clap::Parser;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+/// authgate's allocator, so that the gap measured is its middleware's and
+/// not a difference of allocators.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "A bare tonic server with one empty unary RPC, for authgate-bench")]
 struct Args {

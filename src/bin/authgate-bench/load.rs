@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 
 use super::Args;
+use super::cpu::{Cost, Meter, cache_lookups};
 
 #[derive(Clone, Copy)]
 pub(super) enum Rpc {
@@ -62,6 +63,11 @@ pub(super) struct Figures {
     /// Shown under the row, so a misconfigured run (an unknown context, a
     /// refused call) says why instead of only counting.
     pub(super) first_error: Option<Status>,
+    /// CPU time per request over the measured window.
+    pub(super) cpu: Cost,
+    /// The share of key cache lookups that hit over the window, when
+    /// authgate's /metrics was given and any were made.
+    pub(super) cache_hits: Option<f64>,
 }
 
 /// worker has its own, so drawing a key costs no shared state.
@@ -267,13 +273,33 @@ pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-pub(super) async fn run(plan: &Plan, args: &Args, channels: &[Channel]) -> Figures {
+pub(super) async fn run(plan: &Plan, args: &Args, channels: &[Channel], meter: Meter) -> Figures {
     if let Keys::Hot(n) = plan.keys {
         name_each(plan, args, channels, n).await;
     }
     let shared = Arc::new(AtomicU64::new(0));
     let warm_until = Instant::now() + Duration::from_secs(1);
     let stop_at = warm_until + args.duration;
+    let metrics = args.metrics_addr.clone();
+    let window = tokio::spawn(async move {
+        let lookups = || async {
+            match &metrics {
+                Some(addr) => cache_lookups(addr).await,
+                None => None,
+            }
+        };
+        tokio::time::sleep_until(warm_until.into()).await;
+        let before = (meter.read(), lookups().await);
+        tokio::time::sleep_until(stop_at.into()).await;
+        let after = (meter.read(), lookups().await);
+        let hits = match (before.1, after.1) {
+            (Some((h0, m0)), Some((h1, m1))) if h1 + m1 > h0 + m0 => {
+                Some((h1 - h0) / (h1 + m1 - h0 - m0))
+            }
+            _ => None,
+        };
+        (before.0, after.0, hits)
+    });
     let workers: Vec<_> = (0..args.concurrency)
         .map(|w| {
             let channel = channels[w % channels.len()].clone();
@@ -309,24 +335,26 @@ pub(super) async fn run(plan: &Plan, args: &Args, channels: &[Channel]) -> Figur
             })
         })
         .collect();
-    let mut figures = Figures {
-        rps: 0.0,
-        latency: histogram(),
-        errors: 0,
-        first_error: None,
-    };
-    let mut done = 0u64;
+    let mut latency_all = histogram();
+    let (mut done, mut errors_all, mut first) = (0u64, 0u64, None);
     for w in workers {
         let (latency, d, errors, first_error) = w.await.expect("worker");
-        figures.latency.add(&latency).expect("same bounds");
+        latency_all.add(&latency).expect("same bounds");
         done += d;
-        figures.errors += errors;
-        if figures.first_error.is_none() {
-            figures.first_error = first_error;
+        errors_all += errors;
+        if first.is_none() {
+            first = first_error;
         }
     }
-    figures.rps = done as f64 / args.duration.as_secs_f64();
-    figures
+    let (before, after, cache_hits) = window.await.expect("CPU meter");
+    Figures {
+        rps: done as f64 / args.duration.as_secs_f64(),
+        latency: latency_all,
+        errors: errors_all,
+        first_error: first,
+        cpu: before.cost(after, done),
+        cache_hits,
+    }
 }
 
 /// `--fill`: users 0..total each get one failure, then the figures of the

@@ -16,7 +16,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 
+mod cpu;
 mod load;
+use cpu::{Cost, Meter};
 use load::{Keys, Plan, Rpc, fill, run};
 
 #[derive(Parser)]
@@ -98,6 +100,41 @@ struct Args {
     /// the server's memory per key).
     #[arg(long, value_name = "N", conflicts_with_all = ["only", "bare_addr"])]
     fill: Option<u64>,
+    /// authgate's process: the table shows its CPU time (and its
+    /// descendants') per request.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// authgate's /metrics (HOST:PORT): each row shows the share of its key
+    /// cache lookups that hit.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
+    /// The bare server's process: its row shows its CPU time per request.
+    #[arg(long, value_name = "PID")]
+    bare_pid: Option<u32>,
+    /// The store's process (Postgres's postmaster): the table shows its CPU
+    /// time and its backends' per request.
+    #[arg(long, value_name = "PID")]
+    store_pid: Option<u32>,
+    /// Instead of the table: print the CPU ticks of PID and its
+    /// descendants, and exit (scripts/bench.sh measures pgbench with it).
+    #[arg(long, value_name = "PID", conflicts_with_all = ["only", "fill"])]
+    ticks: Option<u32>,
+}
+
+impl Args {
+    /// The processes whose CPU time `workload`'s row shows.
+    fn meter(&self, workload: Workload) -> Meter {
+        match workload {
+            Workload::Bare => Meter {
+                server: self.bare_pid,
+                store: None,
+            },
+            _ => Meter {
+                server: self.server_pid,
+                store: self.store_pid,
+            },
+        }
+    }
 }
 
 /// The table's rows, in the order they run.
@@ -153,6 +190,8 @@ struct Row {
     p99: f64,
     mean: f64,
     errors: Option<u64>,
+    cpu: Option<Cost>,
+    cache_hits: Option<f64>,
 }
 
 /// What `workload` sends; None for the pgbench row, which is not an RPC.
@@ -213,13 +252,15 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
     })
 }
 
-/// Figures pgbench printed, as the caller passes them.
+/// Figures pgbench printed, as the caller passes them, with the CPU time
+/// per transaction of Postgres and of pgbench when measured.
 #[derive(Clone, Copy)]
 struct Pgbench {
     tps: f64,
     avg: f64,
     p50: f64,
     p99: f64,
+    cpu: Option<Cost>,
 }
 
 impl FromStr for Pgbench {
@@ -231,10 +272,30 @@ impl FromStr for Pgbench {
             .map(|f| f.trim().parse::<f64>())
             .collect::<Result<_, _>>()
             .map_err(|e| format!("{s:?}: {e}"))?;
-        let [tps, avg, p50, p99] = figures[..] else {
-            return Err(format!("{s:?}: expected TPS,AVG,P50,P99"));
+        let (tps, avg, p50, p99, cpu) = match figures[..] {
+            [tps, avg, p50, p99] => (tps, avg, p50, p99, None),
+            [tps, avg, p50, p99, store, client, steal] => {
+                let cpu = Cost {
+                    server: None,
+                    store: Some(store),
+                    client,
+                    steal,
+                };
+                (tps, avg, p50, p99, Some(cpu))
+            }
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected TPS,AVG,P50,P99[,DB_US,CLIENT_US,STEAL]"
+                ));
+            }
         };
-        Ok(Pgbench { tps, avg, p50, p99 })
+        Ok(Pgbench {
+            tps,
+            avg,
+            p50,
+            p99,
+            cpu,
+        })
     }
 }
 
@@ -252,6 +313,8 @@ fn pgbench_row(workload: Workload, args: &Args) -> Option<Row> {
         p99: figures.p99,
         mean: figures.avg,
         errors: None,
+        cpu: figures.cpu,
+        cache_hits: None,
     })
 }
 
@@ -279,6 +342,10 @@ fn ratio(part: f64, whole: Option<f64>, percent: bool) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(pid) = args.ticks {
+        println!("{}", Meter::ticks(pid));
+        return Ok(());
+    }
     if args.only.contains(&Workload::Bare) && args.bare_addr.is_none() {
         return Err("--only bare needs --bare-addr".into());
     }
@@ -311,7 +378,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "  share = req/s / bare server's; vs upsert, vs work = req/s / the pgbench row's TPS; p99/bare = p99 / bare server's p99"
     );
     println!(
-        "{:<28} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>8}",
+        "  CPU µs a request (or transaction): srv = the server's, db = Postgres's processes', cli = the load generator's (pgbench's for its rows); steal = the machine's time the hypervisor took; hit = the share of authgate's key cache lookups that hit"
+    );
+    println!(
+        "{:<28} {:>9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "workload",
         "req/s",
         "p50 ms",
@@ -321,7 +391,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "share",
         "vs upsert",
         "vs work",
-        "p99/bare"
+        "p99/bare",
+        "srv",
+        "db",
+        "cli",
+        "steal",
+        "hit"
     );
     // (req/s, p99) of the bare server, once measured.
     let mut baseline: Option<(f64, f64)> = None;
@@ -344,7 +419,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     (Workload::Bare, None) => continue,
                     _ => &authgate,
                 };
-                let f = run(&plan, &args, channels).await;
+                let f = run(&plan, &args, channels, args.meter(workload)).await;
                 let row = Row {
                     label: plan.label,
                     rps: f.rps,
@@ -352,6 +427,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     p99: ms(f.latency.value_at_quantile(0.99)),
                     mean: f.latency.mean() / 1000.0,
                     errors: Some(f.errors),
+                    cpu: Some(f.cpu),
+                    cache_hits: f.cache_hits,
                 };
                 (row, f.first_error)
             }
@@ -373,8 +450,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             false => "-".to_owned(),
         };
         let writes = matches!(workload, Workload::Failure | Workload::FailureLogin);
+        let micros = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
         println!(
-            "{:<28} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>7} {:>9} {:>8} {:>8}",
+            "{:<28} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>7} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>6} {:>6} {:>6}",
             row.label,
             row.rps,
             row.p50,
@@ -385,6 +463,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             vs(args.pgbench_upsert, writes),
             vs(args.pgbench_work, workload == Workload::Failure),
             ratio(row.p99, baseline.map(|b| b.1), false),
+            micros(row.cpu.and_then(|c| c.server)),
+            micros(row.cpu.and_then(|c| c.store)),
+            micros(row.cpu.map(|c| c.client)),
+            row.cpu
+                .map_or("-".to_owned(), |c| format!("{:.0}%", 100.0 * c.steal)),
+            row.cache_hits
+                .map_or("-".to_owned(), |h| format!("{:.0}%", 100.0 * h)),
         );
         if let Some(e) = first_error {
             println!("  first error: {e}");

@@ -299,7 +299,13 @@ impl KeyCache {
             // the generation before it removes): no stale entry stays.
             if !unchanged() {
                 self.entries.remove(&hash);
+                continue;
             }
+            // A key read for a call is one a call asked for: marked used, it
+            // is kept (moved among the frequent) where keys only written, a
+            // flood's of failures on keys never seen again, are evicted
+            // first.
+            let _ = self.entries.get(&hash);
         }
     }
 
@@ -422,6 +428,35 @@ mod tests {
         cache.invalidate(&[ids[0].hash]);
         let third = cache.lookup(&ids, now).unwrap();
         assert_eq!(third.found, vec![None, Some(None)]);
+    }
+
+    #[test]
+    fn keys_read_for_checks_outlast_a_flood_of_keys_only_written() {
+        let now = Instant::now();
+        let cache = KeyCache::new(5_000);
+        cache.listening(now);
+        cache.heard(cache.beat(now));
+        // Failures on keys never seen again, three times the cache's size.
+        for n in 0..15_000 {
+            let name = [id(&format!("flood{n}"))];
+            cache.wrote(&cache.ticket(&name), vec![known(1).unwrap()]);
+        }
+        // Then checks name a working set a fifth of it, once each, after
+        // another such flood: the bench's order.
+        let hot: Vec<_> = (0..1_000).map(|n| [id(&format!("hot{n}"))]).collect();
+        for name in &hot {
+            let missed = cache.lookup(name, now).unwrap();
+            cache.fill(&missed.ticket, vec![(0, failed_once())]);
+        }
+        for n in 0..4_000 {
+            let name = [id(&format!("later{n}"))];
+            cache.wrote(&cache.ticket(&name), vec![known(1).unwrap()]);
+        }
+        let hits = hot
+            .iter()
+            .filter(|name| cache.lookup(*name, now).unwrap().found[0].is_some())
+            .count();
+        assert!(hits >= 990, "{hits} of 1000 checked keys still cached");
     }
 
     #[test]
