@@ -125,6 +125,25 @@ impl Row {
         }
     }
 
+    /// recent_failures as text, written in place: comma-separated, as
+    /// SQLite stores it, or within braces, Postgres's text form of the
+    /// BIGINT[] a batched write casts it back to.
+    pub fn failures_text(&self, braces: bool) -> String {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(2 + self.recent_failures.len() * 14);
+        if braces {
+            text.push('{');
+        }
+        for (i, t) in self.recent_failures.iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            let _ = write!(text, "{comma}{t}");
+        }
+        if braces {
+            text.push('}');
+        }
+        text
+    }
+
     /// A stored kind name as the one this build knows.
     pub fn kind_of(name: &str) -> Result<&'static str, StoreError> {
         KeyKind::from_name(name)
@@ -298,6 +317,19 @@ pub(crate) fn next_rows(
 mod tests {
     use super::*;
     use crate::domain::{IpAddress, UserId};
+
+    #[test]
+    fn failures_are_written_as_each_dialect_reads_them() {
+        let row = |times: &[i64]| Row {
+            recent_failures: times.to_vec(),
+            ..Row::default()
+        };
+        assert_eq!(row(&[]).failures_text(true), "{}");
+        assert_eq!(row(&[]).failures_text(false), "");
+        assert_eq!(row(&[7]).failures_text(true), "{7}");
+        assert_eq!(row(&[1, -2, 3]).failures_text(true), "{1,-2,3}");
+        assert_eq!(row(&[1, -2, 3]).failures_text(false), "1,-2,3");
+    }
 
     #[test]
     fn a_row_round_trips() {

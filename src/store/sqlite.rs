@@ -88,7 +88,6 @@ async fn fetch_rows(
 /// Writes one key state row.
 async fn upsert(conn: &mut SqliteConnection, r: &Row) -> Result<(), StoreError> {
     let mut p = Params::<Sqlite>::default();
-    let failures: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
     let values = [
         p.bind(r.context.as_str()),
         p.bind(r.rule.as_str()),
@@ -96,7 +95,7 @@ async fn upsert(conn: &mut SqliteConnection, r: &Row) -> Result<(), StoreError> 
         p.bind(r.user_id.as_str()),
         p.bind(r.ip.as_str()),
         p.bind(r.token.as_str()),
-        p.bind(failures.join(",")),
+        p.bind(r.failures_text(false)),
         p.bind(r.failures_total),
         p.bind(r.last_failure_at),
         p.bind(r.locked_at),

@@ -229,13 +229,11 @@ async fn write<'c>(
     let ip = text(&mut p, |r| &r.ip);
     let token = text(&mut p, |r| &r.token);
     // Arrays of arrays must be rectangular in Postgres, so each row's
-    // recent_failures travels as an array literal and is cast back.
+    // recent_failures travels as an array literal and is cast back: one
+    // string a row, written in place.
     let recent_failures = p.bind(
         rows.iter()
-            .map(|(_, r)| {
-                let items: Vec<String> = r.recent_failures.iter().map(i64::to_string).collect();
-                format!("{{{}}}", items.join(","))
-            })
+            .map(|(_, r)| r.failures_text(true))
             .collect::<Vec<_>>(),
     );
     let failures_total = int(&mut p, |r| r.failures_total);
