@@ -51,11 +51,7 @@ pub(super) fn slot_event(
         tier: lock.map_or(0, |l| l.tier),
         until: lock.and_then(|l| l.until).map(|t| t.0),
         permanent: lock.is_some_and(|l| l.until.is_none()),
-        password: slot
-            .key
-            .password()
-            .map(|p| p.shown().to_string())
-            .unwrap_or_default(),
+        password: slot.key.password().map(|p| p.shown()).unwrap_or_default(),
         ..SecurityEvent::new(kind, now)
     }
 }

@@ -24,7 +24,9 @@ pub struct Health {
     up_since: Mutex<Instant>,
     /// Calls the store has answered, ever: a probe that times out while
     /// this moves was queued behind them, at a store that is busy, not
-    /// gone.
+    /// gone. (Calls the key cache answered count too, for the second it is
+    /// trusted without its heartbeats: a store gone is then found down one
+    /// probe later.)
     answered: AtomicU64,
 }
 

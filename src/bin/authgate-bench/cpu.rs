@@ -39,11 +39,13 @@ pub(super) struct Cost {
 }
 
 impl Meter {
-    /// `pid`'s ticks, its descendants' and the machine's steal and total
-    /// ticks, as `TREE STEAL ALL`.
-    pub(super) fn ticks(pid: u32) -> String {
+    /// The ticks of each of `pids` with its descendants, then the
+    /// machine's steal and total ticks, space-separated.
+    pub(super) fn ticks(pids: &[u32]) -> String {
+        let table = processes();
         let (steal, all) = machine();
-        format!("{} {steal} {all}", tree(&processes(), pid))
+        let trees: Vec<String> = pids.iter().map(|&p| tree(&table, p).to_string()).collect();
+        format!("{} {steal} {all}", trees.join(" "))
     }
 
     pub(super) fn read(self) -> Reading {

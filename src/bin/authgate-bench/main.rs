@@ -85,15 +85,15 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Workload>,
     /// pgbench's single-row upsert on the same Postgres, measured by the
-    /// caller, as `TPS,AVG,P50,P99` (latencies in milliseconds): it adds a
-    /// row, and the writes' share of it.
-    #[arg(long, value_name = "TPS,AVG,P50,P99")]
+    /// caller, as `TPS,AVG,P50,P99,DB_US,CLIENT_US,STEAL` (latencies in
+    /// milliseconds, Postgres's and pgbench's CPU µs a transaction, the
+    /// hypervisor's share): it adds a row, and the writes' share of it.
+    #[arg(long, value_name = "TPS,AVG,P50,P99,DB_US,CLIENT_US,STEAL")]
     pgbench_upsert: Option<Pgbench>,
     /// pgbench doing one failure's durable work per transaction (a
     /// key_state upsert and a security_event insert on authgate's schema),
-    /// as `TPS,AVG,P50,P99`: the baseline RecordFailure's batching must
-    /// beat.
-    #[arg(long, value_name = "TPS,AVG,P50,P99")]
+    /// in the same form: the baseline RecordFailure's batching must beat.
+    #[arg(long, value_name = "TPS,AVG,P50,P99,DB_US,CLIENT_US,STEAL")]
     pgbench_work: Option<Pgbench>,
     /// Instead of the table: record one failure each for users 0..N in
     /// `--context`, as fast as `--concurrency` allows, and exit (to measure
@@ -115,10 +115,11 @@ struct Args {
     /// time and its backends' per request.
     #[arg(long, value_name = "PID")]
     store_pid: Option<u32>,
-    /// Instead of the table: print the CPU ticks of PID and its
-    /// descendants, and exit (scripts/bench.sh measures pgbench with it).
-    #[arg(long, value_name = "PID", conflicts_with_all = ["only", "fill"])]
-    ticks: Option<u32>,
+    /// Instead of the table: print the CPU ticks of each PID with its
+    /// descendants (and those that ended), then the machine's steal and
+    /// total ticks, and exit (scripts/bench.sh measures pgbench with it).
+    #[arg(long, value_name = "PID", num_args = 1.., conflicts_with_all = ["only", "fill"])]
+    ticks: Vec<u32>,
 }
 
 impl Args {
@@ -253,14 +254,14 @@ fn plan(workload: Workload, args: &Args) -> Option<Plan> {
 }
 
 /// Figures pgbench printed, as the caller passes them, with the CPU time
-/// per transaction of Postgres and of pgbench when measured.
+/// per transaction of Postgres and of pgbench that scripts/bench.sh read.
 #[derive(Clone, Copy)]
 struct Pgbench {
     tps: f64,
     avg: f64,
     p50: f64,
     p99: f64,
-    cpu: Option<Cost>,
+    cpu: Cost,
 }
 
 impl FromStr for Pgbench {
@@ -272,22 +273,16 @@ impl FromStr for Pgbench {
             .map(|f| f.trim().parse::<f64>())
             .collect::<Result<_, _>>()
             .map_err(|e| format!("{s:?}: {e}"))?;
-        let (tps, avg, p50, p99, cpu) = match figures[..] {
-            [tps, avg, p50, p99] => (tps, avg, p50, p99, None),
-            [tps, avg, p50, p99, store, client, steal] => {
-                let cpu = Cost {
-                    server: None,
-                    store: Some(store),
-                    client,
-                    steal,
-                };
-                (tps, avg, p50, p99, Some(cpu))
-            }
-            _ => {
-                return Err(format!(
-                    "{s:?}: expected TPS,AVG,P50,P99[,DB_US,CLIENT_US,STEAL]"
-                ));
-            }
+        let [tps, avg, p50, p99, store, client, steal] = figures[..] else {
+            return Err(format!(
+                "{s:?}: expected TPS,AVG,P50,P99,DB_US,CLIENT_US,STEAL"
+            ));
+        };
+        let cpu = Cost {
+            server: None,
+            store: Some(store),
+            client,
+            steal,
         };
         Ok(Pgbench {
             tps,
@@ -313,7 +308,7 @@ fn pgbench_row(workload: Workload, args: &Args) -> Option<Row> {
         p99: figures.p99,
         mean: figures.avg,
         errors: None,
-        cpu: figures.cpu,
+        cpu: Some(figures.cpu),
         cache_hits: None,
     })
 }
@@ -342,8 +337,8 @@ fn ratio(part: f64, whole: Option<f64>, percent: bool) -> String {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if let Some(pid) = args.ticks {
-        println!("{}", Meter::ticks(pid));
+    if !args.ticks.is_empty() {
+        println!("{}", Meter::ticks(&args.ticks));
         return Ok(());
     }
     if args.only.contains(&Workload::Bare) && args.bare_addr.is_none() {

@@ -45,10 +45,7 @@ pub(super) fn page_token(id: &StateId) -> String {
         k.kind().as_str().to_owned(),
         k.user().map(|u| u.to_string()).unwrap_or_default(),
         k.ip().map(|i| i.to_string()).unwrap_or_default(),
-        k.session()
-            .map(|s| s.to_string())
-            .or_else(|| k.password().map(|p| p.as_str().to_owned()))
-            .unwrap_or_default(),
+        k.token().to_owned(),
     ];
     URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
 }
@@ -88,11 +85,11 @@ pub(super) fn parse_page_token(token: &str) -> Result<StateId, FieldError> {
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let parts: Vec<&str> = text.split(SEP).collect();
-    let [context, rule, kind, user, ip, session] = parts[..] else {
+    let [context, rule, kind, user, ip, token] = parts[..] else {
         return Err(bad());
     };
     let kind = KeyKind::from_name(kind).ok_or_else(bad)?;
-    let key = Key::from_parts("page_token", kind, user, ip, session).map_err(|_| bad())?;
+    let key = Key::from_parts("page_token", kind, user, ip, token).map_err(|_| bad())?;
     let context = ContextName::parse("page_token", context).map_err(|_| bad())?;
     let rule = ContextName::parse("page_token", rule).map_err(|_| bad())?;
     Ok(StateId {

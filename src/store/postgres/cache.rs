@@ -441,8 +441,8 @@ mod tests {
             let name = [id(&format!("flood{n}"))];
             cache.wrote(&cache.ticket(&name), vec![known(1).unwrap()]);
         }
-        // Then checks name a working set a fifth of it, once each, after
-        // another such flood: the bench's order.
+        // Then checks name a working set a fifth of its size, once each,
+        // and another flood comes before they are checked again.
         let hot: Vec<_> = (0..1_000).map(|n| [id(&format!("hot{n}"))]).collect();
         for name in &hot {
             let missed = cache.lookup(name, now).unwrap();
