@@ -38,6 +38,13 @@ pub enum ConfigError {
     Invalid { key: String, problem: String },
 }
 
+/// A name in the file that does not parse is the key it was read from.
+impl From<crate::domain::FieldError> for ConfigError {
+    fn from(e: crate::domain::FieldError) -> Self {
+        invalid(e.field, e.problem)
+    }
+}
+
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),

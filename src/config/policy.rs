@@ -13,8 +13,8 @@ use super::schema::{
 use super::{ConfigError, invalid};
 use crate::domain::{
     AccessList, AdmissionPolicy, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration,
-    MAX_RATE_LIMIT, PatternRule, Patterns, Policy, Rule, RuleKind, SessionPolicy, TimeoutMode,
-    TotpParams, TotpPolicy, UpdateKind, UserId, Window,
+    MAX_RATE_LIMIT, PatternRule, Patterns, Policy, Rule, RuleKind, RuleName, SessionPolicy,
+    TimeoutMode, TotpParams, TotpPolicy, UpdateKind, UserId, Window,
 };
 
 impl Config {
@@ -92,10 +92,7 @@ impl Config {
         let user_ids = |key: &str, raw: &[String]| -> Result<BTreeSet<UserId>, ConfigError> {
             raw.iter()
                 .enumerate()
-                .map(|(i, id)| {
-                    UserId::parse(&format!("{key}[{i}]"), id)
-                        .map_err(|e| invalid(e.field, e.problem))
-                })
+                .map(|(i, id)| Ok(UserId::parse(&format!("{key}[{i}]"), id)?))
                 .collect()
         };
         let na = &self.access.not_allowed;
@@ -106,7 +103,7 @@ impl Config {
             ));
         }
         let allow_rule = Rule {
-            name: "allow_list".into(),
+            name: RuleName::builtin(crate::domain::ALLOW_LIST_CONTEXT),
             key: KeyKind::User,
             activities: Vec::new(),
             kind: RuleKind::Failures {
@@ -136,7 +133,7 @@ impl Config {
         let mut contexts = Vec::new();
         for (name, ctx) in &self.contexts {
             let key = format!("contexts.{name}");
-            let cname = ContextName::parse(&key, name).map_err(|e| invalid(e.field, e.problem))?;
+            let cname = ContextName::parse(&key, name)?;
             if name == crate::domain::ALLOW_LIST_CONTEXT || name == crate::domain::TOTP_CONTEXT {
                 return Err(invalid(key, "the name is reserved"));
             }
@@ -252,9 +249,7 @@ impl TotpConfig {
             digits: self.digits,
             period,
         };
-        defaults
-            .validate("totp.digits", "totp.period")
-            .map_err(|e| invalid(e.field, e.problem))?;
+        defaults.validate("totp.digits", "totp.period")?;
         if self.skew > 10 {
             return Err(invalid("totp.skew", "must be at most 10 steps"));
         }
@@ -287,7 +282,7 @@ impl TotpConfig {
                 probe: self.drift_probe,
             },
             rule: Rule {
-                name: "totp".into(),
+                name: RuleName::builtin(crate::domain::TOTP_CONTEXT),
                 key: KeyKind::User,
                 activities: Vec::new(),
                 kind: RuleKind::Failures {
@@ -321,7 +316,7 @@ impl RuleConfig {
             Some(l) => l.to_ladder(&format!("{key}.lockout"))?,
         };
         Ok(Rule {
-            name: self.name.clone(),
+            name: RuleName::parse(&format!("{key}.name"), &self.name)?,
             key: self.key,
             kind,
             activities: self.activities.clone(),

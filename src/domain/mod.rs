@@ -28,8 +28,8 @@ pub use rule::{
 };
 pub use session::{Session, SessionPolicy, SessionStatus, SessionStep, TimeoutMode};
 pub use subject::{
-    ContextName, FieldError, HIDDEN_HEX, IpAddress, Key, KeyKind, PasswordKey, SessionId, Subject,
-    UserId,
+    ContextName, FieldError, HIDDEN_HEX, IpAddress, Key, KeyKind, PasswordKey, RuleName, SessionId,
+    Subject, UserId,
 };
 pub use time::UnixMillis;
 pub use totp::{

@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{
@@ -14,6 +15,11 @@ pub const ALLOW_LIST_CONTEXT: &str = "allow_list";
 /// login context's, so strangers failing a login form cannot lock a user out
 /// of two-factor sign-in, and the reverse.
 pub const TOTP_CONTEXT: &str = "totp";
+
+/// The pseudo-contexts' names, for the slots that count in them.
+static ALLOW_LIST_NAME: LazyLock<ContextName> =
+    LazyLock::new(|| ContextName::builtin(ALLOW_LIST_CONTEXT));
+static TOTP_NAME: LazyLock<ContextName> = LazyLock::new(|| ContextName::builtin(TOTP_CONTEXT));
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
@@ -99,7 +105,7 @@ impl AccessList {
     pub fn slot(&self, subject: &Subject) -> Option<Slot<'_>> {
         let user = subject.user.as_ref().filter(|u| !self.is_allowed(u))?;
         Some(Slot {
-            context: ALLOW_LIST_CONTEXT,
+            context: &ALLOW_LIST_NAME,
             rule: &self.rule,
             key: Key::User(user.clone()),
         })
@@ -110,7 +116,7 @@ impl AccessList {
 /// of a call; the store names its row with a `StateId`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slot<'a> {
-    pub context: &'a str,
+    pub context: &'a ContextName,
     pub rule: &'a Rule,
     pub key: Key,
 }
@@ -147,7 +153,7 @@ impl TotpPolicy {
     /// The user's TOTP failure counter.
     pub fn slot(&self, user: &UserId) -> Slot<'_> {
         Slot {
-            context: TOTP_CONTEXT,
+            context: &TOTP_NAME,
             rule: &self.rule,
             key: Key::User(user.clone()),
         }
@@ -163,7 +169,7 @@ impl ContextPolicy {
             .filter(|r| activity.is_none_or(|a| r.counts(a)))
             .flat_map(|rule| {
                 subject.keys(rule.key).into_iter().map(move |key| Slot {
-                    context: self.name.as_str(),
+                    context: &self.name,
                     rule,
                     key,
                 })
@@ -181,7 +187,7 @@ impl ContextPolicy {
         self.rules_on(key.kind())
             .filter(|r| r.rate_limit().is_some())
             .map(|rule| Slot {
-                context: self.name.as_str(),
+                context: &self.name,
                 rule,
                 key: key.clone(),
             })

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::{Decision, Key, KeyKind, Reason, UnixMillis, Verdict};
+use super::{Decision, Key, KeyKind, Reason, RuleName, UnixMillis, Verdict};
 
 /// How long one lockout lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub enum RuleKind {
 /// window; see `RuleKind` for what each kind does with its count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    pub name: String,
+    pub name: RuleName,
     pub key: KeyKind,
     pub kind: RuleKind,
     /// Activities this rule counts; empty counts every failure. Rate rules

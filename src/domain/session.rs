@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Decision, Key, Reason, UnixMillis, UserId, Verdict};
+use super::{Decision, Key, Reason, RuleName, TOTP_CONTEXT, UnixMillis, UserId, Verdict};
 
 /// The stored states. BLOCKED is not stored: it is the user's TOTP counter
 /// being locked, which the rule engine already keeps.
@@ -117,7 +117,7 @@ impl SessionPolicy {
         let verdict = |decision, reason| Verdict {
             decision,
             reason,
-            rule: Some("totp".into()),
+            rule: Some(RuleName::builtin(TOTP_CONTEXT)),
             key: Some(Key::User(user.clone())),
             ..Verdict::allow()
         };

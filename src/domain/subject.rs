@@ -56,8 +56,51 @@ impl<Of> Identifier<Of> {
         parse_identifier(field, raw).map(|id| Identifier(id, PhantomData))
     }
 
+    /// A name authgate itself defines (a built-in context or its rule),
+    /// well formed by construction.
+    pub fn builtin(name: &'static str) -> Self {
+        Identifier(name.to_owned(), PhantomData)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Tests name contexts and rules by literals, which are well formed.
+#[cfg(test)]
+impl<Of> From<&str> for Identifier<Of> {
+    fn from(raw: &str) -> Self {
+        Self::parse("test", raw).expect("a well-formed identifier")
+    }
+}
+
+/// An identifier reads as the text it was parsed from: it is only ever
+/// made by parsing, so what it derefs to is always well formed.
+impl<Of> std::ops::Deref for Identifier<Of> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An identifier is looked up by its text, as maps keyed by one are.
+impl<Of> std::borrow::Borrow<str> for Identifier<Of> {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<Of> PartialEq<str> for Identifier<Of> {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl<Of> PartialEq<&str> for Identifier<Of> {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
     }
 }
 
@@ -76,6 +119,9 @@ pub enum OfSession {}
 /// What an `Identifier` names: a context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OfContext {}
+/// What an `Identifier` names: a rule of a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OfRule {}
 
 /// The caller's id for a user.
 pub type UserId = Identifier<OfUser>;
@@ -83,6 +129,8 @@ pub type UserId = Identifier<OfUser>;
 pub type SessionId = Identifier<OfSession>;
 /// The name of an activity with its own counters ("login", "bot", ...).
 pub type ContextName = Identifier<OfContext>;
+/// The name of a rule, unique within its context.
+pub type RuleName = Identifier<OfRule>;
 
 /// An IP address in canonical form, so `::ffff:10.0.0.1` and `10.0.0.1` are
 /// one key and an attacker cannot double their attempts by switching notation.

@@ -1,4 +1,4 @@
-use super::{Key, UnixMillis};
+use super::{Key, RuleName, UnixMillis};
 
 /// What the caller should do, in order of increasing severity: when several
 /// rules judge one request the most severe verdict wins.
@@ -66,7 +66,7 @@ pub struct Verdict {
     pub decision: Decision,
     pub reason: Reason,
     /// The rule that produced it; `None` when no rule applied.
-    pub rule: Option<String>,
+    pub rule: Option<RuleName>,
     pub key: Option<Key>,
     /// Failures left before the rule's next step (a rate rule: requests
     /// left in its window); `None` when none is ahead.

@@ -101,7 +101,7 @@ impl Answer {
             (REASON, verdict.reason.as_str().to_owned()),
         ];
         if let Some(rule) = &verdict.rule {
-            headers.push((RULE, rule.clone()));
+            headers.push((RULE, rule.to_string()));
         }
         if let Some(n) = verdict.remaining_attempts {
             headers.push((REMAINING, n.to_string()));

@@ -182,7 +182,7 @@ fn status(
         let unit = unit_of(r.window);
         let name = match unit {
             Unit::Unknown => format!("{} per {}", r.name, humantime::format_duration(r.window)),
-            _ => r.name.clone(),
+            _ => r.name.to_string(),
         };
         Some(RateLimit {
             name,

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 use super::proto::{self, admin_service_server::AdminService};
 use super::{caller, convert, observe};
 use crate::domain::{
-    FieldError, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams, UnixMillis,
-    UserId,
+    ContextName, FieldError, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams,
+    UnixMillis, UserId,
 };
 use crate::service::{Admin, Gate};
 use crate::store::{AdmissionRecord, AdmissionScope, EventFilter, UnlockScope};
@@ -182,7 +182,7 @@ impl AdminService for AdminApi {
             use proto::admin_unlock_request::Scope;
             let scope = match req.scope {
                 Some(Scope::Key(k)) => UnlockScope::Key {
-                    context: k.context.clone(),
+                    context: ContextName::parse("key.context", &k.context)?,
                     key: convert::parse_key("key.key", k.key.as_ref())?,
                 },
                 Some(Scope::Subject(s)) => UnlockScope::Subject(convert::subject(
@@ -465,7 +465,9 @@ impl AdminService for AdminApi {
         observe("ResetWarnings", async move {
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let scope = AdmissionScope {
-                context: (!req.context.is_empty()).then_some(req.context),
+                context: (!req.context.is_empty())
+                    .then(|| ContextName::parse("context", &req.context))
+                    .transpose()?,
                 user: (!req.user_id.is_empty())
                     .then(|| UserId::parse("user_id", &req.user_id))
                     .transpose()?,

@@ -190,7 +190,7 @@ pub fn verdict(v: &Verdict, now: UnixMillis) -> proto::Verdict {
     proto::Verdict {
         decision: decision(v.decision).into(),
         reason: v.reason.as_str().into(),
-        rule: v.rule.clone().unwrap_or_default(),
+        rule: v.rule.as_deref().unwrap_or_default().to_owned(),
         key: v.key.as_ref().map(key),
         remaining_attempts: v.remaining_attempts,
         unblock_at: v.unblock_at.map(timestamp),
@@ -201,8 +201,8 @@ pub fn verdict(v: &Verdict, now: UnixMillis) -> proto::Verdict {
 
 pub fn lock(s: &Stored, l: &Lock) -> proto::Lock {
     proto::Lock {
-        context: s.id.context.clone(),
-        rule: s.id.rule.clone(),
+        context: s.id.context.to_string(),
+        rule: s.id.rule.to_string(),
         key: Some(key(&s.id.key)),
         tier: l.tier,
         locked_at: Some(timestamp(l.locked_at)),
@@ -215,8 +215,8 @@ pub fn lock(s: &Stored, l: &Lock) -> proto::Lock {
 /// failure count as the rule would count it now.
 pub fn key_state(s: &Stored, failures_in_window: u32, now: UnixMillis) -> proto::KeyState {
     proto::KeyState {
-        context: s.id.context.clone(),
-        rule: s.id.rule.clone(),
+        context: s.id.context.to_string(),
+        rule: s.id.rule.to_string(),
         key: Some(key(&s.id.key)),
         failures_in_window,
         failures_total: s.state.failures_total,
@@ -294,7 +294,7 @@ pub fn admission_state(
         .filter(|u| window.is_none_or(|w| u.at.plus(w) > now))
         .count();
     proto::AdmissionState {
-        context: r.context.clone(),
+        context: r.context.to_string(),
         user_id: r.user.to_string(),
         warnings: s.warnings,
         reputation: reputation(s.reputation),

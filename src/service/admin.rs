@@ -74,9 +74,9 @@ impl Gate {
 
     pub async fn unlock(&self, admin: &Admin, scope: &UnlockScope) -> Result<u64, ServiceError> {
         if let UnlockScope::Key { context, key } = scope {
-            self.known_context("key.context", context)?;
+            self.known_context("key.context", context.as_str())?;
             let kind_known = context == ALLOW_LIST_CONTEXT || {
-                let ctx = self.policy.context("key.context", context)?;
+                let ctx = self.policy.context("key.context", context.as_str())?;
                 ctx.rules_on(key.kind()).next().is_some()
                     || (ctx.admission.is_some() && key.kind() == KeyKind::User)
             };
@@ -118,7 +118,7 @@ impl Gate {
         };
         self.record(match scope {
             UnlockScope::Key { context, key } => SecurityEvent {
-                context: context.clone(),
+                context: context.to_string(),
                 user_id: key.user().map(|u| u.to_string()).unwrap_or_default(),
                 ip: key.ip().map(|i| i.to_string()).unwrap_or_default(),
                 session_id: key.session().map(|s| s.to_string()).unwrap_or_default(),

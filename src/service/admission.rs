@@ -9,8 +9,8 @@ use super::admin::Admin;
 use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::domain::{
-    Admission, AdmissionPolicy, Decision, EventKind, FieldError, Key, Reason, SecurityEvent,
-    Subject, UnixMillis, UserId, Verdict, admit,
+    Admission, AdmissionPolicy, ContextName, Decision, EventKind, FieldError, Key, Reason,
+    RuleName, SecurityEvent, Subject, UnixMillis, UserId, Verdict, admit,
 };
 use crate::store::{
     AdmissionRecord, AdmissionScope, AdmissionStats, AdmissionStep, OffenderCursor,
@@ -47,7 +47,7 @@ fn digest(fingerprint: &[u8]) -> Option<u64> {
 
 fn admission_verdict(user: &UserId, a: &Admission) -> Verdict {
     let base = Verdict {
-        rule: Some("admission".into()),
+        rule: Some(RuleName::builtin("admission")),
         key: Some(Key::User(user.clone())),
         ..Verdict::allow()
     };
@@ -132,7 +132,7 @@ impl Gate {
         let outcome = self
             .store
             .admissions()
-            .admit(context, user, now, &|current| {
+            .admit(&ctx.name, user, now, &|current| {
                 let (state, outcome) = admit(policy, current, kind, print, now);
                 let events = outcome
                     .block
@@ -222,7 +222,7 @@ impl Gate {
         scope: &AdmissionScope,
     ) -> Result<u64, ServiceError> {
         if let Some(context) = &scope.context {
-            self.admission_policy(context)?;
+            self.admission_policy(context.as_str())?;
         }
         let now = self.now();
         let reset = self
@@ -231,7 +231,11 @@ impl Gate {
             .reset_admission(scope, false, now)
             .await?;
         self.record(SecurityEvent {
-            context: scope.context.clone().unwrap_or_default(),
+            context: scope
+                .context
+                .as_ref()
+                .map(ContextName::to_string)
+                .unwrap_or_default(),
             user_id: scope
                 .user
                 .as_ref()

@@ -13,7 +13,7 @@ use crate::telemetry::metrics;
 
 pub(super) fn id_of(slot: &Slot<'_>) -> StateId {
     StateId {
-        context: slot.context.to_owned(),
+        context: slot.context.clone(),
         rule: slot.rule.name.clone(),
         key: slot.key.clone(),
     }
@@ -39,8 +39,8 @@ pub(super) fn slot_event(
 ) -> SecurityEvent {
     let lock = state.active_lock(now);
     SecurityEvent {
-        context: slot.context.to_owned(),
-        rule: slot.rule.name.clone(),
+        context: slot.context.to_string(),
+        rule: slot.rule.name.to_string(),
         user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
         ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
         session_id: slot
@@ -85,7 +85,7 @@ fn lockout_applied(slot: &Slot<'_>, state: &KeyState) {
         state.recent_lockouts,
     );
     tracing::info!(
-        context = slot.context,
+        context = %slot.context,
         rule = %slot.rule.name,
         key = %mask_key(&slot.key),
         tier = state.recent_lockouts,

@@ -6,8 +6,8 @@ use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::crypto::SecretKeys;
 use crate::domain::{
-    Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, Subject, TotpParams, UnixMillis,
-    UserId, Verdict, check_code, provisioning,
+    Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, RuleName, Subject, TOTP_CONTEXT,
+    TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoredTotp;
@@ -51,7 +51,7 @@ fn totp_verdict(user: &UserId, decision: Decision, reason: Reason) -> Verdict {
     Verdict {
         decision,
         reason,
-        rule: Some("totp".into()),
+        rule: Some(RuleName::builtin(TOTP_CONTEXT)),
         key: Some(crate::domain::Key::User(user.clone())),
         ..Verdict::allow()
     }

@@ -19,7 +19,9 @@ use super::model::{
 };
 use super::{Health, StoreError};
 use crate::clock::Reading;
-use crate::domain::{Admission, KeyState, SecurityEvent, Session, Subject, UnixMillis, UserId};
+use crate::domain::{
+    Admission, ContextName, KeyState, SecurityEvent, Session, Subject, UnixMillis, UserId,
+};
 use crate::telemetry::metrics;
 
 /// An interface's operations wrapped for their callers: refused at once
@@ -184,7 +186,7 @@ interface! {
         /// judged one after another.
         async fn admit(
             &self,
-            context: &str,
+            context: &ContextName,
             user: &UserId,
             now: UnixMillis,
             f: &AdmitFn<'_>,

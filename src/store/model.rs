@@ -2,8 +2,8 @@
 
 use crate::crypto::Sealed;
 use crate::domain::{
-    Admission, AdmissionState, EventKind, Key, KeyState, SecurityEvent, Subject, TotpParams,
-    UnixMillis, UserId,
+    Admission, AdmissionState, ContextName, EventKind, Key, KeyState, RuleName, SecurityEvent,
+    Subject, TotpParams, UnixMillis, UserId,
 };
 
 /// The name of a stored row: a key of a rule in a context. (README,
@@ -11,8 +11,8 @@ use crate::domain::{
 /// pages resume after one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StateId {
-    pub context: String,
-    pub rule: String,
+    pub context: ContextName,
+    pub rule: RuleName,
     pub key: Key,
 }
 
@@ -60,7 +60,7 @@ pub struct Applied {
 pub enum UnlockScope {
     /// One key in one context, in every rule there.
     Key {
-        context: String,
+        context: ContextName,
         key: Key,
     },
     /// Every key involving any identifier of the subject.
@@ -151,14 +151,14 @@ pub type AdmitFn<'a> = dyn Fn(&AdmissionState) -> AdmissionStep + Send + Sync + 
 /// user everywhere, a context, or everyone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdmissionScope {
-    pub context: Option<String>,
+    pub context: Option<ContextName>,
     pub user: Option<UserId>,
 }
 
 /// One user's admission state in one context, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdmissionRecord {
-    pub context: String,
+    pub context: ContextName,
     pub user: UserId,
     pub state: AdmissionState,
 }

@@ -3,7 +3,9 @@
 
 use super::StoreError;
 use super::model::{Applied, StateId, Stored, Transition, TransitionFn, UnlockScope, Update};
-use crate::domain::{Key, KeyKind, KeyState, Lock, SecurityEvent, Subject, UnixMillis};
+use crate::domain::{
+    ContextName, Key, KeyKind, KeyState, Lock, RuleName, SecurityEvent, Subject, UnixMillis,
+};
 
 /// A key's identifier columns, borrowed from the key where its text is
 /// already there. Session ids and password fingerprints share the `token`
@@ -51,8 +53,8 @@ impl<'a> Named<'a> {
 
     /// Whether `row` is the state of this id.
     pub fn is(&self, row: &Row) -> bool {
-        row.context == self.id.context
-            && row.rule == self.id.rule
+        row.context == *self.id.context
+            && row.rule == *self.id.rule
             && row.user_id == self.columns.user_id
             && row.ip == self.columns.ip
             && row.token == self.columns.token
@@ -105,8 +107,8 @@ impl Row {
         let s = &update.state;
         let c = &named.columns;
         Row {
-            context: named.id.context.clone(),
-            rule: named.id.rule.clone(),
+            context: named.id.context.to_string(),
+            rule: named.id.rule.to_string(),
             kind: c.kind,
             user_id: c.user_id.to_owned(),
             ip: c.ip.clone(),
@@ -158,8 +160,10 @@ impl Row {
         let key = Key::from_parts("key", kind, &self.user_id, &self.ip, &self.token)
             .map_err(|e| corrupt(&format!("bad {}", e.field)))?;
         Ok(StateId {
-            context: self.context.clone(),
-            rule: self.rule.clone(),
+            context: ContextName::parse("context", &self.context)
+                .map_err(|e| corrupt(&format!("bad {}", e.field)))?,
+            rule: RuleName::parse("rule", &self.rule)
+                .map_err(|e| corrupt(&format!("bad {}", e.field)))?,
             key,
         })
     }
@@ -227,7 +231,7 @@ where
         }
         UnlockScope::Key { context, key } => {
             let c = KeyColumns::of(key);
-            q.push(" WHERE context = ").push_bind(context.clone());
+            q.push(" WHERE context = ").push_bind(context.to_string());
             q.push(" AND kind = ").push_bind(c.kind.to_owned());
             q.push(" AND user_id = ").push_bind(c.user_id.to_owned());
             q.push(" AND ip = ").push_bind(c.ip);

@@ -19,7 +19,7 @@ use super::row::{Known, Named, NextRows, Row, next_rows, push_scope};
 use super::shared::{COLUMNS, EVENT_COLUMNS, FailuresColumn, Params, Sql};
 use super::{PoolSettings, StoreError};
 use crate::clock::Reading;
-use crate::domain::{Admission, KeyState, SecurityEvent, UnixMillis, UserId};
+use crate::domain::{Admission, ContextName, KeyState, SecurityEvent, UnixMillis, UserId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -319,7 +319,7 @@ impl Upkeep for SqliteStore {
 impl Admissions for SqliteStore {
     async fn admit(
         &self,
-        context: &str,
+        context: &ContextName,
         user: &UserId,
         now: UnixMillis,
         f: &AdmitFn<'_>,

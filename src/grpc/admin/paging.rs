@@ -3,7 +3,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::domain::{ContextName, FieldError, Key, KeyKind, UserId};
+use crate::domain::{ContextName, FieldError, Key, KeyKind, RuleName, UserId};
 use crate::store::{AdmissionRecord, OffenderCursor, StateId};
 
 const DEFAULT_PAGE: u32 = 100;
@@ -40,8 +40,8 @@ pub(super) fn paginate<T>(
 pub(super) fn page_token(id: &StateId) -> String {
     let k = &id.key;
     let parts = [
-        id.context.clone(),
-        id.rule.clone(),
+        id.context.to_string(),
+        id.rule.to_string(),
         k.kind().as_str().to_owned(),
         k.user().map(|u| u.to_string()).unwrap_or_default(),
         k.ip().map(|i| i.to_string()).unwrap_or_default(),
@@ -55,7 +55,7 @@ pub(super) fn page_token(id: &StateId) -> String {
 pub(super) fn offender_token(last: &AdmissionRecord) -> String {
     let parts = [
         last.state.blocks_total.to_string(),
-        last.context.clone(),
+        last.context.to_string(),
         last.user.to_string(),
     ];
     URL_SAFE_NO_PAD.encode(parts.join(&SEP.to_string()))
@@ -91,10 +91,6 @@ pub(super) fn parse_page_token(token: &str) -> Result<StateId, FieldError> {
     let kind = KeyKind::from_name(kind).ok_or_else(bad)?;
     let key = Key::from_parts("page_token", kind, user, ip, token).map_err(|_| bad())?;
     let context = ContextName::parse("page_token", context).map_err(|_| bad())?;
-    let rule = ContextName::parse("page_token", rule).map_err(|_| bad())?;
-    Ok(StateId {
-        context: context.to_string(),
-        rule: rule.to_string(),
-        key,
-    })
+    let rule = RuleName::parse("page_token", rule).map_err(|_| bad())?;
+    Ok(StateId { context, rule, key })
 }

@@ -9,14 +9,16 @@ use sqlx::{AssertSqlSafe, Postgres, Row as _};
 
 use super::events::{append, logged_and_notified};
 use super::{PostgresStore, answer_batch};
-use crate::domain::{Admission, AdmissionState, Cause, SecurityEvent, UnixMillis, UserId};
+use crate::domain::{
+    Admission, AdmissionState, Cause, ContextName, SecurityEvent, UnixMillis, UserId,
+};
 use crate::store::StoreError;
 use crate::store::interface::Admissions;
 use crate::store::model::AdmitFn;
 use crate::store::shared::{ADMISSION_COLUMNS, Params, Sql, encode_recent};
 
 /// Whose admission row: a context and a user.
-pub type AdmissionKey = (String, UserId);
+pub type AdmissionKey = (ContextName, UserId);
 
 /// A row as read: its state and version (0 for a user not seen yet).
 pub type Versioned = (AdmissionState, i64);
@@ -184,12 +186,12 @@ async fn write(
 impl Admissions for PostgresStore {
     async fn admit(
         &self,
-        context: &str,
+        context: &ContextName,
         user: &UserId,
         now: UnixMillis,
         f: &AdmitFn<'_>,
     ) -> Result<Admission, StoreError> {
-        let key = (context.to_owned(), user.clone());
+        let key = (context.clone(), user.clone());
         let (current, version) = self.admission_reads.call(key.clone()).await?;
         let step = f(&current);
         let write = Write {

@@ -4,7 +4,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::{Params, Sql};
-use crate::domain::{AdmissionState, Admitted, Cause, KindClass, UnixMillis, UserId};
+use crate::domain::{AdmissionState, Admitted, Cause, ContextName, KindClass, UnixMillis, UserId};
 use crate::store::StoreError;
 use crate::store::interface::AdmissionRecords;
 use crate::store::model::{AdmissionRecord, AdmissionScope, AdmissionStats, OffenderCursor};
@@ -25,8 +25,10 @@ for_each_dialect! {
             let reputation: i32 = row.try_get("reputation")?;
             let recent: String = row.try_get("recent")?;
             let user: String = row.try_get("user_id")?;
+            let context: String = row.try_get("context")?;
             Ok(AdmissionRecord {
-                context: row.try_get("context")?,
+                context: ContextName::parse("context", &context)
+                    .map_err(|e| StoreError::Corrupt(format!("admission {e}")))?,
                 user: UserId::parse("user_id", &user)
                     .map_err(|e| StoreError::Corrupt(format!("admission {e}")))?,
                 state: AdmissionState {
@@ -53,13 +55,13 @@ for_each_dialect! {
         pub async fn lock_admission(
             &self,
             conn: &mut <Db as sqlx::Database>::Connection,
-            context: &str,
+            context: &ContextName,
             user: &UserId,
             now: UnixMillis,
         ) -> Result<AdmissionState, StoreError> {
             let mut p = Params::<Db>::default();
             let (context, user_id, now) =
-                (p.bind(context), p.bind(user.as_str()), p.bind(now.0));
+                (p.bind(context.as_str()), p.bind(user.as_str()), p.bind(now.0));
             let lock = format!(
                 "INSERT INTO admission (context, user_id, touched_at) \
                  VALUES ({context}, {user_id}, {now}) \
@@ -76,7 +78,7 @@ for_each_dialect! {
         pub async fn save_admission(
             &self,
             conn: &mut <Db as sqlx::Database>::Connection,
-            context: &str,
+            context: &ContextName,
             user: &UserId,
             s: &AdmissionState,
             now: UnixMillis,
@@ -84,7 +86,7 @@ for_each_dialect! {
             let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
             let small = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
             let mut p = Params::<Db>::default();
-            let (context, user_id) = (p.bind(context), p.bind(user.as_str()));
+            let (context, user_id) = (p.bind(context.as_str()), p.bind(user.as_str()));
             let save = format!(
                 "UPDATE admission SET recent = {}, warnings = {}, reputation = {}, \
                    blocked_until = {}, block_cause = {}, updates_total = {}, \
