@@ -6,7 +6,10 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Subject, UnixMillis};
+use super::{
+    ContextName, IpAddress, Key, KeyKind, PasswordKey, RuleName, SessionId, Subject, UnixMillis,
+    UserId,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -131,22 +134,32 @@ impl<'de> Deserialize<'de> for EventKind {
 }
 
 /// One entry of the append-only security event log, as stored and as
-/// broadcast to every replica's alert subscribers. Identifiers are in their
-/// canonical text; '' where the event names none.
+/// broadcast to every replica's alert subscribers (field names are the
+/// columns', as `row_to_json` sends them; `None` is stored as '').
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityEvent {
     /// Unix milliseconds.
     pub at: i64,
     pub kind: EventKind,
-    pub context: String,
-    pub rule: String,
-    pub user_id: String,
-    pub ip: String,
-    pub session_id: String,
+    #[serde(with = "blank")]
+    pub context: Option<ContextName>,
+    #[serde(with = "blank")]
+    pub rule: Option<RuleName>,
+    /// What the identifiers below make up: the key a lock is on, or the
+    /// subject's kind for an event about a request. Stored, never guessed
+    /// from which identifiers are present.
+    #[serde(with = "blank", default)]
+    pub key_kind: Option<KeyKind>,
+    #[serde(rename = "user_id", with = "blank")]
+    pub user: Option<UserId>,
+    #[serde(with = "blank")]
+    pub ip: Option<IpAddress>,
+    #[serde(rename = "session_id", with = "blank")]
+    pub session: Option<SessionId>,
     /// The password key an event is about, as admins are shown it (never
     /// the whole HMAC: see PasswordKey::shown).
-    #[serde(default)]
-    pub password: String,
+    #[serde(with = "blank", default)]
+    pub password: Option<String>,
     pub tier: u32,
     /// End of a temporary lock, Unix milliseconds.
     #[serde(rename = "until_at")]
@@ -170,12 +183,13 @@ impl SecurityEvent {
         SecurityEvent {
             at: at.0,
             kind,
-            context: String::new(),
-            rule: String::new(),
-            user_id: String::new(),
-            ip: String::new(),
-            session_id: String::new(),
-            password: String::new(),
+            context: None,
+            rule: None,
+            key_kind: None,
+            user: None,
+            ip: None,
+            session: None,
+            password: None,
             tier: 0,
             until: None,
             permanent: false,
@@ -185,26 +199,68 @@ impl SecurityEvent {
         }
     }
 
-    /// Fills in the subject's identifiers.
+    /// Fills in the subject's identifiers, and the kind of key they make
+    /// up: a user and an address are a user+ip subject, and so on.
     pub fn about(self, subject: &Subject) -> Self {
+        let key_kind = match (&subject.user, subject.ip, &subject.session) {
+            (Some(_), Some(_), _) => Some(KeyKind::UserIp),
+            (Some(_), None, _) => Some(KeyKind::User),
+            (None, Some(_), _) => Some(KeyKind::Ip),
+            (None, None, Some(_)) => Some(KeyKind::Session),
+            (None, None, None) => None,
+        };
         SecurityEvent {
-            user_id: subject
-                .user
-                .as_ref()
-                .map(|u| u.to_string())
-                .unwrap_or_default(),
-            ip: subject.ip.map(|i| i.to_string()).unwrap_or_default(),
-            session_id: subject
-                .session
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
+            key_kind,
+            user: subject.user.clone(),
+            ip: subject.ip,
+            session: subject.session.clone(),
+            ..self
+        }
+    }
+
+    /// Fills in one key: its kind and its identifiers.
+    pub fn on_key(self, key: &Key) -> Self {
+        SecurityEvent {
+            key_kind: Some(key.kind()),
+            user: key.user().cloned(),
+            ip: key.ip(),
+            session: key.session().cloned(),
+            password: key.password().map(PasswordKey::shown),
             ..self
         }
     }
 
     pub fn is_alert(&self) -> bool {
         self.kind.is_alert()
+    }
+}
+
+/// An optional identifier as a column holds it: '' for none, else its
+/// text, parsed back as it was checked on the way in.
+mod blank {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let raw = String::deserialize(d)?;
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        raw.parse().map(Some).map_err(serde::de::Error::custom)
     }
 }
 

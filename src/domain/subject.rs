@@ -67,6 +67,15 @@ impl<Of> Identifier<Of> {
     }
 }
 
+/// Stored identifiers read back through the same checks.
+impl<Of> std::str::FromStr for Identifier<Of> {
+    type Err = FieldError;
+
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        Self::parse("identifier", raw)
+    }
+}
+
 /// Tests name contexts and rules by literals, which are well formed.
 #[cfg(test)]
 impl<Of> From<&str> for Identifier<Of> {
@@ -143,6 +152,14 @@ impl IpAddress {
         raw.parse::<IpAddr>()
             .map(|ip| IpAddress(ip.to_canonical()))
             .map_err(|_| FieldError::new(field, "is not an IPv4 or IPv6 address"))
+    }
+}
+
+impl std::str::FromStr for IpAddress {
+    type Err = FieldError;
+
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        Self::parse("ip", raw)
     }
 }
 
@@ -235,6 +252,20 @@ impl KeyKind {
 
     pub fn from_name(name: &str) -> Option<KeyKind> {
         KeyKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for KeyKind {
+    type Err = FieldError;
+
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        KeyKind::from_name(raw).ok_or_else(|| FieldError::new("kind", "is not a key kind"))
     }
 }
 

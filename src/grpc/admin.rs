@@ -8,6 +8,7 @@ use crate::domain::{
     ContextName, FieldError, SecurityEvent, Suppressor, TOTP_CONTEXT, TotpAlgorithm, TotpParams,
     UnixMillis, UserId,
 };
+use crate::grpc::convert::text;
 use crate::service::{Admin, Gate};
 use crate::store::{AdmissionRecord, AdmissionScope, EventFilter, UnlockScope};
 use crate::telemetry::mask;
@@ -68,42 +69,13 @@ impl AdminApi {
 /// what that reader cannot keep up with.
 const ALERT_QUEUE: usize = 16;
 
-/// The identifiers an event names, as a key of the kind they make up.
-fn event_key(e: &SecurityEvent) -> proto::Key {
-    if !e.password.is_empty() {
-        return proto::Key {
-            kind: proto::KeyKind::Password.into(),
-            password: e.password.clone(),
-            ..proto::Key::default()
-        };
-    }
-    let kind = match (
-        e.user_id.is_empty(),
-        e.ip.is_empty(),
-        e.session_id.is_empty(),
-    ) {
-        (false, false, _) => proto::KeyKind::UserIp,
-        (false, true, _) => proto::KeyKind::User,
-        (true, false, _) => proto::KeyKind::Ip,
-        (true, true, false) => proto::KeyKind::Session,
-        (true, true, true) => proto::KeyKind::Unspecified,
-    };
-    proto::Key {
-        kind: kind.into(),
-        user_id: e.user_id.clone(),
-        ip: e.ip.clone(),
-        session_id: e.session_id.clone(),
-        password: String::new(),
-    }
-}
-
 fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAlert {
     proto::SecurityAlert {
         kind: e.kind.as_str().into(),
         at: Some(convert::timestamp(UnixMillis(e.at))),
-        context: e.context.clone(),
-        rule: e.rule.clone(),
-        key: Some(event_key(e)),
+        context: text(&e.context),
+        rule: text(&e.rule),
+        key: Some(convert::event_key(e)),
         tier: e.tier,
         unblock_at: e.until.map(|t| convert::timestamp(UnixMillis(t))),
         permanent: e.permanent,
@@ -146,10 +118,10 @@ impl AdminService for AdminApi {
                     };
                     let subject = format!(
                         "{}|{}|{}|{}",
-                        event.user_id,
-                        event.ip,
-                        event.session_id,
-                        event.password
+                        text(&event.user),
+                        text(&event.ip),
+                        text(&event.session),
+                        text(&event.password)
                     );
                     let Some(suppressed) =
                         suppressor.offer(event.kind.as_str(), &subject, UnixMillis(event.at))
@@ -339,9 +311,9 @@ impl AdminService for AdminApi {
                     id: u64::try_from(*id).unwrap_or(0),
                     kind: e.kind.as_str().into(),
                     at: Some(convert::timestamp(UnixMillis(e.at))),
-                    context: e.context.clone(),
-                    rule: e.rule.clone(),
-                    key: Some(event_key(e)),
+                    context: text(&e.context),
+                    rule: text(&e.rule),
+                    key: Some(convert::event_key(e)),
                     tier: e.tier,
                     unblock_at: e.until.map(|t| convert::timestamp(UnixMillis(t))),
                     permanent: e.permanent,

@@ -8,8 +8,8 @@ use prost_types::Timestamp;
 use super::proto;
 use crate::crypto::PasswordKeys;
 use crate::domain::{
-    Cause, ContextName, Decision, EventKind, FieldError, IpAddress, Key, KeyKind, Lock, SessionId,
-    SessionStatus, Subject, UnixMillis, UserId, Verdict,
+    Cause, ContextName, Decision, EventKind, FieldError, IpAddress, Key, KeyKind, Lock,
+    SecurityEvent, SessionId, SessionStatus, Subject, UnixMillis, UserId, Verdict,
 };
 use crate::service::AdmitOutcome;
 use crate::store::{AdmissionRecord, EventFilter, Stored};
@@ -124,6 +124,25 @@ fn key_kind(k: KeyKind) -> proto::KeyKind {
         KeyKind::UserIp => proto::KeyKind::UserIp,
         KeyKind::Session => proto::KeyKind::Session,
         KeyKind::Password => proto::KeyKind::Password,
+    }
+}
+
+/// An optional value as a proto3 string field holds it: '' for none.
+pub fn text<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
+/// The key an event names, of the kind it was recorded with.
+pub fn event_key(e: &SecurityEvent) -> proto::Key {
+    proto::Key {
+        kind: e
+            .key_kind
+            .map_or(proto::KeyKind::Unspecified, key_kind)
+            .into(),
+        user_id: text(&e.user),
+        ip: text(&e.ip),
+        session_id: text(&e.session),
+        password: text(&e.password),
     }
 }
 

@@ -98,7 +98,7 @@ impl Gate {
         let counting = ctx.slots(subject, Some(activity));
         // The failure's audit record names the service that reported it.
         let recorded = SecurityEvent {
-            context: context.to_owned(),
+            context: Some(ctx.name.clone()),
             caller: caller.to_owned(),
             detail: activity.to_owned(),
             ..SecurityEvent::new(EventKind::FailureRecorded, now).about(subject)

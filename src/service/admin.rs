@@ -4,7 +4,7 @@
 use super::totp::MIN_SECRET_BYTES;
 use super::{Gate, ServiceError};
 use crate::domain::{
-    ALLOW_LIST_CONTEXT, EventKind, FieldError, KeyKind, SecurityEvent, Session, Subject,
+    ALLOW_LIST_CONTEXT, EventKind, FieldError, Key, KeyKind, SecurityEvent, Session, Subject,
     TotpParams, UnixMillis, UserId,
 };
 use crate::store::{
@@ -118,11 +118,8 @@ impl Gate {
         };
         self.record(match scope {
             UnlockScope::Key { context, key } => SecurityEvent {
-                context: context.to_string(),
-                user_id: key.user().map(|u| u.to_string()).unwrap_or_default(),
-                ip: key.ip().map(|i| i.to_string()).unwrap_or_default(),
-                session_id: key.session().map(|s| s.to_string()).unwrap_or_default(),
-                ..event
+                context: Some(context.clone()),
+                ..event.on_key(key)
             },
             UnlockScope::Subject(subject) => event.about(subject),
             UnlockScope::All => event,
@@ -216,10 +213,11 @@ impl Gate {
                 },
             )
             .await?;
-        self.record(SecurityEvent {
-            user_id: user.to_string(),
-            ..admin.event(EventKind::TotpImported, self.now())
-        })
+        self.record(
+            admin
+                .event(EventKind::TotpImported, self.now())
+                .on_key(&Key::User(user.clone())),
+        )
         .await?;
         Ok(())
     }
@@ -233,9 +231,10 @@ impl Gate {
             .revoke_sessions(Some(user), now)
             .await?;
         self.record(SecurityEvent {
-            user_id: user.to_string(),
             detail: format!("removed={removed}"),
-            ..admin.event(EventKind::TotpReset, now)
+            ..admin
+                .event(EventKind::TotpReset, now)
+                .on_key(&Key::User(user.clone()))
         })
         .await?;
         Ok(removed)
@@ -248,10 +247,13 @@ impl Gate {
     ) -> Result<u64, ServiceError> {
         let now = self.now();
         let revoked = self.store.sessions().revoke_sessions(user, now).await?;
+        let event = admin.event(EventKind::SessionRevoked, now);
         self.record(SecurityEvent {
-            user_id: user.map(|u| u.to_string()).unwrap_or_default(),
             detail: format!("revoked={revoked}"),
-            ..admin.event(EventKind::SessionRevoked, now)
+            ..match user {
+                Some(user) => event.on_key(&Key::User(user.clone())),
+                None => event,
+            }
         })
         .await?;
         Ok(revoked)

@@ -9,8 +9,8 @@ use super::admin::Admin;
 use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::domain::{
-    Admission, AdmissionPolicy, ContextName, Decision, EventKind, FieldError, Key, Reason,
-    RuleName, SecurityEvent, Subject, UnixMillis, UserId, Verdict, admit,
+    Admission, AdmissionPolicy, Decision, EventKind, FieldError, Key, Reason, RuleName,
+    SecurityEvent, Subject, UnixMillis, UserId, Verdict, admit,
 };
 use crate::store::{
     AdmissionRecord, AdmissionScope, AdmissionStats, AdmissionStep, OffenderCursor,
@@ -138,12 +138,12 @@ impl Gate {
                     .block
                     .filter(|b| b.started)
                     .map(|b| SecurityEvent {
-                        context: context.to_owned(),
-                        user_id: user.to_string(),
+                        context: Some(ctx.name.clone()),
                         tier: u32::try_from(b.number).unwrap_or(u32::MAX),
                         until: Some(b.until.0),
                         detail: format!("cause={} block={}", b.cause.as_str(), b.number),
                         ..SecurityEvent::new(EventKind::AdmissionBlocked, now)
+                            .on_key(&Key::User(user.clone()))
                     })
                     .into_iter()
                     .collect();
@@ -230,19 +230,14 @@ impl Gate {
             .admission_records()
             .reset_admission(scope, false, now)
             .await?;
+        let event = admin.event(EventKind::WarningsReset, now);
         self.record(SecurityEvent {
-            context: scope
-                .context
-                .as_ref()
-                .map(ContextName::to_string)
-                .unwrap_or_default(),
-            user_id: scope
-                .user
-                .as_ref()
-                .map(UserId::to_string)
-                .unwrap_or_default(),
+            context: scope.context.clone(),
             detail: format!("reset={reset}"),
-            ..admin.event(EventKind::WarningsReset, now)
+            ..match &scope.user {
+                Some(user) => event.on_key(&Key::User(user.clone())),
+                None => event,
+            }
         })
         .await?;
         Ok(reset)

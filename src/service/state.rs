@@ -39,20 +39,12 @@ pub(super) fn slot_event(
 ) -> SecurityEvent {
     let lock = state.active_lock(now);
     SecurityEvent {
-        context: slot.context.to_string(),
-        rule: slot.rule.name.to_string(),
-        user_id: slot.key.user().map(|u| u.to_string()).unwrap_or_default(),
-        ip: slot.key.ip().map(|i| i.to_string()).unwrap_or_default(),
-        session_id: slot
-            .key
-            .session()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        context: Some(slot.context.clone()),
+        rule: Some(slot.rule.name.clone()),
         tier: lock.map_or(0, |l| l.tier),
         until: lock.and_then(|l| l.until).map(|t| t.0),
         permanent: lock.is_some_and(|l| l.until.is_none()),
-        password: slot.key.password().map(|p| p.shown()).unwrap_or_default(),
-        ..SecurityEvent::new(kind, now)
+        ..SecurityEvent::new(kind, now).on_key(&slot.key)
     }
 }
 

@@ -6,8 +6,8 @@ use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::crypto::SecretKeys;
 use crate::domain::{
-    Code, CodeCheck, ContextPolicy, Decision, FieldError, Reason, RuleName, Subject, TOTP_CONTEXT,
-    TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
+    Code, CodeCheck, ContextPolicy, Decision, FieldError, Key, Reason, RuleName, Subject,
+    TOTP_CONTEXT, TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoredTotp;
@@ -106,9 +106,9 @@ impl Gate {
         if step.expired {
             tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "session expired");
             self.record(SecurityEvent {
-                context: ctx.name.to_string(),
-                user_id: user.to_string(),
+                context: Some(ctx.name.clone()),
                 ..SecurityEvent::new(EventKind::SessionExpired, now)
+                    .on_key(&Key::User(user.clone()))
             })
             .await?;
         }
@@ -207,7 +207,7 @@ impl Gate {
                     .await?;
             }
             self.record(SecurityEvent {
-                context: ctx.name.to_string(),
+                context: Some(ctx.name.clone()),
                 ..SecurityEvent::new(EventKind::SessionStarted, now).about(subject)
             })
             .await?;
@@ -221,7 +221,7 @@ impl Gate {
         // A replay is answered exactly as a wrong code, so the answer never
         // tells an attacker that a code they saw was once valid.
         let failed = SecurityEvent {
-            context: ctx.name.to_string(),
+            context: Some(ctx.name.clone()),
             detail: if replayed { "replay" } else { "invalid" }.into(),
             ..SecurityEvent::new(EventKind::TotpFailed, now).about(subject)
         };
@@ -322,9 +322,8 @@ impl Gate {
             .await?;
         tracing::info!(user = %mask(user.as_str()), "TOTP enrollment started");
         self.record(SecurityEvent {
-            context: ctx.name.to_string(),
-            user_id: user.to_string(),
-            ..SecurityEvent::new(EventKind::TotpEnrolled, now)
+            context: Some(ctx.name.clone()),
+            ..SecurityEvent::new(EventKind::TotpEnrolled, now).on_key(&Key::User(user.clone()))
         })
         .await?;
         Ok(Enrollment {

@@ -4,6 +4,7 @@
 //! its own way in `postgres/` and `sqlite.rs`.
 
 mod batch;
+mod event_row;
 mod health;
 mod interface;
 mod model;

@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
+use super::event_row::EventRow;
 use super::interface::{Admissions, EventLog, KeyStates, Parts, Upkeep};
 use super::model::{AdmitFn, Applied, Purged, StateId, TransitionFn, UnlockScope};
 use super::row::{Known, Named, NextRows, Row, next_rows, push_scope};
@@ -130,21 +131,23 @@ async fn upsert(conn: &mut SqliteConnection, r: &Row) -> Result<(), StoreError> 
 /// values in EVENT_COLUMNS' order.
 async fn insert_event(conn: &mut SqliteConnection, e: &SecurityEvent) -> Result<(), StoreError> {
     let mut p = Params::<Sqlite>::default();
+    let e = EventRow::of(e);
     let values = [
         p.bind(e.at),
-        p.bind(e.kind.as_str()),
-        p.bind(e.context.as_str()),
-        p.bind(e.rule.as_str()),
-        p.bind(e.user_id.as_str()),
-        p.bind(e.ip.as_str()),
-        p.bind(e.session_id.as_str()),
-        p.bind(e.password.as_str()),
-        p.bind(i32::try_from(e.tier).unwrap_or(i32::MAX)),
-        p.bind(e.until),
+        p.bind(e.kind),
+        p.bind(e.context),
+        p.bind(e.rule),
+        p.bind(e.key_kind),
+        p.bind(e.user_id),
+        p.bind(e.ip),
+        p.bind(e.session_id),
+        p.bind(e.password),
+        p.bind(e.tier),
+        p.bind(e.until_at),
         p.bind(e.permanent),
-        p.bind(e.actor.as_str()),
-        p.bind(e.caller.as_str()),
-        p.bind(e.detail.as_str()),
+        p.bind(e.actor),
+        p.bind(e.caller),
+        p.bind(e.detail),
     ]
     .map(|v| v.to_string())
     .join(", ");

@@ -2,7 +2,9 @@
 //! (migrations/postgres/0007_key_token.sql, migrations/sqlite/0005) keeps
 //! its state across the upgrade: a password key's lock, stored where a
 //! session id went, and its audit event, which named the key in its detail
-//! text, read as they did.
+//! text, read as they did; and the events it stored name the kind of key
+//! they were shown with (migrations/postgres/0008_event_key_kind.sql,
+//! migrations/sqlite/0006), now recorded rather than guessed.
 
 use rstest::rstest;
 use sqlx::Connection;
@@ -31,6 +33,11 @@ async fn written_by_the_release_before(db: &TestDb) {
          VALUES ({}, 'lockout', 'login', 'password', 1, {until}, 'password k1:abcd')",
         EPOCH.0
     );
+    let failure = format!(
+        "INSERT INTO security_event (at, kind, context, user_id, ip, session_id, detail) \
+         VALUES ({}, 'failure_recorded', 'login', 'alice', '10.0.0.1', 's1', 'password')",
+        EPOCH.0
+    );
     let before = |mut m: Migrator, last: i64| {
         m.migrations = m
             .migrations
@@ -49,7 +56,7 @@ async fn written_by_the_release_before(db: &TestDb) {
                 .run(&mut c)
                 .await
                 .unwrap();
-            for sql in [&state, &event] {
+            for sql in [&state, &event, &failure] {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone()))
                     .execute(&mut c)
                     .await
@@ -118,13 +125,23 @@ async fn a_password_keys_lock_and_its_event_survive_the_upgrade(
         .unwrap()
         .into_inner()
         .events;
-    let event = events
-        .iter()
-        .find(|e| e.kind == "lockout")
-        .expect("the lock's event");
-    let key = event.key.as_ref().unwrap();
+    let of_kind = |kind: &str| {
+        let event = events.iter().find(|e| e.kind == kind).expect(kind);
+        (event, event.key.clone().unwrap())
+    };
+    let (event, key) = of_kind("lockout");
     assert_eq!(key.kind(), proto::KeyKind::Password, "{event:?}");
     assert_eq!(key.password, "k1:abcd");
     assert_eq!(event.detail, "", "the key left the detail text");
+    let (failure, key) = of_kind("failure_recorded");
+    assert_eq!(key.kind(), proto::KeyKind::UserIp, "{failure:?}");
+    assert_eq!(
+        (
+            key.user_id.as_str(),
+            key.ip.as_str(),
+            key.session_id.as_str()
+        ),
+        ("alice", "10.0.0.1", "s1")
+    );
     server.stop().await;
 }

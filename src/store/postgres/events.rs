@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, PgExecutor, Postgres};
 use super::relay::EVENT_CHANNEL;
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoreError;
+use crate::store::event_row::EventRow;
 use crate::store::shared::{EVENT_COLUMNS, Params};
 
 /// Binds `events`, each of the request beside it, and gives back the CTEs
@@ -19,25 +20,22 @@ pub fn logged_and_notified(
     events: &[(i32, &SecurityEvent)],
     keep: &str,
 ) -> String {
-    let column = |p: &mut Params<Postgres>, f: fn(&SecurityEvent) -> &str| {
-        p.bind(events.iter().map(|(_, e)| f(e)).collect::<Vec<_>>())
+    let rows: Vec<EventRow<'_>> = events.iter().map(|(_, e)| EventRow::of(e)).collect();
+    let column = |p: &mut Params<Postgres>, f: for<'r> fn(&'r EventRow<'_>) -> &'r str| {
+        p.bind(rows.iter().map(f).collect::<Vec<_>>())
     };
-    let at = p.bind(events.iter().map(|(_, e)| e.at).collect::<Vec<_>>());
-    let kind = column(p, |e| e.kind.as_str());
+    let at = p.bind(rows.iter().map(|e| e.at).collect::<Vec<_>>());
+    let kind = column(p, |e| &e.kind);
     let context = column(p, |e| &e.context);
     let rule = column(p, |e| &e.rule);
+    let key_kind = column(p, |e| &e.key_kind);
     let user_id = column(p, |e| &e.user_id);
     let ip = column(p, |e| &e.ip);
     let session_id = column(p, |e| &e.session_id);
     let password = column(p, |e| &e.password);
-    let tier = p.bind(
-        events
-            .iter()
-            .map(|(_, e)| i32::try_from(e.tier).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    );
-    let until = p.bind(events.iter().map(|(_, e)| e.until).collect::<Vec<_>>());
-    let permanent = p.bind(events.iter().map(|(_, e)| e.permanent).collect::<Vec<_>>());
+    let tier = p.bind(rows.iter().map(|e| e.tier).collect::<Vec<_>>());
+    let until = p.bind(rows.iter().map(|e| e.until_at).collect::<Vec<_>>());
+    let permanent = p.bind(rows.iter().map(|e| e.permanent).collect::<Vec<_>>());
     let actor = column(p, |e| &e.actor);
     let caller = column(p, |e| &e.caller);
     let detail = column(p, |e| &e.detail);
@@ -49,7 +47,8 @@ pub fn logged_and_notified(
            ({EVENT_COLUMNS}) \
            SELECT {EVENT_COLUMNS} \
            FROM UNNEST({at}::bigint[], {kind}::text[], {context}::text[], {rule}::text[], \
-             {user_id}::text[], {ip}::text[], {session_id}::text[], {password}::text[], \
+             {key_kind}::text[], {user_id}::text[], {ip}::text[], {session_id}::text[], \
+             {password}::text[], \
              {tier}::int[], {until}::bigint[], {permanent}::bool[], {actor}::text[], \
              {caller}::text[], {detail}::text[], {request}::int[]) \
              AS e({EVENT_COLUMNS}, request) \

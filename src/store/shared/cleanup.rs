@@ -22,8 +22,9 @@ const ADMISSION_RETENTION_MS: i64 = 24 * 3600 * 1000;
 fn locks_expired(after: Placeholder, now: Placeholder, kind: Placeholder) -> String {
     format!(
         "INSERT INTO security_event \
-           (at, kind, context, rule, user_id, ip, session_id, password, tier, until_at) \
-         SELECT locked_until, {kind}, context, rule, user_id, ip, \
+           (at, kind, context, rule, key_kind, user_id, ip, session_id, password, tier, \
+            until_at) \
+         SELECT locked_until, {kind}, context, rule, kind, user_id, ip, \
            CASE WHEN kind = 'session' THEN token ELSE '' END, \
            CASE WHEN kind = 'password' \
              THEN substr(token, 1, length(token) - {HIDDEN_HEX}) ELSE '' END, \
@@ -67,8 +68,8 @@ for_each_dialect! {
             let mut p = Params::<Db>::default();
             let (until, kind) = (p.bind(at), p.bind(EventKind::SessionExpired.as_str()));
             let sql = format!(
-                "INSERT INTO security_event (at, kind, user_id) \
-                 SELECT expires_at, {kind}, user_id FROM session \
+                "INSERT INTO security_event (at, kind, key_kind, user_id) \
+                 SELECT expires_at, {kind}, 'user', user_id FROM session \
                  WHERE status = 'authenticated' AND expires_at <= {until}"
             );
             run(conn, sql, p).await?;

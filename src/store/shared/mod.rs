@@ -40,8 +40,8 @@ pub const COLUMNS: &str = "context, rule, kind, user_id, ip, token, recent_failu
      last_lockout_at, lockouts_total, expires_at, version";
 
 /// The columns of a security event, without its id.
-pub const EVENT_COLUMNS: &str = "at, kind, context, rule, user_id, ip, session_id, password, \
-     tier, until_at, permanent, actor, caller, detail";
+pub const EVENT_COLUMNS: &str = "at, kind, context, rule, key_kind, user_id, ip, session_id, \
+     password, tier, until_at, permanent, actor, caller, detail";
 
 /// A key-state row's recent_failures column, which each dialect stores its
 /// own way (Postgres as BIGINT[], SQLite as comma-separated text).
@@ -144,30 +144,29 @@ for_each_dialect! {
         pub fn decode_event(
             row: &<Db as Database>::Row,
         ) -> Result<(i64, crate::domain::SecurityEvent), StoreError> {
-            use crate::domain::{EventKind, SecurityEvent};
+            use crate::store::event_row::EventRow;
             use sqlx::Row as _;
-            let tier: i32 = row.try_get("tier")?;
-            let kind: String = row.try_get("kind")?;
-            Ok((
-                row.try_get("id")?,
-                SecurityEvent {
-                    at: row.try_get("at")?,
-                    kind: EventKind::from_name(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind:?}")))?,
-                    context: row.try_get("context")?,
-                    rule: row.try_get("rule")?,
-                    user_id: row.try_get("user_id")?,
-                    ip: row.try_get("ip")?,
-                    session_id: row.try_get("session_id")?,
-                    password: row.try_get("password")?,
-                    tier: u32::try_from(tier).unwrap_or(0),
-                    until: row.try_get("until_at")?,
-                    permanent: row.try_get("permanent")?,
-                    actor: row.try_get("actor")?,
-                    caller: row.try_get("caller")?,
-                    detail: row.try_get("detail")?,
-                },
-            ))
+            let text = |column: &str| -> Result<std::borrow::Cow<'static, str>, StoreError> {
+                Ok(std::borrow::Cow::Owned(row.try_get::<String, _>(column)?))
+            };
+            let stored = EventRow {
+                at: row.try_get("at")?,
+                kind: text("kind")?,
+                context: text("context")?,
+                rule: text("rule")?,
+                key_kind: text("key_kind")?,
+                user_id: text("user_id")?,
+                ip: text("ip")?,
+                session_id: text("session_id")?,
+                password: text("password")?,
+                tier: row.try_get("tier")?,
+                until_at: row.try_get("until_at")?,
+                permanent: row.try_get("permanent")?,
+                actor: text("actor")?,
+                caller: text("caller")?,
+                detail: text("detail")?,
+            };
+            Ok((row.try_get("id")?, stored.event()?))
         }
     }
 
