@@ -13,8 +13,8 @@ use super::schema::{
 use super::{ConfigError, invalid};
 use crate::domain::{
     AccessList, AdmissionPolicy, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration,
-    MAX_RATE_LIMIT, PatternRule, Patterns, Policy, Rule, RuleKind, RuleName, SessionPolicy,
-    TimeoutMode, TotpParams, TotpPolicy, UpdateKind, UserId, Window,
+    MAX_RATE_LIMIT, Networks, PatternRule, Patterns, Policy, Rule, RuleKind, RuleName,
+    SessionPolicy, TimeoutMode, TotpParams, TotpPolicy, UpdateKind, UserId, Window,
 };
 
 impl Config {
@@ -130,6 +130,7 @@ impl Config {
         if self.contexts.is_empty() {
             return Err(invalid("contexts", "at least one context is needed"));
         }
+        let trusted = Networks::parse("access.trusted_networks", &self.access.trusted_networks)?;
         let mut contexts = Vec::new();
         for (name, ctx) in &self.contexts {
             let key = format!("contexts.{name}");
@@ -177,6 +178,14 @@ impl Config {
                     .as_ref()
                     .map(|a| a.to_policy(&format!("{key}.admission")))
                     .transpose()?,
+                trusted: match &ctx.trusted_networks {
+                    Some(own) => Networks::parse(&format!("{key}.trusted_networks"), own)?,
+                    None => trusted.clone(),
+                },
+                allowed: Networks::parse(
+                    &format!("{key}.allowed_networks"),
+                    &ctx.allowed_networks,
+                )?,
             });
         }
         validate_keys("passwords.keys", &self.passwords.keys)?;

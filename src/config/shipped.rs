@@ -107,6 +107,8 @@ pub fn contexts() -> BTreeMap<String, ContextConfig> {
         session_mode: SessionMode::Absolute,
         failure_mode: FailureMode::FailClosed,
         admission: None,
+        trusted_networks: None,
+        allowed_networks: Vec::new(),
     };
     [
         ("login", context(login, false)),

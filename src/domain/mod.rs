@@ -5,6 +5,7 @@
 mod admission;
 mod alerts;
 mod event;
+mod network;
 mod policy;
 mod rule;
 mod session;
@@ -19,6 +20,7 @@ pub use admission::{
 };
 pub use alerts::Suppressor;
 pub use event::{EventKind, SecurityEvent};
+pub use network::Networks;
 pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,

@@ -3,8 +3,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{
-    AdmissionPolicy, ContextName, Decision, FieldError, Key, KeyKind, Reason, Rule, SessionPolicy,
-    Subject, TotpParams, UserId, Verdict, Window,
+    AdmissionPolicy, ContextName, Decision, FieldError, IpAddress, Key, KeyKind, Networks, Reason,
+    Rule, SessionPolicy, Subject, TotpParams, UserId, Verdict, Window,
 };
 
 /// The pseudo-context that holds the allow list's own counter, so attempts by
@@ -75,12 +75,32 @@ impl AccessList {
     /// A stranger is denied; once their attempts block them, the block
     /// (with its end) is what they are told.
     pub fn judge(&self, verdict: Verdict) -> Verdict {
+        self.refuse(verdict, Reason::NotOnAllowList)
+    }
+
+    /// An address outside a context's allowed networks is counted by the
+    /// same rule as a stranger, on the address.
+    pub fn network_slot(&self, ip: IpAddress) -> Slot<'_> {
+        Slot {
+            context: &ALLOW_LIST_NAME,
+            rule: &self.rule,
+            key: Key::Ip(ip),
+        }
+    }
+
+    /// An outsider is denied as a stranger is, until their attempts block
+    /// them.
+    pub fn judge_outsider(&self, verdict: Verdict) -> Verdict {
+        self.refuse(verdict, Reason::NetworkNotAllowed)
+    }
+
+    fn refuse(&self, verdict: Verdict, reason: Reason) -> Verdict {
         if verdict.decision == Decision::Blocked {
             return verdict;
         }
         Verdict {
             decision: Decision::Deny,
-            reason: Reason::NotOnAllowList,
+            reason,
             ..verdict
         }
     }
@@ -133,6 +153,10 @@ pub struct ContextPolicy {
     pub session: SessionPolicy,
     /// Anti-spam admission; `None` where Admit is not offered.
     pub admission: Option<AdmissionPolicy>,
+    /// Addresses no rule on the address (`ip`, `user+ip`) counts or judges.
+    pub trusted: Networks,
+    /// The only addresses admitted; empty admits every one.
+    pub allowed: Networks,
 }
 
 /// Two-factor sign-in settings shared by every context.
@@ -160,13 +184,58 @@ impl TotpPolicy {
     }
 }
 
+/// Whether a rule of this kind counts on the address.
+fn on_address(kind: KeyKind) -> bool {
+    matches!(kind, KeyKind::Ip | KeyKind::UserIp)
+}
+
 impl ContextPolicy {
+    /// Whether `ip` is in this context's trusted networks.
+    pub fn trusts(&self, ip: Option<IpAddress>) -> bool {
+        ip.is_some_and(|ip| self.trusted.containing(ip).is_some())
+    }
+
+    /// The subject's address when this context admits only some networks
+    /// and it is outside them; a subject without one cannot be admitted.
+    pub fn outsider(&self, subject: &Subject) -> Result<Option<IpAddress>, FieldError> {
+        if self.allowed.is_empty() {
+            return Ok(None);
+        }
+        let ip = subject.ip.ok_or_else(|| {
+            FieldError::new(
+                "subject.ip",
+                format!(
+                    "is required in context {:?}, which admits only listed networks",
+                    self.name.as_str()
+                ),
+            )
+        })?;
+        Ok(self.allowed.containing(ip).is_none().then_some(ip))
+    }
+
+    /// A verdict that let the request through says when it was because the
+    /// address is trusted.
+    pub fn annotate(&self, subject: &Subject, verdict: Verdict) -> Verdict {
+        if verdict.decision == Decision::Allow
+            && verdict.reason == Reason::Ok
+            && self.trusts(subject.ip)
+        {
+            return Verdict {
+                reason: Reason::TrustedNetwork,
+                ..verdict
+            };
+        }
+        verdict
+    }
+
     /// The rules that judge this subject (those whose key it supplies) and,
     /// when `activity` is given, count that activity.
     pub fn slots<'a>(&'a self, subject: &Subject, activity: Option<&str>) -> Vec<Slot<'a>> {
+        let trusted = self.trusts(subject.ip);
         self.rules
             .iter()
             .filter(|r| activity.is_none_or(|a| r.counts(a)))
+            .filter(|r| !(trusted && on_address(r.key)))
             .flat_map(|rule| {
                 subject.keys(rule.key).into_iter().map(move |key| Slot {
                     context: &self.name,
@@ -184,8 +253,10 @@ impl ContextPolicy {
 
     /// The rate rules counting on `key`'s kind, each applied to `key`.
     pub fn rate_slots<'a>(&'a self, key: &Key) -> Vec<Slot<'a>> {
+        let trusted = self.trusts(key.ip());
         self.rules_on(key.kind())
             .filter(|r| r.rate_limit().is_some())
+            .filter(|r| !(trusted && on_address(r.key)))
             .map(|rule| Slot {
                 context: &self.name,
                 rule,
@@ -364,6 +435,8 @@ mod tests {
                 mode: crate::domain::TimeoutMode::Absolute,
             },
             admission: None,
+            trusted: Networks::default(),
+            allowed: Networks::default(),
         };
         let user_only = Subject::parse("s", "a", "", "").unwrap();
         assert!(
@@ -379,6 +452,28 @@ mod tests {
             .map(|s| s.rule.name.clone())
             .collect();
         assert_eq!(names, ["pair", "ip"]);
+        let office = ContextPolicy {
+            trusted: Networks::parse("t", &["1.1.0.0/16".into()]).unwrap(),
+            ..ctx.clone()
+        };
+        let names: Vec<_> = office
+            .slots(&both, None)
+            .iter()
+            .map(|s| s.rule.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["spam"],
+            "a trusted address is counted on its user only"
+        );
+        assert_eq!(
+            office.annotate(&both, Verdict::allow()).reason,
+            Reason::TrustedNetwork
+        );
+        assert_eq!(
+            office.annotate(&user_only, Verdict::allow()).reason,
+            Reason::Ok
+        );
         let totp = TotpPolicy {
             issuer: "authgate".into(),
             defaults: TotpParams {

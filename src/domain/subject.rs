@@ -155,6 +155,12 @@ impl IpAddress {
     }
 }
 
+impl IpAddress {
+    pub fn addr(self) -> IpAddr {
+        self.0
+    }
+}
+
 impl std::str::FromStr for IpAddress {
     type Err = FieldError;
 

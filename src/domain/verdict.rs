@@ -38,6 +38,11 @@ pub enum Reason {
     RateLimited,
     /// Admit: the user is blocked for spam.
     SpamBlocked,
+    /// Allowed, from an address in the context's trusted networks, which
+    /// no rule on the address judged.
+    TrustedNetwork,
+    /// The address is outside the context's allowed networks.
+    NetworkNotAllowed,
 }
 
 impl Reason {
@@ -56,6 +61,8 @@ impl Reason {
             Reason::StoreUnavailable => "store_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::SpamBlocked => "spam_blocked",
+            Reason::TrustedNetwork => "trusted_network",
+            Reason::NetworkNotAllowed => "network_not_allowed",
         }
     }
 }

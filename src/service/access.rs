@@ -4,7 +4,7 @@
 use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::domain::{
-    ContextPolicy, Decision, EventKind, SecurityEvent, Slot, Subject, UnixMillis, Verdict,
+    ContextPolicy, Decision, EventKind, Reason, SecurityEvent, Slot, Subject, UnixMillis, Verdict,
 };
 use crate::store::StoreError;
 use crate::telemetry::metrics;
@@ -17,18 +17,29 @@ pub struct Outcome {
 }
 
 impl Gate {
-    /// The allow list's verdict for a stranger; counting the attempt when
-    /// `count` (CheckAccess counts attempts, the record calls only report).
+    /// The allow list's verdict for a stranger, and the context's for an
+    /// address outside its allowed networks (the most severe of the two);
+    /// counting the attempt when `count` (CheckAccess counts attempts, the
+    /// record calls only report).
     pub(super) async fn stranger(
         &self,
+        ctx: &ContextPolicy,
         subject: &Subject,
         count: bool,
         now: UnixMillis,
-    ) -> Result<Option<Verdict>, StoreError> {
-        let Some(slot) = self.policy.access.slot(subject) else {
+    ) -> Result<Option<Verdict>, ServiceError> {
+        let access = &self.policy.access;
+        let outsider = ctx.outsider(subject)?;
+        let slots: Vec<(Slot<'_>, Reason)> = access
+            .slot(subject)
+            .map(|s| (s, Reason::NotOnAllowList))
+            .into_iter()
+            .chain(outsider.map(|ip| (access.network_slot(ip), Reason::NetworkNotAllowed)))
+            .collect();
+        if slots.is_empty() {
             return Ok(None);
-        };
-        let slots = [slot];
+        }
+        let (slots, reasons): (Vec<_>, Vec<_>) = slots.into_iter().unzip();
         let states = if count {
             self.fail(&slots, now, &[], Some(EventKind::NotAllowed))
                 .await?
@@ -36,8 +47,18 @@ impl Gate {
         } else {
             self.load(&slots).await?
         };
-        let verdict = slots[0].rule.assess(&slots[0].key, &states[0], now);
-        Ok(Some(self.policy.access.judge(verdict)))
+        let verdicts = slots
+            .iter()
+            .zip(&states)
+            .zip(reasons)
+            .map(|((slot, state), reason)| {
+                let verdict = slot.rule.assess(&slot.key, state, now);
+                match reason {
+                    Reason::NetworkNotAllowed => access.judge_outsider(verdict),
+                    _ => access.judge(verdict),
+                }
+            });
+        Ok(Some(Verdict::most_severe(verdicts)))
     }
 
     pub async fn check_access(
@@ -54,6 +75,10 @@ impl Gate {
             {
                 tracing::warn!(context, error = %cause, "store unavailable; failing open");
                 metrics::failed_open(context);
+                // The network lists need no store either.
+                if ctx.outsider(subject)?.is_some() {
+                    return Ok(self.policy.access.judge_outsider(Verdict::allow()));
+                }
                 Ok(self.policy.access.unchecked(subject))
             }
             judged => judged,
@@ -71,7 +96,7 @@ impl Gate {
             .into_iter()
             .partition(|s| s.rule.rate_limit().is_some());
         let mut verdicts = Self::judge(&slots, &self.load(&slots).await?, now);
-        verdicts.extend(self.stranger(subject, true, now).await?);
+        verdicts.extend(self.stranger(ctx, subject, true, now).await?);
         if self.policy.requires_totp(ctx, subject.user.as_ref()) {
             let user = required_user(subject)?;
             verdicts.push(self.second_factor(ctx, user, now).await?);
@@ -83,7 +108,7 @@ impl Gate {
             self.hit(&rates, &vec![1; rates.len()], admitted, now)
                 .await?,
         );
-        Ok(Verdict::most_severe(verdicts))
+        Ok(ctx.annotate(subject, Verdict::most_severe(verdicts)))
     }
 
     pub async fn record_failure(
@@ -112,9 +137,9 @@ impl Gate {
             .filter(|s| !counting.contains(s))
             .collect();
         verdicts.extend(Self::judge(&others, &self.load(&others).await?, now));
-        verdicts.extend(self.stranger(subject, false, now).await?);
+        verdicts.extend(self.stranger(ctx, subject, false, now).await?);
         Ok(Outcome {
-            verdict: Verdict::most_severe(verdicts),
+            verdict: ctx.annotate(subject, Verdict::most_severe(verdicts)),
             lockout_applied,
         })
     }
@@ -130,7 +155,7 @@ impl Gate {
         let loaded = self.load(&slots).await?;
         let states = self.forgive(&slots, loaded).await?;
         let mut verdicts = Self::judge(&slots, &states, now);
-        verdicts.extend(self.stranger(subject, false, now).await?);
-        Ok(Verdict::most_severe(verdicts))
+        verdicts.extend(self.stranger(ctx, subject, false, now).await?);
+        Ok(ctx.annotate(subject, Verdict::most_severe(verdicts)))
     }
 }

@@ -113,7 +113,7 @@ impl Gate {
         let now = self.now();
         // Strangers are turned away before anything is recorded, as the
         // allow list judges everything else.
-        if let Some(stranger) = self.stranger(subject, false, now).await?
+        if let Some(stranger) = self.stranger(ctx, subject, false, now).await?
             && stranger.decision != Decision::Allow
         {
             return Ok(AdmitOutcome {

@@ -24,6 +24,7 @@ mod ext_proc;
 mod faults;
 mod forward_auth;
 mod gateway_envoy;
+mod networks;
 mod observability;
 mod operator;
 mod outage;

@@ -12,8 +12,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::*;
 
-/// "login" fails closed (the default); "feed" fails open. Both lock after
-/// a few failures, and only listed users may act.
+/// "login" fails closed (the default); "feed" and "hook" fail open. All
+/// lock after a few failures, only listed users may act, and "hook" admits
+/// only one network.
 const CONTEXTS: &str = r#"
 [database]
 acquire_timeout = "500ms"
@@ -31,6 +32,15 @@ failure_mode = "fail_open"
 [[contexts.feed.rules]]
 name = "user"
 key = "user"
+window = "30m"
+lock_after = 3
+lockout = ["30m"]
+[contexts.hook]
+failure_mode = "fail_open"
+allowed_networks = ["149.154.160.0/20"]
+[[contexts.hook.rules]]
+name = "ip"
+key = "ip"
 window = "30m"
 lock_after = 3
 lockout = ["30m"]
@@ -97,6 +107,14 @@ async fn unavailable_while_postgres_is_down_then_recovers() {
     );
     let stranger = check(&mut c, "feed", subject("mallory", "")).await;
     assert_eq!(decision(&stranger), Decision::Deny);
+    let sender = check(&mut c, "hook", subject("", "149.154.167.1")).await;
+    assert_eq!(sender.reason, "store_unavailable", "{sender:?}");
+    let outsider = check(&mut c, "hook", subject("", "198.51.100.7")).await;
+    assert_eq!(
+        (decision(&outsider), outsider.reason.as_str()),
+        (Decision::Deny, "network_not_allowed"),
+        "the network list needs no store"
+    );
     let err = c
         .record_failure(proto::RecordFailureRequest {
             context: "feed".into(),

@@ -20,8 +20,16 @@ pub struct AccessConfig {
     /// Users who may call AdminService; must be in allowed_user_ids when
     /// that is non-empty.
     pub admin_user_ids: Vec<String>,
-    /// What happens to users who are not on the allow list and keep trying.
+    /// What happens to users who are not on the allow list and keep trying
+    /// (and to addresses outside a context's allowed_networks).
     pub not_allowed: NotAllowedConfig,
+    /// Networks (CIDRs or addresses, IPv4 and IPv6) that rules on the
+    /// address (`ip`, `user+ip`) never count or judge: an office or a
+    /// carrier NAT must not lock out everyone behind it. Rules on the user
+    /// still apply. Empty by default: trusting is a decision. Not the
+    /// gateway's trusted_proxies, which say whose X-Forwarded-For to
+    /// believe; a machine in the office is not a proxy.
+    pub trusted_networks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +76,17 @@ pub struct ContextConfig {
     /// blocks, reputation and spam patterns. Absent: Admit is refused here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<AdmissionConfig>,
+    /// This context's trusted networks, in place of access.trusted_networks
+    /// (`[]` trusts none here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_networks: Option<Vec<String>>,
+    /// The only networks this context admits (a webhook's sender's, as
+    /// Telegram's 149.154.160.0/20 and 91.108.4.0/22); any other address is
+    /// denied (network_not_allowed) and counted as access.not_allowed
+    /// counts strangers, and a request without an address is refused.
+    /// Empty: every address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_networks: Vec<String>,
 }
 
 /// A context's admission rules. The defaults are the aiogram anti-spam
