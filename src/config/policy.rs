@@ -13,7 +13,7 @@ use super::schema::{
 use super::{ConfigError, invalid};
 use crate::domain::{
     AccessList, AdmissionPolicy, ContextName, ContextPolicy, KeyKind, Ladder, LockDuration,
-    MAX_RATE_LIMIT, Networks, PatternRule, Patterns, Policy, Rule, RuleKind, RuleName,
+    MAX_RATE_LIMIT, Networks, PatternRule, Patterns, Policy, Prefixes, Rule, RuleKind, RuleName,
     SessionPolicy, TimeoutMode, TotpParams, TotpPolicy, UpdateKind, UserId, Window,
 };
 
@@ -105,6 +105,9 @@ impl Config {
         let allow_rule = Rule {
             name: RuleName::builtin(crate::domain::ALLOW_LIST_CONTEXT),
             key: KeyKind::User,
+            // Outsiders of allowed networks count here address by address:
+            // each is a network's stranger, judged by where it really is.
+            prefixes: Prefixes::SINGLE,
             activities: Vec::new(),
             kind: RuleKind::Failures {
                 captcha_after: None,
@@ -293,6 +296,7 @@ impl TotpConfig {
             rule: Rule {
                 name: RuleName::builtin(crate::domain::TOTP_CONTEXT),
                 key: KeyKind::User,
+                prefixes: Prefixes::DEFAULT,
                 activities: Vec::new(),
                 kind: RuleKind::Failures {
                     captcha_after: None,
@@ -327,12 +331,46 @@ impl RuleConfig {
         Ok(Rule {
             name: RuleName::parse(&format!("{key}.name"), &self.name)?,
             key: self.key,
+            prefixes: self.prefixes(key)?,
             kind,
             activities: self.activities.clone(),
             window: self.window,
             ladder,
             recurrence_window: self.recurrence_window,
             extend_while_locked: self.extend_while_locked,
+        })
+    }
+
+    fn prefixes(&self, key: &str) -> Result<Prefixes, ConfigError> {
+        let on_address = matches!(self.key, KeyKind::Ip | KeyKind::UserIp);
+        let prefix =
+            |name: &str, value: Option<u8>, range: std::ops::RangeInclusive<u8>, default| {
+                match value {
+                    None => Ok(default),
+                    Some(_) if !on_address => Err(invalid(
+                        format!("{key}.{name}"),
+                        "only rules on the address (key ip or user+ip) count by a prefix",
+                    )),
+                    Some(v) if range.contains(&v) => Ok(v),
+                    Some(v) => Err(invalid(
+                        format!("{key}.{name}"),
+                        format!("must be from {} to {}, got {v}", range.start(), range.end()),
+                    )),
+                }
+            };
+        Ok(Prefixes {
+            v4: prefix(
+                "ipv4_prefix",
+                self.ipv4_prefix,
+                8..=32,
+                Prefixes::DEFAULT.v4,
+            )?,
+            v6: prefix(
+                "ipv6_prefix",
+                self.ipv6_prefix,
+                32..=128,
+                Prefixes::DEFAULT.v6,
+            )?,
         })
     }
 

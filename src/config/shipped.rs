@@ -31,6 +31,8 @@ fn rule(
         lockout,
         recurrence_window: day(),
         extend_while_locked: false,
+        ipv6_prefix: None,
+        ipv4_prefix: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    ContextName, IpAddress, Key, KeyKind, PasswordKey, RuleName, SessionId, Subject, UnixMillis,
+    ContextName, IpPrefix, Key, KeyKind, PasswordKey, RuleName, SessionId, Subject, UnixMillis,
     UserId,
 };
 
@@ -152,8 +152,9 @@ pub struct SecurityEvent {
     pub key_kind: Option<KeyKind>,
     #[serde(rename = "user_id", with = "blank")]
     pub user: Option<UserId>,
+    /// An address, or the prefix a rule counted it by.
     #[serde(with = "blank")]
-    pub ip: Option<IpAddress>,
+    pub ip: Option<IpPrefix>,
     #[serde(rename = "session_id", with = "blank")]
     pub session: Option<SessionId>,
     /// The password key an event is about, as admins are shown it (never
@@ -212,7 +213,7 @@ impl SecurityEvent {
         SecurityEvent {
             key_kind,
             user: subject.user.clone(),
-            ip: subject.ip,
+            ip: subject.ip.map(IpPrefix::from),
             session: subject.session.clone(),
             ..self
         }

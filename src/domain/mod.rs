@@ -20,7 +20,7 @@ pub use admission::{
 };
 pub use alerts::Suppressor;
 pub use event::{EventKind, SecurityEvent};
-pub use network::Networks;
+pub use network::{IpPrefix, Networks, Prefixes};
 pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,

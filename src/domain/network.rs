@@ -1,12 +1,101 @@
-//! Lists of networks a context treats apart: trusted ones, whose
-//! addresses no rule on the address judges (an office NAT), and allowed
-//! ones, outside which a context admits nobody (a webhook's sender).
+//! Addresses as rules count them (one address, or the prefix an attacker
+//! holds: an IPv6 /64 is one subscriber's), and the lists of networks a
+//! context treats apart: trusted ones, whose addresses no rule on the
+//! address judges (an office NAT), and allowed ones, outside which a
+//! context admits nobody (a webhook's sender).
 
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::{FieldError, IpAddress};
+
+/// How many leading bits of an address a rule counts by: every address of
+/// one prefix is one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Prefixes {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Prefixes {
+    /// Every address on its own.
+    pub const SINGLE: Prefixes = Prefixes { v4: 32, v6: 128 };
+    /// What rules on the address count by unless told otherwise: IPv4
+    /// addresses one by one, IPv6 by /64, the least one subscriber holds.
+    pub const DEFAULT: Prefixes = Prefixes { v4: 32, v6: 64 };
+}
+
+/// An address key: one address, or the network of the prefix a rule
+/// counts it by. Shown as the address alone when it is one address
+/// (`192.0.2.7`), as the network otherwise (`2001:db8:1:2::/64`), as the
+/// store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpPrefix(IpNet);
+
+impl IpPrefix {
+    /// An address, or a network in CIDR form; host bits are cleared and
+    /// IPv4-mapped forms read as IPv4.
+    pub fn parse(field: &str, raw: &str) -> Result<IpPrefix, FieldError> {
+        parse_network(raw)
+            .map(IpPrefix)
+            .ok_or_else(|| FieldError::new(field, "is not an IPv4 or IPv6 address or network"))
+    }
+
+    /// The prefix of `ip` that `prefixes` count it by.
+    pub fn of(ip: IpAddress, prefixes: Prefixes) -> IpPrefix {
+        let net = match ip.addr() {
+            IpAddr::V4(v4) => ipnet::Ipv4Net::new(v4, prefixes.v4.min(32)).map(IpNet::V4),
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, prefixes.v6.min(128)).map(IpNet::V6),
+        };
+        IpPrefix(net.map_or(IpNet::from(ip.addr()), |n| n.trunc()))
+    }
+
+    /// The same addresses counted by `prefixes` instead: a network never
+    /// narrows back to one address.
+    pub fn under(self, prefixes: Prefixes) -> IpPrefix {
+        let widened = IpPrefix::of(IpAddress::from(self.0.network()), prefixes);
+        if widened.0.prefix_len() < self.0.prefix_len() {
+            widened
+        } else {
+            self
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddress) -> bool {
+        self.0.contains(&ip.addr())
+    }
+
+    /// The first address of the prefix (the address itself for one).
+    pub fn addr(&self) -> IpAddr {
+        self.0.network()
+    }
+}
+
+impl From<IpAddress> for IpPrefix {
+    fn from(ip: IpAddress) -> IpPrefix {
+        IpPrefix(IpNet::from(ip.addr()))
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            self.0.addr().fmt(f)
+        } else {
+            self.0.fmt(f)
+        }
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = FieldError;
+
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        Self::parse("ip", raw)
+    }
+}
 
 /// Networks in canonical form: host bits cleared, IPv4-mapped IPv6
 /// prefixes as IPv4, so a list matches an address however either is
@@ -37,9 +126,8 @@ impl Networks {
         self.0.is_empty()
     }
 
-    /// The first network of the list that holds `ip`.
-    pub fn containing(&self, ip: IpAddress) -> Option<&IpNet> {
-        let addr = ip.addr();
+    /// The first network of the list that holds `addr`.
+    pub fn containing(&self, addr: IpAddr) -> Option<&IpNet> {
         self.0.iter().find(|net| net.contains(&addr))
     }
 }
@@ -50,6 +138,12 @@ fn parse_network(raw: &str) -> Option<IpNet> {
         Err(_) => IpNet::from(raw.parse::<IpAddr>().ok()?),
     };
     Some(canonical(net).trunc())
+}
+
+impl From<IpAddr> for IpAddress {
+    fn from(addr: IpAddr) -> IpAddress {
+        IpAddress::canonical(addr)
+    }
 }
 
 /// `::ffff:a.b.c.d/n` (n ≥ 96) is the IPv4 network `a.b.c.d/(n-96)`, as
@@ -75,8 +169,8 @@ mod tests {
         Networks::parse("access.trusted_networks", &raw)
     }
 
-    fn ip(raw: &str) -> IpAddress {
-        IpAddress::parse("ip", raw).unwrap()
+    fn ip(raw: &str) -> IpAddr {
+        IpAddress::parse("ip", raw).unwrap().addr()
     }
 
     #[test]
@@ -104,6 +198,25 @@ mod tests {
         assert!(nets.containing(ip("198.51.100.7")).is_some());
         assert!(nets.containing(ip("198.51.100.8")).is_none());
         assert!(nets.containing(ip("11.0.0.1")).is_none());
+    }
+
+    #[test]
+    fn an_address_counts_under_its_rules_prefix() {
+        let addr = |raw| IpAddress::parse("ip", raw).unwrap();
+        let v6 = IpPrefix::of(addr("2001:db8:1:2:aaaa::5"), Prefixes::DEFAULT);
+        assert_eq!(v6.to_string(), "2001:db8:1:2::/64");
+        assert!(v6.contains(addr("2001:db8:1:2:ffff::1")));
+        assert!(!v6.contains(addr("2001:db8:1:3::1")));
+        let v4 = IpPrefix::of(addr("::ffff:192.0.2.7"), Prefixes::DEFAULT);
+        assert_eq!(v4.to_string(), "192.0.2.7", "IPv4-mapped counts as IPv4");
+        let subnet = IpPrefix::of(addr("192.0.2.7"), Prefixes { v4: 24, v6: 64 });
+        assert_eq!(subnet.to_string(), "192.0.2.0/24");
+        assert_eq!(IpPrefix::parse("ip", "2001:db8:1:2::/64").unwrap(), v6);
+        assert_eq!(IpPrefix::parse("ip", "2001:db8:1:2::9/64").unwrap(), v6);
+        let one = IpPrefix::from(addr("2001:db8:1:2::9"));
+        assert_eq!(one.under(Prefixes::DEFAULT), v6);
+        assert_eq!(v6.under(Prefixes::SINGLE), v6, "a network never narrows");
+        assert!(IpPrefix::parse("ip", "2001:db8::/129").is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{
-    AdmissionPolicy, ContextName, Decision, FieldError, IpAddress, Key, KeyKind, Networks, Reason,
-    Rule, SessionPolicy, Subject, TotpParams, UserId, Verdict, Window,
+    AdmissionPolicy, ContextName, Decision, FieldError, IpAddress, IpPrefix, Key, KeyKind,
+    Networks, Reason, Rule, SessionPolicy, Subject, TotpParams, UserId, Verdict, Window,
 };
 
 /// The pseudo-context that holds the allow list's own counter, so attempts by
@@ -84,7 +85,7 @@ impl AccessList {
         Slot {
             context: &ALLOW_LIST_NAME,
             rule: &self.rule,
-            key: Key::Ip(ip),
+            key: Key::Ip(ip.into()),
         }
     }
 
@@ -191,8 +192,8 @@ fn on_address(kind: KeyKind) -> bool {
 
 impl ContextPolicy {
     /// Whether `ip` is in this context's trusted networks.
-    pub fn trusts(&self, ip: Option<IpAddress>) -> bool {
-        ip.is_some_and(|ip| self.trusted.containing(ip).is_some())
+    pub fn trusts(&self, addr: Option<IpAddr>) -> bool {
+        addr.is_some_and(|addr| self.trusted.containing(addr).is_some())
     }
 
     /// The subject's address when this context admits only some networks
@@ -210,7 +211,7 @@ impl ContextPolicy {
                 ),
             )
         })?;
-        Ok(self.allowed.containing(ip).is_none().then_some(ip))
+        Ok(self.allowed.containing(ip.addr()).is_none().then_some(ip))
     }
 
     /// A verdict that let the request through says when it was because the
@@ -218,7 +219,7 @@ impl ContextPolicy {
     pub fn annotate(&self, subject: &Subject, verdict: Verdict) -> Verdict {
         if verdict.decision == Decision::Allow
             && verdict.reason == Reason::Ok
-            && self.trusts(subject.ip)
+            && self.trusts(subject.ip.map(IpAddress::addr))
         {
             return Verdict {
                 reason: Reason::TrustedNetwork,
@@ -231,7 +232,7 @@ impl ContextPolicy {
     /// The rules that judge this subject (those whose key it supplies) and,
     /// when `activity` is given, count that activity.
     pub fn slots<'a>(&'a self, subject: &Subject, activity: Option<&str>) -> Vec<Slot<'a>> {
-        let trusted = self.trusts(subject.ip);
+        let trusted = self.trusts(subject.ip.map(IpAddress::addr));
         self.rules
             .iter()
             .filter(|r| activity.is_none_or(|a| r.counts(a)))
@@ -240,7 +241,7 @@ impl ContextPolicy {
                 subject.keys(rule.key).into_iter().map(move |key| Slot {
                     context: &self.name,
                     rule,
-                    key,
+                    key: key.under(rule.prefixes),
                 })
             })
             .collect()
@@ -253,14 +254,14 @@ impl ContextPolicy {
 
     /// The rate rules counting on `key`'s kind, each applied to `key`.
     pub fn rate_slots<'a>(&'a self, key: &Key) -> Vec<Slot<'a>> {
-        let trusted = self.trusts(key.ip());
+        let trusted = self.trusts(key.ip().map(|ip| ip.addr()));
         self.rules_on(key.kind())
             .filter(|r| r.rate_limit().is_some())
             .filter(|r| !(trusted && on_address(r.key)))
             .map(|rule| Slot {
                 context: &self.name,
                 rule,
-                key: key.clone(),
+                key: key.clone().under(rule.prefixes),
             })
             .collect()
     }
@@ -316,6 +317,23 @@ impl Policy {
         })
     }
 
+    /// Every prefix a rule on the address counts `ip` by, beside the
+    /// address itself: where an admin looking for the address finds its
+    /// state.
+    pub fn prefixes_of(&self, ip: IpAddress) -> Vec<IpPrefix> {
+        let mut prefixes: Vec<IpPrefix> = self
+            .contexts
+            .values()
+            .flat_map(|c| c.rules.iter())
+            .filter(|r| on_address(r.key))
+            .map(|r| IpPrefix::of(ip, r.prefixes))
+            .filter(|p| *p != IpPrefix::from(ip))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        prefixes
+    }
+
     /// The rule stored state was written under, if the configuration still
     /// has it.
     pub fn rule(&self, context: &str, rule: &str) -> Option<&Rule> {
@@ -343,6 +361,7 @@ mod tests {
         Rule {
             name: name.into(),
             key,
+            prefixes: crate::domain::Prefixes::DEFAULT,
             activities: vec![],
             kind: crate::domain::RuleKind::Failures {
                 captcha_after: None,

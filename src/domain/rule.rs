@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::{Decision, Key, KeyKind, Reason, RuleName, UnixMillis, Verdict};
+use super::{Decision, Key, KeyKind, Prefixes, Reason, RuleName, UnixMillis, Verdict};
 
 /// How long one lockout lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,8 @@ pub enum RuleKind {
 pub struct Rule {
     pub name: RuleName,
     pub key: KeyKind,
+    /// How a rule on the address counts addresses: by these prefixes.
+    pub prefixes: Prefixes,
     pub kind: RuleKind,
     /// Activities this rule counts; empty counts every failure. Rate rules
     /// count requests, which name no activity, and have none.

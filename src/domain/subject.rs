@@ -2,6 +2,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::IpAddr;
 
+use super::{IpPrefix, Prefixes};
+
 /// Longest identifier accepted, in bytes. Caps what an attacker-controlled
 /// string can cost in the store and in every index over it.
 const MAX_ID_BYTES: usize = 256;
@@ -150,8 +152,12 @@ impl IpAddress {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         parse_identifier(field, raw)?;
         raw.parse::<IpAddr>()
-            .map(|ip| IpAddress(ip.to_canonical()))
+            .map(IpAddress::canonical)
             .map_err(|_| FieldError::new(field, "is not an IPv4 or IPv6 address"))
+    }
+
+    pub fn canonical(addr: IpAddr) -> IpAddress {
+        IpAddress(addr.to_canonical())
     }
 }
 
@@ -279,8 +285,8 @@ impl std::str::FromStr for KeyKind {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
     User(UserId),
-    Ip(IpAddress),
-    UserIp(UserId, IpAddress),
+    Ip(IpPrefix),
+    UserIp(UserId, IpPrefix),
     Session(SessionId),
     Password(PasswordKey),
 }
@@ -298,7 +304,7 @@ impl Key {
         token: &str,
     ) -> Result<Key, FieldError> {
         let user = || UserId::parse(&format!("{field}.user_id"), user);
-        let ip = || IpAddress::parse(&format!("{field}.ip"), ip);
+        let ip = || IpPrefix::parse(&format!("{field}.ip"), ip);
         Ok(match kind {
             KeyKind::User => Key::User(user()?),
             KeyKind::Ip => Key::Ip(ip()?),
@@ -329,10 +335,19 @@ impl Key {
         }
     }
 
-    pub fn ip(&self) -> Option<IpAddress> {
+    pub fn ip(&self) -> Option<IpPrefix> {
         match self {
             Key::Ip(ip) | Key::UserIp(_, ip) => Some(*ip),
             _ => None,
+        }
+    }
+
+    /// This key as a rule counting addresses by `prefixes` counts it.
+    pub fn under(self, prefixes: Prefixes) -> Key {
+        match self {
+            Key::Ip(ip) => Key::Ip(ip.under(prefixes)),
+            Key::UserIp(user, ip) => Key::UserIp(user, ip.under(prefixes)),
+            other => other,
         }
     }
 
@@ -434,9 +449,9 @@ impl Subject {
         match kind {
             KeyKind::Password => self.passwords.first().cloned().map(Key::Password),
             KeyKind::User => self.user.clone().map(Key::User),
-            KeyKind::Ip => self.ip.map(Key::Ip),
+            KeyKind::Ip => self.ip.map(|ip| Key::Ip(ip.into())),
             KeyKind::UserIp => match (&self.user, self.ip) {
-                (Some(u), Some(ip)) => Some(Key::UserIp(u.clone(), ip)),
+                (Some(u), Some(ip)) => Some(Key::UserIp(u.clone(), ip.into())),
                 _ => None,
             },
             KeyKind::Session => self.session.clone().map(Key::Session),

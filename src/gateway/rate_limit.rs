@@ -92,9 +92,9 @@ impl RateLimitService {
             }
         }
         let key = match (user, ip, session) {
-            (Some(u), Some(ip), None) => Key::UserIp(u, ip),
+            (Some(u), Some(ip), None) => Key::UserIp(u, ip.into()),
             (Some(u), None, None) => Key::User(u),
-            (None, Some(ip), None) => Key::Ip(ip),
+            (None, Some(ip), None) => Key::Ip(ip.into()),
             (None, None, Some(s)) => Key::Session(s),
             (None, None, None) => {
                 let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();

@@ -157,11 +157,9 @@ impl AdminService for AdminApi {
                     context: ContextName::parse("key.context", &k.context)?,
                     key: convert::parse_key("key.key", k.key.as_ref())?,
                 },
-                Some(Scope::Subject(s)) => UnlockScope::Subject(convert::subject(
-                    "subject",
-                    Some(&s),
-                    self.gate.passwords(),
-                )?),
+                Some(Scope::Subject(s)) => UnlockScope::Subject(self.gate.involving(
+                    convert::subject("subject", Some(&s), self.gate.passwords())?,
+                )),
                 Some(Scope::All(true)) => UnlockScope::All,
                 Some(Scope::All(false)) => {
                     return Err(FieldError::new("all", "must be true when chosen").into());

@@ -8,7 +8,8 @@ use crate::domain::{
     TotpParams, UnixMillis, UserId,
 };
 use crate::store::{
-    AdmissionRecord, AdmissionScope, EventFilter, StateId, Stored, StoredTotp, UnlockScope,
+    AdmissionRecord, AdmissionScope, EventFilter, Involving, StateId, Stored, StoredTotp,
+    UnlockScope,
 };
 use crate::store::{EventLog, KeyStates, Reports, Sessions, TotpSecrets};
 use crate::telemetry::metrics;
@@ -101,13 +102,18 @@ impl Gate {
                 context: Some(context.clone()),
                 user: Some(user.clone()),
             }),
-            UnlockScope::Subject(subject) => subject.user.clone().map(|user| AdmissionScope {
-                context: None,
-                user: Some(user),
-            }),
+            UnlockScope::Subject(Involving { subject, .. }) => {
+                subject.user.clone().map(|user| AdmissionScope {
+                    context: None,
+                    user: Some(user),
+                })
+            }
             UnlockScope::All => Some(AdmissionScope::default()),
         };
-        let mut lifted = self.store.keys().unlock(scope, now).await?;
+        let mut lifted = 0;
+        for scope in self.counted_as(scope) {
+            lifted += self.store.keys().unlock(&scope, now).await?;
+        }
         if let Some(admission) = admission {
             lifted += self.unblock_admission(&admission, now).await?;
         }
@@ -121,12 +127,45 @@ impl Gate {
                 context: Some(context.clone()),
                 ..event.on_key(key)
             },
-            UnlockScope::Subject(subject) => event.about(subject),
+            UnlockScope::Subject(involving) => event.about(&involving.subject),
             UnlockScope::All => event,
         })
         .await?;
         tracing::info!(actor = %crate::telemetry::mask(admin.actor.as_str()), caller = %admin.caller, scope = scope_name(scope), lifted, "admin unlock");
         Ok(lifted)
+    }
+
+    /// Who an admin call about `subject` covers: its address also as every
+    /// prefix a rule counts it by.
+    pub fn involving(&self, subject: Subject) -> Involving {
+        let prefixes = subject
+            .ip
+            .map(|ip| self.policy.prefixes_of(ip))
+            .unwrap_or_default();
+        Involving { subject, prefixes }
+    }
+
+    /// An unlock of one key as the context's rules count it: a key on one
+    /// address is also the key of each prefix a rule there counts it by.
+    fn counted_as(&self, scope: &UnlockScope) -> Vec<UnlockScope> {
+        let UnlockScope::Key { context, key } = scope else {
+            return vec![scope.clone()];
+        };
+        let mut keys = vec![key.clone()];
+        if let Ok(ctx) = self.policy.context("key.context", context) {
+            keys.extend(
+                ctx.rules_on(key.kind())
+                    .map(|r| key.clone().under(r.prefixes)),
+            );
+        }
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .map(|key| UnlockScope::Key {
+                context: context.clone(),
+                key,
+            })
+            .collect()
     }
 
     fn known_context(&self, field: &str, context: &str) -> Result<(), FieldError> {
@@ -153,7 +192,11 @@ impl Gate {
     }
 
     pub async fn subject(&self, subject: &Subject) -> Result<SubjectReport, ServiceError> {
-        let states = self.store.reports().subject_states(subject).await?;
+        let states = self
+            .store
+            .reports()
+            .subject_states(&self.involving(subject.clone()))
+            .await?;
         let user = subject.user.as_ref();
         let (session, totp, admission) = match user {
             Some(u) => (

@@ -91,12 +91,12 @@ impl EventRow<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ContextName, IpAddress, Key, UnixMillis, UserId};
+    use crate::domain::{ContextName, IpPrefix, Key, UnixMillis, UserId};
 
     #[test]
     fn an_event_reads_back_from_its_columns() {
         let user = UserId::parse("u", "alice").unwrap();
-        let ip = IpAddress::parse("ip", "2001:db8::1").unwrap();
+        let ip = IpPrefix::parse("ip", "2001:db8::/64").unwrap();
         let event = SecurityEvent {
             context: Some(ContextName::parse("c", "login").unwrap()),
             tier: 2,
@@ -105,7 +105,7 @@ mod tests {
             ..SecurityEvent::new(EventKind::Lockout, UnixMillis(5)).on_key(&Key::UserIp(user, ip))
         };
         let row = EventRow::of(&event);
-        assert_eq!((&*row.key_kind, &*row.ip), ("user+ip", "2001:db8::1"));
+        assert_eq!((&*row.key_kind, &*row.ip), ("user+ip", "2001:db8::/64"));
         assert_eq!(row.event().unwrap(), event);
     }
 

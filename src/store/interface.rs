@@ -14,14 +14,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::model::{
-    AdmissionRecord, AdmissionScope, AdmissionStats, AdmitFn, Applied, EventFilter, LockCount,
-    OffenderCursor, Purged, StateId, Stats, Stored, StoredTotp, TransitionFn, UnlockScope,
+    AdmissionRecord, AdmissionScope, AdmissionStats, AdmitFn, Applied, EventFilter, Involving,
+    LockCount, OffenderCursor, Purged, StateId, Stats, Stored, StoredTotp, TransitionFn,
+    UnlockScope,
 };
 use super::{Health, StoreError};
 use crate::clock::Reading;
-use crate::domain::{
-    Admission, ContextName, KeyState, SecurityEvent, Session, Subject, UnixMillis, UserId,
-};
+use crate::domain::{Admission, ContextName, KeyState, SecurityEvent, Session, UnixMillis, UserId};
 use crate::telemetry::metrics;
 
 /// An interface's operations wrapped for their callers: refused at once
@@ -116,7 +115,7 @@ interface! {
         ) -> Result<Vec<Stored>, StoreError>;
 
         /// Every state involving any identifier of `subject`, ordered by id.
-        async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError>;
+        async fn subject_states(&self, involving: &Involving) -> Result<Vec<Stored>, StoreError>;
 
         /// Locks in force at `now`, counted by context and kind; contexts
         /// with none are absent.

@@ -23,7 +23,7 @@ pub use interface::{
 };
 pub use model::{
     AdmissionRecord, AdmissionScope, AdmissionStats, AdmissionStep, AdmitFn, Applied, EventFilter,
-    LockCount, OffenderCursor, Purged, StateId, Stats, Stored, StoredTotp, Transition,
+    Involving, LockCount, OffenderCursor, Purged, StateId, Stats, Stored, StoredTotp, Transition,
     TransitionFn, UnlockScope, Update,
 };
 pub use postgres::{CLEANUP_LOCK, PostgresStore};

@@ -2,8 +2,8 @@
 
 use crate::crypto::Sealed;
 use crate::domain::{
-    Admission, AdmissionState, ContextName, EventKind, Key, KeyState, RuleName, SecurityEvent,
-    Subject, TotpParams, UnixMillis, UserId,
+    Admission, AdmissionState, ContextName, EventKind, IpPrefix, Key, KeyState, RuleName,
+    SecurityEvent, Subject, TotpParams, UnixMillis, UserId,
 };
 
 /// The name of a stored row: a key of a rule in a context. (README,
@@ -64,8 +64,17 @@ pub enum UnlockScope {
         key: Key,
     },
     /// Every key involving any identifier of the subject.
-    Subject(Subject),
+    Subject(Involving),
     All,
+}
+
+/// The stored keys an admin call about a subject covers: those involving
+/// any of its identifiers, its address also as each prefix a rule counts
+/// it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Involving {
+    pub subject: Subject,
+    pub prefixes: Vec<IpPrefix>,
 }
 
 /// A user's TOTP secret as stored: sealed, never in the clear.

@@ -2,9 +2,11 @@
 //! identifier columns of a key, and the conditions that pick rows out.
 
 use super::StoreError;
-use super::model::{Applied, StateId, Stored, Transition, TransitionFn, UnlockScope, Update};
+use super::model::{
+    Applied, Involving, StateId, Stored, Transition, TransitionFn, UnlockScope, Update,
+};
 use crate::domain::{
-    ContextName, Key, KeyKind, KeyState, Lock, RuleName, SecurityEvent, Subject, UnixMillis,
+    ContextName, Key, KeyKind, KeyState, Lock, RuleName, SecurityEvent, UnixMillis,
 };
 
 /// A key's identifier columns, borrowed from the key where its text is
@@ -237,26 +239,32 @@ where
             q.push(" AND ip = ").push_bind(c.ip);
             q.push(" AND token = ").push_bind(c.token.to_owned());
         }
-        UnlockScope::Subject(subject) => {
+        UnlockScope::Subject(involving) => {
             q.push(" WHERE ");
-            push_subject(q, subject);
+            push_subject(q, involving);
         }
     }
 }
 
-/// The condition that a row's key involves any identifier of `subject`
-/// ('' for a part it lacks, which matches nothing).
-pub(crate) fn push_subject<DB>(q: &mut sqlx::QueryBuilder<DB>, subject: &Subject)
+/// The condition that a row's key involves any identifier of the subject
+/// ('' for a part it lacks, which matches nothing), or a prefix of its
+/// address.
+pub(crate) fn push_subject<DB>(q: &mut sqlx::QueryBuilder<DB>, involving: &Involving)
 where
     DB: sqlx::Database,
     for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
+    let subject = &involving.subject;
     let text = |part: Option<String>| part.unwrap_or_default();
     q.push("((user_id = ")
         .push_bind(text(subject.user.as_ref().map(|u| u.to_string())));
-    q.push(" AND user_id <> '') OR (ip = ")
-        .push_bind(text(subject.ip.map(|i| i.to_string())));
-    q.push(" AND ip <> '') OR (token = ")
+    q.push(" AND user_id <> '') OR (ip IN (");
+    let mut forms = q.separated(", ");
+    forms.push_bind(text(subject.ip.map(|i| i.to_string())));
+    for prefix in &involving.prefixes {
+        forms.push_bind(prefix.to_string());
+    }
+    q.push(") AND ip <> '') OR (token = ")
         .push_bind(text(subject.session.as_ref().map(|s| s.to_string())));
     q.push(" AND token <> '' AND kind = ")
         .push_bind(KeyKind::Session.as_str().to_owned());
@@ -320,7 +328,7 @@ pub(crate) fn next_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{IpAddress, UserId};
+    use crate::domain::{IpPrefix, UserId};
 
     #[test]
     fn failures_are_written_as_each_dialect_reads_them() {
@@ -342,7 +350,7 @@ mod tests {
             rule: "user_ip".into(),
             key: Key::UserIp(
                 UserId::parse("u", "alice").unwrap(),
-                IpAddress::parse("i", "::1").unwrap(),
+                IpPrefix::parse("i", "::1").unwrap(),
             ),
         }];
         let state = KeyState {

@@ -29,6 +29,7 @@ mod observability;
 mod operator;
 mod outage;
 mod passwords;
+mod prefixes;
 mod python;
 mod rate_limit;
 mod shutdown;

@@ -342,6 +342,15 @@ pub struct RuleConfig {
     pub recurrence_window: Duration,
     #[serde(default)]
     pub extend_while_locked: bool,
+    /// Rules on the address (`ip`, `user+ip`): IPv6 addresses count by
+    /// this prefix, 32 to 128. Default 64: one subscriber holds a /64, so a
+    /// rule per address would be no rule at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<u8>,
+    /// Rules on the address: IPv4 addresses count by this prefix, 8 to 32.
+    /// Default 32, each address on its own; 24 makes a subnet rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_prefix: Option<u8>,
 }
 
 /// What a rule counts.

@@ -9,6 +9,7 @@ fn two_tier_login() -> Rule {
     Rule {
         name: "login".into(),
         key: KeyKind::UserIp,
+        prefixes: Prefixes::DEFAULT,
         kind: RuleKind::Failures {
             captcha_after: None,
             lock_after: Some(5),

@@ -2,7 +2,7 @@ use super::*;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::domain::{IpAddress, Key};
+use crate::domain::{IpPrefix, Key};
 use crate::store::StateId;
 
 #[test]
@@ -12,7 +12,7 @@ fn page_tokens_round_trip_and_reject_forgeries() {
         rule: "user_ip".into(),
         key: Key::UserIp(
             UserId::parse("u", "al ice").unwrap(),
-            IpAddress::parse("i", "::1").unwrap(),
+            IpPrefix::parse("i", "::1").unwrap(),
         ),
     };
     assert_eq!(parse_page_token(&page_token(&id)).unwrap(), id);

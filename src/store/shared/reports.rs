@@ -4,10 +4,10 @@
 use sqlx::{AssertSqlSafe, QueryBuilder};
 
 use super::{COLUMNS, EVENT_COLUMNS, Params, Sql};
-use crate::domain::{EventKind, SecurityEvent, Subject, UnixMillis};
+use crate::domain::{EventKind, SecurityEvent, UnixMillis};
 use crate::store::StoreError;
 use crate::store::interface::Reports;
-use crate::store::model::{EventFilter, LockCount, StateId, Stats, Stored};
+use crate::store::model::{EventFilter, Involving, LockCount, StateId, Stats, Stored};
 use crate::store::row::{KeyColumns, count, push_subject};
 
 /// A lock in force at `now`, as a condition on key_state's columns.
@@ -54,10 +54,10 @@ for_each_dialect! {
             rows.iter().map(|r| Self::decode(r)?.stored()).collect()
         }
 
-        async fn subject_states(&self, subject: &Subject) -> Result<Vec<Stored>, StoreError> {
+        async fn subject_states(&self, involving: &Involving) -> Result<Vec<Stored>, StoreError> {
             let mut q =
                 QueryBuilder::<Db>::new(format!("SELECT {COLUMNS} FROM key_state WHERE "));
-            push_subject(&mut q, subject);
+            push_subject(&mut q, involving);
             q.push(" ORDER BY context, rule, user_id, ip, token");
             let rows = q.build().fetch_all(&self.readers).await?;
             rows.iter().map(|r| Self::decode(r)?.stored()).collect()
