@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::lockout::LockoutConfig;
 use super::schema::{
-    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, RuleKindConfig,
+    AdmissionConfig, Config, FailureMode, PatternConfig, RuleConfig, RuleKindConfig, RuleMode,
     SecretKeyConfig, SessionMode, TotpConfig,
 };
 use super::{ConfigError, invalid};
@@ -108,6 +108,7 @@ impl Config {
             // Outsiders of allowed networks count here address by address:
             // each is a network's stranger, judged by where it really is.
             prefixes: Prefixes::SINGLE,
+            shadow: false,
             activities: Vec::new(),
             kind: RuleKind::Failures {
                 captcha_after: None,
@@ -155,7 +156,8 @@ impl Config {
             }
             let mut rules: Vec<Rule> = Vec::new();
             for (i, rc) in ctx.rules.iter().enumerate() {
-                let rule = rc.to_rule(&format!("{key}.rules[{i}]"))?;
+                let mut rule = rc.to_rule(&format!("{key}.rules[{i}]"))?;
+                rule.shadow |= ctx.mode == RuleMode::Shadow;
                 if rules.iter().any(|r| r.name == rule.name) {
                     return Err(invalid(
                         format!("{key}.rules[{i}].name"),
@@ -297,6 +299,7 @@ impl TotpConfig {
                 name: RuleName::builtin(crate::domain::TOTP_CONTEXT),
                 key: KeyKind::User,
                 prefixes: Prefixes::DEFAULT,
+                shadow: false,
                 activities: Vec::new(),
                 kind: RuleKind::Failures {
                     captcha_after: None,
@@ -332,6 +335,7 @@ impl RuleConfig {
             name: RuleName::parse(&format!("{key}.name"), &self.name)?,
             key: self.key,
             prefixes: self.prefixes(key)?,
+            shadow: self.mode == RuleMode::Shadow,
             kind,
             activities: self.activities.clone(),
             window: self.window,

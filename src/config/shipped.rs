@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::lockout::{LockoutConfig, ProgressiveConfig};
 use super::schema::{
-    AdmissionConfig, ContextConfig, FailureMode, RuleConfig, RuleKindConfig, SessionMode, day,
-    ten_minutes,
+    AdmissionConfig, ContextConfig, FailureMode, RuleConfig, RuleKindConfig, RuleMode, SessionMode,
+    day, ten_minutes,
 };
 use crate::domain::{KeyKind, LockDuration};
 
@@ -33,6 +33,7 @@ fn rule(
         extend_while_locked: false,
         ipv6_prefix: None,
         ipv4_prefix: None,
+        mode: RuleMode::Enforce,
     }
 }
 
@@ -111,6 +112,7 @@ pub fn contexts() -> BTreeMap<String, ContextConfig> {
         admission: None,
         trusted_networks: None,
         allowed_networks: Vec::new(),
+        mode: RuleMode::Enforce,
     };
     [
         ("login", context(login, false)),

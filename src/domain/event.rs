@@ -19,6 +19,8 @@ pub enum EventKind {
     Lockout,
     /// ...or for good, until an admin lifts it.
     PermanentLockout,
+    /// A rule in shadow mode would have locked a key; nothing was refused.
+    ShadowLockout,
     /// A lock ran out; recorded by the cleanup pass.
     LockoutExpired,
     /// A user not on the allow list tried to act.
@@ -43,10 +45,11 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::FailureRecorded,
         EventKind::Lockout,
         EventKind::PermanentLockout,
+        EventKind::ShadowLockout,
         EventKind::LockoutExpired,
         EventKind::NotAllowed,
         EventKind::TotpBlocked,
@@ -69,6 +72,7 @@ impl EventKind {
             EventKind::FailureRecorded => "failure_recorded",
             EventKind::Lockout => "lockout",
             EventKind::PermanentLockout => "permanent_lockout",
+            EventKind::ShadowLockout => "shadow_lockout",
             EventKind::LockoutExpired => "lockout_expired",
             EventKind::NotAllowed => "not_allowed",
             EventKind::TotpBlocked => "totp_blocked",

@@ -362,6 +362,7 @@ mod tests {
             name: name.into(),
             key,
             prefixes: crate::domain::Prefixes::DEFAULT,
+            shadow: false,
             activities: vec![],
             kind: crate::domain::RuleKind::Failures {
                 captcha_after: None,

@@ -100,6 +100,9 @@ pub struct Rule {
     pub key: KeyKind,
     /// How a rule on the address counts addresses: by these prefixes.
     pub prefixes: Prefixes,
+    /// Counts and decides as usual, but its verdict never changes the
+    /// answer: reported beside it, for rolling a rule out.
+    pub shadow: bool,
     pub kind: RuleKind,
     /// Activities this rule counts; empty counts every failure. Rate rules
     /// count requests, which name no activity, and have none.
@@ -183,7 +186,8 @@ pub struct Hit {
 /// else refused it (`admitted`), and on none otherwise: a refused request
 /// uses up no rule's quota. A rule it does not fit refuses it (and, with a
 /// penalty box, locks the key); a key already locked refuses it and
-/// counts nothing.
+/// counts nothing. Shadow rules count on their own: one without room
+/// refuses nothing else, and is counted whenever it has room.
 pub fn hit_all(
     entries: &[(&Rule, &Key, &KeyState, u32)],
     admitted: bool,
@@ -192,11 +196,16 @@ pub fn hit_all(
     let fits = |&(rule, _, state, hits): &(&Rule, &Key, &KeyState, u32)| {
         state.active_lock(now).is_none() && rule.room(state, now) >= hits
     };
-    let all_fit = admitted && entries.iter().all(fits);
+    let all_fit = admitted && entries.iter().filter(|e| !e.0.shadow).all(fits);
     entries
         .iter()
         .map(|entry @ &(rule, key, state, hits)| {
-            if all_fit {
+            let counted = if rule.shadow {
+                admitted && fits(entry)
+            } else {
+                all_fit
+            };
+            if counted {
                 let next = rule.count_hits(state, hits, now);
                 return Hit {
                     verdict: rule.counted(key, &next, now),
@@ -339,6 +348,7 @@ impl Rule {
         let base = Verdict {
             rule: Some(self.name.clone()),
             key: Some(key.clone()),
+            shadow: self.shadow,
             ..Verdict::allow()
         };
         if let Some(lock) = state.active_lock(now) {
@@ -392,6 +402,7 @@ impl Rule {
         Verdict {
             rule: Some(self.name.clone()),
             key: Some(key.clone()),
+            shadow: self.shadow,
             remaining_attempts: Some(self.room(state, now)),
             frees_at: self.frees_at(state, now),
             ..Verdict::allow()
@@ -405,10 +416,12 @@ impl Rule {
             reason: Reason::RateLimited,
             rule: Some(self.name.clone()),
             key: Some(key.clone()),
+            shadow: self.shadow,
             remaining_attempts: Some(self.room(state, now)),
             unblock_at: self.fits_at(state, hits, now),
             frees_at: self.frees_at(state, now),
             permanent: false,
+            shadowed: Vec::new(),
         }
     }
 

@@ -86,6 +86,10 @@ pub struct Verdict {
     /// counted.
     pub frees_at: Option<UnixMillis>,
     pub permanent: bool,
+    /// From a rule in shadow mode: counted and reported, never the answer.
+    pub shadow: bool,
+    /// On a combined verdict, what the shadow rules decided.
+    pub shadowed: Vec<Verdict>,
 }
 
 impl Verdict {
@@ -100,6 +104,8 @@ impl Verdict {
             unblock_at: None,
             frees_at: None,
             permanent: false,
+            shadow: false,
+            shadowed: Vec::new(),
         }
     }
 
@@ -122,18 +128,50 @@ impl Verdict {
         )
     }
 
-    /// The most severe of `verdicts`, or ALLOW when there are none.
+    /// The most severe of the enforcing `verdicts`, or ALLOW when there
+    /// are none; the shadow ones (and those already gathered in any of
+    /// them) ride along in `shadowed`, never deciding.
     pub fn most_severe(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
-        verdicts
-            .into_iter()
-            .max_by(|a, b| a.severity().cmp(&b.severity()))
-            .unwrap_or_else(Verdict::allow)
+        let mut shadowed = Vec::new();
+        let mut best: Option<Verdict> = None;
+        for mut v in verdicts {
+            shadowed.append(&mut v.shadowed);
+            if v.shadow {
+                shadowed.push(v);
+            } else if best.as_ref().is_none_or(|b| v.severity() >= b.severity()) {
+                best = Some(v);
+            }
+        }
+        Verdict {
+            shadowed,
+            ..best.unwrap_or_else(Verdict::allow)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shadow_verdict_is_reported_and_never_the_answer() {
+        let blocked = Verdict {
+            decision: Decision::Blocked,
+            shadow: true,
+            ..Verdict::allow()
+        };
+        let deny = Verdict {
+            decision: Decision::Deny,
+            ..Verdict::allow()
+        };
+        let combined = Verdict::most_severe([blocked.clone(), deny.clone()]);
+        assert_eq!(combined.decision, Decision::Deny);
+        assert_eq!(combined.shadowed, std::slice::from_ref(&blocked));
+        let again = Verdict::most_severe([combined, Verdict::allow()]);
+        assert_eq!((again.decision, again.shadowed.len()), (Decision::Deny, 1));
+        let only = Verdict::most_severe([blocked]);
+        assert_eq!(only.decision, Decision::Allow);
+    }
 
     fn v(
         decision: Decision,

@@ -110,6 +110,7 @@ impl Gateway {
         let judged = match self.gate.check_access(context, &mapped.subject).await {
             Ok(verdict) => {
                 metrics::decided(door, context, verdict.decision);
+                metrics::shadowed(context, &verdict.shadowed);
                 Judged::Answered(self.answer(&mapped, &verdict))
             }
             Err(e) => self.refused(e)?,

@@ -30,8 +30,11 @@ impl AccessService for AccessApi {
             let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let verdict = self.gate.check_access(&req.context, &subject).await?;
             metrics::decided("CheckAccess", &req.context, verdict.decision);
+            metrics::shadowed(&req.context, &verdict.shadowed);
+            let now = self.gate.now();
             Ok(Response::new(proto::CheckAccessResponse {
-                verdict: Some(convert::verdict(&verdict, self.gate.now())),
+                verdict: Some(convert::verdict(&verdict, now)),
+                shadow: convert::shadow(&verdict, now),
             }))
         })
         .await
@@ -58,9 +61,12 @@ impl AccessService for AccessApi {
                 .record_failure(&req.context, &subject, &req.activity, &caller)
                 .await?;
             metrics::decided("RecordFailure", &req.context, outcome.verdict.decision);
+            metrics::shadowed(&req.context, &outcome.verdict.shadowed);
+            let now = self.gate.now();
             Ok(Response::new(proto::RecordFailureResponse {
-                verdict: Some(convert::verdict(&outcome.verdict, self.gate.now())),
+                verdict: Some(convert::verdict(&outcome.verdict, now)),
                 lockout_applied: outcome.lockout_applied,
+                shadow: convert::shadow(&outcome.verdict, now),
             }))
         })
         .await
@@ -76,8 +82,11 @@ impl AccessService for AccessApi {
             let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
             let verdict = self.gate.record_success(&req.context, &subject).await?;
             metrics::decided("RecordSuccess", &req.context, verdict.decision);
+            metrics::shadowed(&req.context, &verdict.shadowed);
+            let now = self.gate.now();
             Ok(Response::new(proto::RecordSuccessResponse {
-                verdict: Some(convert::verdict(&verdict, self.gate.now())),
+                verdict: Some(convert::verdict(&verdict, now)),
+                shadow: convert::shadow(&verdict, now),
             }))
         })
         .await

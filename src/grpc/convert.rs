@@ -205,6 +205,11 @@ pub fn session_state(s: SessionStatus) -> proto::SessionState {
     }
 }
 
+/// What the shadow rules behind a verdict decided.
+pub fn shadow(v: &Verdict, now: UnixMillis) -> Vec<proto::Verdict> {
+    v.shadowed.iter().map(|s| verdict(s, now)).collect()
+}
+
 pub fn verdict(v: &Verdict, now: UnixMillis) -> proto::Verdict {
     proto::Verdict {
         decision: decision(v.decision).into(),

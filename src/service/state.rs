@@ -21,7 +21,9 @@ pub(super) fn id_of(slot: &Slot<'_>) -> StateId {
 
 /// The alert a lock on `slot` raises.
 pub(super) fn lockout_kind(slot: &Slot<'_>, state: &KeyState) -> EventKind {
-    if slot.context == TOTP_CONTEXT {
+    if slot.rule.shadow {
+        EventKind::ShadowLockout
+    } else if slot.context == TOTP_CONTEXT {
         EventKind::TotpBlocked
     } else if state.lock.as_ref().is_some_and(|l| l.until.is_none()) {
         EventKind::PermanentLockout
@@ -69,8 +71,18 @@ pub(super) fn mask_key(key: &Key) -> String {
     format!("{}:{}", key.kind().as_str(), parts.join("|"))
 }
 
-/// Counts and logs a lockout this replica just committed.
+/// Counts and logs a lockout this replica just committed; a shadow rule's
+/// is logged as what it would have done, and counted among its decisions.
 fn lockout_applied(slot: &Slot<'_>, state: &KeyState) {
+    if slot.rule.shadow {
+        tracing::info!(
+            context = %slot.context,
+            rule = %slot.rule.name,
+            key = %mask_key(&slot.key),
+            "shadow rule would have locked the key"
+        );
+        return;
+    }
     metrics::lockout(
         slot.context,
         slot.key.kind().as_str(),
@@ -172,7 +184,8 @@ impl Gate {
         for ((slot, state), _) in slots.iter().zip(&by_slot).zip(&locked).filter(|(_, l)| **l) {
             lockout_applied(slot, state);
         }
-        Ok((by_slot, locked.contains(&true)))
+        let enforced = slots.iter().zip(&locked).any(|(s, l)| *l && !s.rule.shadow);
+        Ok((by_slot, enforced))
     }
 
     /// Judges one request of `hits[i]` on each rate slot and counts it on

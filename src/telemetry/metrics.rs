@@ -12,11 +12,12 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::domain::Decision;
+use crate::domain::{Decision, Verdict};
 
 pub const SESSIONS: &str = "authgate_sessions";
 pub const LOCKOUTS_ACTIVE: &str = "authgate_lockouts_active";
 pub const DECISIONS: &str = "authgate_decisions_total";
+pub const SHADOW_DECISIONS: &str = "authgate_shadow_decisions_total";
 pub const FAILURES: &str = "authgate_failures_total";
 pub const LOCKOUTS: &str = "authgate_lockouts_total";
 pub const UNLOCKS: &str = "authgate_unlocks_total";
@@ -85,6 +86,10 @@ fn describe() {
         "Locks in force, by context and kind (temporary or permanent), from the shared store"
     );
     describe_counter!(DECISIONS, "Verdicts answered, by RPC, context and decision");
+    describe_counter!(
+        SHADOW_DECISIONS,
+        "What rules in shadow mode decided (never the answer), by context, rule and decision"
+    );
     describe_counter!(FAILURES, "Failures recorded, by context");
     describe_counter!(LOCKOUTS, "Lockouts applied, by context, key kind and tier");
     describe_counter!(UNLOCKS, "Locks lifted by admins, by scope");
@@ -210,6 +215,15 @@ pub fn decision_label(d: Decision) -> &'static str {
 
 pub fn decided(rpc: &'static str, context: &str, d: Decision) {
     counter!(DECISIONS, "rpc" => rpc, "context" => context.to_owned(), "decision" => decision_label(d)).increment(1);
+}
+
+/// Counts what shadow rules decided behind one answer. Labels are
+/// bounded: contexts and rules are configured.
+pub fn shadowed(context: &str, verdicts: &[Verdict]) {
+    for v in verdicts {
+        let rule = v.rule.as_deref().unwrap_or_default().to_owned();
+        counter!(SHADOW_DECISIONS, "context" => context.to_owned(), "rule" => rule, "decision" => decision_label(v.decision)).increment(1);
+    }
 }
 
 /// What a rate rule did with one request.

@@ -59,3 +59,45 @@ fn nonsense_on_a_rate_rule_names_its_key() {
         "{failure_limit}"
     );
 }
+
+#[test]
+fn operator_controls_read_and_their_nonsense_names_its_key() {
+    let shadowed = format!(
+        "{RATE}ipv6_prefix = 56\nipv4_prefix = 24\nmode = \"shadow\"\n\
+         [contexts.api]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+         allowed_networks = [\"149.154.160.0/20\"]\n"
+    );
+    let (config, policy) = Config::from_toml(&shadowed).unwrap();
+    let rule = policy.rule("api", "burst").unwrap();
+    assert!(rule.shadow);
+    assert_eq!((rule.prefixes.v4, rule.prefixes.v6), (24, 56));
+    Config::from_toml(&config.to_toml()).expect("the output reads back");
+
+    let err = |extra: &str| {
+        Config::from_toml(&format!("{RATE}{extra}\n"))
+            .unwrap_err()
+            .to_string()
+    };
+    let key = "contexts.api.rules[0]";
+    assert!(err("ipv6_prefix = 16").contains(&format!("{key}.ipv6_prefix")));
+    assert!(err("ipv4_prefix = 33").contains(&format!("{key}.ipv4_prefix")));
+    let on_user = Config::from_toml(&format!(
+        "{}ipv6_prefix = 64\n",
+        RATE.replace("\"ip\"", "\"user\"")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(on_user.contains(&format!("{key}.ipv6_prefix")), "{on_user}");
+    let bad_net = err("[contexts.api]\nallowed_networks = [\"149.154.160.0/33\"]");
+    assert!(
+        bad_net.contains("contexts.api.allowed_networks[0]"),
+        "{bad_net}"
+    );
+    let bad_trusted = Config::from_toml("[access]\ntrusted_networks = [\"office\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad_trusted.contains("access.trusted_networks[0]"),
+        "{bad_trusted}"
+    );
+}

@@ -87,6 +87,10 @@ pub struct ContextConfig {
     /// Empty: every address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_networks: Vec<String>,
+    /// `shadow` runs every rule of the context in shadow mode, whatever
+    /// its own mode says.
+    #[serde(default, skip_serializing_if = "RuleMode::is_enforce")]
+    pub mode: RuleMode,
 }
 
 /// A context's admission rules. The defaults are the aiogram anti-spam
@@ -351,6 +355,27 @@ pub struct RuleConfig {
     /// Default 32, each address on its own; 24 makes a subnet rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4_prefix: Option<u8>,
+    /// `enforce` (the default), or `shadow`: the rule counts and decides
+    /// as usual but never changes the answer, which reports what it would
+    /// have decided. Its counts are its own, and stay when it is switched
+    /// to enforcing.
+    #[serde(default, skip_serializing_if = "RuleMode::is_enforce")]
+    pub mode: RuleMode,
+}
+
+/// Whether a rule's verdicts decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleMode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl RuleMode {
+    fn is_enforce(&self) -> bool {
+        *self == RuleMode::Enforce
+    }
 }
 
 /// What a rule counts.

@@ -10,6 +10,7 @@ fn two_tier_login() -> Rule {
         name: "login".into(),
         key: KeyKind::UserIp,
         prefixes: Prefixes::DEFAULT,
+        shadow: false,
         kind: RuleKind::Failures {
             captcha_after: None,
             lock_after: Some(5),

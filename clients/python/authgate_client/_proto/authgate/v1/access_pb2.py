@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61uthgate/v1/access.proto\x12\x0b\x61uthgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x07Subject\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x1c\n\x14password_fingerprint\x18\x04 \x01(\x0c\"l\n\x03Key\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.authgate.v1.KeyKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x10\n\x08password\x18\x05 \x01(\t\"\x87\x02\n\x07Verdict\x12\'\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x15.authgate.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x1d\n\x03key\x18\x04 \x01(\x0b\x32\x10.authgate.v1.Key\x12\x1f\n\x12remaining_attempts\x18\x05 \x01(\rH\x00\x88\x01\x01\x12.\n\nunblock_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13retry_after_seconds\x18\x07 \x01(\x04\x12\x11\n\tpermanent\x18\x08 \x01(\x08\x42\x15\n\x13_remaining_attempts\"L\n\x12\x43heckAccessRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\"<\n\x13\x43heckAccessResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\"`\n\x14RecordFailureRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x10\n\x08\x61\x63tivity\x18\x03 \x01(\t\"W\n\x15RecordFailureResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12\x17\n\x0flockout_applied\x18\x02 \x01(\x08\"N\n\x14RecordSuccessRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\">\n\x15RecordSuccessResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\"Y\n\x11VerifyTotpRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\xd6\x01\n\x12VerifyTotpResponse\x12\'\n\x06result\x18\x01 \x01(\x0e\x32\x17.authgate.v1.TotpResult\x12%\n\x07verdict\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12 \n\x13\x63lock_drift_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x36\n\x12session_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x16\n\x14_clock_drift_seconds\"i\n\x0c\x41\x64mitRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\x0c\"\xf3\x02\n\rAdmitResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12\x10\n\x08\x61\x64mitted\x18\x02 \x01(\x08\x12\x0f\n\x07warning\x18\x03 \x01(\x08\x12-\n\rwarning_cause\x18\x04 \x01(\x0e\x32\x16.authgate.v1.SpamCause\x12\x10\n\x08warnings\x18\x05 \x01(\r\x12\x15\n\rwarning_limit\x18\x06 \x01(\r\x12\x12\n\x05limit\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04used\x18\x08 \x01(\r\x12\x16\n\x0ewindow_seconds\x18\t \x01(\r\x12\x12\n\nreputation\x18\n \x01(\x01\x12\x14\n\x0c\x62lock_number\x18\x0b \x01(\r\x12+\n\x0b\x62lock_cause\x18\x0c \x01(\x0e\x32\x16.authgate.v1.SpamCause\x12\x15\n\rblock_started\x18\r \x01(\x08\x12\x0e\n\x06\x65xempt\x18\x0e \x01(\x08\x42\x08\n\x06_limit\"a\n\x11\x45nrollTotpRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x03 \x01(\t\"\x8b\x01\n\x12\x45nrollTotpResponse\x12\x15\n\rsecret_base32\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x0e\n\x06qr_png\x18\x03 \x01(\x0c\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x0e\n\x06\x64igits\x18\x05 \x01(\r\x12\x16\n\x0eperiod_seconds\x18\x06 \x01(\r*\xb8\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x1e\n\x1a\x44\x45\x43ISION_CHALLENGE_CAPTCHA\x10\x03\x12\x14\n\x10\x44\x45\x43ISION_BLOCKED\x10\x04\x12\x1b\n\x17\x44\x45\x43ISION_CHALLENGE_TOTP\x10\x05\x12\x18\n\x14\x44\x45\x43ISION_ENROLL_TOTP\x10\x06*\x8a\x01\n\x07KeyKind\x12\x18\n\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKEY_KIND_USER\x10\x01\x12\x0f\n\x0bKEY_KIND_IP\x10\x02\x12\x14\n\x10KEY_KIND_USER_IP\x10\x03\x12\x14\n\x10KEY_KIND_SESSION\x10\x04\x12\x15\n\x11KEY_KIND_PASSWORD\x10\x05*\xa9\x01\n\nTotpResult\x12\x1b\n\x17TOTP_RESULT_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOTP_RESULT_OK\x10\x01\x12\x17\n\x13TOTP_RESULT_INVALID\x10\x02\x12\x1a\n\x16TOTP_RESULT_CLOCK_SKEW\x10\x03\x12\x17\n\x13TOTP_RESULT_BLOCKED\x10\x04\x12\x1c\n\x18TOTP_RESULT_NOT_ENROLLED\x10\x05*\x9f\x01\n\tSpamCause\x12\x1a\n\x16SPAM_CAUSE_UNSPECIFIED\x10\x00\x12\x19\n\x15SPAM_CAUSE_RATE_LIMIT\x10\x01\x12!\n\x1dSPAM_CAUSE_IDENTICAL_MESSAGES\x10\x02\x12\x1c\n\x18SPAM_CAUSE_CALLBACK_SPAM\x10\x03\x12\x1a\n\x16SPAM_CAUSE_MEDIA_FLOOD\x10\x04\x32\xef\x03\n\rAccessService\x12P\n\x0b\x43heckAccess\x12\x1f.authgate.v1.CheckAccessRequest\x1a .authgate.v1.CheckAccessResponse\x12V\n\rRecordFailure\x12!.authgate.v1.RecordFailureRequest\x1a\".authgate.v1.RecordFailureResponse\x12V\n\rRecordSuccess\x12!.authgate.v1.RecordSuccessRequest\x1a\".authgate.v1.RecordSuccessResponse\x12M\n\nVerifyTotp\x12\x1e.authgate.v1.VerifyTotpRequest\x1a\x1f.authgate.v1.VerifyTotpResponse\x12M\n\nEnrollTotp\x12\x1e.authgate.v1.EnrollTotpRequest\x1a\x1f.authgate.v1.EnrollTotpResponse\x12>\n\x05\x41\x64mit\x12\x19.authgate.v1.AdmitRequest\x1a\x1a.authgate.v1.AdmitResponseBO\n\x0f\x64\x65v.authgate.v1P\x01Z:github.com/authgate/authgate/gen/go/authgate/v1;authgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61uthgate/v1/access.proto\x12\x0b\x61uthgate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x07Subject\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\n\n\x02ip\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x1c\n\x14password_fingerprint\x18\x04 \x01(\x0c\"l\n\x03Key\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.authgate.v1.KeyKind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\n\n\x02ip\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x10\n\x08password\x18\x05 \x01(\t\"\x87\x02\n\x07Verdict\x12\'\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x15.authgate.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x1d\n\x03key\x18\x04 \x01(\x0b\x32\x10.authgate.v1.Key\x12\x1f\n\x12remaining_attempts\x18\x05 \x01(\rH\x00\x88\x01\x01\x12.\n\nunblock_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13retry_after_seconds\x18\x07 \x01(\x04\x12\x11\n\tpermanent\x18\x08 \x01(\x08\x42\x15\n\x13_remaining_attempts\"L\n\x12\x43heckAccessRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\"b\n\x13\x43heckAccessResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12$\n\x06shadow\x18\x02 \x03(\x0b\x32\x14.authgate.v1.Verdict\"`\n\x14RecordFailureRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x10\n\x08\x61\x63tivity\x18\x03 \x01(\t\"}\n\x15RecordFailureResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12\x17\n\x0flockout_applied\x18\x02 \x01(\x08\x12$\n\x06shadow\x18\x03 \x03(\x0b\x32\x14.authgate.v1.Verdict\"N\n\x14RecordSuccessRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\"d\n\x15RecordSuccessResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12$\n\x06shadow\x18\x02 \x03(\x0b\x32\x14.authgate.v1.Verdict\"Y\n\x11VerifyTotpRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\xd6\x01\n\x12VerifyTotpResponse\x12\'\n\x06result\x18\x01 \x01(\x0e\x32\x17.authgate.v1.TotpResult\x12%\n\x07verdict\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12 \n\x13\x63lock_drift_seconds\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x36\n\x12session_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x16\n\x14_clock_drift_seconds\"i\n\x0c\x41\x64mitRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\x0c\"\xf3\x02\n\rAdmitResponse\x12%\n\x07verdict\x18\x01 \x01(\x0b\x32\x14.authgate.v1.Verdict\x12\x10\n\x08\x61\x64mitted\x18\x02 \x01(\x08\x12\x0f\n\x07warning\x18\x03 \x01(\x08\x12-\n\rwarning_cause\x18\x04 \x01(\x0e\x32\x16.authgate.v1.SpamCause\x12\x10\n\x08warnings\x18\x05 \x01(\r\x12\x15\n\rwarning_limit\x18\x06 \x01(\r\x12\x12\n\x05limit\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04used\x18\x08 \x01(\r\x12\x16\n\x0ewindow_seconds\x18\t \x01(\r\x12\x12\n\nreputation\x18\n \x01(\x01\x12\x14\n\x0c\x62lock_number\x18\x0b \x01(\r\x12+\n\x0b\x62lock_cause\x18\x0c \x01(\x0e\x32\x16.authgate.v1.SpamCause\x12\x15\n\rblock_started\x18\r \x01(\x08\x12\x0e\n\x06\x65xempt\x18\x0e \x01(\x08\x42\x08\n\x06_limit\"a\n\x11\x45nrollTotpRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12%\n\x07subject\x18\x02 \x01(\x0b\x32\x14.authgate.v1.Subject\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x03 \x01(\t\"\x8b\x01\n\x12\x45nrollTotpResponse\x12\x15\n\rsecret_base32\x18\x01 \x01(\t\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x0e\n\x06qr_png\x18\x03 \x01(\x0c\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\x0e\n\x06\x64igits\x18\x05 \x01(\r\x12\x16\n\x0eperiod_seconds\x18\x06 \x01(\r*\xb8\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x1e\n\x1a\x44\x45\x43ISION_CHALLENGE_CAPTCHA\x10\x03\x12\x14\n\x10\x44\x45\x43ISION_BLOCKED\x10\x04\x12\x1b\n\x17\x44\x45\x43ISION_CHALLENGE_TOTP\x10\x05\x12\x18\n\x14\x44\x45\x43ISION_ENROLL_TOTP\x10\x06*\x8a\x01\n\x07KeyKind\x12\x18\n\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rKEY_KIND_USER\x10\x01\x12\x0f\n\x0bKEY_KIND_IP\x10\x02\x12\x14\n\x10KEY_KIND_USER_IP\x10\x03\x12\x14\n\x10KEY_KIND_SESSION\x10\x04\x12\x15\n\x11KEY_KIND_PASSWORD\x10\x05*\xa9\x01\n\nTotpResult\x12\x1b\n\x17TOTP_RESULT_UNSPECIFIED\x10\x00\x12\x12\n\x0eTOTP_RESULT_OK\x10\x01\x12\x17\n\x13TOTP_RESULT_INVALID\x10\x02\x12\x1a\n\x16TOTP_RESULT_CLOCK_SKEW\x10\x03\x12\x17\n\x13TOTP_RESULT_BLOCKED\x10\x04\x12\x1c\n\x18TOTP_RESULT_NOT_ENROLLED\x10\x05*\x9f\x01\n\tSpamCause\x12\x1a\n\x16SPAM_CAUSE_UNSPECIFIED\x10\x00\x12\x19\n\x15SPAM_CAUSE_RATE_LIMIT\x10\x01\x12!\n\x1dSPAM_CAUSE_IDENTICAL_MESSAGES\x10\x02\x12\x1c\n\x18SPAM_CAUSE_CALLBACK_SPAM\x10\x03\x12\x1a\n\x16SPAM_CAUSE_MEDIA_FLOOD\x10\x04\x32\xef\x03\n\rAccessService\x12P\n\x0b\x43heckAccess\x12\x1f.authgate.v1.CheckAccessRequest\x1a .authgate.v1.CheckAccessResponse\x12V\n\rRecordFailure\x12!.authgate.v1.RecordFailureRequest\x1a\".authgate.v1.RecordFailureResponse\x12V\n\rRecordSuccess\x12!.authgate.v1.RecordSuccessRequest\x1a\".authgate.v1.RecordSuccessResponse\x12M\n\nVerifyTotp\x12\x1e.authgate.v1.VerifyTotpRequest\x1a\x1f.authgate.v1.VerifyTotpResponse\x12M\n\nEnrollTotp\x12\x1e.authgate.v1.EnrollTotpRequest\x1a\x1f.authgate.v1.EnrollTotpResponse\x12>\n\x05\x41\x64mit\x12\x19.authgate.v1.AdmitRequest\x1a\x1a.authgate.v1.AdmitResponseBO\n\x0f\x64\x65v.authgate.v1P\x01Z:github.com/authgate/authgate/gen/go/authgate/v1;authgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authgate.v1.access_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.authgate.v1P\001Z:github.com/authgate/authgate/gen/go/authgate/v1;authgatev1'
-  _globals['_DECISION']._serialized_start=2042
-  _globals['_DECISION']._serialized_end=2226
-  _globals['_KEYKIND']._serialized_start=2229
-  _globals['_KEYKIND']._serialized_end=2367
-  _globals['_TOTPRESULT']._serialized_start=2370
-  _globals['_TOTPRESULT']._serialized_end=2539
-  _globals['_SPAMCAUSE']._serialized_start=2542
-  _globals['_SPAMCAUSE']._serialized_end=2701
+  _globals['_DECISION']._serialized_start=2156
+  _globals['_DECISION']._serialized_end=2340
+  _globals['_KEYKIND']._serialized_start=2343
+  _globals['_KEYKIND']._serialized_end=2481
+  _globals['_TOTPRESULT']._serialized_start=2484
+  _globals['_TOTPRESULT']._serialized_end=2653
+  _globals['_SPAMCAUSE']._serialized_start=2656
+  _globals['_SPAMCAUSE']._serialized_end=2815
   _globals['_SUBJECT']._serialized_start=74
   _globals['_SUBJECT']._serialized_end=162
   _globals['_KEY']._serialized_start=164
@@ -50,27 +50,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKACCESSREQUEST']._serialized_start=540
   _globals['_CHECKACCESSREQUEST']._serialized_end=616
   _globals['_CHECKACCESSRESPONSE']._serialized_start=618
-  _globals['_CHECKACCESSRESPONSE']._serialized_end=678
-  _globals['_RECORDFAILUREREQUEST']._serialized_start=680
-  _globals['_RECORDFAILUREREQUEST']._serialized_end=776
-  _globals['_RECORDFAILURERESPONSE']._serialized_start=778
-  _globals['_RECORDFAILURERESPONSE']._serialized_end=865
-  _globals['_RECORDSUCCESSREQUEST']._serialized_start=867
-  _globals['_RECORDSUCCESSREQUEST']._serialized_end=945
-  _globals['_RECORDSUCCESSRESPONSE']._serialized_start=947
-  _globals['_RECORDSUCCESSRESPONSE']._serialized_end=1009
-  _globals['_VERIFYTOTPREQUEST']._serialized_start=1011
-  _globals['_VERIFYTOTPREQUEST']._serialized_end=1100
-  _globals['_VERIFYTOTPRESPONSE']._serialized_start=1103
-  _globals['_VERIFYTOTPRESPONSE']._serialized_end=1317
-  _globals['_ADMITREQUEST']._serialized_start=1319
-  _globals['_ADMITREQUEST']._serialized_end=1424
-  _globals['_ADMITRESPONSE']._serialized_start=1427
-  _globals['_ADMITRESPONSE']._serialized_end=1798
-  _globals['_ENROLLTOTPREQUEST']._serialized_start=1800
-  _globals['_ENROLLTOTPREQUEST']._serialized_end=1897
-  _globals['_ENROLLTOTPRESPONSE']._serialized_start=1900
-  _globals['_ENROLLTOTPRESPONSE']._serialized_end=2039
-  _globals['_ACCESSSERVICE']._serialized_start=2704
-  _globals['_ACCESSSERVICE']._serialized_end=3199
+  _globals['_CHECKACCESSRESPONSE']._serialized_end=716
+  _globals['_RECORDFAILUREREQUEST']._serialized_start=718
+  _globals['_RECORDFAILUREREQUEST']._serialized_end=814
+  _globals['_RECORDFAILURERESPONSE']._serialized_start=816
+  _globals['_RECORDFAILURERESPONSE']._serialized_end=941
+  _globals['_RECORDSUCCESSREQUEST']._serialized_start=943
+  _globals['_RECORDSUCCESSREQUEST']._serialized_end=1021
+  _globals['_RECORDSUCCESSRESPONSE']._serialized_start=1023
+  _globals['_RECORDSUCCESSRESPONSE']._serialized_end=1123
+  _globals['_VERIFYTOTPREQUEST']._serialized_start=1125
+  _globals['_VERIFYTOTPREQUEST']._serialized_end=1214
+  _globals['_VERIFYTOTPRESPONSE']._serialized_start=1217
+  _globals['_VERIFYTOTPRESPONSE']._serialized_end=1431
+  _globals['_ADMITREQUEST']._serialized_start=1433
+  _globals['_ADMITREQUEST']._serialized_end=1538
+  _globals['_ADMITRESPONSE']._serialized_start=1541
+  _globals['_ADMITRESPONSE']._serialized_end=1912
+  _globals['_ENROLLTOTPREQUEST']._serialized_start=1914
+  _globals['_ENROLLTOTPREQUEST']._serialized_end=2011
+  _globals['_ENROLLTOTPRESPONSE']._serialized_start=2014
+  _globals['_ENROLLTOTPRESPONSE']._serialized_end=2153
+  _globals['_ACCESSSERVICE']._serialized_start=2818
+  _globals['_ACCESSSERVICE']._serialized_end=3313
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -124,10 +125,12 @@ class CheckAccessRequest(_message.Message):
     def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
 
 class CheckAccessResponse(_message.Message):
-    __slots__ = ("verdict",)
+    __slots__ = ("verdict", "shadow")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
-    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+    shadow: _containers.RepeatedCompositeFieldContainer[Verdict]
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., shadow: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
 
 class RecordFailureRequest(_message.Message):
     __slots__ = ("context", "subject", "activity")
@@ -140,12 +143,14 @@ class RecordFailureRequest(_message.Message):
     def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., activity: _Optional[str] = ...) -> None: ...
 
 class RecordFailureResponse(_message.Message):
-    __slots__ = ("verdict", "lockout_applied")
+    __slots__ = ("verdict", "lockout_applied", "shadow")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     LOCKOUT_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     lockout_applied: bool
-    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., lockout_applied: _Optional[bool] = ...) -> None: ...
+    shadow: _containers.RepeatedCompositeFieldContainer[Verdict]
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., lockout_applied: _Optional[bool] = ..., shadow: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
 
 class RecordSuccessRequest(_message.Message):
     __slots__ = ("context", "subject")
@@ -156,10 +161,12 @@ class RecordSuccessRequest(_message.Message):
     def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
 
 class RecordSuccessResponse(_message.Message):
-    __slots__ = ("verdict",)
+    __slots__ = ("verdict", "shadow")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
-    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
+    shadow: _containers.RepeatedCompositeFieldContainer[Verdict]
+    def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., shadow: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
 
 class VerifyTotpRequest(_message.Message):
     __slots__ = ("context", "subject", "code")
