@@ -37,6 +37,7 @@ known_metrics=(
   authgate_sessions
   authgate_lockouts_active
   authgate_decisions_total
+  authgate_shadow_decisions_total
   authgate_failures_total
   authgate_lockouts_total
   authgate_unlocks_total
