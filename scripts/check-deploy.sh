@@ -48,6 +48,8 @@ known_metrics=(
   authgate_store_errors_total
   authgate_security_events_dropped_total
   authgate_build_info
+  authgate_config_reloads_total
+  authgate_config_info
   authgate_auth_rejected_total
   authgate_requests_shed_total
   authgate_connection_share_shed_total

@@ -25,7 +25,7 @@ use crate::grpc::{
     AccessApi, AdminApi, AuthenticateLayer, LimitsLayer, RequestIdLayer, incoming, proto,
     wire_errors,
 };
-use crate::service::Gate;
+use crate::service::{Gate, Gates};
 use crate::store::{self, Health, PoolSettings, Store, StoreError};
 use crate::store::{EventLog, Upkeep};
 use crate::telemetry::metrics;
@@ -34,8 +34,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 mod keys;
+mod reload;
 mod tasks;
 use keys::{password_keys, secret_keys};
+pub use reload::Reloader;
 use tasks::{cleanup_loop, clock_loop, health_loop, refresh_loop, report};
 
 /// Largest request accepted. authgate's requests are a few identifiers of
@@ -154,7 +156,8 @@ pub struct Application {
     forward_auth: Option<(TcpListener, Arc<ForwardAuth>)>,
     metrics_path: String,
     metrics_refresh: Duration,
-    gate: Arc<Gate>,
+    gate: Gates,
+    reloader: Arc<Reloader>,
     gateway: Arc<Gateway>,
     rate_limit: Arc<RateLimitService>,
     store_health: Arc<Health>,
@@ -252,7 +255,7 @@ impl Application {
             },
             &policy,
         )?;
-        let gate = Arc::new(Gate::new(policy, store, clock, keys, passwords));
+        let gate = Gates::new(Gate::new(policy, store, clock, keys, passwords));
         let forward_auth = forward_auth_listener.map(|listener| {
             let gateway = Arc::new(Gateway::new(gate.clone(), forward_mapping));
             let endpoints = ForwardAuth::new(
@@ -294,6 +297,7 @@ impl Application {
                 gate.clone(),
                 &config.gateway.rate_limit,
             )),
+            reloader: Arc::new(Reloader::new(gate.clone(), config)),
             gate,
             store_health,
             cleanup_interval: config.cleanup.interval,
@@ -313,6 +317,11 @@ impl Application {
         self.metrics_listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// What swaps a new configuration in while this server runs.
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// The forward-auth listener's address, when `gateway.http.listen` is
@@ -339,8 +348,9 @@ impl Application {
             stop_rx.clone(),
         ));
         let handle = metrics::handle();
-        for name in self.gate.policy().context_names() {
-            let Ok(context) = self.gate.policy().context("context", name) else {
+        let gate = self.gate.load();
+        for name in gate.policy().context_names() {
+            let Ok(context) = gate.policy().context("context", name) else {
                 continue;
             };
             for kind in KeyKind::ALL {

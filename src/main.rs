@@ -113,7 +113,7 @@ async fn main() -> ExitCode {
             .await
             .map(|_| tracing::info!("migrations applied"))
             .map_err(anyhow::Error::from),
-        Command::Serve => serve(config, policy).await,
+        Command::Serve => serve(config, policy, cli.config.clone()).await,
         Command::Keygen { .. } | Command::Admin(_) => unreachable!("handled before loading config"),
     };
     match result {
@@ -172,7 +172,11 @@ fn client_error(e: &anyhow::Error) -> String {
     }
 }
 
-async fn serve(config: Config, policy: authgate::domain::Policy) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    policy: authgate::domain::Policy,
+    path: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     // Each connection costs a descriptor; the soft limit a shell or a
     // container starts with (often 1024) is far below what the hard limit
     // allows, so take all of it.
@@ -181,7 +185,21 @@ async fn serve(config: Config, policy: authgate::domain::Policy) -> anyhow::Resu
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     let app = Application::build(&config, policy, Time::Authority).await?;
+    let reloader = app.reloader();
+    let reloads = tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; configuration reload is off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            reloader.apply(Config::load(path.as_deref()));
+        }
+    });
     app.run_until(shutdown_signal()).await?;
+    reloads.abort();
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use crate::config::ClockConfig;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{AccessApi, AdminApi};
-use crate::service::Gate;
+use crate::service::Gates;
 use crate::store::Health;
 use crate::telemetry::metrics;
 
@@ -36,7 +36,7 @@ const STORE_PROBE_RETRY: Duration = Duration::from_millis(100);
 /// not answer (the liveness name stays SERVING), and all of them once
 /// shutdown begins.
 pub(super) async fn health_loop(
-    gate: Arc<Gate>,
+    gate: Gates,
     store_health: Arc<Health>,
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,
@@ -45,7 +45,7 @@ pub(super) async fn health_loop(
     let mut was_up = true;
     loop {
         let mark = store_health.answered();
-        let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.ping())
+        let answer = tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.load().ping())
             .await
             .unwrap_or_else(|_| store_health.probe_timed_out(mark));
         store_health.probed(&answer);
@@ -85,7 +85,7 @@ pub(super) async fn health_loop(
 /// re-entering `clock.skew_tolerance` of it (logged once per change,
 /// exported as a gauge and as the `clock` health service).
 pub(super) async fn clock_loop(
-    gate: Arc<Gate>,
+    gate: Gates,
     authority: Arc<Authority>,
     config: ClockConfig,
     reporter: HealthReporter,
@@ -104,7 +104,7 @@ pub(super) async fn clock_loop(
         // An unreachable store is the health probe's to report; meanwhile
         // the monotonic clock carries the last reading.
         let (reading, source) =
-            match tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.read_clock()).await {
+            match tokio::time::timeout(STORE_PROBE_TIMEOUT, gate.load().read_clock()).await {
                 Ok(Ok(Some(reading))) => (reading, "postgres"),
                 Ok(Ok(None)) => (Reading::wall(), "wall"),
                 Ok(Err(_)) | Err(_) => continue,
@@ -161,7 +161,7 @@ pub(super) async fn report(reporter: HealthReporter, status: ServingStatus) {
 /// reports the same session and lock figures, and lets the recorder do its
 /// housekeeping.
 pub(super) async fn refresh_loop(
-    gate: Arc<Gate>,
+    gate: Gates,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
@@ -173,7 +173,7 @@ pub(super) async fn refresh_loop(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = gate.refresh_gauges().await {
+        if let Err(e) = gate.load().refresh_gauges().await {
             tracing::warn!(error = %e, "could not refresh session and lock gauges");
         }
         handle.run_upkeep();
@@ -184,7 +184,7 @@ pub(super) async fn refresh_loop(
 /// is logged and retried at the next tick: purging is housekeeping, never
 /// needed for a correct decision.
 pub(super) async fn cleanup_loop(
-    gate: Arc<Gate>,
+    gate: Gates,
     interval: Duration,
     audit_retention: Duration,
     mut stop: watch::Receiver<bool>,
@@ -198,7 +198,7 @@ pub(super) async fn cleanup_loop(
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        match gate.purge_expired(audit_retention).await {
+        match gate.load().purge_expired(audit_retention).await {
             Ok(Some(p)) => tracing::debug!(
                 states = p.states,
                 sessions_expired = p.sessions_expired,

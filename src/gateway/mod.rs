@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tonic::Status;
 
 use crate::domain::{FieldError, Verdict};
-use crate::service::{Gate, ServiceError};
+use crate::service::{Gate, Gates, ServiceError};
 use crate::store::StoreError;
 use crate::telemetry::metrics;
 
@@ -57,7 +57,7 @@ impl Judged {
 
 /// The gateway mapping and the use cases it leads to.
 pub struct Gateway {
-    gate: Arc<Gate>,
+    gate: Gates,
     mapping: Mapping,
 }
 
@@ -77,12 +77,12 @@ fn invalid(error: &FieldError) -> Judged {
 }
 
 impl Gateway {
-    pub fn new(gate: Arc<Gate>, mapping: Mapping) -> Self {
+    pub fn new(gate: Gates, mapping: Mapping) -> Self {
         Gateway { gate, mapping }
     }
 
-    pub fn gate(&self) -> &Gate {
-        &self.gate
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.load()
     }
 
     /// Judges `req` as CheckAccess would; its verdict is counted under
@@ -107,7 +107,12 @@ impl Gateway {
             Err(MapError::Invalid(e)) => return Ok((invalid(&e), None)),
         };
         let context = mapped.route.context.as_str();
-        let judged = match self.gate.check_access(context, &mapped.subject).await {
+        let judged = match self
+            .gate
+            .load()
+            .check_access(context, &mapped.subject)
+            .await
+        {
             Ok(verdict) => {
                 metrics::decided(door, context, verdict.decision);
                 metrics::shadowed(context, &verdict.shadowed);
@@ -120,8 +125,8 @@ impl Gateway {
 
     /// The answer to a request on `mapped`'s route judged `verdict`.
     pub fn answer(&self, mapped: &Mapped, verdict: &Verdict) -> Answer {
-        let quota = Quota::of(self.gate.policy(), &mapped.route.context, verdict);
-        Answer::of(verdict, mapped.route.captcha, quota, self.gate.now())
+        let quota = Quota::of(self.gate.load().policy(), &mapped.route.context, verdict);
+        Answer::of(verdict, mapped.route.captcha, quota, self.gate.load().now())
     }
 
     /// What a use case's error becomes for a proxy: an answer where the

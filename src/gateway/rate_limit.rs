@@ -4,7 +4,6 @@
 //! a sliding window where Envoy's own service has a fixed one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
@@ -24,7 +23,7 @@ use crate::domain::{
     Decision, FieldError, IpAddress, Key, Policy, SessionId, UnixMillis, UserId, Verdict,
 };
 use crate::grpc::observe;
-use crate::service::{Gate, ServiceError};
+use crate::service::{Gates, ServiceError};
 use crate::telemetry::metrics;
 
 /// Descriptors one request may carry: Envoy sends one per rate-limit action
@@ -34,13 +33,13 @@ const MAX_DESCRIPTORS: usize = 32;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` on authgate's gRPC port.
 pub struct RateLimitService {
-    gate: Arc<Gate>,
+    gate: Gates,
     /// Descriptor entry keys and what their values identify.
     entries: BTreeMap<String, EntryKind>,
 }
 
 impl RateLimitService {
-    pub fn new(gate: Arc<Gate>, config: &RateLimitConfig) -> Self {
+    pub fn new(gate: Gates, config: &RateLimitConfig) -> Self {
         RateLimitService {
             gate,
             entries: config.entries.clone(),
@@ -212,8 +211,9 @@ impl rate_limit_service_server::RateLimitService for RateLimitService {
             let req = request.into_inner();
             let keys = self.keys_of(&req).map_err(ServiceError::from)?;
             let context = req.domain.as_str();
-            let verdicts = self.gate.rate_limit(context, &keys).await?;
-            let (policy, now) = (self.gate.policy(), self.gate.now());
+            let gate = self.gate.load();
+            let verdicts = gate.rate_limit(context, &keys).await?;
+            let (policy, now) = (gate.policy(), gate.now());
             let statuses: Vec<DescriptorStatus> = verdicts
                 .iter()
                 .map(|v| status(policy, context, v.as_ref(), now))

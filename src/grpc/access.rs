@@ -1,19 +1,17 @@
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, access_service_server::AccessService};
 use super::{caller, convert, observe};
 use crate::domain::FieldError;
-use crate::service::{Gate, TotpResult};
+use crate::service::{Gates, TotpResult};
 use crate::telemetry::metrics;
 
 pub struct AccessApi {
-    gate: Arc<Gate>,
+    gate: Gates,
 }
 
 impl AccessApi {
-    pub fn new(gate: Arc<Gate>) -> Self {
+    pub fn new(gate: Gates) -> Self {
         AccessApi { gate }
     }
 }
@@ -26,12 +24,13 @@ impl AccessService for AccessApi {
         request: Request<proto::CheckAccessRequest>,
     ) -> Result<Response<proto::CheckAccessResponse>, Status> {
         observe("CheckAccess", async move {
+            let gate = self.gate.load();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
-            let verdict = self.gate.check_access(&req.context, &subject).await?;
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let verdict = gate.check_access(&req.context, &subject).await?;
             metrics::decided("CheckAccess", &req.context, verdict.decision);
             metrics::shadowed(&req.context, &verdict.shadowed);
-            let now = self.gate.now();
+            let now = gate.now();
             Ok(Response::new(proto::CheckAccessResponse {
                 verdict: Some(convert::verdict(&verdict, now)),
                 shadow: convert::shadow(&verdict, now),
@@ -46,9 +45,10 @@ impl AccessService for AccessApi {
         request: Request<proto::RecordFailureRequest>,
     ) -> Result<Response<proto::RecordFailureResponse>, Status> {
         observe("RecordFailure", async move {
+            let gate = self.gate.load();
             let caller = caller(&request)?.name.clone();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
             if req.activity.len() > 64 || req.activity.chars().any(char::is_control) {
                 return Err(FieldError::new(
                     "activity",
@@ -56,13 +56,12 @@ impl AccessService for AccessApi {
                 )
                 .into());
             }
-            let outcome = self
-                .gate
+            let outcome = gate
                 .record_failure(&req.context, &subject, &req.activity, &caller)
                 .await?;
             metrics::decided("RecordFailure", &req.context, outcome.verdict.decision);
             metrics::shadowed(&req.context, &outcome.verdict.shadowed);
-            let now = self.gate.now();
+            let now = gate.now();
             Ok(Response::new(proto::RecordFailureResponse {
                 verdict: Some(convert::verdict(&outcome.verdict, now)),
                 lockout_applied: outcome.lockout_applied,
@@ -78,12 +77,13 @@ impl AccessService for AccessApi {
         request: Request<proto::RecordSuccessRequest>,
     ) -> Result<Response<proto::RecordSuccessResponse>, Status> {
         observe("RecordSuccess", async move {
+            let gate = self.gate.load();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
-            let verdict = self.gate.record_success(&req.context, &subject).await?;
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let verdict = gate.record_success(&req.context, &subject).await?;
             metrics::decided("RecordSuccess", &req.context, verdict.decision);
             metrics::shadowed(&req.context, &verdict.shadowed);
-            let now = self.gate.now();
+            let now = gate.now();
             Ok(Response::new(proto::RecordSuccessResponse {
                 verdict: Some(convert::verdict(&verdict, now)),
                 shadow: convert::shadow(&verdict, now),
@@ -98,12 +98,10 @@ impl AccessService for AccessApi {
         request: Request<proto::VerifyTotpRequest>,
     ) -> Result<Response<proto::VerifyTotpResponse>, Status> {
         observe("VerifyTotp", async move {
+            let gate = self.gate.load();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
-            let outcome = self
-                .gate
-                .verify_totp(&req.context, &subject, &req.code)
-                .await?;
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let outcome = gate.verify_totp(&req.context, &subject, &req.code).await?;
             metrics::decided("VerifyTotp", &req.context, outcome.verdict.decision);
             // A replay is counted apart here, where only operators see it;
             // the caller gets the same answer as for a wrong code.
@@ -122,7 +120,7 @@ impl AccessService for AccessApi {
             metrics::totp_verified(label);
             Ok(Response::new(proto::VerifyTotpResponse {
                 result: result.into(),
-                verdict: Some(convert::verdict(&outcome.verdict, self.gate.now())),
+                verdict: Some(convert::verdict(&outcome.verdict, gate.now())),
                 clock_drift_seconds: drift,
                 session_expires_at: outcome.session_expires_at.map(convert::timestamp),
             }))
@@ -136,18 +134,18 @@ impl AccessService for AccessApi {
         request: Request<proto::AdmitRequest>,
     ) -> Result<Response<proto::AdmitResponse>, Status> {
         observe("Admit", async move {
+            let gate = self.gate.load();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
-            let outcome = self
-                .gate
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let outcome = gate
                 .admit(&req.context, &subject, &req.kind, &req.fingerprint)
                 .await?;
             metrics::decided("Admit", &req.context, outcome.verdict.decision);
-            let window = self.gate.admission_window(&req.context);
+            let window = gate.admission_window(&req.context);
             Ok(Response::new(convert::admit_response(
                 &outcome,
                 window,
-                self.gate.now(),
+                gate.now(),
             )))
         })
         .await
@@ -159,10 +157,10 @@ impl AccessService for AccessApi {
         request: Request<proto::EnrollTotpRequest>,
     ) -> Result<Response<proto::EnrollTotpResponse>, Status> {
         observe("EnrollTotp", async move {
+            let gate = self.gate.load();
             let req = request.into_inner();
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
-            let e = self
-                .gate
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let e = gate
                 .enroll_totp(&req.context, &subject, &req.account_name)
                 .await?;
             Ok(Response::new(proto::EnrollTotpResponse {

@@ -1,5 +1,3 @@
-use std::sync::Arc;
-
 use tonic::{Request, Response, Status};
 
 use super::proto::{self, admin_service_server::AdminService};
@@ -9,7 +7,7 @@ use crate::domain::{
     UnixMillis, UserId,
 };
 use crate::grpc::convert::text;
-use crate::service::{Admin, Gate};
+use crate::service::{Admin, Gates};
 use crate::store::{AdmissionRecord, AdmissionScope, EventFilter, UnlockScope};
 use crate::telemetry::mask;
 use crate::telemetry::metrics;
@@ -25,14 +23,14 @@ use paging::{
 };
 
 pub struct AdminApi {
-    gate: Arc<Gate>,
+    gate: Gates,
     /// Turns true when the server shuts down: alert streams end then, so
     /// draining does not wait on subscribers that never hang up.
     stop: watch::Receiver<bool>,
 }
 
 impl AdminApi {
-    pub fn new(gate: Arc<Gate>, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(gate: Gates, stop: watch::Receiver<bool>) -> Self {
         AdminApi { gate, stop }
     }
 
@@ -41,6 +39,7 @@ impl AdminApi {
     fn admission_state(&self, r: &AdmissionRecord, now: UnixMillis) -> proto::AdmissionState {
         let window = self
             .gate
+            .load()
             .policy()
             .context("context", &r.context)
             .ok()
@@ -59,6 +58,7 @@ impl AdminApi {
     ) -> Result<(Admin, T), Status> {
         let admin = self
             .gate
+            .load()
             .authorize_admin(&caller(&request)?.name, actor(request.get_ref()))?;
         Ok((admin, request.into_inner()))
     }
@@ -94,9 +94,10 @@ impl AdminService for AdminApi {
         request: Request<proto::WatchSecurityEventsRequest>,
     ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
         observe("WatchSecurityEvents", async move {
+            let gate = self.gate.load();
             let (admin, _) = self.authorize(request, |r| &r.actor_user_id)?;
-            let mut events = self.gate.subscribe();
-            let mut suppressor = Suppressor::new(self.gate.policy().alert_suppression);
+            let mut events = gate.subscribe();
+            let mut suppressor = Suppressor::new(gate.policy().alert_suppression);
             let mut stop = self.stop.clone();
             let (tx, rx) = mpsc::channel(ALERT_QUEUE);
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, "alert subscriber joined");
@@ -150,6 +151,7 @@ impl AdminService for AdminApi {
         request: Request<proto::AdminUnlockRequest>,
     ) -> Result<Response<proto::AdminUnlockResponse>, Status> {
         observe("AdminUnlock", async move {
+            let gate = self.gate.load();
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             use proto::admin_unlock_request::Scope;
             let scope = match req.scope {
@@ -157,9 +159,11 @@ impl AdminService for AdminApi {
                     context: ContextName::parse("key.context", &k.context)?,
                     key: convert::parse_key("key.key", k.key.as_ref())?,
                 },
-                Some(Scope::Subject(s)) => UnlockScope::Subject(self.gate.involving(
-                    convert::subject("subject", Some(&s), self.gate.passwords())?,
-                )),
+                Some(Scope::Subject(s)) => UnlockScope::Subject(gate.involving(convert::subject(
+                    "subject",
+                    Some(&s),
+                    gate.passwords(),
+                )?)),
                 Some(Scope::All(true)) => UnlockScope::All,
                 Some(Scope::All(false)) => {
                     return Err(FieldError::new("all", "must be true when chosen").into());
@@ -170,7 +174,7 @@ impl AdminService for AdminApi {
                     );
                 }
             };
-            let unlocked = self.gate.unlock(&admin, &scope).await?;
+            let unlocked = gate.unlock(&admin, &scope).await?;
             Ok(Response::new(proto::AdminUnlockResponse { unlocked }))
         })
         .await
@@ -182,18 +186,16 @@ impl AdminService for AdminApi {
         request: Request<proto::ListLockedRequest>,
     ) -> Result<Response<proto::ListLockedResponse>, Status> {
         observe("ListLocked", async move {
+            let gate = self.gate.load();
             let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let after = (!req.page_token.is_empty())
                 .then(|| parse_page_token(&req.page_token))
                 .transpose()?;
             let limit = page_size(req.page_size);
             let context = (!req.context.is_empty()).then_some(req.context.as_str());
-            let rows = self
-                .gate
-                .list_locked(context, after.as_ref(), limit + 1)
-                .await?;
+            let rows = gate.list_locked(context, after.as_ref(), limit + 1).await?;
             let (rows, next_page_token) = paginate(rows, limit, |last| page_token(&last.id));
-            let now = self.gate.now();
+            let now = gate.now();
             let locks = rows
                 .iter()
                 .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l)))
@@ -212,11 +214,12 @@ impl AdminService for AdminApi {
         request: Request<proto::GetSubjectRequest>,
     ) -> Result<Response<proto::GetSubjectResponse>, Status> {
         observe("GetSubject", async move {
+            let gate = self.gate.load();
             let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
-            let subject = convert::subject("subject", req.subject.as_ref(), self.gate.passwords())?;
-            let report = self.gate.subject(&subject).await?;
-            let now = self.gate.now();
-            let policy = self.gate.policy();
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let report = gate.subject(&subject).await?;
+            let now = gate.now();
+            let policy = gate.policy();
             let states = report
                 .states
                 .iter()
@@ -283,6 +286,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ListAuditEventsRequest>,
     ) -> Result<Response<proto::ListAuditEventsResponse>, Status> {
         observe("ListAuditEvents", async move {
+            let gate = self.gate.load();
             let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let before_id =
                 match req.page_token.as_str() {
@@ -301,7 +305,7 @@ impl AdminService for AdminApi {
                 ..convert::event_filter(&req)?
             };
             let limit = page_size(req.page_size);
-            let rows = self.gate.audit_events(&filter, limit + 1).await?;
+            let rows = gate.audit_events(&filter, limit + 1).await?;
             let (rows, next_page_token) = paginate(rows, limit, |(id, _)| id.to_string());
             let events = rows
                 .iter()
@@ -334,6 +338,7 @@ impl AdminService for AdminApi {
         request: Request<proto::RevokeSessionRequest>,
     ) -> Result<Response<proto::RevokeSessionResponse>, Status> {
         observe("RevokeSession", async move {
+            let gate = self.gate.load();
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             use proto::revoke_session_request::Scope;
             let user = match req.scope {
@@ -346,7 +351,7 @@ impl AdminService for AdminApi {
                     return Err(FieldError::new("scope", "one of user_id, all is required").into());
                 }
             };
-            let revoked = self.gate.revoke_sessions(&admin, user.as_ref()).await?;
+            let revoked = gate.revoke_sessions(&admin, user.as_ref()).await?;
             Ok(Response::new(proto::RevokeSessionResponse { revoked }))
         })
         .await
@@ -358,9 +363,10 @@ impl AdminService for AdminApi {
         request: Request<proto::GetStatsRequest>,
     ) -> Result<Response<proto::GetStatsResponse>, Status> {
         observe("GetStats", async move {
+            let gate = self.gate.load();
             self.authorize(request, |r| &r.actor_user_id)?;
-            let s = self.gate.stats().await?;
-            let a = self.gate.admission_stats(None).await?;
+            let s = gate.stats().await?;
+            let a = gate.admission_stats(None).await?;
             Ok(Response::new(proto::GetStatsResponse {
                 total: s.total,
                 authenticated: s.authenticated,
@@ -384,9 +390,10 @@ impl AdminService for AdminApi {
         request: Request<proto::ResetTotpRequest>,
     ) -> Result<Response<proto::ResetTotpResponse>, Status> {
         observe("ResetTotp", async move {
+            let gate = self.gate.load();
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
-            let removed = self.gate.reset_totp(&admin, &user).await?;
+            let removed = gate.reset_totp(&admin, &user).await?;
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), removed, "TOTP reset");
             Ok(Response::new(proto::ResetTotpResponse { removed }))
         })
@@ -399,6 +406,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ImportTotpRequest>,
     ) -> Result<Response<proto::ImportTotpResponse>, Status> {
         observe("ImportTotp", async move {
+            let gate = self.gate.load();
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let algorithm = match req.algorithm.as_str() {
@@ -418,7 +426,7 @@ impl AdminService for AdminApi {
                     p => p,
                 },
             };
-            self.gate
+            gate
                 .import_totp(&admin, &user, &req.secret_base32, params)
                 .await?;
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), "TOTP imported");
@@ -433,6 +441,7 @@ impl AdminService for AdminApi {
         request: Request<proto::ResetWarningsRequest>,
     ) -> Result<Response<proto::ResetWarningsResponse>, Status> {
         observe("ResetWarnings", async move {
+            let gate = self.gate.load();
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let scope = AdmissionScope {
                 context: (!req.context.is_empty())
@@ -442,7 +451,7 @@ impl AdminService for AdminApi {
                     .then(|| UserId::parse("user_id", &req.user_id))
                     .transpose()?,
             };
-            let reset = self.gate.reset_warnings(&admin, &scope).await?;
+            let reset = gate.reset_warnings(&admin, &scope).await?;
             Ok(Response::new(proto::ResetWarningsResponse { reset }))
         })
         .await
@@ -454,18 +463,18 @@ impl AdminService for AdminApi {
         request: Request<proto::ListOffendersRequest>,
     ) -> Result<Response<proto::ListOffendersResponse>, Status> {
         observe("ListOffenders", async move {
+            let gate = self.gate.load();
             let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let after = (!req.page_token.is_empty())
                 .then(|| parse_offender_token(&req.page_token))
                 .transpose()?;
             let limit = page_size(req.page_size);
             let context = (!req.context.is_empty()).then_some(req.context.as_str());
-            let rows = self
-                .gate
+            let rows = gate
                 .admission_offenders(context, after.as_ref(), limit + 1)
                 .await?;
             let (rows, next_page_token) = paginate(rows, limit, offender_token);
-            let now = self.gate.now();
+            let now = gate.now();
             Ok(Response::new(proto::ListOffendersResponse {
                 offenders: rows.iter().map(|r| self.admission_state(r, now)).collect(),
                 next_page_token,

@@ -27,6 +27,8 @@ pub const FORWARD_AUTH_DURATION: &str = "authgate_forward_auth_duration_seconds"
 pub const STORE_DURATION: &str = "authgate_store_duration_seconds";
 pub const STORE_ERRORS: &str = "authgate_store_errors_total";
 pub const BUILD_INFO: &str = "authgate_build_info";
+pub const CONFIG_RELOADS: &str = "authgate_config_reloads_total";
+pub const CONFIG_INFO: &str = "authgate_config_info";
 pub const EVENTS_DROPPED: &str = "authgate_security_events_dropped_total";
 pub const AUTH_REJECTED: &str = "authgate_auth_rejected_total";
 pub const SHED: &str = "authgate_requests_shed_total";
@@ -200,6 +202,14 @@ fn describe() {
         BUILD_INFO,
         "Always 1; the version label names the running build"
     );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP), by result: ok, or invalid (refused whole; the old configuration keeps serving)"
+    );
+    describe_gauge!(
+        CONFIG_INFO,
+        "1 for the configuration in force, 0 for those it replaced; hash is the first 12 hex digits of its SHA-256"
+    );
 }
 
 pub fn decision_label(d: Decision) -> &'static str {
@@ -215,6 +225,19 @@ pub fn decision_label(d: Decision) -> &'static str {
 
 pub fn decided(rpc: &'static str, context: &str, d: Decision) {
     counter!(DECISIONS, "rpc" => rpc, "context" => context.to_owned(), "decision" => decision_label(d)).increment(1);
+}
+
+/// A reload's outcome.
+pub fn config_reload(ok: bool) {
+    counter!(CONFIG_RELOADS, "result" => if ok { "ok" } else { "invalid" }).increment(1);
+}
+
+/// Which configuration is in force: `hash` 1, `replaced` (if any) 0.
+pub fn config_in_force(hash: &str, replaced: Option<&str>) {
+    if let Some(old) = replaced.filter(|old| *old != hash) {
+        gauge!(CONFIG_INFO, "hash" => old.to_owned()).set(0.0);
+    }
+    gauge!(CONFIG_INFO, "hash" => hash.to_owned()).set(1.0);
 }
 
 /// Counts what shadow rules decided behind one answer. Labels are

@@ -755,6 +755,14 @@ impl ChildServer {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// SIGHUP: reload the configuration.
+    pub fn hangup(&self) {
+        run(
+            Command::new("kill").args(["-HUP", &self.child.id().to_string()]),
+            "kill -HUP",
+        );
+    }
+
     /// kill -9: no drain, no goodbye.
     pub fn kill(self) {
         drop(self);

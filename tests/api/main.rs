@@ -32,6 +32,7 @@ mod passwords;
 mod prefixes;
 mod python;
 mod rate_limit;
+mod reload;
 mod shadow;
 mod shutdown;
 mod tls;

@@ -1,0 +1,123 @@
+//! Live reload on a real process: SIGHUP swaps a new configuration's rules
+//! in whole (calls in flight all answered, state kept), or refuses an
+//! invalid one whole and keeps serving the old.
+
+use std::time::Duration;
+
+use authgate::grpc::proto::{self, Decision};
+use tokio::task::JoinSet;
+
+use crate::helpers::*;
+
+fn rules(mode: &str) -> String {
+    format!(
+        r#"
+[[contexts.api.rules]]
+name = "per_user"
+key = "user"
+window = "1h"
+lock_after = 3
+lockout = ["1h"]
+mode = "{mode}"
+"#
+    )
+}
+
+/// Waits (boundedly) until the server has counted `n` reloads of `result`:
+/// the signal is handled asynchronously.
+async fn reloads_reach(server: &ChildServer, result: &str, n: u32) -> String {
+    let series = format!("authgate_config_reloads_total{{result=\"{result}\"}} {n}");
+    for _ in 0..100 {
+        let scrape = http_get(&server.metrics_url);
+        if scrape.lines().any(|l| l == series) {
+            return scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never saw {series}");
+}
+
+fn in_force(scrape: &str) -> Vec<String> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("authgate_config_info{") && l.ends_with(" 1"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_rules_in_whole_or_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("authgate.toml");
+    std::fs::write(&file, rules("shadow")).unwrap();
+    let path = file.display().to_string();
+    let server = ChildServer::spawn(
+        dir.path(),
+        &["serve"],
+        &[
+            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("AUTHGATE_CONFIG", &path),
+        ],
+    );
+    let mut access = server.access().await;
+    for _ in 0..3 {
+        fail(&mut access, "api", subject("alice", "")).await;
+    }
+    let shadowed = check(&mut access, "api", subject("alice", "")).await;
+    assert_eq!(
+        decision(&shadowed),
+        Decision::Allow,
+        "in shadow: {shadowed:?}"
+    );
+    let first = in_force(&http_get(&server.metrics_url));
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // Calls keep flowing while the configuration is swapped under them.
+    let mut flowing = JoinSet::new();
+    for _ in 0..4 {
+        let mut c = server.access().await;
+        flowing.spawn(async move {
+            for _ in 0..50 {
+                c.check_access(proto::CheckAccessRequest {
+                    context: "api".into(),
+                    subject: subject("bob", ""),
+                })
+                .await
+                .expect("a call during the reload");
+            }
+        });
+    }
+    std::fs::write(&file, rules("enforce")).unwrap();
+    server.hangup();
+    let scrape = reloads_reach(&server, "ok", 1).await;
+    while let Some(done) = flowing.join_next().await {
+        done.expect("calls in flight all answered");
+    }
+    let enforced = check(&mut access, "api", subject("alice", "")).await;
+    assert_eq!(
+        decision(&enforced),
+        Decision::Blocked,
+        "enforcing from the counts gathered in shadow: {enforced:?}"
+    );
+    let second = in_force(&scrape);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second, "authgate_config_info names the new one");
+
+    // An invalid edit is refused whole: the rules in force stay.
+    std::fs::write(
+        &file,
+        rules("enforce").replace("lock_after = 3", "lock_after = \"x\""),
+    )
+    .unwrap();
+    server.hangup();
+    let scrape = reloads_reach(&server, "invalid", 1).await;
+    assert_eq!(in_force(&scrape), second, "the old one is still in force");
+    let kept = check(&mut access, "api", subject("alice", "")).await;
+    assert_eq!(decision(&kept), Decision::Blocked, "{kept:?}");
+    let (_, log) = server.terminate();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("reload refused") && l.contains("lock_after")),
+        "the refusal names the key: {log:?}"
+    );
+}
