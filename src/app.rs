@@ -18,7 +18,7 @@ use crate::config::{ClockConfig, Config, ConfigError, TlsConfig};
 use crate::crypto::CryptoError;
 use crate::domain::{KeyKind, Policy, Rule};
 use crate::gateway::{ExtAuthz, ExtProc, ForwardAuth, Gateway, Mapping, RateLimitService};
-use crate::grpc::auth::Authenticator;
+use crate::grpc::auth::Callers;
 use crate::grpc::proto::access_service_server::AccessServiceServer;
 use crate::grpc::proto::admin_service_server::AdminServiceServer;
 use crate::grpc::{
@@ -144,7 +144,7 @@ fn calls_per_connection(server: &crate::config::ServerConfig) -> usize {
 
 pub struct Application {
     listener: TcpListener,
-    auth: Arc<Authenticator>,
+    auth: Callers,
     /// Proxies admitted to the gateway services without a key.
     trusted_proxies: Vec<ipnet::IpNet>,
     tls: Option<ServerTlsConfig>,
@@ -236,14 +236,15 @@ impl Application {
         };
         let keys = secret_keys(config)?;
         let passwords = password_keys(config)?;
-        let auth = Arc::new(config.authenticator()?);
-        if auth.is_anonymous() {
+        let authenticator = config.authenticator()?;
+        if authenticator.is_anonymous() {
             tracing::warn!(
                 listen = %config.server.listen,
                 "NO API KEYS CONFIGURED: every caller may check, record failures and unlock \
                  accounts. Add auth.keys (authgate keygen) before exposing this service"
             );
         }
+        let auth = Callers::new(authenticator);
         let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
         let mapping = Mapping::new(&config.gateway, &policy)?;
         // The forward-auth listener's peer is a proxy, never the client: its
@@ -266,6 +267,7 @@ impl Application {
             );
             (listener, Arc::new(endpoints))
         });
+        let reloader = Arc::new(Reloader::new(gate.clone(), auth.clone(), config));
         Ok(Application {
             listener,
             auth,
@@ -297,7 +299,7 @@ impl Application {
                 gate.clone(),
                 &config.gateway.rate_limit,
             )),
-            reloader: Arc::new(Reloader::new(gate.clone(), config)),
+            reloader,
             gate,
             store_health,
             cleanup_interval: config.cleanup.interval,

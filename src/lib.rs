@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod current;
 pub mod domain;
 pub mod gateway;
 pub mod grpc;

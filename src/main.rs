@@ -185,19 +185,7 @@ async fn serve(
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     let app = Application::build(&config, policy, Time::Authority).await?;
-    let reloader = app.reloader();
-    let reloads = tokio::spawn(async move {
-        let Ok(mut hangups) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            tracing::warn!("cannot listen for SIGHUP; configuration reload is off");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the configuration");
-            reloader.apply(Config::load(path.as_deref()));
-        }
-    });
+    let reloads = tokio::spawn(app.reloader().watch(path));
     app.run_until(shutdown_signal()).await?;
     reloads.abort();
     Ok(())

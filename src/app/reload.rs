@@ -1,22 +1,44 @@
 //! Live reload: a new configuration's decisions (contexts, rules, allow and
-//! admin lists, trusted and allowed networks) swapped in whole, or refused
-//! whole. What needs a restart is reported and kept.
+//! admin lists, trusted and allowed networks) and callers' API keys swapped
+//! in whole, or refused whole; on SIGHUP, or when the file or the keys file
+//! changes on disk. What needs a restart is reported and kept.
 
-use std::sync::{Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
 use crate::domain::Policy;
 use crate::gateway::Mapping;
+use crate::grpc::auth::Callers;
 use crate::service::Gates;
 use crate::telemetry::metrics;
 
 /// Swaps configurations into a running server.
 pub struct Reloader {
     gates: Gates,
+    callers: Callers,
     /// The configuration in force, against which a new one is compared.
     running: Mutex<(Config, String)>,
+}
+
+/// How often the files are looked at: a Kubernetes ConfigMap or Secret
+/// update arrives as a symlink swap, which no signal announces.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// What the files hold now, to tell when one changed (through symlinks, as
+/// a swap of `..data` changes what the mounted path reads).
+fn fingerprint(files: &[&Path]) -> Vec<u8> {
+    let mut digest = Sha256::new();
+    for file in files {
+        match std::fs::read(file) {
+            Ok(bytes) => digest.update(Sha256::digest(&bytes)),
+            Err(e) => digest.update(e.kind().to_string()),
+        }
+    }
+    digest.finalize().to_vec()
 }
 
 /// Which configuration this is, as authgate_config_info names it.
@@ -25,15 +47,56 @@ fn hash_of(config: &Config) -> String {
 }
 
 impl Reloader {
-    pub(super) fn new(gates: Gates, config: &Config) -> Reloader {
+    pub(super) fn new(gates: Gates, callers: Callers, config: &Config) -> Reloader {
         let hash = hash_of(config);
         // Before the server runs: the recorder must be there to keep it.
         metrics::handle();
         metrics::config_in_force(&hash, None);
         Reloader {
             gates,
+            callers,
             running: Mutex::new((config.clone(), hash)),
         }
+    }
+
+    /// Reloads `path` (or the implicit file) and the environment on SIGHUP
+    /// and whenever the file or auth.keys_file changes on disk, until the
+    /// task is dropped.
+    pub async fn watch(self: Arc<Self>, path: Option<PathBuf>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only"))
+            .ok();
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        let mut seen = self.fingerprint(path.as_deref());
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let cause = tokio::select! {
+                Some(()) = hangup => "SIGHUP",
+                _ = tick.tick() => {
+                    if self.fingerprint(path.as_deref()) == seen {
+                        continue;
+                    }
+                    "a file changed"
+                }
+            };
+            tracing::info!(cause, "reloading the configuration");
+            self.apply(Config::load(path.as_deref()));
+            seen = self.fingerprint(path.as_deref());
+        }
+    }
+
+    fn fingerprint(&self, path: Option<&Path>) -> Vec<u8> {
+        let implicit = Path::new(crate::config::DEFAULT_CONFIG_FILE);
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut files = vec![path.unwrap_or(implicit)];
+        files.extend(running.0.auth.keys_file.as_deref());
+        fingerprint(&files)
     }
 
     /// Puts `loaded` in force, or refuses it whole (logged naming the key,
@@ -44,14 +107,14 @@ impl Reloader {
         let checked = loaded.and_then(|(config, policy)| {
             // The gateway's routes stay as started, so they must still name
             // contexts the new file has.
-            Mapping::new(&running.0.gateway, &policy)
-                .map_err(|e| ConfigError::Invalid {
-                    key: "gateway.routes".into(),
-                    problem: format!("{e}; the running routes need it (they change on restart)"),
-                })
-                .map(|_| (config, policy))
+            Mapping::new(&running.0.gateway, &policy).map_err(|e| ConfigError::Invalid {
+                key: "gateway.routes".into(),
+                problem: format!("{e}; the running routes need it (they change on restart)"),
+            })?;
+            let callers = config.authenticator()?;
+            Ok((config, policy, callers))
         });
-        let (config, policy) = match checked {
+        let (config, policy, callers) = match checked {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; the running one is kept");
@@ -67,6 +130,7 @@ impl Reloader {
         }
         let hash = hash_of(&config);
         self.gates.swap(self.gates.load().with_policy(policy));
+        self.callers.swap(callers);
         metrics::config_in_force(&hash, Some(&running.1));
         metrics::config_reload(true);
         tracing::info!(hash = %hash, "configuration reloaded");
@@ -76,8 +140,8 @@ impl Reloader {
 }
 
 /// The sections of `next` that differ from `running` but are read only at
-/// start: listeners, the database and its pool, callers' keys, the
-/// gateway, TOTP and password keys, clocks and logs. Compared as they
+/// start: listeners, the database and its pool, the gateway, TOTP and
+/// password keys, clocks and logs. Compared as they
 /// render, so a secret changed in place (rendered REDACTED) goes unseen.
 fn restart_only(running: &Config, next: &Config) -> Vec<&'static str> {
     fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
@@ -86,7 +150,6 @@ fn restart_only(running: &Config, next: &Config) -> Vec<&'static str> {
     [
         ("server", same(&running.server, &next.server)),
         ("database", same(&running.database, &next.database)),
-        ("auth", same(&running.auth, &next.auth)),
         ("gateway", same(&running.gateway, &next.gateway)),
         ("metrics", same(&running.metrics, &next.metrics)),
         ("log", same(&running.log, &next.log)),

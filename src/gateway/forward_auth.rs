@@ -35,7 +35,7 @@ use tokio::sync::oneshot;
 
 use super::{Answer, Gateway, Judged, Request, forwarded_address, path};
 use crate::domain::FieldError;
-use crate::grpc::auth::{Authenticator, Role};
+use crate::grpc::auth::{Callers, Role};
 use crate::telemetry::metrics;
 use crate::work;
 
@@ -87,7 +87,7 @@ pub struct ForwardAuth {
     /// Maps with `gateway.http.trusted_hops`, not the Envoy-facing
     /// `gateway.trusted_hops`: this listener's peer is always a proxy.
     gateway: Arc<Gateway>,
-    auth: Arc<Authenticator>,
+    auth: Callers,
     trusted_proxies: Vec<IpNet>,
     /// server.request_timeout: past it the proxy is answered 503 while the
     /// work, once it has touched the store, runs on to its end.
@@ -185,7 +185,7 @@ impl Forwarded {
 impl ForwardAuth {
     pub fn new(
         gateway: Arc<Gateway>,
-        auth: Arc<Authenticator>,
+        auth: Callers,
         trusted_proxies: Vec<IpNet>,
         timeout: Duration,
     ) -> Self {
@@ -205,10 +205,14 @@ impl ForwardAuth {
             return Ok(());
         }
         let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        let caller = self.auth.authenticate(authorization, &[]).map_err(|e| {
-            metrics::auth_rejected(e.label());
-            Answer::unauthenticated(&e.to_string())
-        })?;
+        let caller = self
+            .auth
+            .load()
+            .authenticate(authorization, &[])
+            .map_err(|e| {
+                metrics::auth_rejected(e.label());
+                Answer::unauthenticated(&e.to_string())
+            })?;
         if !caller.has(Role::Check) {
             metrics::auth_rejected("role");
             return Err(Answer::forbidden(&format!(

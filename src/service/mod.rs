@@ -14,7 +14,7 @@ pub use admin::{Admin, SubjectReport};
 pub use admission::{AdmitOutcome, MAX_FINGERPRINT_BYTES};
 pub use totp::{Enrollment, TotpResult, VerifyOutcome};
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, PasswordKeys, SecretKeys};
@@ -101,24 +101,5 @@ impl Gate {
     }
 }
 
-/// The gate in force, swapped whole by a reload: each call takes the one
-/// current when it starts and finishes under it, the next sees the new.
-#[derive(Clone)]
-pub struct Gates(Arc<RwLock<Arc<Gate>>>);
-
-impl Gates {
-    pub fn new(gate: Gate) -> Gates {
-        Gates(Arc::new(RwLock::new(Arc::new(gate))))
-    }
-
-    pub fn load(&self) -> Arc<Gate> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn swap(&self, gate: Gate) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(gate);
-    }
-}
+/// The gate in force, swapped whole by a reload.
+pub type Gates = crate::current::Current<Gate>;

@@ -121,3 +121,99 @@ async fn sighup_swaps_the_rules_in_whole_or_keeps_the_old() {
         "the refusal names the key: {log:?}"
     );
 }
+
+/// A keys file entry for a new key of the check role, and the key.
+fn check_key(name: &str) -> (String, String) {
+    let (key, hash) = authgate::grpc::auth::generate_key();
+    let entry = format!("[[keys]]\nname = \"{name}\"\nhash = \"{hash}\"\nroles = [\"check\"]\n");
+    (entry, key.as_str().to_owned())
+}
+
+/// Points `link` at `target` in one rename, as the kubelet swaps `..data`.
+fn swap_symlink(link: &std::path::Path, target: &str) {
+    let staged = link.with_file_name("..data_tmp");
+    std::os::unix::fs::symlink(target, &staged).unwrap();
+    std::fs::rename(&staged, link).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_configmap_and_keys_file_swapped_on_disk_are_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice_entry, alice) = check_key("alice-bot");
+    let (bob_entry, bob) = check_key("bob-bot");
+    // The kubelet's layout: the mounted names are symlinks through ..data
+    // into a timestamped folder, replaced whole on an update.
+    for (version, keys) in [
+        ("v1", format!("{alice_entry}{bob_entry}")),
+        ("v2", alice_entry),
+    ] {
+        let folder = dir.path().join(version);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("keys.toml"), keys).unwrap();
+        std::fs::write(
+            folder.join("authgate.toml"),
+            rules(if version == "v1" { "shadow" } else { "enforce" }),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
+    for name in ["authgate.toml", "keys.toml"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), dir.path().join(name)).unwrap();
+    }
+    let config = dir.path().join("authgate.toml").display().to_string();
+    let keys = dir.path().join("keys.toml").display().to_string();
+    let server = ChildServer::spawn(
+        dir.path(),
+        &["serve"],
+        &[
+            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("AUTHGATE_CONFIG", &config),
+            ("AUTHGATE_AUTH__KEYS_FILE", &keys),
+        ],
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut as_bob = keyed_access(channel.clone(), &bob);
+    let ask = |user: &str| proto::CheckAccessRequest {
+        context: "api".into(),
+        subject: subject(user, ""),
+    };
+    as_bob
+        .check_access(ask("carol"))
+        .await
+        .expect("bob's key works");
+
+    swap_symlink(&dir.path().join("..data"), "v2");
+    reloads_reach(&server, "ok", 1).await;
+    let refused = as_bob
+        .check_access(ask("carol"))
+        .await
+        .expect_err("a key removed stops authenticating at once");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut as_alice = keyed_access(channel, &alice);
+    for _ in 0..3 {
+        as_alice
+            .record_failure(proto::RecordFailureRequest {
+                context: "api".into(),
+                subject: subject("carol", ""),
+                activity: String::new(),
+            })
+            .await
+            .expect("alice's key still works");
+    }
+    let verdict = as_alice
+        .check_access(ask("carol"))
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    assert_eq!(
+        decision(&verdict),
+        Decision::Blocked,
+        "the new rules are in force"
+    );
+}

@@ -21,6 +21,10 @@ mod keys;
 
 pub use keys::{AuthError, Authenticator, Caller, Credential, KeyHash, Role, generate_key};
 
+/// The callers' keys in force, swapped whole by a reload: a key removed
+/// stops authenticating with the next call.
+pub type Callers = crate::current::Current<Authenticator>;
+
 use super::Refusal;
 use super::limits::connection_of;
 use super::route::Route;
@@ -28,12 +32,12 @@ use crate::telemetry::metrics;
 
 #[derive(Clone)]
 pub struct AuthenticateLayer {
-    auth: Arc<Authenticator>,
+    auth: Callers,
     trusted_proxies: Arc<[IpNet]>,
 }
 
 impl AuthenticateLayer {
-    pub fn new(auth: Arc<Authenticator>, trusted_proxies: Vec<IpNet>) -> Self {
+    pub fn new(auth: Callers, trusted_proxies: Vec<IpNet>) -> Self {
         AuthenticateLayer {
             auth,
             trusted_proxies: trusted_proxies.into(),
@@ -56,7 +60,7 @@ impl<S> Layer<S> for AuthenticateLayer {
 #[derive(Clone)]
 pub struct Authenticate<S> {
     inner: S,
-    auth: Arc<Authenticator>,
+    auth: Callers,
     trusted_proxies: Arc<[IpNet]>,
 }
 
@@ -89,10 +93,14 @@ impl<S> Authenticate<S> {
                 .and_then(|chain| chain.first().map(|leaf| names_of(leaf.as_ref())))
                 .unwrap_or_default(),
         };
-        let caller = self.auth.authenticate(authorization, &names).map_err(|e| {
-            metrics::auth_rejected(e.label());
-            Status::from(Refusal::Unauthenticated(e.to_string()))
-        })?;
+        let caller = self
+            .auth
+            .load()
+            .authenticate(authorization, &names)
+            .map_err(|e| {
+                metrics::auth_rejected(e.label());
+                Status::from(Refusal::Unauthenticated(e.to_string()))
+            })?;
         if let Some(role) = role
             && !caller.has(role)
         {
