@@ -96,13 +96,6 @@ impl<Of> std::ops::Deref for Identifier<Of> {
     }
 }
 
-/// An identifier is looked up by its text, as maps keyed by one are.
-impl<Of> std::borrow::Borrow<str> for Identifier<Of> {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
 impl<Of> PartialEq<str> for Identifier<Of> {
     fn eq(&self, other: &str) -> bool {
         self.0 == other

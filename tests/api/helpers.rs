@@ -609,6 +609,34 @@ pub async fn report(
     .into_inner()
 }
 
+/// Every lock in force, as the admin sees them (first page).
+pub async fn locked(a: &mut AdminServiceClient<Channel>) -> Vec<proto::Lock> {
+    a.list_locked(proto::ListLockedRequest {
+        actor_user_id: "admin".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("ListLocked")
+    .into_inner()
+    .locks
+}
+
+/// The audit trail, newest first, of `kind` ('' for every kind).
+pub async fn audit_events(
+    a: &mut AdminServiceClient<Channel>,
+    kind: &str,
+) -> Vec<proto::AuditEvent> {
+    a.list_audit_events(proto::ListAuditEventsRequest {
+        actor_user_id: "admin".into(),
+        kind: kind.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("ListAuditEvents")
+    .into_inner()
+    .events
+}
+
 pub fn decision(v: &proto::Verdict) -> proto::Decision {
     proto::Decision::try_from(v.decision).expect("known decision")
 }

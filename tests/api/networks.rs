@@ -154,18 +154,7 @@ async fn a_context_of_allowed_networks_refuses_and_counts_every_other_address(
     let other = check(&mut access, "hooks", subject("", "198.51.100.8")).await;
     assert_eq!(decision(&other), Decision::Deny, "{other:?}");
 
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(proto::ListAuditEventsRequest {
-            actor_user_id: "admin".into(),
-            kind: "not_allowed".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner()
-        .events;
+    let events = audit_events(&mut server.admin().await, "not_allowed").await;
     let keys: Vec<_> = events.iter().filter_map(|e| e.key.clone()).collect();
     assert_eq!(
         keys.len(),

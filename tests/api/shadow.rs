@@ -136,17 +136,7 @@ async fn a_shadow_rule_that_would_block_is_reported_while_the_request_passes(
                 && l.contains("decision=\"blocked\"")),
         "shadow decisions are counted by context, rule and decision"
     );
-    let events = server
-        .admin()
-        .await
-        .list_audit_events(proto::ListAuditEventsRequest {
-            actor_user_id: "admin".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("ListAuditEvents")
-        .into_inner()
-        .events;
+    let events = audit_events(&mut server.admin().await, "").await;
     let kinds: Vec<(&str, &str)> = events
         .iter()
         .filter(|e| e.kind.contains("lockout"))

@@ -99,15 +99,7 @@ async fn a_password_keys_lock_and_its_event_survive_the_upgrade(
         "the key moved with its column"
     );
     let mut admin = server.admin().await;
-    let locked = admin
-        .list_locked(proto::ListLockedRequest {
-            actor_user_id: "admin".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .locks;
+    let locked = locked(&mut admin).await;
     let [lock] = &locked[..] else {
         panic!("one lock: {locked:?}");
     };
@@ -116,15 +108,7 @@ async fn a_password_keys_lock_and_its_event_survive_the_upgrade(
     assert_eq!(key.password, "k1:abcd");
     assert!(key.session_id.is_empty(), "{key:?}");
 
-    let events = admin
-        .list_audit_events(proto::ListAuditEventsRequest {
-            actor_user_id: "admin".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = audit_events(&mut admin, "").await;
     let of_kind = |kind: &str| {
         let event = events.iter().find(|e| e.kind == kind).expect(kind);
         (event, event.key.clone().unwrap())
