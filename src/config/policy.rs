@@ -222,7 +222,19 @@ impl Config {
                 ),
             ));
         }
-        Ok(Policy::new(contexts, access, totp, self.alerts.suppression))
+        let (v4, v6) = (
+            self.access.ban_min_ipv4_prefix,
+            self.access.ban_min_ipv6_prefix,
+        );
+        if v4 > 32 {
+            return Err(invalid("access.ban_min_ipv4_prefix", "must be 0 to 32"));
+        }
+        if v6 > 128 {
+            return Err(invalid("access.ban_min_ipv6_prefix", "must be 0 to 128"));
+        }
+        let mut policy = Policy::new(contexts, access, totp, self.alerts.suppression);
+        policy.ban_minimum = Prefixes { v4, v6 };
+        Ok(policy)
     }
 }
 
@@ -331,6 +343,12 @@ impl RuleConfig {
             None => Ladder::Tiers(Vec::new()),
             Some(l) => l.to_ladder(&format!("{key}.lockout"))?,
         };
+        if self.name == crate::domain::BAN_RULE {
+            return Err(invalid(
+                format!("{key}.name"),
+                "the name is reserved: verdicts of admins' bans carry it",
+            ));
+        }
         Ok(Rule {
             name: RuleName::parse(&format!("{key}.name"), &self.name)?,
             key: self.key,

@@ -42,10 +42,16 @@ pub enum EventKind {
     AdmissionBlocked,
     /// An admin reset a user's admission warnings.
     WarningsReset,
+    /// An admin banned a key or a range.
+    Banned,
+    /// An admin lifted a ban.
+    BanLifted,
+    /// A ban ran out; recorded by the cleanup pass.
+    BanExpired,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::FailureRecorded,
         EventKind::Lockout,
         EventKind::PermanentLockout,
@@ -64,6 +70,9 @@ impl EventKind {
         EventKind::Unlocked,
         EventKind::AdmissionBlocked,
         EventKind::WarningsReset,
+        EventKind::Banned,
+        EventKind::BanLifted,
+        EventKind::BanExpired,
     ];
 
     /// The name stored in the audit trail and sent to clients.
@@ -87,6 +96,9 @@ impl EventKind {
             EventKind::Unlocked => "unlocked",
             EventKind::AdmissionBlocked => "admission_blocked",
             EventKind::WarningsReset => "warnings_reset",
+            EventKind::Banned => "banned",
+            EventKind::BanLifted => "ban_lifted",
+            EventKind::BanExpired => "ban_expired",
         }
     }
 
@@ -104,6 +116,8 @@ impl EventKind {
                 | EventKind::NotAllowed
                 | EventKind::TotpBlocked
                 | EventKind::AdmissionBlocked
+                | EventKind::Banned
+                | EventKind::BanLifted
         )
     }
 

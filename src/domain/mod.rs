@@ -4,6 +4,7 @@
 
 mod admission;
 mod alerts;
+mod ban;
 mod event;
 mod network;
 mod policy;
@@ -19,6 +20,7 @@ pub use admission::{
     Patterns, UpdateKind, admit,
 };
 pub use alerts::Suppressor;
+pub use ban::{BAN_MINIMUM, BAN_RULE, Ban, BanScope, BanSet, BanTarget, MAX_REASON};
 pub use event::{EventKind, SecurityEvent};
 pub use network::{IpPrefix, Networks, Prefixes};
 pub use policy::{

@@ -67,6 +67,20 @@ impl IpPrefix {
     pub fn addr(&self) -> IpAddr {
         self.0.network()
     }
+
+    /// How many leading bits it fixes: 32 or 128 for one address.
+    pub fn prefix_len(&self) -> u8 {
+        self.0.prefix_len()
+    }
+
+    /// Whether it is one address rather than a network of several.
+    pub fn is_single(&self) -> bool {
+        self.0.prefix_len() == self.0.max_prefix_len()
+    }
+
+    pub fn is_v6(&self) -> bool {
+        matches!(self.0, IpNet::V6(_))
+    }
 }
 
 impl From<IpAddress> for IpPrefix {

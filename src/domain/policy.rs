@@ -276,6 +276,8 @@ pub struct Policy {
     /// How long alerts of one kind about one subject are held back after
     /// one is delivered.
     pub alert_suppression: Duration,
+    /// The shortest prefix a range ban may have unless forced.
+    pub ban_minimum: super::Prefixes,
 }
 
 impl Policy {
@@ -293,6 +295,7 @@ impl Policy {
             access,
             totp,
             alert_suppression,
+            ban_minimum: super::BAN_MINIMUM,
         }
     }
 

@@ -422,6 +422,7 @@ impl Rule {
             frees_at: self.frees_at(state, now),
             permanent: false,
             shadowed: Vec::new(),
+            ban_reason: None,
         }
     }
 

@@ -43,6 +43,8 @@ pub enum Reason {
     TrustedNetwork,
     /// The address is outside the context's allowed networks.
     NetworkNotAllowed,
+    /// An admin banned the key, or a range holding the address.
+    Banned,
 }
 
 impl Reason {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::SpamBlocked => "spam_blocked",
             Reason::TrustedNetwork => "trusted_network",
             Reason::NetworkNotAllowed => "network_not_allowed",
+            Reason::Banned => "banned",
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct Verdict {
     pub shadow: bool,
     /// On a combined verdict, what the shadow rules decided.
     pub shadowed: Vec<Verdict>,
+    /// A ban's: the reason the admin gave.
+    pub ban_reason: Option<String>,
 }
 
 impl Verdict {
@@ -106,6 +111,7 @@ impl Verdict {
             permanent: false,
             shadow: false,
             shadowed: Vec::new(),
+            ban_reason: None,
         }
     }
 

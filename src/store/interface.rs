@@ -20,7 +20,10 @@ use super::model::{
 };
 use super::{Health, StoreError};
 use crate::clock::Reading;
-use crate::domain::{Admission, ContextName, KeyState, SecurityEvent, Session, UnixMillis, UserId};
+use crate::domain::{
+    Admission, Ban, BanScope, BanSet, ContextName, KeyState, SecurityEvent, Session, UnixMillis,
+    UserId,
+};
 use crate::telemetry::metrics;
 
 /// An interface's operations wrapped for their callers: refused at once
@@ -99,6 +102,29 @@ interface! {
         /// failures and its run of lockouts (totals are kept). Returns how
         /// many locks in force at `now` were lifted.
         async fn unlock(&self, scope: &UnlockScope, now: UnixMillis) -> Result<u64, StoreError>;
+    }
+}
+
+interface! {
+    /// Admins' bans of keys and of ranges of addresses.
+    pub trait Bans {
+        /// The bans as this replica knows them: its own changes at once,
+        /// any other replica's at most bans::STALENESS later.
+        async fn active_bans(&self) -> Result<Arc<BanSet>, StoreError>;
+
+        /// The bans in force at `now`, read from the store itself, ordered
+        /// by target.
+        async fn list_bans(&self, now: UnixMillis) -> Result<Vec<Ban>, StoreError>;
+
+        /// Writes `bans`, each over whatever its target held, with a
+        /// `banned` event for each that changes anything, as one atomic
+        /// step; returns how many changed (none, for bans stored already).
+        async fn put_bans(&self, bans: &[Ban]) -> Result<u64, StoreError>;
+
+        /// Lifts the bans in `scope`, with a `ban_lifted` event built on
+        /// `lifted` (who acted, and when) for each that was in force then,
+        /// as one atomic step; returns how many were.
+        async fn lift_bans(&self, scope: &BanScope, lifted: &SecurityEvent) -> Result<u64, StoreError>;
     }
 }
 
@@ -293,6 +319,7 @@ impl<T: EventLog + ?Sized> EventLog for Watched<'_, T> {
 /// One dialect's implementations of every interface.
 pub struct Parts {
     pub keys: Arc<dyn KeyStates>,
+    pub bans: Arc<dyn Bans>,
     pub reports: Arc<dyn Reports>,
     pub events: Arc<dyn EventLog>,
     pub totp: Arc<dyn TotpSecrets>,
@@ -308,11 +335,12 @@ impl Parts {
     /// the SQL both dialects share on its pools.
     pub fn of<D, S>(dialect: Arc<D>, shared: Arc<S>) -> Parts
     where
-        D: KeyStates + EventLog + Admissions + Upkeep + 'static,
+        D: KeyStates + Bans + EventLog + Admissions + Upkeep + 'static,
         S: Reports + TotpSecrets + Sessions + AdmissionRecords + Probe + 'static,
     {
         Parts {
             keys: dialect.clone(),
+            bans: dialect.clone(),
             events: dialect.clone(),
             admissions: dialect.clone(),
             upkeep: dialect,
@@ -345,6 +373,10 @@ impl Store {
 
     pub fn keys(&self) -> Watched<'_, dyn KeyStates> {
         self.watched(&*self.parts.keys)
+    }
+
+    pub fn bans(&self) -> Watched<'_, dyn Bans> {
+        self.watched(&*self.parts.bans)
     }
 
     pub fn reports(&self) -> Watched<'_, dyn Reports> {

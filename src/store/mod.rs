@@ -3,6 +3,7 @@
 //! below here: what both dialects run alike in `shared/`, what each does
 //! its own way in `postgres/` and `sqlite.rs`.
 
+mod bans;
 mod batch;
 mod event_row;
 mod health;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 pub use health::Health;
 pub use interface::{
-    AdmissionRecords, Admissions, EventLog, KeyStates, Reports, Sessions, Store, TotpSecrets,
+    AdmissionRecords, Admissions, Bans, EventLog, KeyStates, Reports, Sessions, Store, TotpSecrets,
     Upkeep,
 };
 pub use model::{

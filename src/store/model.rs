@@ -140,6 +140,8 @@ pub struct Purged {
     pub events_deleted: u64,
     /// Users' admission state, idle for a day and not blocked, deleted.
     pub admissions: u64,
+    /// Bans that ran out, deleted (each now a ban_expired event).
+    pub bans: u64,
 }
 
 /// What one Admit call writes: the user's new state, the events that commit

@@ -14,13 +14,17 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
 use super::event_row::EventRow;
-use super::interface::{Admissions, EventLog, KeyStates, Parts, Upkeep};
+use super::bans::BanCache;
+use super::interface::{Admissions, Bans, EventLog, KeyStates, Parts, Upkeep};
 use super::model::{AdmitFn, Applied, Purged, StateId, TransitionFn, UnlockScope};
 use super::row::{Known, Named, NextRows, Row, next_rows, push_scope};
 use super::shared::{COLUMNS, EVENT_COLUMNS, FailuresColumn, Params, Sql};
 use super::{PoolSettings, StoreError};
 use crate::clock::Reading;
-use crate::domain::{Admission, ContextName, KeyState, SecurityEvent, UnixMillis, UserId};
+use crate::domain::{
+    Admission, Ban, BanScope, BanSet, ContextName, EventKind, KeyState, SecurityEvent, UnixMillis,
+    UserId,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -41,6 +45,9 @@ pub struct SqliteStore {
     sql: Sql<Sqlite>,
     /// One process: events go straight to its subscribers.
     events: broadcast::Sender<SecurityEvent>,
+    /// One process, whose own writes are every change there is: its copy
+    /// is always current.
+    bans: BanCache,
 }
 
 /// SQLite has no arrays: the times are comma-separated text.
@@ -203,7 +210,12 @@ impl SqliteStore {
             begin_write: BEGIN_WRITE,
         };
         let shared = Arc::new(sql.clone());
-        Ok(Parts::of(Arc::new(SqliteStore { sql, events }), shared))
+        let store = SqliteStore {
+            sql,
+            events,
+            bans: BanCache::default(),
+        };
+        Ok(Parts::of(Arc::new(store), shared))
     }
 }
 
@@ -273,6 +285,55 @@ impl KeyStates for SqliteStore {
         reset.build().execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(u64::try_from(lifted).unwrap_or(0))
+    }
+}
+
+#[async_trait::async_trait]
+impl Bans for SqliteStore {
+    async fn active_bans(&self) -> Result<Arc<BanSet>, StoreError> {
+        self.bans
+            .get(true, async {
+                let mut conn = self.sql.readers.acquire().await?;
+                self.sql.read_bans(&mut conn, None).await
+            })
+            .await
+    }
+
+    async fn list_bans(&self, now: UnixMillis) -> Result<Vec<Ban>, StoreError> {
+        let mut conn = self.sql.readers.acquire().await?;
+        self.sql.read_bans(&mut conn, Some(now)).await
+    }
+
+    async fn put_bans(&self, bans: &[Ban]) -> Result<u64, StoreError> {
+        let mut tx = self.sql.writer.begin_with(BEGIN_WRITE).await?;
+        let written = self.sql.write_bans(&mut tx, bans).await?;
+        let events: Vec<SecurityEvent> = written.iter().map(|b| b.placed()).collect();
+        for event in &events {
+            insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        self.bans.changed();
+        self.deliver(events);
+        Ok(written.len() as u64)
+    }
+
+    async fn lift_bans(&self, scope: &BanScope, lifted: &SecurityEvent) -> Result<u64, StoreError> {
+        let mut tx = self.sql.writer.begin_with(BEGIN_WRITE).await?;
+        let gone = self
+            .sql
+            .delete_bans(&mut tx, scope, UnixMillis(lifted.at))
+            .await?;
+        let events: Vec<SecurityEvent> = gone
+            .iter()
+            .map(|b| b.event(EventKind::BanLifted, lifted.clone()))
+            .collect();
+        for event in &events {
+            insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        self.bans.changed();
+        self.deliver(events);
+        Ok(gone.len() as u64)
     }
 }
 

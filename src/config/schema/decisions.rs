@@ -12,7 +12,7 @@ use super::super::lockout::LockoutConfig;
 use super::super::{by_name, duration};
 use crate::domain::{KeyKind, KindClass, TotpAlgorithm};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
     /// Users who may act at all; empty allows everyone.
@@ -30,6 +30,25 @@ pub struct AccessConfig {
     /// gateway's trusted_proxies, which say whose X-Forwarded-For to
     /// believe; a machine in the office is not a proxy.
     pub trusted_networks: Vec<String>,
+    /// The widest range AdminService.Ban takes without `force`: a ban of
+    /// an IPv4 network shorter than /16, or an IPv6 one shorter than /32
+    /// (an ISP's allocation), is refused as the slip of a finger it
+    /// usually is (10.0.0.0/8 for 10.0.0.8).
+    pub ban_min_ipv4_prefix: u8,
+    pub ban_min_ipv6_prefix: u8,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            allowed_user_ids: Vec::new(),
+            admin_user_ids: Vec::new(),
+            not_allowed: NotAllowedConfig::default(),
+            trusted_networks: Vec::new(),
+            ban_min_ipv4_prefix: crate::domain::BAN_MINIMUM.v4,
+            ban_min_ipv6_prefix: crate::domain::BAN_MINIMUM.v6,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

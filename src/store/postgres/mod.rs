@@ -12,12 +12,14 @@ use sqlx::{AssertSqlSafe, Postgres, Row as _};
 use tokio::sync::{broadcast, watch};
 
 mod admission;
+mod bans;
 mod cache;
 mod events;
 mod keys;
 mod relay;
 
-use self::cache::KeyCache;
+use self::cache::{KEY_CHANNEL, KeyCache};
+use super::bans::BanCache;
 use super::batch::Batcher;
 use super::interface::{EventLog, Parts, Upkeep};
 use super::model::{Purged, StateId};
@@ -75,6 +77,8 @@ pub struct PostgresStore {
     admission_writes: Batcher<admission::Write, bool>,
     /// Key states known to this replica; `None` when turned off.
     cache: Option<Arc<KeyCache>>,
+    /// The bans known to this replica.
+    bans: Arc<BanCache>,
     /// This replica's name on the key channel, so it knows its own
     /// notifications.
     replica: Arc<str>,
@@ -171,11 +175,15 @@ impl PostgresStore {
         // Every replica's notifications reach every listener: each knows
         // its own by this name.
         let replica: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let bans = Arc::new(BanCache::default());
         let listener = tokio::spawn(relay::listen(
             listening_pool,
             pool.clone(),
             events.clone(),
-            cache.clone(),
+            relay::Heard {
+                cache: cache.clone(),
+                bans: bans.clone(),
+            },
             replica.clone(),
             ready,
         ));
@@ -215,6 +223,7 @@ impl PostgresStore {
             admission_reads,
             admission_writes,
             cache,
+            bans,
             replica,
             events,
             listener,
@@ -253,6 +262,10 @@ impl Upkeep for PostgresStore {
             return Ok(None);
         }
         let purged = self.sql.cleanup(&mut tx, now, retention).await?;
+        if purged.bans > 0 {
+            events::notify(&mut *tx, KEY_CHANNEL, &bans::notice(&self.replica)).await?;
+            self.bans.changed();
+        }
         if purged.states > 0 {
             self.commit_clearing(tx).await?;
         } else {

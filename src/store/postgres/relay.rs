@@ -12,7 +12,9 @@ use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Postgres};
 use tokio::sync::{broadcast, watch};
 
+use super::bans::BANS;
 use super::cache::{self, KEY_CHANNEL, KeyCache};
+use crate::store::bans::BanCache;
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoreError;
 use crate::store::shared::{EVENT_COLUMNS, Params, Sql};
@@ -93,16 +95,18 @@ pub async fn listen(
     listening: PgPool,
     pool: PgPool,
     events: broadcast::Sender<SecurityEvent>,
-    cache: Option<Arc<KeyCache>>,
+    heard: Heard,
     replica: Arc<str>,
     ready: watch::Sender<bool>,
 ) {
+    let Heard { cache, bans } = heard;
     let mut delivered = None;
     let mut retry = LISTEN_RETRY;
     let beats = cache::beats(&replica);
     let ears = Ears {
         events: &events,
         cache: cache.as_deref(),
+        bans: &bans,
         replica: &replica,
         beats: &beats,
     };
@@ -111,6 +115,7 @@ pub async fn listen(
         if let Some(cache) = &cache {
             cache.disconnected();
         }
+        bans.changed();
         match followed {
             Ok(()) => {
                 tracing::warn!("security event listener lost its connection; catching up");
@@ -142,19 +147,33 @@ pub async fn heartbeat(pool: PgPool, cache: Arc<KeyCache>, beats: String) {
     }
 }
 
+/// What the key channel's notices keep current: the key cache, when there
+/// is one, and the bans.
+pub struct Heard {
+    pub cache: Option<Arc<KeyCache>>,
+    pub bans: Arc<BanCache>,
+}
+
 /// Where the listener delivers what it hears.
 struct Ears<'a> {
     events: &'a broadcast::Sender<SecurityEvent>,
     cache: Option<&'a KeyCache>,
+    bans: &'a BanCache,
     replica: &'a str,
     /// The prefix of this replica's own heartbeats.
     beats: &'a str,
 }
 
 impl Ears<'_> {
-    /// A notification on the key channel: a heartbeat, a clear, or the
-    /// hashes of keys written.
+    /// A notification on the key channel: a heartbeat, a change of the
+    /// bans, a clear, or the hashes of keys written.
     fn key_notice(&self, payload: &str) {
+        if let Some(sender) = payload.strip_prefix(BANS) {
+            if sender != self.replica {
+                self.bans.changed();
+            }
+            return;
+        }
         let Some(cache) = self.cache else {
             return;
         };
@@ -193,6 +212,7 @@ async fn follow(
     if let Some(cache) = ears.cache {
         cache.listening(std::time::Instant::now());
     }
+    ears.bans.changed();
     // From here on every alert committed is notified; what committed before
     // and was not delivered is in the table.
     let delivered = match delivered {

@@ -36,8 +36,8 @@ fn locks_expired(after: Placeholder, now: Placeholder, kind: Placeholder) -> Str
 for_each_dialect! {
     impl Sql<Db> {
         /// One cleanup pass inside the caller's transaction, in order: locks
-        /// that ended since the last pass become audit events (before their
-        /// rows can be purged), then the marker moves; timed-out sessions
+        /// and bans that ended since the last pass become audit events
+        /// (before their rows can be purged), then the marker moves; timed-out sessions
         /// become expired (so statistics see them), and sessions that are
         /// not authenticated are forgotten a day after they last changed.
         pub async fn cleanup(
@@ -55,6 +55,7 @@ for_each_dialect! {
             let (after, until) = (p.bind(last.unwrap_or(i64::MIN)), p.bind(at));
             let sql = locks_expired(after, until, p.bind(EventKind::LockoutExpired.as_str()));
             let locks_expired = run(conn, sql, p).await?;
+            let bans = self.purge_bans(conn, last.unwrap_or(i64::MIN), now).await?;
             let mut p = Params::<Db>::default();
             let sql = format!(
                 "INSERT INTO maintenance (name, last_at) VALUES ('cleanup', {}) \
@@ -108,6 +109,7 @@ for_each_dialect! {
                 locks_expired,
                 events_deleted,
                 admissions,
+                bans,
             })
         }
     }

@@ -28,6 +28,7 @@ macro_rules! for_each_dialect {
 }
 
 mod admission;
+mod bans;
 mod cleanup;
 mod reports;
 mod totp;
