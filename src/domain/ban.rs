@@ -86,7 +86,7 @@ impl Ban {
             rule: Some(RuleName::builtin(BAN_RULE)),
             until: self.until.map(|t| t.0),
             permanent: self.until.is_none(),
-            detail: format!("{}: {}", self.target.kind_name(), self.reason),
+            detail: self.reason.clone(),
             kind,
             ..base.on_key(&self.target.key)
         }
@@ -268,7 +268,10 @@ mod tests {
             ban(None, range("2001:db8::/32"), Some(1_000)),
         ]);
         let login = ContextName::from("login");
-        let refused = |ip: &str, now| !set.refusing(&login, &from(ip, None), false, UnixMillis(now)).is_empty();
+        let refused = |ip: &str, now| {
+            !set.refusing(&login, &from(ip, None), false, UnixMillis(now))
+                .is_empty()
+        };
         assert!(refused("10.0.0.1", 0));
         assert!(refused("10.255.255.255", 0));
         assert!(refused("::ffff:10.1.2.3", 0), "IPv4-mapped is IPv4");
@@ -277,10 +280,17 @@ mod tests {
         assert!(!refused("2001:db8:ffff::1", 1_000), "ended");
         assert!(!refused("2001:db9::1", 0));
         let other = ContextName::from("other");
-        assert!(set.refusing(&other, &from("10.0.0.1", None), false, UnixMillis(0)).is_empty());
-        assert!(!set.refusing(&other, &from("2001:db8::1", None), false, UnixMillis(0)).is_empty());
         assert!(
-            set.refusing(&login, &from("10.0.0.1", None), true, UnixMillis(0)).is_empty(),
+            set.refusing(&other, &from("10.0.0.1", None), false, UnixMillis(0))
+                .is_empty()
+        );
+        assert!(
+            !set.refusing(&other, &from("2001:db8::1", None), false, UnixMillis(0))
+                .is_empty()
+        );
+        assert!(
+            set.refusing(&login, &from("10.0.0.1", None), true, UnixMillis(0))
+                .is_empty(),
             "a trusted address is never refused by a range"
         );
     }
@@ -290,14 +300,30 @@ mod tests {
         let user = Key::User(UserId::parse("user_id", "mallory").unwrap());
         let set = BanSet::new([ban(None, user.clone(), None)]);
         let login = ContextName::from("login");
-        let found = set.refusing(&login, &from("10.0.0.1", Some("mallory")), true, UnixMillis(0));
+        let found = set.refusing(
+            &login,
+            &from("10.0.0.1", Some("mallory")),
+            true,
+            UnixMillis(0),
+        );
         assert_eq!(found.len(), 1);
         let verdict = found[0].verdict();
-        assert_eq!((verdict.decision, verdict.reason), (Decision::Blocked, Reason::Banned));
+        assert_eq!(
+            (verdict.decision, verdict.reason),
+            (Decision::Blocked, Reason::Banned)
+        );
         assert!(verdict.permanent);
         assert_eq!(verdict.key, Some(user));
         assert_eq!(verdict.ban_reason.as_deref(), Some("abuse"));
-        assert!(set.refusing(&login, &from("10.0.0.1", Some("alice")), false, UnixMillis(0)).is_empty());
+        assert!(
+            set.refusing(
+                &login,
+                &from("10.0.0.1", Some("alice")),
+                false,
+                UnixMillis(0)
+            )
+            .is_empty()
+        );
     }
 
     #[test]

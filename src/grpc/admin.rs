@@ -17,10 +17,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 
+mod bans;
 mod paging;
 use paging::{
     offender_token, page_size, page_token, paginate, parse_offender_token, parse_page_token,
 };
+
+/// The most bans one ImportBans call takes: one transaction's worth.
+const MAX_IMPORT: usize = 1000;
 
 pub struct AdminApi {
     gate: Gates,
@@ -181,6 +185,68 @@ impl AdminService for AdminApi {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn ban(
+        &self,
+        request: Request<proto::BanRequest>,
+    ) -> Result<Response<proto::BanResponse>, Status> {
+        observe("Ban", async move {
+            let gate = self.gate.load();
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
+            let order = bans::order("ban", req.ban.as_ref(), gate.passwords())?;
+            let ban = gate.ban_of(&admin, order, "ban")?;
+            let changed = gate.ban(&admin, std::slice::from_ref(&ban)).await? > 0;
+            Ok(Response::new(proto::BanResponse {
+                ban: Some(bans::lock(&ban)),
+                changed,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_bans(
+        &self,
+        request: Request<proto::ImportBansRequest>,
+    ) -> Result<Response<proto::ImportBansResponse>, Status> {
+        observe("ImportBans", async move {
+            let gate = self.gate.load();
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
+            if req.bans.len() > MAX_IMPORT {
+                return Err(FieldError::new(
+                    "bans",
+                    format!(
+                        "holds {} bans; send at most {MAX_IMPORT} at a time",
+                        req.bans.len()
+                    ),
+                )
+                .into());
+            }
+            let checked = req
+                .bans
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| {
+                    let field = format!("bans[{i}]");
+                    gate.ban_of(
+                        &admin,
+                        bans::order(&field, Some(spec), gate.passwords())?,
+                        &field,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if req.validate_only {
+                return Ok(Response::new(proto::ImportBansResponse::default()));
+            }
+            let written = gate.ban(&admin, &checked).await?;
+            Ok(Response::new(proto::ImportBansResponse {
+                written,
+                unchanged: checked.len() as u64 - written,
+            }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
     async fn list_locked(
         &self,
         request: Request<proto::ListLockedRequest>,
@@ -188,18 +254,51 @@ impl AdminService for AdminApi {
         observe("ListLocked", async move {
             let gate = self.gate.load();
             let (_, req) = self.authorize(request, |r| &r.actor_user_id)?;
-            let after = (!req.page_token.is_empty())
-                .then(|| parse_page_token(&req.page_token))
-                .transpose()?;
             let limit = page_size(req.page_size);
             let context = (!req.context.is_empty()).then_some(req.context.as_str());
-            let rows = gate.list_locked(context, after.as_ref(), limit + 1).await?;
-            let (rows, next_page_token) = paginate(rows, limit, |last| page_token(&last.id));
+            // Bans come first, then the rules' locks: a token says which
+            // of them it resumes.
+            let token = req.page_token.as_str();
+            let (in_bans, ban_after, lock_after) = match bans::parse_token(token) {
+                Some(after) => (true, Some(after?), None),
+                None if token.is_empty() => (true, None, None),
+                None if token == bans::LOCKS_FROM_START => (false, None, None),
+                None => (false, None, Some(parse_page_token(token)?)),
+            };
+            let mut locks = Vec::new();
+            if in_bans {
+                let mut all = gate.list_bans(context).await?;
+                all.sort_by(|a, b| a.target.cmp(&b.target));
+                let page: Vec<_> = all
+                    .into_iter()
+                    .filter(|b| ban_after.as_ref().is_none_or(|after| b.target > *after))
+                    .take(limit as usize + 1)
+                    .collect();
+                let (page, next) = paginate(page, limit, |last| bans::token(&last.target));
+                locks.extend(page.iter().map(bans::lock));
+                if !next.is_empty() {
+                    return Ok(Response::new(proto::ListLockedResponse {
+                        locks,
+                        next_page_token: next,
+                    }));
+                }
+            }
+            let room = limit - u32::try_from(locks.len()).unwrap_or(limit);
+            if room == 0 {
+                return Ok(Response::new(proto::ListLockedResponse {
+                    locks,
+                    next_page_token: bans::LOCKS_FROM_START.to_owned(),
+                }));
+            }
+            let rows = gate
+                .list_locked(context, lock_after.as_ref(), room + 1)
+                .await?;
+            let (rows, next_page_token) = paginate(rows, room, |last| page_token(&last.id));
             let now = gate.now();
-            let locks = rows
-                .iter()
-                .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l)))
-                .collect();
+            locks.extend(
+                rows.iter()
+                    .filter_map(|s| s.state.active_lock(now).map(|l| convert::lock(s, l))),
+            );
             Ok(Response::new(proto::ListLockedResponse {
                 locks,
                 next_page_token,
@@ -269,6 +368,7 @@ impl AdminService for AdminApi {
                 .map(|r| self.admission_state(r, now))
                 .collect();
             Ok(Response::new(proto::GetSubjectResponse {
+                bans: report.bans.iter().map(bans::lock).collect(),
                 allowed: report.allowed,
                 admin: report.admin,
                 states,

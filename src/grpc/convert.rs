@@ -220,6 +220,7 @@ pub fn verdict(v: &Verdict, now: UnixMillis) -> proto::Verdict {
         unblock_at: v.unblock_at.map(timestamp),
         retry_after_seconds: v.retry_after_seconds(now),
         permanent: v.permanent,
+        ban_reason: v.ban_reason.clone().unwrap_or_default(),
     }
 }
 
@@ -232,6 +233,9 @@ pub fn lock(s: &Stored, l: &Lock) -> proto::Lock {
         locked_at: Some(timestamp(l.locked_at)),
         unblock_at: l.until.map(timestamp),
         permanent: l.until.is_none(),
+        reason: String::new(),
+        actor: String::new(),
+        caller: String::new(),
     }
 }
 

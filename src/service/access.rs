@@ -96,6 +96,7 @@ impl Gate {
             .into_iter()
             .partition(|s| s.rule.rate_limit().is_some());
         let mut verdicts = Self::judge(&slots, &self.load(&slots).await?, now);
+        verdicts.extend(self.banned(ctx, subject, now).await?);
         verdicts.extend(self.stranger(ctx, subject, true, now).await?);
         if self.policy.requires_totp(ctx, subject.user.as_ref()) {
             let user = required_user(subject)?;
@@ -137,6 +138,7 @@ impl Gate {
             .filter(|s| !counting.contains(s))
             .collect();
         verdicts.extend(Self::judge(&others, &self.load(&others).await?, now));
+        verdicts.extend(self.banned(ctx, subject, now).await?);
         verdicts.extend(self.stranger(ctx, subject, false, now).await?);
         Ok(Outcome {
             verdict: ctx.annotate(subject, Verdict::most_severe(verdicts)),
@@ -155,6 +157,7 @@ impl Gate {
         let loaded = self.load(&slots).await?;
         let states = self.forgive(&slots, loaded).await?;
         let mut verdicts = Self::judge(&slots, &states, now);
+        verdicts.extend(self.banned(ctx, subject, now).await?);
         verdicts.extend(self.stranger(ctx, subject, false, now).await?);
         Ok(ctx.annotate(subject, Verdict::most_severe(verdicts)))
     }

@@ -26,6 +26,8 @@ fn scope_name(scope: &UnlockScope) -> &'static str {
 #[derive(Clone)]
 pub struct SubjectReport {
     pub allowed: bool,
+    /// The bans in force that refuse the subject anywhere.
+    pub bans: Vec<crate::domain::Ban>,
     pub admin: bool,
     pub states: Vec<Stored>,
     pub session: Option<Session>,
@@ -76,11 +78,13 @@ impl Gate {
     pub async fn unlock(&self, admin: &Admin, scope: &UnlockScope) -> Result<u64, ServiceError> {
         if let UnlockScope::Key { context, key } = scope {
             self.known_context("key.context", context.as_str())?;
-            let kind_known = context == ALLOW_LIST_CONTEXT || {
-                let ctx = self.policy.context("key.context", context.as_str())?;
-                ctx.rules_on(key.kind()).next().is_some()
-                    || (ctx.admission.is_some() && key.kind() == KeyKind::User)
-            };
+            let kind_known = context == ALLOW_LIST_CONTEXT
+                || {
+                    let ctx = self.policy.context("key.context", context.as_str())?;
+                    ctx.rules_on(key.kind()).next().is_some()
+                        || (ctx.admission.is_some() && key.kind() == KeyKind::User)
+                }
+                || self.is_banned(context, key).await?;
             if !kind_known {
                 return Err(FieldError::new(
                     "key.key.kind",
@@ -117,6 +121,7 @@ impl Gate {
         if let Some(admission) = admission {
             lifted += self.unblock_admission(&admission, now).await?;
         }
+        lifted += self.lift_bans(admin, scope, now).await?;
         metrics::unlocked(scope_name(scope), lifted);
         let event = SecurityEvent {
             detail: format!("scope={} lifted={lifted}", scope_name(scope)),
@@ -207,6 +212,7 @@ impl Gate {
             None => (None, None, Vec::new()),
         };
         Ok(SubjectReport {
+            bans: self.bans_covering(subject).await?,
             allowed: user.is_none_or(|u| self.policy.access.is_allowed(u)),
             admin: user.is_some_and(|u| self.policy.access.is_admin(u)),
             states,

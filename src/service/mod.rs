@@ -4,6 +4,7 @@
 mod access;
 mod admin;
 mod admission;
+mod bans;
 mod rate;
 mod state;
 mod totp;
@@ -12,6 +13,7 @@ mod upkeep;
 pub use access::Outcome;
 pub use admin::{Admin, SubjectReport};
 pub use admission::{AdmitOutcome, MAX_FINGERPRINT_BYTES};
+pub use bans::{BanOrder, Lifetime};
 pub use totp::{Enrollment, TotpResult, VerifyOutcome};
 
 use std::sync::Arc;

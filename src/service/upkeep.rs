@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::{Gate, ServiceError};
 use crate::clock::Reading;
-use crate::domain::{ALLOW_LIST_CONTEXT, TOTP_CONTEXT};
+use crate::domain::{ALLOW_LIST_CONTEXT, BanSet, TOTP_CONTEXT};
+use crate::store::{Bans, Reports, Upkeep};
 use crate::store::{Purged, Stats, StoreError};
-use crate::store::{Reports, Upkeep};
 use crate::telemetry::metrics;
 
 impl Gate {
@@ -39,6 +39,12 @@ impl Gate {
                     .map(|l| l.count)
                     .sum();
                 metrics::locks_active(context, kind, n);
+            }
+        }
+        let bans = BanSet::new(self.store.bans().list_bans(now).await?).counts(now);
+        for scope in ["context", "all"] {
+            for kind in ["user", "ip", "range", "user+ip", "session", "password"] {
+                metrics::bans_active(scope, kind, bans.get(&(scope, kind)).copied().unwrap_or(0));
             }
         }
         Ok(())

@@ -13,8 +13,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
-use super::event_row::EventRow;
 use super::bans::BanCache;
+use super::event_row::EventRow;
 use super::interface::{Admissions, Bans, EventLog, KeyStates, Parts, Upkeep};
 use super::model::{AdmitFn, Applied, Purged, StateId, TransitionFn, UnlockScope};
 use super::row::{Known, Named, NextRows, Row, next_rows, push_scope};

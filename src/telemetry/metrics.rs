@@ -16,6 +16,7 @@ use crate::domain::{Decision, Verdict};
 
 pub const SESSIONS: &str = "authgate_sessions";
 pub const LOCKOUTS_ACTIVE: &str = "authgate_lockouts_active";
+pub const BANS_ACTIVE: &str = "authgate_bans_active";
 pub const DECISIONS: &str = "authgate_decisions_total";
 pub const SHADOW_DECISIONS: &str = "authgate_shadow_decisions_total";
 pub const FAILURES: &str = "authgate_failures_total";
@@ -86,6 +87,10 @@ fn describe() {
     describe_gauge!(
         LOCKOUTS_ACTIVE,
         "Locks in force, by context and kind (temporary or permanent), from the shared store"
+    );
+    describe_gauge!(
+        BANS_ACTIVE,
+        "Admins' bans in force, by scope (context: one context; all: every context) and kind (user, ip, range, user+ip, session, password), from the shared store"
     );
     describe_counter!(DECISIONS, "Verdicts answered, by RPC, context and decision");
     describe_counter!(
@@ -381,6 +386,10 @@ pub fn failed_open(context: &str) {
 
 pub fn sessions(state: &'static str, n: u64) {
     gauge!(SESSIONS, "state" => state).set(n as f64);
+}
+
+pub fn bans_active(scope: &'static str, kind: &'static str, n: u64) {
+    gauge!(BANS_ACTIVE, "scope" => scope, "kind" => kind).set(n as f64);
 }
 
 pub fn locks_active(context: &str, kind: &'static str, n: u64) {

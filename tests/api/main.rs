@@ -11,6 +11,7 @@ mod alerts;
 mod audit;
 mod auth;
 mod bad_input;
+mod bans;
 mod bench_baseline;
 mod cache;
 mod citizenship;

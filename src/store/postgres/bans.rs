@@ -22,7 +22,10 @@ pub fn notice(replica: &str) -> String {
 impl PostgresStore {
     /// Commits a change of the bans with its notice, and drops this
     /// replica's copy.
-    async fn commit_bans(&self, mut tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), StoreError> {
+    async fn commit_bans(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
         notify(&mut *tx, KEY_CHANNEL, &notice(&self.replica)).await?;
         tx.commit().await?;
         self.bans.changed();

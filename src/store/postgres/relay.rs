@@ -14,9 +14,9 @@ use tokio::sync::{broadcast, watch};
 
 use super::bans::BANS;
 use super::cache::{self, KEY_CHANNEL, KeyCache};
-use crate::store::bans::BanCache;
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoreError;
+use crate::store::bans::BanCache;
 use crate::store::shared::{EVENT_COLUMNS, Params, Sql};
 use crate::telemetry::metrics;
 
