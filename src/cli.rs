@@ -15,6 +15,7 @@ use tonic::{Request, Status};
 use crate::grpc::proto::admin_service_client::AdminServiceClient;
 use crate::grpc::proto::{self, admin_unlock_request::Scope};
 
+mod bans;
 mod table;
 use table::{Table, admission_table, key_text, time, until};
 
@@ -98,6 +99,23 @@ enum AdminCommand {
         user: String,
         #[arg(long, default_value = "")]
         context: String,
+    },
+    /// Ban a key (--user, --ip, both, --session, --password-stdin) or a
+    /// --range, in one --context or every one, for a --duration or
+    /// --permanent, with a --reason.
+    Ban {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// A CIDR ("203.0.113.0/24"): every address in it.
+        #[arg(long, conflicts_with_all = ["user", "ip", "session", "password_stdin"])]
+        range: Option<String>,
+        #[command(flatten)]
+        how: bans::Defaults,
+    },
+    /// Export the locks and bans in force, or import bans from a file.
+    Bans {
+        #[command(subcommand)]
+        command: bans::BansCommand,
     },
     /// The audit trail, newest first.
     Events {
@@ -241,6 +259,93 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             t.rows.push(vec![json!(r.unlocked)]);
             t
         }
+        AdminCommand::Ban {
+            subject,
+            range,
+            how,
+        } => {
+            use proto::ban_spec::Target;
+            let s = subject.proto()?;
+            let kind = |kind: proto::KeyKind| {
+                Target::Key(proto::Key {
+                    kind: kind.into(),
+                    ..key_of(&subject)
+                })
+            };
+            let target = match (range, &s) {
+                (Some(r), _) => Target::Range(r),
+                (None, s) if !s.password_fingerprint.is_empty() => {
+                    Target::PasswordFingerprint(s.password_fingerprint.clone())
+                }
+                (None, s) if !s.user_id.is_empty() && !s.ip.is_empty() => {
+                    kind(proto::KeyKind::UserIp)
+                }
+                (None, s) if !s.user_id.is_empty() => kind(proto::KeyKind::User),
+                (None, s) if !s.ip.is_empty() => kind(proto::KeyKind::Ip),
+                (None, s) if !s.session_id.is_empty() => kind(proto::KeyKind::Session),
+                _ => anyhow::bail!(
+                    "say what to ban: --user, --ip, both, --session, --password-stdin or --range"
+                ),
+            };
+            let lifetime = bans::lifetime(&how)
+                .ok_or_else(|| anyhow::anyhow!("say how long: --duration 1h, or --permanent"))?;
+            let r = client
+                .ban(proto::BanRequest {
+                    actor_user_id: actor,
+                    ban: Some(proto::BanSpec {
+                        context: how.context.clone(),
+                        target: Some(target),
+                        lifetime: Some(lifetime),
+                        reason: how.reason.clone().unwrap_or_default(),
+                        force: how.force,
+                    }),
+                })
+                .await?
+                .into_inner();
+            let mut t = Table::new(&["context", "key", "until", "reason", "changed"]);
+            if let Some(b) = r.ban {
+                t.rows.push(vec![
+                    json!(if b.context.is_empty() {
+                        "*"
+                    } else {
+                        &b.context
+                    }),
+                    key_text(b.key.as_ref()),
+                    until(b.unblock_at.as_ref(), b.permanent),
+                    json!(b.reason),
+                    json!(r.changed),
+                ]);
+            }
+            t
+        }
+        AdminCommand::Bans { command } => match command {
+            bans::BansCommand::Export { format, context } => {
+                let skipped = bans::export(&mut client, &actor, &context, format).await?;
+                if skipped > 0 {
+                    eprintln!(
+                        "{skipped} locks not exported: password keys and the allow_list and totp                          counters cannot be imported as bans"
+                    );
+                }
+                return Ok(());
+            }
+            bans::BansCommand::Import {
+                file,
+                format,
+                defaults,
+                dry_run,
+            } => {
+                let done =
+                    bans::import(&mut client, &actor, &file, format, &defaults, dry_run).await?;
+                let mut t = Table::new(&["written", "unchanged", "ended", "dry_run"]);
+                t.rows.push(vec![
+                    json!(done.written),
+                    json!(done.unchanged),
+                    json!(done.ended),
+                    json!(dry_run),
+                ]);
+                t
+            }
+        },
         AdminCommand::ListLocked { context, limit } => {
             let mut t = Table::new(&["context", "rule", "key", "tier", "locked_at", "until"]);
             let mut page_token = String::new();

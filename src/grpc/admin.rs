@@ -7,7 +7,7 @@ use crate::domain::{
     UnixMillis, UserId,
 };
 use crate::grpc::convert::text;
-use crate::service::{Admin, Gates};
+use crate::service::{Admin, Gates, Lifetime};
 use crate::store::{AdmissionRecord, AdmissionScope, EventFilter, UnlockScope};
 use crate::telemetry::mask;
 use crate::telemetry::metrics;
@@ -221,26 +221,30 @@ impl AdminService for AdminApi {
                 )
                 .into());
             }
-            let checked = req
-                .bans
-                .iter()
-                .enumerate()
-                .map(|(i, spec)| {
-                    let field = format!("bans[{i}]");
-                    gate.ban_of(
-                        &admin,
-                        bans::order(&field, Some(spec), gate.passwords())?,
-                        &field,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let now = gate.now();
+            let mut checked = Vec::new();
+            let mut ended = 0;
+            for (i, spec) in req.bans.iter().enumerate() {
+                let field = format!("bans[{i}]");
+                let order = bans::order(&field, Some(spec), gate.passwords())?;
+                // What ended since it was exported is no mistake in the file.
+                if matches!(order.lifetime, Lifetime::Until(at) if at <= now) {
+                    ended += 1;
+                    continue;
+                }
+                checked.push(gate.ban_of(&admin, order, &field)?);
+            }
             if req.validate_only {
-                return Ok(Response::new(proto::ImportBansResponse::default()));
+                return Ok(Response::new(proto::ImportBansResponse {
+                    ended,
+                    ..Default::default()
+                }));
             }
             let written = gate.ban(&admin, &checked).await?;
             Ok(Response::new(proto::ImportBansResponse {
                 written,
                 unchanged: checked.len() as u64 - written,
+                ended,
             }))
         })
         .await

@@ -440,3 +440,164 @@ async fn a_ban_on_one_replica_refuses_on_the_other_within_a_second() {
         }
     }
 }
+
+/// `authgate admin` against `server`, as an operator runs it.
+fn admin_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    let addr = format!("http://{}", server.addr);
+    std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["admin", "--addr", &addr, "--actor", "admin"])
+        .args(args)
+        .env_remove("AUTHGATE_API_KEY")
+        .output()
+        .expect("authgate runs")
+}
+
+fn succeeded(out: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn imported(out: std::process::Output) -> (u64, u64) {
+    let rows: serde_json::Value = serde_json::from_str(&succeeded(out)).expect("--json");
+    let n = |k: &str| rows[0][k].as_u64().expect("a count");
+    (n("written"), n("unchanged"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_and_locks_export_and_import_again_idempotently_or_not_at_all() {
+    let from = TestServer::spawn_with(Backend::Sqlite, BANS).await;
+    let mut access = from.access().await;
+    for _ in 0..5 {
+        fail(&mut access, "login", subject("frank", "192.0.2.50")).await;
+    }
+    succeeded(admin_cli(
+        &from,
+        &[
+            "ban",
+            "--range",
+            "203.0.113.0/24",
+            "--permanent",
+            "--reason",
+            "scanner",
+        ],
+    ));
+    succeeded(admin_cli(
+        &from,
+        &[
+            "ban",
+            "--user",
+            "mallory",
+            "--context",
+            "login",
+            "--duration",
+            "2h",
+            "--reason",
+            "spam, again",
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("bans.jsonl");
+    let csv = dir.path().join("bans.csv");
+    std::fs::write(&jsonl, succeeded(admin_cli(&from, &["bans", "export"]))).unwrap();
+    std::fs::write(
+        &csv,
+        succeeded(admin_cli(&from, &["bans", "export", "--format", "csv"])),
+    )
+    .unwrap();
+    let exported = std::fs::read_to_string(&jsonl).unwrap();
+    // Two bans, and frank's locks on the user and on the address.
+    assert_eq!(exported.lines().count(), 4, "{exported}");
+
+    for (file, backend) in [(&jsonl, Backend::Postgres), (&csv, Backend::Sqlite)] {
+        let to = TestServer::spawn_with(backend, BANS).await;
+        let path = file.to_str().unwrap();
+        assert_eq!(
+            imported(admin_cli(&to, &["--json", "bans", "import", path])),
+            (4, 0),
+            "{path}"
+        );
+        assert_eq!(
+            imported(admin_cli(&to, &["--json", "bans", "import", path])),
+            (0, 4),
+            "importing again changes nothing"
+        );
+        assert_eq!(audit_events(&mut to.admin().await, "banned").await.len(), 4);
+        let mut access = to.access().await;
+        for (user, ip) in [
+            ("mallory", "198.51.100.1"),
+            ("frank", "198.51.100.1"),
+            ("", "192.0.2.50"),
+            ("", "203.0.113.9"),
+        ] {
+            let v = check(&mut access, "login", subject(user, ip)).await;
+            assert_eq!(
+                (decision(&v), v.reason.as_str()),
+                (Decision::Blocked, "banned"),
+                "{user} {ip} from {path}"
+            );
+        }
+        let chat = check(&mut access, "chat", subject("mallory", "")).await;
+        assert_eq!(
+            decision(&chat),
+            Decision::Allow,
+            "mallory's ban is login's alone"
+        );
+        to.stop().await;
+    }
+
+    // A plain list, and a file with one bad line, which imports nothing.
+    let to = TestServer::spawn_with(Backend::Sqlite, BANS).await;
+    let list = dir.path().join("list.txt");
+    std::fs::write(
+        &list,
+        "# from a blocklist\n198.51.100.0/24\n2001:db8:bad::/48\n",
+    )
+    .unwrap();
+    let list = list.to_str().unwrap();
+    let plain = [
+        "--json",
+        "bans",
+        "import",
+        list,
+        "--duration",
+        "1d",
+        "--reason",
+        "blocklist",
+    ];
+    assert_eq!(imported(admin_cli(&to, &plain)), (2, 0));
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, "192.0.2.0/24\n192.0.3.0/24\n192.0.4.0/33\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let out = admin_cli(
+        &to,
+        &["bans", "import", bad, "--permanent", "--reason", "x"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 3:") && stderr.contains("range"),
+        "{stderr}"
+    );
+    let garbled = dir.path().join("garbled.jsonl");
+    std::fs::write(
+        &garbled,
+        format!(
+            "{}\n{{\"kind\": \"user\"\n",
+            exported.lines().next().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = admin_cli(&to, &["bans", "import", garbled.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2:"),
+        "{out:?}"
+    );
+    assert_eq!(
+        to.db.count("SELECT COUNT(*) FROM ban").await,
+        2,
+        "nothing more imported"
+    );
+    from.stop().await;
+    to.stop().await;
+}

@@ -97,7 +97,7 @@ class Key(_message.Message):
     def __init__(self, kind: _Optional[_Union[KeyKind, str]] = ..., user_id: _Optional[str] = ..., ip: _Optional[str] = ..., session_id: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("decision", "reason", "rule", "key", "remaining_attempts", "unblock_at", "retry_after_seconds", "permanent")
+    __slots__ = ("decision", "reason", "rule", "key", "remaining_attempts", "unblock_at", "retry_after_seconds", "permanent", "ban_reason")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class Verdict(_message.Message):
     UNBLOCK_AT_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    BAN_REASON_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     reason: str
     rule: str
@@ -114,7 +115,8 @@ class Verdict(_message.Message):
     unblock_at: _timestamp_pb2.Timestamp
     retry_after_seconds: int
     permanent: bool
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., remaining_attempts: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_after_seconds: _Optional[int] = ..., permanent: _Optional[bool] = ...) -> None: ...
+    ban_reason: str
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., remaining_attempts: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_after_seconds: _Optional[int] = ..., permanent: _Optional[bool] = ..., ban_reason: _Optional[str] = ...) -> None: ...
 
 class CheckAccessRequest(_message.Message):
     __slots__ = ("context", "subject")

@@ -1,6 +1,7 @@
 import datetime
 
 from authgate_client._proto.authgate.v1 import access_pb2 as _access_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -25,6 +26,64 @@ SESSION_STATE_PROCESSING: SessionState
 SESSION_STATE_AUTHENTICATED: SessionState
 SESSION_STATE_BLOCKED: SessionState
 SESSION_STATE_EXPIRED: SessionState
+
+class BanSpec(_message.Message):
+    __slots__ = ("context", "key", "range", "password_fingerprint", "duration", "until", "permanent", "reason", "force")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    key: _access_pb2.Key
+    range: str
+    password_fingerprint: bytes
+    duration: _duration_pb2.Duration
+    until: _timestamp_pb2.Timestamp
+    permanent: bool
+    reason: str
+    force: bool
+    def __init__(self, context: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., range: _Optional[str] = ..., password_fingerprint: _Optional[bytes] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ..., reason: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class BanRequest(_message.Message):
+    __slots__ = ("actor_user_id", "ban")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    BAN_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    ban: BanSpec
+    def __init__(self, actor_user_id: _Optional[str] = ..., ban: _Optional[_Union[BanSpec, _Mapping]] = ...) -> None: ...
+
+class BanResponse(_message.Message):
+    __slots__ = ("ban", "changed")
+    BAN_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    ban: Lock
+    changed: bool
+    def __init__(self, ban: _Optional[_Union[Lock, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ImportBansRequest(_message.Message):
+    __slots__ = ("actor_user_id", "bans", "validate_only")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    BANS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    bans: _containers.RepeatedCompositeFieldContainer[BanSpec]
+    validate_only: bool
+    def __init__(self, actor_user_id: _Optional[str] = ..., bans: _Optional[_Iterable[_Union[BanSpec, _Mapping]]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+
+class ImportBansResponse(_message.Message):
+    __slots__ = ("written", "unchanged", "ended")
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    unchanged: int
+    ended: int
+    def __init__(self, written: _Optional[int] = ..., unchanged: _Optional[int] = ..., ended: _Optional[int] = ...) -> None: ...
 
 class KeyRef(_message.Message):
     __slots__ = ("context", "key")
@@ -53,7 +112,7 @@ class AdminUnlockResponse(_message.Message):
     def __init__(self, unlocked: _Optional[int] = ...) -> None: ...
 
 class Lock(_message.Message):
-    __slots__ = ("context", "rule", "key", "tier", "locked_at", "unblock_at", "permanent")
+    __slots__ = ("context", "rule", "key", "tier", "locked_at", "unblock_at", "permanent", "reason", "actor", "caller")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +120,9 @@ class Lock(_message.Message):
     LOCKED_AT_FIELD_NUMBER: _ClassVar[int]
     UNBLOCK_AT_FIELD_NUMBER: _ClassVar[int]
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     context: str
     rule: str
     key: _access_pb2.Key
@@ -68,7 +130,10 @@ class Lock(_message.Message):
     locked_at: _timestamp_pb2.Timestamp
     unblock_at: _timestamp_pb2.Timestamp
     permanent: bool
-    def __init__(self, context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., locked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ...) -> None: ...
+    reason: str
+    actor: str
+    caller: str
+    def __init__(self, context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., locked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class ListLockedRequest(_message.Message):
     __slots__ = ("actor_user_id", "context", "page_size", "page_token")
@@ -121,20 +186,22 @@ class KeyState(_message.Message):
     def __init__(self, context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., failures_in_window: _Optional[int] = ..., failures_total: _Optional[int] = ..., last_failure_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_lockouts: _Optional[int] = ..., lockouts_total: _Optional[int] = ..., lock: _Optional[_Union[Lock, _Mapping]] = ...) -> None: ...
 
 class GetSubjectResponse(_message.Message):
-    __slots__ = ("allowed", "admin", "states", "session", "totp", "admission")
+    __slots__ = ("allowed", "admin", "states", "session", "totp", "admission", "bans")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     TOTP_FIELD_NUMBER: _ClassVar[int]
     ADMISSION_FIELD_NUMBER: _ClassVar[int]
+    BANS_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     admin: bool
     states: _containers.RepeatedCompositeFieldContainer[KeyState]
     session: Session
     totp: TotpEnrollment
     admission: _containers.RepeatedCompositeFieldContainer[AdmissionState]
-    def __init__(self, allowed: _Optional[bool] = ..., admin: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[KeyState, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., totp: _Optional[_Union[TotpEnrollment, _Mapping]] = ..., admission: _Optional[_Iterable[_Union[AdmissionState, _Mapping]]] = ...) -> None: ...
+    bans: _containers.RepeatedCompositeFieldContainer[Lock]
+    def __init__(self, allowed: _Optional[bool] = ..., admin: _Optional[bool] = ..., states: _Optional[_Iterable[_Union[KeyState, _Mapping]]] = ..., session: _Optional[_Union[Session, _Mapping]] = ..., totp: _Optional[_Union[TotpEnrollment, _Mapping]] = ..., admission: _Optional[_Iterable[_Union[AdmissionState, _Mapping]]] = ..., bans: _Optional[_Iterable[_Union[Lock, _Mapping]]] = ...) -> None: ...
 
 class AdmissionState(_message.Message):
     __slots__ = ("context", "user_id", "warnings", "reputation", "blocked_until", "block_cause", "updates_in_window", "updates_total", "blocks_total", "warnings_total", "refused_total", "first_seen", "last_seen")

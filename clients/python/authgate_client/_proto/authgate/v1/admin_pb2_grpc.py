@@ -89,6 +89,16 @@ class AdminServiceStub:
                 request_serializer=authgate_dot_v1_dot_admin__pb2.ListOffendersRequest.SerializeToString,
                 response_deserializer=authgate_dot_v1_dot_admin__pb2.ListOffendersResponse.FromString,
                 _registered_method=True)
+        self.Ban = channel.unary_unary(
+                '/authgate.v1.AdminService/Ban',
+                request_serializer=authgate_dot_v1_dot_admin__pb2.BanRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_admin__pb2.BanResponse.FromString,
+                _registered_method=True)
+        self.ImportBans = channel.unary_unary(
+                '/authgate.v1.AdminService/ImportBans',
+                request_serializer=authgate_dot_v1_dot_admin__pb2.ImportBansRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_admin__pb2.ImportBansResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -105,8 +115,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLocked(self, request, context):
-        """Pages through the locks that are in force now, ordered by context, rule
-        and key.
+        """Pages through the locks that are in force now: admins' bans first
+        (rule "ban", ordered by context and key), then the rules' locks ordered
+        by context, rule and key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +203,32 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ban(self, request, context):
+        """Bans a key (user, ip, user+ip, session, or a password by its
+        fingerprint) or a range of addresses (a CIDR), in one context or in
+        every one, for a while or until lifted. A range refuses every address
+        in it with one stored row. The verdict of a banned request is BLOCKED,
+        reason "banned", naming the key or range and the reason. Addresses in
+        a context's trusted networks are never refused by bans on addresses.
+        Banning what is banned already replaces its reason and end. Lifted by
+        AdminUnlock; shown by ListLocked and GetSubject; every ban and lift is
+        an audit event and an alert (banned, ban_lifted), and its end a
+        ban_expired event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportBans(self, request, context):
+        """Places many bans, all or none: every one is checked before any is
+        written (an error names it: bans[3].range). Idempotent: a ban stored
+        already with the same reason and end changes nothing and records
+        nothing. A ban whose `until` has passed is skipped. `authgate admin bans import` sends files through this.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +286,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListOffenders,
                     request_deserializer=authgate_dot_v1_dot_admin__pb2.ListOffendersRequest.FromString,
                     response_serializer=authgate_dot_v1_dot_admin__pb2.ListOffendersResponse.SerializeToString,
+            ),
+            'Ban': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ban,
+                    request_deserializer=authgate_dot_v1_dot_admin__pb2.BanRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_admin__pb2.BanResponse.SerializeToString,
+            ),
+            'ImportBans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportBans,
+                    request_deserializer=authgate_dot_v1_dot_admin__pb2.ImportBansRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_admin__pb2.ImportBansResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -548,6 +595,60 @@ class AdminService:
             '/authgate.v1.AdminService/ListOffenders',
             authgate_dot_v1_dot_admin__pb2.ListOffendersRequest.SerializeToString,
             authgate_dot_v1_dot_admin__pb2.ListOffendersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ban(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AdminService/Ban',
+            authgate_dot_v1_dot_admin__pb2.BanRequest.SerializeToString,
+            authgate_dot_v1_dot_admin__pb2.BanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportBans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AdminService/ImportBans',
+            authgate_dot_v1_dot_admin__pb2.ImportBansRequest.SerializeToString,
+            authgate_dot_v1_dot_admin__pb2.ImportBansResponse.FromString,
             options,
             channel_credentials,
             insecure,
