@@ -36,6 +36,7 @@ kube_versions=(1.30 1.37)
 known_metrics=(
   authgate_sessions
   authgate_lockouts_active
+  authgate_bans_active
   authgate_decisions_total
   authgate_shadow_decisions_total
   authgate_failures_total
