@@ -589,3 +589,46 @@ async fn trusted_hops_reach_past_a_load_balancer_in_front_of_the_proxy() {
     assert_eq!(r.status, 200, "{r:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_range_is_refused_at_the_proxy_with_its_end() {
+    use authgate::grpc::proto;
+    let keys = TestKeys::new();
+    let server = TestServer::spawn_with(Backend::Sqlite, &format!("{}{CONFIG}", keys.toml)).await;
+    let at = server.forward_auth.expect("gateway.http listens");
+    let bearer = format!("Bearer {}", keys.check);
+    keyed_admin(server.channel().await, &keys.admin)
+        .ban(proto::BanRequest {
+            actor_user_id: "admin".into(),
+            ban: Some(proto::BanSpec {
+                target: Some(proto::ban_spec::Target::Range("198.51.100.0/24".into())),
+                lifetime: Some(proto::ban_spec::Lifetime::Duration(prost_types::Duration {
+                    seconds: 600,
+                    nanos: 0,
+                })),
+                reason: "scanner".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("Ban");
+    let r = send(
+        "127.0.0.1",
+        at,
+        "/",
+        &keyed(traefik("/public", "198.51.100.99"), &bearer),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.header("x-authgate-reason"), Some("banned"));
+    assert_eq!(r.header("retry-after"), Some("600"));
+    let r = send(
+        "127.0.0.1",
+        at,
+        "/",
+        &keyed(traefik("/public", "198.51.101.1"), &bearer),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    server.stop().await;
+}
