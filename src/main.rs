@@ -32,8 +32,13 @@ enum Command {
     Serve,
     /// Apply database migrations and exit (a Kubernetes Job runs this).
     Migrate,
-    /// Validate the configuration and print it, secrets redacted.
-    CheckConfig,
+    /// Validate the configuration and print it, secrets redacted; with
+    /// --since, print instead what a reload from that file (the one a
+    /// server runs now) to this one would change.
+    CheckConfig {
+        #[arg(long)]
+        since: Option<std::path::PathBuf>,
+    },
     /// Print a new API key (to stderr) and the keys-file entry holding its
     /// hash (to stdout, so `keygen >> keys.toml` stores only the hash).
     Keygen {
@@ -93,7 +98,7 @@ async fn main() -> ExitCode {
     authgate::telemetry::init(
         &config.log,
         match command {
-            Command::CheckConfig => LogTo::Stderr,
+            Command::CheckConfig { .. } => LogTo::Stderr,
             _ => LogTo::Stdout,
         },
     );
@@ -105,10 +110,11 @@ async fn main() -> ExitCode {
         );
     }
     let result = match command {
-        Command::CheckConfig => config
+        Command::CheckConfig { since: None } => config
             .authenticator()
             .map(|_| print!("{}", config.to_toml()))
             .map_err(anyhow::Error::from),
+        Command::CheckConfig { since: Some(since) } => reload_changes(&since, &config),
         Command::Migrate => open_store(&config)
             .await
             .map(|_| tracing::info!("migrations applied"))
@@ -128,6 +134,26 @@ async fn main() -> ExitCode {
 
 /// An error and its causes, each told once: wrappers often repeat the
 /// message of the error they wrap.
+/// Prints what reloading `next` over the configuration `since` holds
+/// would change, one change per line.
+fn reload_changes(since: &std::path::Path, next: &Config) -> anyhow::Result<()> {
+    let (running, _) = Config::load(Some(since))
+        .map_err(|e| anyhow::anyhow!("--since {}: {e}", since.display()))?;
+    let changes = authgate::config::changes(
+        &running,
+        &running.authenticator()?,
+        next,
+        &next.authenticator()?,
+    );
+    if changes.is_empty() {
+        println!("a reload changes nothing");
+    }
+    for change in changes {
+        println!("{change}");
+    }
+    Ok(())
+}
+
 fn chain(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {

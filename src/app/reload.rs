@@ -1,7 +1,8 @@
 //! Live reload: a new configuration's decisions (contexts, rules, allow and
-//! admin lists, trusted and allowed networks) and callers' API keys swapped
-//! in whole, or refused whole; on SIGHUP, or when the file or the keys file
-//! changes on disk. What needs a restart is reported and kept.
+//! admin lists, trusted and allowed networks), callers' API keys and the
+//! TOTP and password keys swapped in whole, or refused whole; on SIGHUP, or
+//! when the file, the keys file or a key file changes on disk. What needs
+//! a restart is reported and kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, ConfigError};
+use super::keys::{password_keys, secret_keys};
+use crate::config::{Config, ConfigError, RESTART_ONLY, changes};
 use crate::domain::Policy;
 use crate::gateway::Mapping;
 use crate::grpc::auth::Callers;
@@ -60,8 +62,8 @@ impl Reloader {
     }
 
     /// Reloads `path` (or the implicit file) and the environment on SIGHUP
-    /// and whenever the file or auth.keys_file changes on disk, until the
-    /// task is dropped.
+    /// and whenever the file, auth.keys_file or a TOTP or password key file
+    /// changes on disk, until the task is dropped.
     pub async fn watch(self: Arc<Self>, path: Option<PathBuf>) {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangups = signal(SignalKind::hangup())
@@ -96,6 +98,8 @@ impl Reloader {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         let mut files = vec![path.unwrap_or(implicit)];
         files.extend(running.0.auth.keys_file.as_deref());
+        let key_files = running.0.totp.keys.iter().chain(&running.0.passwords.keys);
+        files.extend(key_files.filter_map(|k| k.file.as_deref()));
         fingerprint(&files)
     }
 
@@ -112,9 +116,17 @@ impl Reloader {
                 problem: format!("{e}; the running routes need it (they change on restart)"),
             })?;
             let callers = config.authenticator()?;
-            Ok((config, policy, callers))
+            let keys = secret_keys(&config).map_err(|e| ConfigError::Invalid {
+                key: "totp.keys".into(),
+                problem: e.to_string(),
+            })?;
+            let passwords = password_keys(&config).map_err(|e| ConfigError::Invalid {
+                key: "passwords.keys".into(),
+                problem: e.to_string(),
+            })?;
+            Ok((config, policy, callers, keys, passwords))
         });
-        let (config, policy, callers) = match checked {
+        let (config, policy, callers, keys, passwords) = match checked {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload refused; the running one is kept");
@@ -122,14 +134,16 @@ impl Reloader {
                 return false;
             }
         };
-        for section in restart_only(&running.0, &config) {
-            tracing::warn!(
-                section,
-                "changed, but takes effect only after a restart; kept as running"
-            );
+        for c in changes(&running.0, &self.callers.load(), &config, &callers) {
+            if RESTART_ONLY.contains(&c.key.as_str()) {
+                tracing::warn!(section = %c.key, "changed, but takes effect only after a restart; kept as running");
+            } else {
+                tracing::info!(key = %c.key, change = %c.what, "reload changes");
+            }
         }
         let hash = hash_of(&config);
-        self.gates.swap(self.gates.load().with_policy(policy));
+        self.gates
+            .swap(self.gates.load().reconfigured(policy, keys, passwords));
         self.callers.swap(callers);
         metrics::config_in_force(&hash, Some(&running.1));
         metrics::config_reload(true);
@@ -137,30 +151,4 @@ impl Reloader {
         *running = (config, hash);
         true
     }
-}
-
-/// The sections of `next` that differ from `running` but are read only at
-/// start: listeners, the database and its pool, the gateway, TOTP and
-/// password keys, clocks and logs. Compared as they
-/// render, so a secret changed in place (rendered REDACTED) goes unseen.
-fn restart_only(running: &Config, next: &Config) -> Vec<&'static str> {
-    fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
-        serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
-    }
-    [
-        ("server", same(&running.server, &next.server)),
-        ("database", same(&running.database, &next.database)),
-        ("gateway", same(&running.gateway, &next.gateway)),
-        ("metrics", same(&running.metrics, &next.metrics)),
-        ("log", same(&running.log, &next.log)),
-        ("clock", same(&running.clock, &next.clock)),
-        ("cleanup", same(&running.cleanup, &next.cleanup)),
-        ("alerts", same(&running.alerts, &next.alerts)),
-        ("passwords", same(&running.passwords, &next.passwords)),
-        ("totp.keys", same(&running.totp.keys, &next.totp.keys)),
-    ]
-    .into_iter()
-    .filter(|(_, same)| !same)
-    .map(|(name, _)| name)
-    .collect()
 }

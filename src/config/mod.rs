@@ -10,6 +10,7 @@
 //! them.
 
 mod by_name;
+mod changes;
 mod duration;
 mod keys;
 mod load;
@@ -18,6 +19,7 @@ mod policy;
 mod schema;
 mod shipped;
 
+pub use changes::{Change, RESTART_ONLY, changes};
 pub use load::{DEFAULT_CONFIG_FILE, NearMiss, near_misses};
 pub use lockout::{LockoutConfig, ProgressiveConfig};
 pub use schema::{

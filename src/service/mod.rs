@@ -90,15 +90,20 @@ impl Gate {
         self.clock.now()
     }
 
-    /// The same store, clock and keys under another policy: what a reload
-    /// swaps in.
-    pub fn with_policy(&self, policy: Policy) -> Gate {
+    /// The same store and clock under another policy and keys: what a
+    /// reload swaps in.
+    pub fn reconfigured(
+        &self,
+        policy: Policy,
+        keys: Option<Arc<SecretKeys>>,
+        passwords: Option<Arc<PasswordKeys>>,
+    ) -> Gate {
         Gate {
             policy,
             store: self.store.clone(),
             clock: self.clock.clone(),
-            keys: self.keys.clone(),
-            passwords: self.passwords.clone(),
+            keys,
+            passwords,
         }
     }
 }

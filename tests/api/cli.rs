@@ -77,6 +77,64 @@ fn check_config_prints_the_effective_config_without_secrets() {
 }
 
 #[test]
+fn check_config_since_tells_what_a_reload_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = |lock_after: u32, extra: &str| {
+        format!(
+            "[[contexts.api.rules]]\nname = \"per_user\"\nkey = \"user\"\nwindow = \"1h\"\n\
+             lock_after = {lock_after}\nlockout = [\"1h\"]\n{extra}"
+        )
+    };
+    std::fs::write(dir.path().join("running.toml"), rules(5, "")).unwrap();
+    std::fs::write(
+        dir.path().join("next.toml"),
+        rules(3, "[metrics]\nlisten = \"127.0.0.1:9999\"\n[[contexts.hooks.rules]]\nname = \"r\"\nkey = \"ip\"\nwindow = \"1m\"\nlock_after = 1\nlockout = [\"1m\"]\n"),
+    )
+    .unwrap();
+    let out = authgate(
+        dir.path(),
+        &[
+            "--config",
+            "next.toml",
+            "check-config",
+            "--since",
+            "running.toml",
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "contexts.api.rules.per_user: lock_after changed; its counts are kept",
+            "contexts.hooks: added",
+            "metrics: changed, but read only at start: kept as running until a restart",
+        ],
+        "{text}"
+    );
+    let same = authgate(
+        dir.path(),
+        &[
+            "--config",
+            "running.toml",
+            "check-config",
+            "--since",
+            "running.toml",
+        ],
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&same.stdout),
+        "a reload changes nothing\n"
+    );
+}
+
+#[test]
 fn invalid_config_stops_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = authgate(

@@ -217,3 +217,107 @@ async fn a_mounted_configmap_and_keys_file_swapped_on_disk_are_reloaded_without_
         "the new rules are in force"
     );
 }
+
+/// The first TOTP code of `secret_base32` valid now.
+fn current_code(secret_base32: &str) -> String {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_secret(secret.as_bytes().to_vec())
+        .build_noncompliant()
+        .generate(now)
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_totp_keys_and_secrets_sealed_before_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, byte) in [("a.key", b'a'), ("b.key", b'b')] {
+        std::fs::write(dir.path().join(name), [byte; 32]).unwrap();
+    }
+    let file = dir.path().join("authgate.toml");
+    let keys = |ids: &[&str], active: &str| {
+        let list: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{{ id = \"{id}\", file = \"{id}.key\" }}"))
+            .collect();
+        format!(
+            "[totp]\nkeys = [{}]\nactive_key = \"{active}\"\n",
+            list.join(", ")
+        )
+    };
+    std::fs::write(&file, keys(&["a"], "a")).unwrap();
+    let path = file.display().to_string();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let server = ChildServer::spawn(
+        dir.path(),
+        &["serve"],
+        &[
+            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("AUTHGATE_CONFIG", &path),
+            ("AUTHGATE_DATABASE__URL", &db),
+        ],
+    );
+    let mut access = server.access().await;
+    let enroll = |who: &'static str| proto::EnrollTotpRequest {
+        context: "admin".into(),
+        subject: subject(who, ""),
+        account_name: who.into(),
+    };
+    let first = access
+        .enroll_totp(enroll("ann"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    std::fs::write(&file, keys(&["a", "b"], "b")).unwrap();
+    server.hangup();
+    reloads_reach(&server, "ok", 1).await;
+    let second = access
+        .enroll_totp(enroll("ben"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let sealed: Vec<(String, String)> =
+        sqlx::query_as("SELECT user_id, key_id FROM totp_secret ORDER BY user_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        sealed,
+        [("ann".into(), "a".into()), ("ben".into(), "b".into())],
+        "the new active key seals from the reload on"
+    );
+    for (who, enrolled) in [("ann", &first), ("ben", &second)] {
+        let verified = access
+            .verify_totp(proto::VerifyTotpRequest {
+                context: "admin".into(),
+                subject: subject(who, ""),
+                code: current_code(&enrolled.secret_base32),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            verified.verdict.as_ref().map(decision),
+            Some(Decision::Allow),
+            "{who}: {verified:?}"
+        );
+    }
+    let (_, log) = server.terminate();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("reload changes") && l.contains("totp.keys")),
+        "the reload says what it changed: {log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("after a restart")),
+        "keys need no restart: {log:?}"
+    );
+}

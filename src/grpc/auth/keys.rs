@@ -146,6 +146,26 @@ impl Authenticator {
         Authenticator { keys, certs }
     }
 
+    /// Every caller as an operator names it: an API key's or a
+    /// certificate's name, with its roles.
+    pub fn callers(&self) -> Vec<String> {
+        let roles = |r: &BTreeSet<Role>| {
+            r.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        self.keys
+            .iter()
+            .map(|k| format!("key {:?} ({})", k.name, roles(&k.roles)))
+            .chain(
+                self.certs
+                    .iter()
+                    .map(|(name, r)| format!("cert {name:?} ({})", roles(r))),
+            )
+            .collect()
+    }
+
     /// No credential is configured: every call is let through as the
     /// anonymous caller (the embedded default on loopback, or an explicit
     /// `auth.allow_anonymous`).
