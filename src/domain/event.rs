@@ -300,7 +300,9 @@ mod tests {
                 "permanent_lockout",
                 "not_allowed",
                 "totp_blocked",
-                "admission_blocked"
+                "admission_blocked",
+                "banned",
+                "ban_lifted"
             ]
         );
     }

@@ -173,7 +173,7 @@ impl Gate {
             .collect()
     }
 
-    fn known_context(&self, field: &str, context: &str) -> Result<(), FieldError> {
+    pub(super) fn known_context(&self, field: &str, context: &str) -> Result<(), FieldError> {
         if context != ALLOW_LIST_CONTEXT {
             self.policy.context(field, context)?;
         }

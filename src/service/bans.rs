@@ -131,6 +131,9 @@ impl Gate {
     /// The bans in force, those of one context (and every context's) when
     /// `context` is given.
     pub async fn list_bans(&self, context: Option<&str>) -> Result<Vec<Ban>, ServiceError> {
+        if let Some(c) = context {
+            self.known_context("context", c)?;
+        }
         let bans = self.store.bans().list_bans(self.now()).await?;
         Ok(bans
             .into_iter()
