@@ -557,3 +557,32 @@ async fn with_the_store_down_only_a_fail_open_context_lets_requests_through() {
     cluster.restart();
     server.stop().await;
 }
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_network_is_never_limited_by_its_address(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let server = TestServer::spawn_with(
+        backend,
+        &format!("[access]\ntrusted_networks = [\"198.51.100.0/24\"]\n{API}"),
+    )
+    .await;
+    let mut c = limiter(&server).await;
+    for _ in 0..10 {
+        let r = from_ip(&mut c).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
+        assert_eq!(r.statuses[0].current_limit, None, "no rule judged it");
+    }
+    assert_eq!(states(&server).await, 0, "nothing counted on the address");
+    let outside = ask(
+        &mut c,
+        request(
+            "api",
+            vec![descriptor(&[("remote_address", "203.0.113.1")])],
+        ),
+    )
+    .await;
+    assert_eq!(outside.statuses[0].limit_remaining, 2, "{outside:?}");
+    server.stop().await;
+}

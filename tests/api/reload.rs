@@ -45,8 +45,12 @@ fn in_force(scrape: &str) -> Vec<String> {
         .collect()
 }
 
+#[rstest::rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_swaps_the_rules_in_whole_or_keeps_the_old() {
+async fn sighup_swaps_the_rules_in_whole_or_keeps_the_old(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("authgate.toml");
     std::fs::write(&file, rules("shadow")).unwrap();
@@ -57,6 +61,7 @@ async fn sighup_swaps_the_rules_in_whole_or_keeps_the_old() {
         &[
             ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
             ("AUTHGATE_CONFIG", &path),
+            ("AUTHGATE_DATABASE__URL", db.url()),
         ],
     );
     let mut access = server.access().await;
