@@ -44,7 +44,21 @@ pub struct Sealed {
 pub struct SecretKeys {
     active: String,
     keys: BTreeMap<String, Aes256Gcm>,
+    /// Per key, the HMAC that recovery codes are stored as: keyed by a
+    /// key derived from it, so no key serves two algorithms.
+    recovery: BTreeMap<String, Hmac<Sha256>>,
 }
+
+/// What a recovery code is stored as: the id of the key its HMAC is
+/// under, and the HMAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeHash {
+    pub key_id: String,
+    pub hmac: [u8; 32],
+}
+
+/// Separates the recovery codes' HMAC key from the key's use for AES.
+const RECOVERY_KEY_LABEL: &[u8] = b"authgate recovery codes v1";
 
 /// 32 bytes from key material: raw bytes, or base64 text of them.
 pub fn parse_key(id: &str, material: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
@@ -116,6 +130,19 @@ impl SecretKeys {
         keys: Vec<(String, Zeroizing<[u8; 32]>)>,
         active: &str,
     ) -> Result<Self, CryptoError> {
+        let recovery = keys
+            .iter()
+            .map(|(id, k)| {
+                let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(k.as_ref())
+                    .expect("HMAC takes a key of any length");
+                derive.update(RECOVERY_KEY_LABEL);
+                let derived: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(derive.finalize().into_bytes().into());
+                let mac = <Hmac<Sha256> as Mac>::new_from_slice(derived.as_ref())
+                    .expect("HMAC takes a key of any length");
+                (id.clone(), mac)
+            })
+            .collect();
         let keys: BTreeMap<String, Aes256Gcm> = keys
             .into_iter()
             .map(|(id, k)| (id, Aes256Gcm::new(&Key::<Aes256Gcm>::from(*k))))
@@ -126,7 +153,38 @@ impl SecretKeys {
         Ok(SecretKeys {
             active: active.to_owned(),
             keys,
+            recovery,
         })
+    }
+
+    /// `code` of `user` as stored, under the key `id`.
+    fn code_hash(&self, id: &str, user: &[u8], code: &str) -> Option<CodeHash> {
+        let mut mac = self.recovery.get(id)?.clone();
+        // The user's id first, length-prefixed: a code is worth nothing on
+        // another user's row.
+        mac.update(&(user.len() as u64).to_be_bytes());
+        mac.update(user);
+        mac.update(code.as_bytes());
+        Some(CodeHash {
+            key_id: id.to_owned(),
+            hmac: mac.finalize().into_bytes().into(),
+        })
+    }
+
+    /// What a new recovery code of `user` is stored as: its HMAC under the
+    /// active key.
+    pub fn hash_code(&self, user: &[u8], code: &str) -> CodeHash {
+        self.code_hash(&self.active, user, code)
+            .expect("the active key is among the keys")
+    }
+
+    /// What `code` of `user` may be stored as: under each key, so codes
+    /// issued before a rotation still count.
+    pub fn code_hashes(&self, user: &[u8], code: &str) -> Vec<CodeHash> {
+        self.recovery
+            .keys()
+            .filter_map(|id| self.code_hash(id, user, code))
+            .collect()
     }
 
     /// Encrypts `secret` for the row named by `aad` (the user id), so a

@@ -300,7 +300,14 @@ impl TotpConfig {
                 format!("no key with id {active:?} in totp.keys"),
             ));
         }
+        if self.recovery_codes > crate::domain::MAX_RECOVERY_CODES {
+            return Err(invalid(
+                "totp.recovery_codes",
+                format!("must be at most {}", crate::domain::MAX_RECOVERY_CODES),
+            ));
+        }
         Ok(TotpPolicy {
+            recovery_codes: self.recovery_codes,
             issuer: self.issuer.clone(),
             defaults,
             window: Window {

@@ -48,10 +48,16 @@ pub enum EventKind {
     BanLifted,
     /// A ban ran out; recorded by the cleanup pass.
     BanExpired,
+    /// A user was issued recovery codes (the count in the detail).
+    RecoveryCodesIssued,
+    /// A recovery code signed a user in (those left in the detail).
+    RecoveryCodeUsed,
+    /// ...and it was the user's last one.
+    RecoveryCodesExhausted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 21] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::FailureRecorded,
         EventKind::Lockout,
         EventKind::PermanentLockout,
@@ -73,6 +79,9 @@ impl EventKind {
         EventKind::Banned,
         EventKind::BanLifted,
         EventKind::BanExpired,
+        EventKind::RecoveryCodesIssued,
+        EventKind::RecoveryCodeUsed,
+        EventKind::RecoveryCodesExhausted,
     ];
 
     /// The name stored in the audit trail and sent to clients.
@@ -99,6 +108,9 @@ impl EventKind {
             EventKind::Banned => "banned",
             EventKind::BanLifted => "ban_lifted",
             EventKind::BanExpired => "ban_expired",
+            EventKind::RecoveryCodesIssued => "recovery_codes_issued",
+            EventKind::RecoveryCodeUsed => "recovery_code_used",
+            EventKind::RecoveryCodesExhausted => "recovery_codes_exhausted",
         }
     }
 
@@ -118,6 +130,8 @@ impl EventKind {
                 | EventKind::AdmissionBlocked
                 | EventKind::Banned
                 | EventKind::BanLifted
+                | EventKind::RecoveryCodeUsed
+                | EventKind::RecoveryCodesExhausted
         )
     }
 
@@ -302,7 +316,9 @@ mod tests {
                 "totp_blocked",
                 "admission_blocked",
                 "banned",
-                "ban_lifted"
+                "ban_lifted",
+                "recovery_code_used",
+                "recovery_codes_exhausted"
             ]
         );
     }

@@ -8,6 +8,7 @@ mod ban;
 mod event;
 mod network;
 mod policy;
+mod recovery;
 mod rule;
 mod session;
 mod subject;
@@ -27,6 +28,7 @@ pub use policy::{
     ALLOW_LIST_CONTEXT, AccessList, ContextPolicy, Policy, PolicyError, Slot, TOTP_CONTEXT,
     TotpPolicy,
 };
+pub use recovery::{MAX_RECOVERY_CODES, RecoveryCode};
 pub use rule::{
     Hit, KeyState, Ladder, Lock, LockDuration, MAX_RATE_LIMIT, Rule, RuleKind, Transition, hit_all,
 };

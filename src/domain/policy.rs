@@ -172,6 +172,8 @@ pub struct TotpPolicy {
     pub rule: Rule,
     /// Users who need a second factor in every context.
     pub required: BTreeSet<UserId>,
+    /// Recovery codes issued with each confirmed enrollment; 0 issues none.
+    pub recovery_codes: u32,
 }
 
 impl TotpPolicy {
@@ -507,6 +509,7 @@ mod tests {
             window: Window { skew: 1, probe: 10 },
             rule: rule("totp", KeyKind::User),
             required: ids(&["needs-2fa"]),
+            recovery_codes: 10,
         };
         let access = AccessList::new(ids(&[]), ids(&[]), rule("l", KeyKind::User)).unwrap();
         let policy = Policy::new(vec![ctx.clone()], access, totp, Duration::from_secs(300));

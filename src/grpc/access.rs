@@ -101,7 +101,8 @@ impl AccessService for AccessApi {
             let gate = self.gate.load();
             let req = request.into_inner();
             let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
-            let outcome = gate.verify_totp(&req.context, &subject, &req.code).await?;
+            let proof = crate::service::proof(&req.code, &req.recovery_code)?;
+            let outcome = gate.verify_totp(&req.context, &subject, proof).await?;
             metrics::decided("VerifyTotp", &req.context, outcome.verdict.decision);
             // A replay is counted apart here, where only operators see it;
             // the caller gets the same answer as for a wrong code.
@@ -109,6 +110,10 @@ impl AccessService for AccessApi {
                 TotpResult::Ok => (proto::TotpResult::Ok, None, "ok"),
                 TotpResult::Invalid => (proto::TotpResult::Invalid, None, "invalid"),
                 TotpResult::Replay => (proto::TotpResult::Invalid, None, "replay"),
+                TotpResult::RecoveryOk => (proto::TotpResult::Ok, None, "recovery_ok"),
+                TotpResult::RecoveryInvalid => {
+                    (proto::TotpResult::Invalid, None, "recovery_invalid")
+                }
                 TotpResult::ClockSkew { drift_seconds } => (
                     proto::TotpResult::ClockSkew,
                     Some(drift_seconds),
@@ -123,6 +128,14 @@ impl AccessService for AccessApi {
                 verdict: Some(convert::verdict(&outcome.verdict, gate.now())),
                 clock_drift_seconds: drift,
                 session_expires_at: outcome.session_expires_at.map(convert::timestamp),
+                recovery_codes: outcome
+                    .recovery_codes
+                    .iter()
+                    .map(|c| c.shown().to_string())
+                    .collect(),
+                recovery_codes_remaining: outcome
+                    .recovery_codes_left
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             }))
         })
         .await
@@ -147,6 +160,25 @@ impl AccessService for AccessApi {
                 window,
                 gate.now(),
             )))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(context = %request.get_ref().context))]
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<proto::RegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<proto::RegenerateRecoveryCodesResponse>, Status> {
+        observe("RegenerateRecoveryCodes", async move {
+            let gate = self.gate.load();
+            let req = request.into_inner();
+            let subject = convert::subject("subject", req.subject.as_ref(), gate.passwords())?;
+            let codes = gate
+                .regenerate_recovery_codes(&req.context, &subject)
+                .await?;
+            Ok(Response::new(proto::RegenerateRecoveryCodesResponse {
+                recovery_codes: codes.iter().map(|c| c.shown().to_string()).collect(),
+            }))
         })
         .await
     }

@@ -85,6 +85,7 @@ fn alert(e: &SecurityEvent, suppressed: u64, dropped: u64) -> proto::SecurityAle
         permanent: e.permanent,
         suppressed,
         dropped,
+        detail: e.detail.clone(),
     }
 }
 #[tonic::async_trait]
@@ -365,6 +366,8 @@ impl AdminService for AdminApi {
                 digits: u32::from(t.params.digits),
                 period_seconds: t.params.period,
                 created_at: Some(convert::timestamp(t.created_at)),
+                recovery_codes_remaining: u32::try_from(report.recovery_codes_left)
+                    .unwrap_or(u32::MAX),
             });
             let admission = report
                 .admission
@@ -500,6 +503,23 @@ impl AdminService for AdminApi {
             let removed = gate.reset_totp(&admin, &user).await?;
             tracing::info!(actor = %mask(admin.actor.as_str()), caller = %admin.caller, user = %mask(user.as_str()), removed, "TOTP reset");
             Ok(Response::new(proto::ResetTotpResponse { removed }))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<proto::AdminRegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<proto::RegenerateRecoveryCodesResponse>, Status> {
+        observe("AdminRegenerateRecoveryCodes", async move {
+            let gate = self.gate.load();
+            let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
+            let user = UserId::parse("user_id", &req.user_id)?;
+            let codes = gate.admin_regenerate_recovery_codes(&admin, &user).await?;
+            Ok(Response::new(proto::RegenerateRecoveryCodesResponse {
+                recovery_codes: codes.iter().map(|c| c.shown().to_string()).collect(),
+            }))
         })
         .await
     }

@@ -33,6 +33,8 @@ pub struct SubjectReport {
     pub session: Option<Session>,
     /// The confirmed secret, else a pending one.
     pub totp: Option<StoredTotp>,
+    /// Recovery codes the user has left.
+    pub recovery_codes_left: u64,
     /// Admission state in every context that judged the user's updates.
     pub admission: Vec<AdmissionRecord>,
 }
@@ -203,13 +205,14 @@ impl Gate {
             .subject_states(&self.involving(subject.clone()))
             .await?;
         let user = subject.user.as_ref();
-        let (session, totp, admission) = match user {
+        let (session, totp, admission, recovery_codes_left) = match user {
             Some(u) => (
                 self.store.sessions().session(u).await?,
                 self.store.totp().totp(u).await?.into_iter().next(),
                 self.admissions(u).await?,
+                self.recovery_codes_left(u).await?,
             ),
-            None => (None, None, Vec::new()),
+            None => (None, None, Vec::new(), 0),
         };
         Ok(SubjectReport {
             bans: self.bans_covering(subject).await?,
@@ -219,6 +222,7 @@ impl Gate {
             session,
             totp,
             admission,
+            recovery_codes_left,
         })
     }
 

@@ -6,6 +6,7 @@ mod admin;
 mod admission;
 mod bans;
 mod rate;
+mod recovery;
 mod state;
 mod totp;
 mod upkeep;
@@ -14,7 +15,8 @@ pub use access::Outcome;
 pub use admin::{Admin, SubjectReport};
 pub use admission::{AdmitOutcome, MAX_FINGERPRINT_BYTES};
 pub use bans::{BanOrder, Lifetime};
-pub use totp::{Enrollment, TotpResult, VerifyOutcome};
+pub use recovery::proof;
+pub use totp::{Enrollment, Proof, TotpResult, VerifyOutcome};
 
 use std::sync::Arc;
 

@@ -6,8 +6,8 @@ use super::state::required_user;
 use super::{Gate, ServiceError};
 use crate::crypto::SecretKeys;
 use crate::domain::{
-    Code, CodeCheck, ContextPolicy, Decision, FieldError, Key, Reason, RuleName, Subject,
-    TOTP_CONTEXT, TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
+    Code, CodeCheck, ContextPolicy, Decision, FieldError, Key, Reason, RecoveryCode, RuleName,
+    Subject, TOTP_CONTEXT, TotpParams, UnixMillis, UserId, Verdict, check_code, provisioning,
 };
 use crate::domain::{EventKind, SecurityEvent};
 use crate::store::StoredTotp;
@@ -25,6 +25,10 @@ pub enum TotpResult {
     /// A code already used. Callers are told Invalid, so the answer never
     /// reveals that the code was once valid; only metrics tell them apart.
     Replay,
+    /// A recovery code signed the user in.
+    RecoveryOk,
+    /// A recovery code that is not (or no longer) one of the user's.
+    RecoveryInvalid,
     ClockSkew {
         drift_seconds: i64,
     },
@@ -37,6 +41,32 @@ pub struct VerifyOutcome {
     pub result: TotpResult,
     pub verdict: Verdict,
     pub session_expires_at: Option<UnixMillis>,
+    /// Issued by this call, which confirmed an enrollment: shown once.
+    pub recovery_codes: Vec<RecoveryCode>,
+    /// After a recovery code signed the user in: how many are left.
+    pub recovery_codes_left: Option<u64>,
+}
+
+impl VerifyOutcome {
+    /// An answer that starts no session and issues nothing.
+    pub(super) fn refused(result: TotpResult, verdict: Verdict) -> VerifyOutcome {
+        VerifyOutcome {
+            result,
+            verdict,
+            session_expires_at: None,
+            recovery_codes: Vec::new(),
+            recovery_codes_left: None,
+        }
+    }
+}
+
+/// What a user proves their second factor with.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// A code from their authenticator app.
+    Code(&'a str),
+    /// One of their recovery codes, as typed.
+    RecoveryCode(&'a str),
 }
 
 /// What EnrollTotp hands out, once.
@@ -47,7 +77,7 @@ pub struct Enrollment {
     pub params: TotpParams,
 }
 
-fn totp_verdict(user: &UserId, decision: Decision, reason: Reason) -> Verdict {
+pub(super) fn totp_verdict(user: &UserId, decision: Decision, reason: Reason) -> Verdict {
     Verdict {
         decision,
         reason,
@@ -119,19 +149,24 @@ impl Gate {
         &self,
         context: &str,
         subject: &Subject,
-        code: &str,
+        proof: Proof<'_>,
     ) -> Result<VerifyOutcome, ServiceError> {
         let ctx = self.policy.context("context", context)?;
         let user = required_user(subject)?;
         let now = self.now();
         let secrets = self.store.totp().totp(user).await?;
         if secrets.is_empty() {
-            return Ok(VerifyOutcome {
-                result: TotpResult::NotEnrolled,
-                verdict: totp_verdict(user, Decision::EnrollTotp, Reason::TotpEnrollmentRequired),
-                session_expires_at: None,
-            });
+            return Ok(VerifyOutcome::refused(
+                TotpResult::NotEnrolled,
+                totp_verdict(user, Decision::EnrollTotp, Reason::TotpEnrollmentRequired),
+            ));
         }
+        let code = match proof {
+            Proof::Code(code) => code,
+            Proof::RecoveryCode(raw) => {
+                return self.recover(ctx, subject, user, &secrets, raw, now).await;
+            }
+        };
         // The shape is checked against what the user enrolled with: a code
         // no secret could have produced is bad input and counts nothing.
         let codes: Vec<Option<Code>> = secrets
@@ -146,11 +181,7 @@ impl Gate {
         let counter = self.load(std::slice::from_ref(&slot)).await?;
         let current = slot.rule.assess(&slot.key, &counter[0], now);
         if current.decision == Decision::Blocked {
-            return Ok(VerifyOutcome {
-                result: TotpResult::Blocked,
-                verdict: current,
-                session_expires_at: None,
-            });
+            return Ok(VerifyOutcome::refused(TotpResult::Blocked, current));
         }
         // The confirmed secret first, then a pending one: either may prove
         // the user, and a pending one's first valid code confirms it.
@@ -173,56 +204,112 @@ impl Gate {
             }
         }
         let mut replayed = matches!(found, CodeCheck::Replayed);
+        let mut issued = Vec::new();
         let accepted = match (found, matched) {
             (CodeCheck::Valid { step }, Some(stored)) => {
+                // Confirming an enrollment issues its recovery codes, in the
+                // same transaction as the confirmation.
+                let (codes, hashes) = if stored.confirmed {
+                    (Vec::new(), Vec::new())
+                } else {
+                    self.new_recovery_codes(user)?
+                };
                 let won = self
                     .store
                     .totp()
-                    .accept_totp_step(user, &stored.sealed.nonce, step)
+                    .accept_totp_step(user, &stored.sealed.nonce, step, &hashes, now)
                     .await?;
                 // Another replica accepted this step first: a replay.
                 replayed |= !won;
+                if won {
+                    issued = codes;
+                }
                 won
             }
             (CodeCheck::ClockSkew { drift_steps }, Some(stored)) => {
-                return Ok(VerifyOutcome {
-                    result: TotpResult::ClockSkew {
+                return Ok(VerifyOutcome::refused(
+                    TotpResult::ClockSkew {
                         drift_seconds: drift_steps * i64::from(stored.params.period),
                     },
-                    verdict: Verdict {
+                    Verdict {
                         remaining_attempts: current.remaining_attempts,
                         ..totp_verdict(user, Decision::ChallengeTotp, Reason::ClockSkew)
                     },
-                    session_expires_at: None,
-                });
+                ));
             }
             _ => false,
         };
         if accepted {
-            self.forgive(std::slice::from_ref(&slot), counter).await?;
-            let session = ctx.session.start(now);
-            self.store.sessions().put_session(user, &session).await?;
             if matched.is_some_and(|t| !t.confirmed) {
                 self.record(SecurityEvent::new(EventKind::TotpConfirmed, now).about(subject))
                     .await?;
+                if !issued.is_empty() {
+                    self.record(SecurityEvent {
+                        detail: format!("count={}", issued.len()),
+                        ..SecurityEvent::new(EventKind::RecoveryCodesIssued, now).about(subject)
+                    })
+                    .await?;
+                }
             }
-            self.record(SecurityEvent {
-                context: Some(ctx.name.clone()),
-                ..SecurityEvent::new(EventKind::SessionStarted, now).about(subject)
-            })
-            .await?;
-            tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "second factor accepted");
-            return Ok(VerifyOutcome {
-                result: TotpResult::Ok,
-                verdict: Verdict::allow(),
-                session_expires_at: session.expires_at,
-            });
+            let mut outcome = self.signed_in(ctx, subject, user, counter, now).await?;
+            outcome.recovery_codes = issued;
+            return Ok(outcome);
         }
         // A replay is answered exactly as a wrong code, so the answer never
         // tells an attacker that a code they saw was once valid.
+        let result = if replayed {
+            TotpResult::Replay
+        } else {
+            TotpResult::Invalid
+        };
+        self.wrong(ctx, subject, user, result, now).await
+    }
+
+    /// The second factor proven: the failure counter forgiven, a session
+    /// started and recorded.
+    pub(super) async fn signed_in(
+        &self,
+        ctx: &ContextPolicy,
+        subject: &Subject,
+        user: &UserId,
+        counter: Vec<crate::domain::KeyState>,
+        now: UnixMillis,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        let slot = self.policy.totp.slot(user);
+        self.forgive(std::slice::from_ref(&slot), counter).await?;
+        let session = ctx.session.start(now);
+        self.store.sessions().put_session(user, &session).await?;
+        self.record(SecurityEvent {
+            context: Some(ctx.name.clone()),
+            ..SecurityEvent::new(EventKind::SessionStarted, now).about(subject)
+        })
+        .await?;
+        tracing::info!(user = %mask(user.as_str()), context = %ctx.name, "second factor accepted");
+        Ok(VerifyOutcome {
+            session_expires_at: session.expires_at,
+            ..VerifyOutcome::refused(TotpResult::Ok, Verdict::allow())
+        })
+    }
+
+    /// A wrong code (`result` says of which kind): counted on the user's
+    /// TOTP failure counter, which may block them.
+    pub(super) async fn wrong(
+        &self,
+        ctx: &ContextPolicy,
+        subject: &Subject,
+        user: &UserId,
+        result: TotpResult,
+        now: UnixMillis,
+    ) -> Result<VerifyOutcome, ServiceError> {
+        let slot = self.policy.totp.slot(user);
+        let detail = match result {
+            TotpResult::Replay => "replay",
+            TotpResult::RecoveryInvalid => "invalid recovery code",
+            _ => "invalid",
+        };
         let failed = SecurityEvent {
             context: Some(ctx.name.clone()),
-            detail: if replayed { "replay" } else { "invalid" }.into(),
+            detail: detail.into(),
             ..SecurityEvent::new(EventKind::TotpFailed, now).about(subject)
         };
         let (states, lockout_applied) = self
@@ -233,24 +320,15 @@ impl Gate {
             tracing::warn!(user = %mask(user.as_str()), "TOTP blocked after too many failed codes");
         }
         if verdict.decision == Decision::Blocked {
-            return Ok(VerifyOutcome {
-                result: TotpResult::Blocked,
-                verdict,
-                session_expires_at: None,
-            });
+            return Ok(VerifyOutcome::refused(TotpResult::Blocked, verdict));
         }
-        Ok(VerifyOutcome {
-            result: if replayed {
-                TotpResult::Replay
-            } else {
-                TotpResult::Invalid
-            },
-            verdict: Verdict {
+        Ok(VerifyOutcome::refused(
+            result,
+            Verdict {
                 remaining_attempts: verdict.remaining_attempts,
                 ..totp_verdict(user, Decision::ChallengeTotp, Reason::InvalidCode)
             },
-            session_expires_at: None,
-        })
+        ))
     }
 
     pub async fn enroll_totp(

@@ -20,6 +20,7 @@ use super::model::{
 };
 use super::{Health, StoreError};
 use crate::clock::Reading;
+use crate::crypto::CodeHash;
 use crate::domain::{
     Admission, Ban, BanScope, BanSet, ContextName, KeyState, SecurityEvent, Session, UnixMillis,
     UserId,
@@ -170,17 +171,40 @@ interface! {
 
         /// Records `step` as accepted for the secret sealed with `nonce`,
         /// unless that step or a later one was accepted already; a pending
-        /// secret becomes the confirmed one. Atomic across replicas: of two
+        /// secret becomes the confirmed one, its recovery codes `recovery`
+        /// (replacing any the user had). Atomic across replicas: of two
         /// concurrent calls with one step, one returns true.
         async fn accept_totp_step(
             &self,
             user: &UserId,
             nonce: &[u8],
             step: u64,
+            recovery: &[CodeHash],
+            at: UnixMillis,
         ) -> Result<bool, StoreError>;
 
-        /// Deletes confirmed and pending secrets; returns whether there
-        /// were any.
+        /// Replaces the user's recovery codes with `codes`.
+        async fn put_recovery_codes(
+            &self,
+            user: &UserId,
+            codes: &[CodeHash],
+            at: UnixMillis,
+        ) -> Result<(), StoreError>;
+
+        /// Uses up the user's recovery code stored as any of `candidates`
+        /// (one code under each key): how many remain after, or `None` when
+        /// none matched. Atomic across replicas: of two concurrent calls
+        /// with one code, one gets `Some`.
+        async fn use_recovery_code(
+            &self,
+            user: &UserId,
+            candidates: &[CodeHash],
+        ) -> Result<Option<u64>, StoreError>;
+
+        async fn recovery_codes_left(&self, user: &UserId) -> Result<u64, StoreError>;
+
+        /// Deletes confirmed and pending secrets and the recovery codes;
+        /// returns whether there were any secrets.
         async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError>;
     }
 }

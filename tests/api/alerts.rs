@@ -97,6 +97,7 @@ async fn the_next_alert_after_the_window_counts_the_suppressed() {
             context: "admin".into(),
             subject: subject("admin", ""),
             code: "000000".into(),
+            recovery_code: String::new(),
         })
         .await
         .unwrap();

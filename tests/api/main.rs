@@ -33,6 +33,7 @@ mod passwords;
 mod prefixes;
 mod python;
 mod rate_limit;
+mod recovery;
 mod reload;
 mod shadow;
 mod shutdown;

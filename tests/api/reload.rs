@@ -305,6 +305,7 @@ async fn a_reload_rotates_the_totp_keys_and_secrets_sealed_before_still_open() {
                 context: "admin".into(),
                 subject: subject(who, ""),
                 code: current_code(&enrolled.secret_base32),
+                recovery_code: String::new(),
             })
             .await
             .unwrap()

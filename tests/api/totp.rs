@@ -26,6 +26,7 @@ async fn verify(c: &mut Access, who: &str, code: &str) -> proto::VerifyTotpRespo
         context: "admin".into(),
         subject: user(who),
         code: code.into(),
+        recovery_code: String::new(),
     })
     .await
     .expect("VerifyTotp")
@@ -387,6 +388,7 @@ async fn codes_are_checked_strictly(
                 context: "admin".into(),
                 subject: user("rita"),
                 code: bad.clone(),
+                recovery_code: String::new(),
             })
             .await
             .unwrap_err();

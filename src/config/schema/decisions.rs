@@ -280,6 +280,10 @@ pub struct TotpConfig {
     pub block: Duration,
     /// Users who need a second factor in every context.
     pub required_user_ids: Vec<String>,
+    /// One-time recovery codes issued when an enrollment is confirmed (and
+    /// on request): a user who loses their phone signs in with one. 0
+    /// issues none; at most 50.
+    pub recovery_codes: u32,
     /// Keys that encrypt TOTP secrets at rest; new secrets use
     /// `active_key` (default: the last one). With none configured and the
     /// SQLite store, a key file is generated beside the database.
@@ -313,6 +317,7 @@ impl Default for TotpConfig {
             window: ten_minutes(),
             block: ten_minutes(),
             required_user_ids: Vec::new(),
+            recovery_codes: 10,
             keys: Vec::new(),
             active_key: None,
         }

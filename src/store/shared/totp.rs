@@ -3,7 +3,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::{Params, Sql};
-use crate::crypto::Sealed;
+use crate::crypto::{CodeHash, Sealed};
 use crate::domain::{Session, SessionStatus, TotpAlgorithm, TotpParams, UnixMillis, UserId};
 use crate::store::StoreError;
 use crate::store::interface::{Sessions, TotpSecrets};
@@ -98,6 +98,8 @@ for_each_dialect! {
             user: &UserId,
             nonce: &[u8],
             step: u64,
+            recovery: &[CodeHash],
+            at: UnixMillis,
         ) -> Result<bool, StoreError> {
             let mut tx = self.writer.begin_with(self.begin_write).await?;
             let mut p = Params::<Db>::default();
@@ -140,20 +142,120 @@ for_each_dialect! {
                 sqlx::query_with(AssertSqlSafe(promote), p.done()?)
                     .execute(&mut *tx)
                     .await?;
+                // The codes of the secret just proven, issued with it or not
+                // at all; the old secret's go with it.
+                replace_recovery_codes(&mut tx, user, recovery, at).await?;
             }
             tx.commit().await?;
             Ok(true)
         }
 
         async fn delete_totp(&self, user: &UserId) -> Result<bool, StoreError> {
+            let mut tx = self.writer.begin_with(self.begin_write).await?;
             let mut p = Params::<Db>::default();
             let user_id = p.bind(user.as_str());
             let delete = format!("DELETE FROM totp_secret WHERE user_id = {user_id}");
             let done = sqlx::query_with(AssertSqlSafe(delete), p.done()?)
-                .execute(&self.writer)
+                .execute(&mut *tx)
                 .await?;
+            replace_recovery_codes(&mut tx, user, &[], UnixMillis(0)).await?;
+            tx.commit().await?;
             Ok(done.rows_affected() > 0)
         }
+
+        async fn put_recovery_codes(
+            &self,
+            user: &UserId,
+            codes: &[CodeHash],
+            at: UnixMillis,
+        ) -> Result<(), StoreError> {
+            let mut tx = self.writer.begin_with(self.begin_write).await?;
+            replace_recovery_codes(&mut tx, user, codes, at).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn use_recovery_code(
+            &self,
+            user: &UserId,
+            candidates: &[CodeHash],
+        ) -> Result<Option<u64>, StoreError> {
+            let mut tx = self.writer.begin_with(self.begin_write).await?;
+            let mut used = false;
+            for candidate in candidates {
+                let mut p = Params::<Db>::default();
+                let (user_id, hmac) = (p.bind(user.as_str()), p.bind(&candidate.hmac[..]));
+                let key_id = p.bind(candidate.key_id.as_str());
+                // One DELETE: of two replicas racing with one code, the
+                // second finds the row gone.
+                let delete = format!(
+                    "DELETE FROM recovery_code \
+                     WHERE user_id = {user_id} AND hmac = {hmac} AND key_id = {key_id}"
+                );
+                let done = sqlx::query_with(AssertSqlSafe(delete), p.done()?)
+                    .execute(&mut *tx)
+                    .await?;
+                used |= done.rows_affected() > 0;
+            }
+            if !used {
+                return Ok(None);
+            }
+            let left = count_recovery_codes(&mut tx, user).await?;
+            tx.commit().await?;
+            Ok(Some(left))
+        }
+
+        async fn recovery_codes_left(&self, user: &UserId) -> Result<u64, StoreError> {
+            let mut conn = self.readers.acquire().await?;
+            count_recovery_codes(&mut conn, user).await
+        }
+    }
+
+    async fn count_recovery_codes(
+        conn: &mut <Db as sqlx::Database>::Connection,
+        user: &UserId,
+    ) -> Result<u64, StoreError> {
+        let mut p = Params::<Db>::default();
+        let user_id = p.bind(user.as_str());
+        let count = format!("SELECT COUNT(*) FROM recovery_code WHERE user_id = {user_id}");
+        let n: i64 = sqlx::query_scalar_with(AssertSqlSafe(count), p.done()?)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The user's recovery codes become `codes`, inside the caller's
+    /// transaction.
+    async fn replace_recovery_codes(
+        conn: &mut <Db as sqlx::Database>::Connection,
+        user: &UserId,
+        codes: &[CodeHash],
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let mut p = Params::<Db>::default();
+        let user_id = p.bind(user.as_str());
+        let clear = format!("DELETE FROM recovery_code WHERE user_id = {user_id}");
+        sqlx::query_with(AssertSqlSafe(clear), p.done()?)
+            .execute(&mut *conn)
+            .await?;
+        for code in codes {
+            let mut p = Params::<Db>::default();
+            let values = [
+                p.bind(user.as_str()),
+                p.bind(&code.hmac[..]),
+                p.bind(code.key_id.as_str()),
+                p.bind(at.0),
+            ]
+            .map(|v| v.to_string())
+            .join(", ");
+            let insert = format!(
+                "INSERT INTO recovery_code (user_id, hmac, key_id, created_at) VALUES ({values})"
+            );
+            sqlx::query_with(AssertSqlSafe(insert), p.done()?)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 
     #[async_trait::async_trait]
