@@ -323,7 +323,8 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 let skipped = bans::export(&mut client, &actor, &context, format).await?;
                 if skipped > 0 {
                     eprintln!(
-                        "{skipped} locks not exported: password keys and the allow_list and totp                          counters cannot be imported as bans"
+                        "{skipped} locks not exported: password keys and the allow_list and totp \
+                         counters cannot be imported as bans"
                     );
                 }
                 return Ok(());
@@ -396,6 +397,7 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 "failures_total",
                 "lockouts_total",
                 "locked_until",
+                "note",
             ]);
             for s in r.states {
                 t.rows.push(vec![
@@ -408,6 +410,43 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                     s.lock
                         .as_ref()
                         .map_or(Value::Null, |l| until(l.unblock_at.as_ref(), l.permanent)),
+                    Value::Null,
+                ]);
+            }
+            for b in r.bans {
+                t.rows.push(vec![
+                    json!(if b.context.is_empty() {
+                        "*"
+                    } else {
+                        &b.context
+                    }),
+                    json!(b.rule),
+                    key_text(b.key.as_ref()),
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    until(b.unblock_at.as_ref(), b.permanent),
+                    json!(format!("banned by {}: {}", b.actor, b.reason)),
+                ]);
+            }
+            if let Some(totp) = r.totp {
+                t.rows.push(vec![
+                    json!(crate::domain::TOTP_CONTEXT),
+                    json!("enrollment"),
+                    json!(format!("user={}", subject.user)),
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    json!(format!(
+                        "{}, {} recovery codes left",
+                        if totp.confirmed {
+                            "confirmed"
+                        } else {
+                            "pending"
+                        },
+                        totp.recovery_codes_remaining
+                    )),
                 ]);
             }
             t

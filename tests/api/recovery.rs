@@ -274,3 +274,107 @@ async fn recovery_codes_come_with_the_enrollment_and_each_signs_in_once(
     );
     server.stop().await;
 }
+
+/// The code an authenticator app shows now, by the wall clock a child
+/// process reads.
+fn code_now(secret_base32: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    code_at(secret_base32, now)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_racing_with_one_recovery_code_sign_in_once() {
+    let (_db, _dir, [a, b]) = two_replicas(&[("AUTHGATE_TOTP__KEYS", PASSWORD_KEYS_ENV)]).await;
+    let mut on_a = a.access().await;
+    let secret = enroll(&mut on_a, "sam").await;
+    let codes = verify(&mut on_a, "sam", &code_now(&secret), "")
+        .await
+        .unwrap()
+        .recovery_codes;
+    assert_eq!(codes.len(), 10);
+    for code in &codes[..5] {
+        let (mut first, mut second) = (a.access().await, b.access().await);
+        let (x, y) = tokio::join!(
+            recover(&mut first, "sam", code),
+            recover(&mut second, "sam", code)
+        );
+        let won = [&x, &y]
+            .iter()
+            .filter(|r| result(r) == TotpResult::Ok)
+            .count();
+        assert_eq!(won, 1, "exactly one replica takes {code}: {x:?} {y:?}");
+    }
+    assert_eq!(left(&mut b.admin().await, "sam").await, 5);
+}
+
+/// Every form a code could be kept in.
+fn forms(code: &str) -> [String; 3] {
+    [
+        code.to_owned(),
+        code.replace('-', ""),
+        code.replace('-', "").to_lowercase(),
+    ]
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_codes_are_kept_nowhere_in_the_clear(
+    #[values(Backend::Sqlite, Backend::Postgres)] backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let child = ChildServer::spawn(
+        dir.path(),
+        &[],
+        &[
+            ("AUTHGATE_DATABASE__URL", db.url()),
+            ("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0"),
+            ("AUTHGATE_LOG__LEVEL", "debug"),
+            ("AUTHGATE_TOTP__KEYS", PASSWORD_KEYS_ENV),
+            ("AUTHGATE_ACCESS__ADMIN_USER_IDS", "[\"admin\"]"),
+        ],
+    );
+    let mut access = child.access().await;
+    let secret = enroll(&mut access, "tess").await;
+    let codes = verify(&mut access, "tess", &code_now(&secret), "")
+        .await
+        .unwrap()
+        .recovery_codes;
+    recover(&mut access, "tess", &codes[0]).await;
+    recover(&mut access, "tess", "2222-3333-4444").await;
+    let metrics = http_get(&child.metrics_url);
+    let (_, logs) = child.terminate();
+    let disk = db.everything_on_disk();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    let keys = authgate::crypto::SecretKeys::new(
+        vec![(
+            "test".into(),
+            authgate::crypto::parse_key("test", TEST_KEY.as_bytes()).unwrap(),
+        )],
+        "test",
+    )
+    .unwrap();
+    let stored = keys.hash_code(b"tess", &codes[1].replace('-', ""));
+    assert!(
+        disk.iter().any(|f| contains(f, &stored.hmac)),
+        "the HMAC is what is stored"
+    );
+    for code in codes.iter().chain(["2222-3333-4444".to_owned()].iter()) {
+        for form in forms(code) {
+            for (i, file) in disk.iter().enumerate() {
+                assert!(!contains(file, form.as_bytes()), "file {i} holds {form}");
+            }
+            assert!(!metrics.contains(&form), "/metrics holds {form}");
+            for line in &logs {
+                assert!(!line.contains(&form), "log line {line}");
+            }
+        }
+    }
+    assert!(
+        logs.iter().any(|l| l.contains("recovery code used")),
+        "its use is logged, without the code"
+    );
+}

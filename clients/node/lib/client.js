@@ -73,8 +73,17 @@ function createClient({
       call('RecordFailure', { context, subject: attempt(who), activity }),
     recordSuccess: ({ context, ...who }) =>
       call('RecordSuccess', { context, subject: subject(who) }),
-    verifyTotp: ({ context, code, ...who }) =>
-      call('VerifyTotp', { context, subject: subject(who), code }),
+    // code from the authenticator app, or recoveryCode (one of the user's
+    // recovery codes), never both. The call that confirms an enrollment
+    // answers with recoveryCodes: show them to the user once, privately.
+    verifyTotp: ({ context, code = '', recoveryCode = '', ...who }) =>
+      call('VerifyTotp', { context, subject: subject(who), code, recoveryCode }),
+    // New recovery codes from the user's authenticated session; every
+    // earlier one stops working.
+    regenerateRecoveryCodes: ({ context, ...who }) =>
+      call('RegenerateRecoveryCodes', { context, subject: subject(who) }).then(
+        (r) => r.recoveryCodes,
+      ),
     enrollTotp: ({ context, accountName = '', ...who }) =>
       call('EnrollTotp', { context, subject: subject(who), accountName }),
     // fingerprint: a Buffer of at most 64 bytes derived from the content

@@ -301,6 +301,23 @@ describe('TOTP', () => {
     const signedIn = await client.checkAccess(who);
     assert.equal(signedIn.verdict.decision, 'DECISION_ALLOW');
   });
+
+  test('recovery codes come with the confirmation and each signs in once', async () => {
+    const who = { context: 'admin', userId: uniqueUser() };
+    const enrolled = await client.enrollTotp(who);
+    const confirmed = await client.verifyTotp({ ...who, code: totp(enrolled, Date.now() / 1000) });
+    assert.equal(confirmed.recoveryCodes.length, 10);
+    const [first, second] = confirmed.recoveryCodes;
+    const used = await client.verifyTotp({ ...who, recoveryCode: first.replaceAll('-', '') });
+    assert.equal(used.result, 'TOTP_RESULT_OK');
+    assert.equal(used.recoveryCodesRemaining, 9);
+    const again = await client.verifyTotp({ ...who, recoveryCode: first });
+    assert.equal(again.result, 'TOTP_RESULT_INVALID');
+    const fresh = await client.regenerateRecoveryCodes(who);
+    assert.equal(fresh.length, 10);
+    const old = await client.verifyTotp({ ...who, recoveryCode: second });
+    assert.equal(old.result, 'TOTP_RESULT_INVALID');
+  });
 });
 
 // grammY end to end: a real Bot handles real update objects; its API calls

@@ -136,14 +136,38 @@ class AuthgateClient:
         self,
         context: str,
         user_id: Id,
-        code: str,
+        code: str = "",
         ip: Optional[str] = None,
         session_id: Optional[str] = None,
+        *,
+        recovery_code: str = "",
     ) -> access_pb2.VerifyTotpResponse:
+        """Proves the second factor with `code` from the authenticator app,
+        or with one of the user's `recovery_code`s (never both).
+
+        The response of the call that confirms an enrollment carries the
+        user's `recovery_codes`: show them to the user once, privately, and
+        keep them nowhere. After a recovery code, `recovery_codes_remaining`
+        says how many the user has left.
+        """
         request = access_pb2.VerifyTotpRequest(
-            context=context, subject=_subject(user_id, ip, session_id), code=code
+            context=context,
+            subject=_subject(user_id, ip, session_id),
+            code=code,
+            recovery_code=recovery_code,
         )
         return await self._stub.VerifyTotp(request, timeout=self._timeout, metadata=self._metadata)
+
+    async def regenerate_recovery_codes(self, context: str, user_id: Id) -> list[str]:
+        """New recovery codes for a user with an authenticated session in
+        `context`; every earlier code stops working. Shown once."""
+        request = access_pb2.RegenerateRecoveryCodesRequest(
+            context=context, subject=_subject(user_id, None, None)
+        )
+        response = await self._stub.RegenerateRecoveryCodes(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+        return list(response.recovery_codes)
 
     async def enroll_totp(
         self,

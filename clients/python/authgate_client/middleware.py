@@ -85,6 +85,12 @@ class AuthgateMiddleware:
     async def verify_totp(self, event: Any, code: str) -> access_pb2.VerifyTotpResponse:
         return await self.client.verify_totp(self.context, self._required_user_id(event), code)
 
+    async def verify_recovery_code(self, event: Any, code: str) -> access_pb2.VerifyTotpResponse:
+        """Signs the event's user in with one of their recovery codes."""
+        return await self.client.verify_totp(
+            self.context, self._required_user_id(event), recovery_code=code
+        )
+
     def _required_user_id(self, event: Any) -> Id:
         user_id = self.user_id(event)
         if user_id is None:

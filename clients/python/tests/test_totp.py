@@ -33,6 +33,24 @@ def wrong_code(totp: pyotp.TOTP) -> str:
 
 
 class TotpTest(ServerTestCase):
+    async def test_recovery_codes_come_once_and_sign_in_once(self) -> None:
+        user = unique_user()
+        totp = authenticator(await self.client.enroll_totp(CONTEXT, user))
+        confirmed = await self.client.verify_totp(CONTEXT, user, totp.now())
+        codes = list(confirmed.recovery_codes)
+        self.assertEqual(len(codes), 10)
+
+        used = await self.client.verify_totp(CONTEXT, user, recovery_code=codes[0].lower())
+        self.assertEqual(used.result, access_pb2.TOTP_RESULT_OK)
+        self.assertEqual(used.recovery_codes_remaining, 9)
+        again = await self.client.verify_totp(CONTEXT, user, recovery_code=codes[0])
+        self.assertEqual(again.result, access_pb2.TOTP_RESULT_INVALID)
+
+        fresh = await self.client.regenerate_recovery_codes(CONTEXT, user)
+        self.assertEqual(len(fresh), 10)
+        old = await self.client.verify_totp(CONTEXT, user, recovery_code=codes[1])
+        self.assertEqual(old.result, access_pb2.TOTP_RESULT_INVALID)
+
     async def test_enroll_then_verify_opens_a_session(self) -> None:
         user = unique_user()
         before = await self.client.check_access(CONTEXT, user_id=user)

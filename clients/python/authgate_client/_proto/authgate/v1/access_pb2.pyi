@@ -171,26 +171,46 @@ class RecordSuccessResponse(_message.Message):
     def __init__(self, verdict: _Optional[_Union[Verdict, _Mapping]] = ..., shadow: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ...) -> None: ...
 
 class VerifyTotpRequest(_message.Message):
-    __slots__ = ("context", "subject", "code")
+    __slots__ = ("context", "subject", "code", "recovery_code")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_CODE_FIELD_NUMBER: _ClassVar[int]
     context: str
     subject: Subject
     code: str
-    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., code: _Optional[str] = ...) -> None: ...
+    recovery_code: str
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., code: _Optional[str] = ..., recovery_code: _Optional[str] = ...) -> None: ...
+
+class RegenerateRecoveryCodesRequest(_message.Message):
+    __slots__ = ("context", "subject")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    context: str
+    subject: Subject
+    def __init__(self, context: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ...) -> None: ...
+
+class RegenerateRecoveryCodesResponse(_message.Message):
+    __slots__ = ("recovery_codes",)
+    RECOVERY_CODES_FIELD_NUMBER: _ClassVar[int]
+    recovery_codes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recovery_codes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VerifyTotpResponse(_message.Message):
-    __slots__ = ("result", "verdict", "clock_drift_seconds", "session_expires_at")
+    __slots__ = ("result", "verdict", "clock_drift_seconds", "session_expires_at", "recovery_codes", "recovery_codes_remaining")
     RESULT_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     CLOCK_DRIFT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SESSION_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_CODES_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_CODES_REMAINING_FIELD_NUMBER: _ClassVar[int]
     result: TotpResult
     verdict: Verdict
     clock_drift_seconds: int
     session_expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, result: _Optional[_Union[TotpResult, str]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., clock_drift_seconds: _Optional[int] = ..., session_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    recovery_codes: _containers.RepeatedScalarFieldContainer[str]
+    recovery_codes_remaining: int
+    def __init__(self, result: _Optional[_Union[TotpResult, str]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., clock_drift_seconds: _Optional[int] = ..., session_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recovery_codes: _Optional[_Iterable[str]] = ..., recovery_codes_remaining: _Optional[int] = ...) -> None: ...
 
 class AdmitRequest(_message.Message):
     __slots__ = ("context", "subject", "kind", "fingerprint")

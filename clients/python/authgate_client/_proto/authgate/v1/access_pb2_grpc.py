@@ -56,6 +56,11 @@ class AccessServiceStub:
                 request_serializer=authgate_dot_v1_dot_access__pb2.VerifyTotpRequest.SerializeToString,
                 response_deserializer=authgate_dot_v1_dot_access__pb2.VerifyTotpResponse.FromString,
                 _registered_method=True)
+        self.RegenerateRecoveryCodes = channel.unary_unary(
+                '/authgate.v1.AccessService/RegenerateRecoveryCodes',
+                request_serializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.FromString,
+                _registered_method=True)
         self.EnrollTotp = channel.unary_unary(
                 '/authgate.v1.AccessService/EnrollTotp',
                 request_serializer=authgate_dot_v1_dot_access__pb2.EnrollTotpRequest.SerializeToString,
@@ -124,7 +129,22 @@ class AccessServiceServicer:
         pending enrollment); a wrong or replayed code counts toward the user's
         TOTP lockout, a counter of its own, apart from every context's rules.
         A code that is not exactly the enrolled number of ASCII digits is
-        INVALID_ARGUMENT and counts nothing.
+        INVALID_ARGUMENT and counts nothing. A recovery code (recovery_code,
+        in place of code) signs the user in exactly like a TOTP code and is
+        used up at once, on every replica; a wrong one counts toward the same
+        TOTP lockout. The first valid code of an enrollment also issues the
+        user's recovery codes (totp.recovery_codes, 10 by default), returned
+        in that response only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateRecoveryCodes(self, request, context):
+        """Issues a new set of recovery codes, returned once, and invalidates
+        every earlier one. Needs a confirmed TOTP secret and an authenticated
+        session in the request's context (FAILED_PRECONDITION otherwise); an
+        admin can do it with AdminService.RegenerateRecoveryCodes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +202,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.VerifyTotp,
                     request_deserializer=authgate_dot_v1_dot_access__pb2.VerifyTotpRequest.FromString,
                     response_serializer=authgate_dot_v1_dot_access__pb2.VerifyTotpResponse.SerializeToString,
+            ),
+            'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateRecoveryCodes,
+                    request_deserializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
             ),
             'EnrollTotp': grpc.unary_unary_rpc_method_handler(
                     servicer.EnrollTotp,
@@ -304,6 +329,33 @@ class AccessService:
             '/authgate.v1.AccessService/VerifyTotp',
             authgate_dot_v1_dot_access__pb2.VerifyTotpRequest.SerializeToString,
             authgate_dot_v1_dot_access__pb2.VerifyTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateRecoveryCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AccessService/RegenerateRecoveryCodes',
+            authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesRequest.SerializeToString,
+            authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -280,18 +280,28 @@ class Session(_message.Message):
     def __init__(self, state: _Optional[_Union[SessionState, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TotpEnrollment(_message.Message):
-    __slots__ = ("confirmed", "algorithm", "digits", "period_seconds", "created_at")
+    __slots__ = ("confirmed", "algorithm", "digits", "period_seconds", "created_at", "recovery_codes_remaining")
     CONFIRMED_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     DIGITS_FIELD_NUMBER: _ClassVar[int]
     PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_CODES_REMAINING_FIELD_NUMBER: _ClassVar[int]
     confirmed: bool
     algorithm: str
     digits: int
     period_seconds: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, confirmed: _Optional[bool] = ..., algorithm: _Optional[str] = ..., digits: _Optional[int] = ..., period_seconds: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    recovery_codes_remaining: int
+    def __init__(self, confirmed: _Optional[bool] = ..., algorithm: _Optional[str] = ..., digits: _Optional[int] = ..., period_seconds: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recovery_codes_remaining: _Optional[int] = ...) -> None: ...
+
+class AdminRegenerateRecoveryCodesRequest(_message.Message):
+    __slots__ = ("actor_user_id", "user_id")
+    ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_user_id: str
+    user_id: str
+    def __init__(self, actor_user_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class RevokeSessionRequest(_message.Message):
     __slots__ = ("actor_user_id", "user_id", "all")
@@ -382,7 +392,7 @@ class WatchSecurityEventsRequest(_message.Message):
     def __init__(self, actor_user_id: _Optional[str] = ...) -> None: ...
 
 class SecurityAlert(_message.Message):
-    __slots__ = ("kind", "at", "context", "rule", "key", "tier", "unblock_at", "permanent", "suppressed", "dropped")
+    __slots__ = ("kind", "at", "context", "rule", "key", "tier", "unblock_at", "permanent", "suppressed", "dropped", "detail")
     KIND_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +403,7 @@ class SecurityAlert(_message.Message):
     PERMANENT_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     kind: str
     at: _timestamp_pb2.Timestamp
     context: str
@@ -403,7 +414,8 @@ class SecurityAlert(_message.Message):
     permanent: bool
     suppressed: int
     dropped: int
-    def __init__(self, kind: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ..., suppressed: _Optional[int] = ..., dropped: _Optional[int] = ...) -> None: ...
+    detail: str
+    def __init__(self, kind: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[str] = ..., rule: _Optional[str] = ..., key: _Optional[_Union[_access_pb2.Key, _Mapping]] = ..., tier: _Optional[int] = ..., unblock_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., permanent: _Optional[bool] = ..., suppressed: _Optional[int] = ..., dropped: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ListAuditEventsRequest(_message.Message):
     __slots__ = ("actor_user_id", "user_id", "ip", "session_id", "context", "kind", "to", "page_size", "page_token")

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from authgate_client._proto.authgate.v1 import access_pb2 as authgate_dot_v1_dot_access__pb2
 from authgate_client._proto.authgate.v1 import admin_pb2 as authgate_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -68,6 +69,11 @@ class AdminServiceStub:
                 '/authgate.v1.AdminService/ImportTotp',
                 request_serializer=authgate_dot_v1_dot_admin__pb2.ImportTotpRequest.SerializeToString,
                 response_deserializer=authgate_dot_v1_dot_admin__pb2.ImportTotpResponse.FromString,
+                _registered_method=True)
+        self.RegenerateRecoveryCodes = channel.unary_unary(
+                '/authgate.v1.AdminService/RegenerateRecoveryCodes',
+                request_serializer=authgate_dot_v1_dot_admin__pb2.AdminRegenerateRecoveryCodesRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.FromString,
                 _registered_method=True)
         self.WatchSecurityEvents = channel.unary_stream(
                 '/authgate.v1.AdminService/WatchSecurityEvents',
@@ -147,8 +153,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResetTotp(self, request, context):
-        """Removes a user's TOTP secret, confirmed or pending, and ends their
-        session, so they enroll again (a lost phone).
+        """Removes a user's TOTP secret, confirmed or pending, and their recovery
+        codes, and ends their session, so they enroll again (a lost phone).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +164,15 @@ class AdminServiceServicer:
         """Stores a TOTP secret generated elsewhere, confirmed at once (migrating
         users from another system, as Vault's key import does). Replaces any
         secret the user had.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateRecoveryCodes(self, request, context):
+        """Issues a user a new set of recovery codes, returned once, and
+        invalidates every earlier one (a user whose codes were seen, or all
+        used). Needs a confirmed TOTP secret (FAILED_PRECONDITION otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +281,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ImportTotp,
                     request_deserializer=authgate_dot_v1_dot_admin__pb2.ImportTotpRequest.FromString,
                     response_serializer=authgate_dot_v1_dot_admin__pb2.ImportTotpResponse.SerializeToString,
+            ),
+            'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateRecoveryCodes,
+                    request_deserializer=authgate_dot_v1_dot_admin__pb2.AdminRegenerateRecoveryCodesRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
             ),
             'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSecurityEvents,
@@ -487,6 +507,33 @@ class AdminService:
             '/authgate.v1.AdminService/ImportTotp',
             authgate_dot_v1_dot_admin__pb2.ImportTotpRequest.SerializeToString,
             authgate_dot_v1_dot_admin__pb2.ImportTotpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateRecoveryCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/authgate.v1.AdminService/RegenerateRecoveryCodes',
+            authgate_dot_v1_dot_admin__pb2.AdminRegenerateRecoveryCodesRequest.SerializeToString,
+            authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
