@@ -9,8 +9,7 @@ use super::totp::{Proof, TotpResult, VerifyOutcome};
 use super::{Admin, Gate, ServiceError};
 use crate::crypto::CodeHash;
 use crate::domain::{
-    ContextPolicy, Decision, EventKind, Key, RecoveryCode, SecurityEvent, Subject, UnixMillis,
-    UserId,
+    ContextPolicy, EventKind, Key, RecoveryCode, SecurityEvent, Subject, UnixMillis, UserId,
 };
 use crate::store::{Sessions, StoredTotp, TotpSecrets};
 use crate::telemetry::mask;
@@ -48,12 +47,10 @@ impl Gate {
     ) -> Result<VerifyOutcome, ServiceError> {
         let code = RecoveryCode::parse("recovery_code", raw)?;
         let keys = self.keys()?;
-        let slot = self.policy.totp.slot(user);
-        let counter = self.load(std::slice::from_ref(&slot)).await?;
-        let current = slot.rule.assess(&slot.key, &counter[0], now);
-        if current.decision == Decision::Blocked {
-            return Ok(VerifyOutcome::refused(TotpResult::Blocked, current));
-        }
+        let counter = match self.totp_counter(user, now).await? {
+            Ok((counter, _)) => counter,
+            Err(blocked) => return Ok(blocked),
+        };
         let left = if secrets.iter().any(|t| t.confirmed) {
             let candidates = keys.code_hashes(user.as_str().as_bytes(), code.as_str());
             self.store

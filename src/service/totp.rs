@@ -60,6 +60,9 @@ impl VerifyOutcome {
     }
 }
 
+/// A user's TOTP failure counter as stored, and its verdict now.
+pub(super) type Unblocked = (Vec<crate::domain::KeyState>, Verdict);
+
 /// What a user proves their second factor with.
 #[derive(Debug, Clone, Copy)]
 pub enum Proof<'a> {
@@ -177,12 +180,10 @@ impl Gate {
             Code::parse("code", code, secrets[0].params.digits)?;
         }
         let keys = self.keys()?;
-        let slot = self.policy.totp.slot(user);
-        let counter = self.load(std::slice::from_ref(&slot)).await?;
-        let current = slot.rule.assess(&slot.key, &counter[0], now);
-        if current.decision == Decision::Blocked {
-            return Ok(VerifyOutcome::refused(TotpResult::Blocked, current));
-        }
+        let (counter, current) = match self.totp_counter(user, now).await? {
+            Ok(unblocked) => unblocked,
+            Err(blocked) => return Ok(blocked),
+        };
         // The confirmed secret first, then a pending one: either may prove
         // the user, and a pending one's first valid code confirms it.
         let mut found = CodeCheck::Invalid;
@@ -263,6 +264,22 @@ impl Gate {
             TotpResult::Invalid
         };
         self.wrong(ctx, subject, user, result, now).await
+    }
+
+    /// The user's TOTP failure counter and its verdict now, or the answer
+    /// to give while it blocks them.
+    pub(super) async fn totp_counter(
+        &self,
+        user: &UserId,
+        now: UnixMillis,
+    ) -> Result<Result<Unblocked, VerifyOutcome>, ServiceError> {
+        let slot = self.policy.totp.slot(user);
+        let counter = self.load(std::slice::from_ref(&slot)).await?;
+        let current = slot.rule.assess(&slot.key, &counter[0], now);
+        if current.decision == Decision::Blocked {
+            return Ok(Err(VerifyOutcome::refused(TotpResult::Blocked, current)));
+        }
+        Ok(Ok((counter, current)))
     }
 
     /// The second factor proven: the failure counter forgiven, a session

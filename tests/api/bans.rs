@@ -441,23 +441,6 @@ async fn a_ban_on_one_replica_refuses_on_the_other_within_a_second() {
     }
 }
 
-/// `authgate admin` against `server`, as an operator runs it.
-fn admin_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
-    let addr = format!("http://{}", server.addr);
-    std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .args(["admin", "--addr", &addr, "--actor", "admin"])
-        .args(args)
-        .env_remove("AUTHGATE_API_KEY")
-        .output()
-        .expect("authgate runs")
-}
-
-fn succeeded(out: std::process::Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
-
 fn imported(out: std::process::Output) -> (u64, u64) {
     let rows: serde_json::Value = serde_json::from_str(&succeeded(out)).expect("--json");
     let n = |k: &str| rows[0][k].as_u64().expect("a count");

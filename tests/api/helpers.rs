@@ -965,3 +965,20 @@ pub fn http_get(url: &str) -> String {
     );
     body.to_owned()
 }
+
+/// `authgate admin` against `server`, as an operator runs it.
+pub fn admin_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    let addr = format!("http://{}", server.addr);
+    std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["admin", "--addr", &addr, "--actor", "admin"])
+        .args(args)
+        .env_remove("AUTHGATE_API_KEY")
+        .output()
+        .expect("authgate runs")
+}
+
+pub fn succeeded(out: std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}

@@ -124,6 +124,15 @@ async fn recovery_codes_come_with_the_enrollment_and_each_signs_in_once(
         assert!(groups.iter().all(|g| g.len() == 4), "{code}");
     }
     assert_eq!(left(&mut a, "rita").await, 10);
+    let shown = succeeded(admin_cli(&server, &["subject", "--user", "rita"]));
+    assert!(
+        shown.contains("confirmed, 10 recovery codes left"),
+        "{shown}"
+    );
+    assert!(
+        codes.iter().all(|c| !shown.contains(c.as_str())),
+        "never the codes"
+    );
     // Only the confirming code issues them.
     server.clock.advance(Duration::from_secs(30));
     let again = verify(&mut c, "rita", &code_at(&secret, secs(EPOCH) + 30), "")
