@@ -55,4 +55,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
   echo "$lock_sum" >"$stamp"
 fi
 
+# buf (the official binary, from npm), pinned in scripts/buf: lints
+# authgate.v1 and checks it against the recorded baseline
+# (tests/api/contract.rs).
+lock_sum=$(sha256sum scripts/buf/package-lock.json | cut -d' ' -f1)
+stamp=scripts/buf/node_modules/.authgate-lock
+if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
+  echo "== buf (npm ci)"
+  (cd scripts/buf && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" >"$stamp"
+fi
+
 cargo test --locked "$@"

@@ -510,16 +510,18 @@ impl AdminService for AdminApi {
     #[tracing::instrument(skip_all)]
     async fn regenerate_recovery_codes(
         &self,
-        request: Request<proto::AdminRegenerateRecoveryCodesRequest>,
-    ) -> Result<Response<proto::RegenerateRecoveryCodesResponse>, Status> {
+        request: Request<proto::AdminServiceRegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<proto::AdminServiceRegenerateRecoveryCodesResponse>, Status> {
         observe("AdminRegenerateRecoveryCodes", async move {
             let gate = self.gate.load();
             let (admin, req) = self.authorize(request, |r| &r.actor_user_id)?;
             let user = UserId::parse("user_id", &req.user_id)?;
             let codes = gate.admin_regenerate_recovery_codes(&admin, &user).await?;
-            Ok(Response::new(proto::RegenerateRecoveryCodesResponse {
-                recovery_codes: codes.iter().map(|c| c.shown().to_string()).collect(),
-            }))
+            Ok(Response::new(
+                proto::AdminServiceRegenerateRecoveryCodesResponse {
+                    recovery_codes: codes.iter().map(|c| c.shown().to_string()).collect(),
+                },
+            ))
         })
         .await
     }

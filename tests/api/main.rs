@@ -20,6 +20,7 @@ mod clients;
 mod clock;
 mod concurrency;
 mod connections;
+mod contract;
 mod ext_authz;
 mod ext_proc;
 mod faults;

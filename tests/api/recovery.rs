@@ -81,7 +81,7 @@ async fn left(a: &mut Admin, who: &str) -> u32 {
 }
 
 async fn regenerate_by_admin(a: &mut Admin, who: &str) -> Vec<String> {
-    a.regenerate_recovery_codes(proto::AdminRegenerateRecoveryCodesRequest {
+    a.regenerate_recovery_codes(proto::AdminServiceRegenerateRecoveryCodesRequest {
         actor_user_id: "admin".into(),
         user_id: who.into(),
     })

@@ -295,13 +295,19 @@ class TotpEnrollment(_message.Message):
     recovery_codes_remaining: int
     def __init__(self, confirmed: _Optional[bool] = ..., algorithm: _Optional[str] = ..., digits: _Optional[int] = ..., period_seconds: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recovery_codes_remaining: _Optional[int] = ...) -> None: ...
 
-class AdminRegenerateRecoveryCodesRequest(_message.Message):
+class AdminServiceRegenerateRecoveryCodesRequest(_message.Message):
     __slots__ = ("actor_user_id", "user_id")
     ACTOR_USER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     actor_user_id: str
     user_id: str
     def __init__(self, actor_user_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class AdminServiceRegenerateRecoveryCodesResponse(_message.Message):
+    __slots__ = ("recovery_codes",)
+    RECOVERY_CODES_FIELD_NUMBER: _ClassVar[int]
+    recovery_codes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recovery_codes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RevokeSessionRequest(_message.Message):
     __slots__ = ("actor_user_id", "user_id", "all")

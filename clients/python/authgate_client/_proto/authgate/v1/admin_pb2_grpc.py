@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from authgate_client._proto.authgate.v1 import access_pb2 as authgate_dot_v1_dot_access__pb2
 from authgate_client._proto.authgate.v1 import admin_pb2 as authgate_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -72,8 +71,8 @@ class AdminServiceStub:
                 _registered_method=True)
         self.RegenerateRecoveryCodes = channel.unary_unary(
                 '/authgate.v1.AdminService/RegenerateRecoveryCodes',
-                request_serializer=authgate_dot_v1_dot_admin__pb2.AdminRegenerateRecoveryCodesRequest.SerializeToString,
-                response_deserializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.FromString,
+                request_serializer=authgate_dot_v1_dot_admin__pb2.AdminServiceRegenerateRecoveryCodesRequest.SerializeToString,
+                response_deserializer=authgate_dot_v1_dot_admin__pb2.AdminServiceRegenerateRecoveryCodesResponse.FromString,
                 _registered_method=True)
         self.WatchSecurityEvents = channel.unary_stream(
                 '/authgate.v1.AdminService/WatchSecurityEvents',
@@ -284,8 +283,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
             ),
             'RegenerateRecoveryCodes': grpc.unary_unary_rpc_method_handler(
                     servicer.RegenerateRecoveryCodes,
-                    request_deserializer=authgate_dot_v1_dot_admin__pb2.AdminRegenerateRecoveryCodesRequest.FromString,
-                    response_serializer=authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.SerializeToString,
+                    request_deserializer=authgate_dot_v1_dot_admin__pb2.AdminServiceRegenerateRecoveryCodesRequest.FromString,
+                    response_serializer=authgate_dot_v1_dot_admin__pb2.AdminServiceRegenerateRecoveryCodesResponse.SerializeToString,
             ),
             'WatchSecurityEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchSecurityEvents,
@@ -532,8 +531,8 @@ class AdminService:
             request,
             target,
             '/authgate.v1.AdminService/RegenerateRecoveryCodes',
-            authgate_dot_v1_dot_admin__pb2.AdminRegenerateRecoveryCodesRequest.SerializeToString,
-            authgate_dot_v1_dot_access__pb2.RegenerateRecoveryCodesResponse.FromString,
+            authgate_dot_v1_dot_admin__pb2.AdminServiceRegenerateRecoveryCodesRequest.SerializeToString,
+            authgate_dot_v1_dot_admin__pb2.AdminServiceRegenerateRecoveryCodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
