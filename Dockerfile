@@ -57,6 +57,12 @@ RUN groupadd --system --gid 1001 authgate \
 
 COPY --from=builder /src/target/release/authgate /usr/local/bin/authgate
 
+# The version is Cargo.toml's (a test keeps them equal); the licence is
+# the repository's.
+LABEL org.opencontainers.image.title="authgate" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
 # Defaults for a container: reachable from outside it, logging JSON, the
 # SQLite file in the data volume. Environment variables override the config
 # file (AUTHGATE_CONFIG) key by key, so these win over the same keys in a

@@ -1,7 +1,7 @@
 'use strict';
 
 const grpc = require('@grpc/grpc-js');
-const { createClient, DEFAULT_PROTO_DIR } = require('./lib/client');
+const { createClient, DEFAULT_PROTO_DIR, VERSION } = require('./lib/client');
 const { authgateMiddleware } = require('./lib/middleware');
 const { admissionMiddleware } = require('./lib/admission');
 const { passwordFingerprint } = require('./lib/password');
@@ -15,4 +15,5 @@ module.exports = {
   passwordFingerprint,
   grpc,
   DEFAULT_PROTO_DIR,
+  VERSION,
 };

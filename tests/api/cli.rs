@@ -135,6 +135,43 @@ fn check_config_since_tells_what_a_reload_would_change() {
 }
 
 #[test]
+fn one_version_everywhere_a_user_sees_one() {
+    let version = env!("CARGO_PKG_VERSION");
+    let dir = tempfile::tempdir().unwrap();
+    let out = authgate(dir.path(), &["--version"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("authgate {version}\n")
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |file: &str| std::fs::read_to_string(root.join(file)).unwrap();
+    for (file, stated) in [
+        (
+            "Dockerfile",
+            format!("org.opencontainers.image.version=\"{version}\""),
+        ),
+        (
+            "clients/python/pyproject.toml",
+            format!("version = \"{version}\""),
+        ),
+        (
+            "clients/python/authgate_client/_version.py",
+            format!("__version__ = \"{version}\""),
+        ),
+        (
+            "clients/node/package.json",
+            format!("\"version\": \"{version}\""),
+        ),
+    ] {
+        assert!(read(file).contains(&stated), "{file} does not say {stated}");
+    }
+    assert!(
+        read("CHANGELOG.md").contains("## [Unreleased]"),
+        "CHANGELOG.md records what comes next"
+    );
+}
+
+#[test]
 fn invalid_config_stops_start_up_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = authgate(

@@ -6,6 +6,8 @@ const protoLoader = require('@grpc/proto-loader');
 
 // The repository's proto/ directory: the package is used from a checkout
 // (or a file: dependency on one) rather than published with copies.
+// The package's version, which this client's user agent carries.
+const { version: VERSION } = require('../package.json');
 const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
 
 function loadAccessService(protoDir) {
@@ -51,7 +53,10 @@ function createClient({
   timeoutMs = 5000,
 }) {
   const AccessService = loadAccessService(protoDir);
-  const stub = new AccessService(address, credentials);
+  // Servers' logs and proxies tell this client, and its version, apart.
+  const stub = new AccessService(address, credentials, {
+    'grpc.primary_user_agent': `authgate-client-node/${VERSION}`,
+  });
 
   function call(method, request) {
     const metadata = new grpc.Metadata();
@@ -94,4 +99,4 @@ function createClient({
   };
 }
 
-module.exports = { createClient, DEFAULT_PROTO_DIR };
+module.exports = { createClient, DEFAULT_PROTO_DIR, VERSION };

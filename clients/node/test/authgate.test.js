@@ -16,6 +16,8 @@ const {
   admissionMiddleware,
   passwordFingerprint,
   grpc,
+  DEFAULT_PROTO_DIR,
+  VERSION,
 } = require('..');
 
 const ADDR = process.env.AUTHGATE_ADDR;
@@ -768,5 +770,38 @@ describe('admissionMiddleware', () => {
       assert.deepEqual(handled, [null, null]);
       assert.deepEqual(calls, []);
     });
+  });
+});
+
+// A real grpc-js server, standing in for authgate, sees who called.
+describe('user agent', () => {
+  test('calls name the client and its version', async () => {
+    const protoLoader = require('@grpc/proto-loader');
+    const definition = protoLoader.loadSync('authgate/v1/access.proto', {
+      includeDirs: [DEFAULT_PROTO_DIR],
+    });
+    const { AccessService } = grpc.loadPackageDefinition(definition).authgate.v1;
+    const seen = [];
+    const server = new grpc.Server();
+    server.addService(AccessService.service, {
+      CheckAccess: (call, callback) => {
+        seen.push(call.metadata.get('user-agent')[0]);
+        callback(null, {});
+      },
+    });
+    const port = await new Promise((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+    const standIn = createClient({ address: `127.0.0.1:${port}` });
+    try {
+      await standIn.checkAccess({ context: 'login', userId: 'u' });
+    } finally {
+      standIn.close();
+      server.forceShutdown();
+    }
+    assert.equal(VERSION, require('../package.json').version);
+    assert.match(seen[0], new RegExp(`^authgate-client-node/${VERSION.replaceAll('.', '\\.')} `));
   });
 });

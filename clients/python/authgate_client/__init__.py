@@ -10,9 +10,11 @@ turns a password tried at login into what authgate may be told of it.
 from ._proto.authgate.v1 import access_pb2, access_pb2_grpc, admin_pb2, admin_pb2_grpc
 from .client import AuthgateClient
 from .middleware import AuthgateMiddleware
+from ._version import __version__
 from .password import password_fingerprint
 
 __all__ = [
+    "__version__",
     "AuthgateClient",
     "AuthgateMiddleware",
     "access_pb2",

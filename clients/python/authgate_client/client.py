@@ -7,6 +7,7 @@ from typing import Optional, Union
 import grpc
 
 from ._proto.authgate.v1 import access_pb2, access_pb2_grpc
+from ._version import __version__
 
 Id = Union[str, int]
 
@@ -56,10 +57,12 @@ class AuthgateClient:
         credentials: Optional[grpc.ChannelCredentials] = None,
         timeout: float = 5.0,
     ) -> None:
+        # Servers' logs and proxies tell this client, and its version, apart.
+        options = (("grpc.primary_user_agent", f"authgate-client-python/{__version__}"),)
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target)
+            self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = access_pb2_grpc.AccessServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._timeout = timeout
