@@ -33,20 +33,101 @@ fn run_suite(program: &str, args: &[&str], subdir: &str, addr: &str, key: &str) 
     all
 }
 
+/// Runs `program` with `args`, panicking with its output unless it succeeds.
+fn run(program: &str, args: &[&str], cwd: &std::path::Path) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{program} {args:?}:\n{all}");
+    all
+}
+
+/// The package as a user installs it: a wheel (and an sdist) built from
+/// clients/python, installed into a fresh venv, whose tests then run
+/// against that install rather than the source tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_client_and_middleware() {
+async fn python_client_and_middleware_from_the_built_wheel() {
     let dir = tempfile::tempdir().unwrap();
     let keys = TestKeys::new();
     let server = server(dir.path(), &keys);
     let addr = server.addr.to_string();
+    let work = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        run_suite(
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let package = root.join("clients/python");
+        let dist = work.path().join("dist");
+        let venv = work.path().join("venv");
+        let (dist_s, venv_s) = (dist.to_str().unwrap(), venv.to_str().unwrap());
+        run(
             "python3",
-            &["-m", "unittest", "discover", "-s", "tests", "-v"],
-            "python",
-            &addr,
-            &keys.check,
-        )
+            &["-m", "build", "--no-isolation", "--wheel", "--sdist", "--outdir", dist_s, "."],
+            &package,
+        );
+        let built: Vec<String> = std::fs::read_dir(&dist)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let wheel = built
+            .iter()
+            .find(|f| f.ends_with("-py3-none-any.whl"))
+            .unwrap_or_else(|| panic!("a wheel among {built:?}"));
+        assert!(built.iter().any(|f| f.ends_with(".tar.gz")), "an sdist among {built:?}");
+        let wheel = dist.join(wheel);
+        let metadata = run(
+            "unzip",
+            &["-p", wheel.to_str().unwrap(), "authgate_client-*.dist-info/METADATA"],
+            work.path(),
+        );
+        for field in [
+            "Name: authgate-client",
+            concat!("Version: ", env!("CARGO_PKG_VERSION")),
+            "License-Expression: Apache-2.0",
+            "License-File: LICENSE",
+            "Project-URL: Source",
+            "Classifier: Typing :: Typed",
+            "Provides-Extra: aiogram",
+        ] {
+            assert!(metadata.contains(field), "METADATA lacks {field:?}:\n{metadata}");
+        }
+        // The test tools and the dependencies come from the machine's
+        // site-packages; authgate_client is nowhere but in the wheel.
+        run("python3", &["-m", "venv", "--system-site-packages", venv_s], work.path());
+        let python = venv.join("bin/python");
+        let python = python.to_str().unwrap();
+        run(
+            python,
+            &["-m", "pip", "install", "--quiet", "--no-deps", wheel.to_str().unwrap()],
+            work.path(),
+        );
+        let found = run(
+            python,
+            &["-c", "import authgate_client; print(authgate_client.__file__)"],
+            work.path(),
+        );
+        assert!(found.trim().starts_with(venv_s), "imported from {found}");
+        let tests = package.join("tests");
+        let tests = tests.to_str().unwrap();
+        let output = Command::new(python)
+            .args(["-m", "unittest", "discover", "-s", tests, "-t", tests, "-v"])
+            .current_dir(work.path())
+            .env("AUTHGATE_ADDR", &addr)
+            .env("AUTHGATE_CHECK_KEY", &keys.check)
+            .output()
+            .expect("the venv's python runs");
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "clients/python tests, installed:\n{all}");
+        all
     })
     .await
     .unwrap();
