@@ -67,7 +67,16 @@ async fn python_client_and_middleware_from_the_built_wheel() {
         let (dist_s, venv_s) = (dist.to_str().unwrap(), venv.to_str().unwrap());
         run(
             "python3",
-            &["-m", "build", "--no-isolation", "--wheel", "--sdist", "--outdir", dist_s, "."],
+            &[
+                "-m",
+                "build",
+                "--no-isolation",
+                "--wheel",
+                "--sdist",
+                "--outdir",
+                dist_s,
+                ".",
+            ],
             &package,
         );
         let built: Vec<String> = std::fs::read_dir(&dist)
@@ -78,11 +87,18 @@ async fn python_client_and_middleware_from_the_built_wheel() {
             .iter()
             .find(|f| f.ends_with("-py3-none-any.whl"))
             .unwrap_or_else(|| panic!("a wheel among {built:?}"));
-        assert!(built.iter().any(|f| f.ends_with(".tar.gz")), "an sdist among {built:?}");
+        assert!(
+            built.iter().any(|f| f.ends_with(".tar.gz")),
+            "an sdist among {built:?}"
+        );
         let wheel = dist.join(wheel);
         let metadata = run(
             "unzip",
-            &["-p", wheel.to_str().unwrap(), "authgate_client-*.dist-info/METADATA"],
+            &[
+                "-p",
+                wheel.to_str().unwrap(),
+                "authgate_client-*.dist-info/METADATA",
+            ],
             work.path(),
         );
         for field in [
@@ -94,21 +110,38 @@ async fn python_client_and_middleware_from_the_built_wheel() {
             "Classifier: Typing :: Typed",
             "Provides-Extra: aiogram",
         ] {
-            assert!(metadata.contains(field), "METADATA lacks {field:?}:\n{metadata}");
+            assert!(
+                metadata.contains(field),
+                "METADATA lacks {field:?}:\n{metadata}"
+            );
         }
         // The test tools and the dependencies come from the machine's
         // site-packages; authgate_client is nowhere but in the wheel.
-        run("python3", &["-m", "venv", "--system-site-packages", venv_s], work.path());
+        run(
+            "python3",
+            &["-m", "venv", "--system-site-packages", venv_s],
+            work.path(),
+        );
         let python = venv.join("bin/python");
         let python = python.to_str().unwrap();
         run(
             python,
-            &["-m", "pip", "install", "--quiet", "--no-deps", wheel.to_str().unwrap()],
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                wheel.to_str().unwrap(),
+            ],
             work.path(),
         );
         let found = run(
             python,
-            &["-c", "import authgate_client; print(authgate_client.__file__)"],
+            &[
+                "-c",
+                "import authgate_client; print(authgate_client.__file__)",
+            ],
             work.path(),
         );
         assert!(found.trim().starts_with(venv_s), "imported from {found}");
@@ -126,7 +159,10 @@ async fn python_client_and_middleware_from_the_built_wheel() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(output.status.success(), "clients/python tests, installed:\n{all}");
+        assert!(
+            output.status.success(),
+            "clients/python tests, installed:\n{all}"
+        );
         all
     })
     .await
@@ -150,6 +186,84 @@ async fn node_client_and_middleware() {
     assert!(
         out.contains("# fail 0") && out.contains("# skipped 0"),
         "{out}"
+    );
+    server.terminate();
+}
+
+/// The Node package as a user installs it: its types check under tsc,
+/// `npm pack` makes a tarball of what it needs (the protos included, the
+/// tests not), and that tarball, installed into a fresh folder, calls a
+/// real authgate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_package_packs_installs_and_calls_authgate() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = TestKeys::new();
+    let server = server(dir.path(), &keys);
+    let addr = server.addr.to_string();
+    let work = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let package = root.join("clients/node");
+        run("npm", &["run", "--silent", "typecheck"], &package);
+        let packed = run(
+            "npm",
+            &["pack", "--silent", "--pack-destination", work.path().to_str().unwrap()],
+            &package,
+        );
+        let tarball = work.path().join(packed.trim());
+        let listed = run("tar", &["tzf", tarball.to_str().unwrap()], work.path());
+        for needed in [
+            "package/package.json",
+            "package/index.js",
+            "package/index.d.ts",
+            "package/lib/client.js",
+            "package/proto/authgate/v1/access.proto",
+            "package/LICENSE",
+        ] {
+            assert!(listed.lines().any(|l| l == needed), "{needed} not packed:\n{listed}");
+        }
+        assert!(
+            !listed.contains("package/test/") && !listed.contains("node_modules"),
+            "only what the package needs:\n{listed}"
+        );
+        assert!(!package.join("proto").exists(), "packing leaves the checkout as it was");
+        let user = work.path().join("user");
+        std::fs::create_dir(&user).unwrap();
+        std::fs::write(user.join("package.json"), r#"{"name":"smoke","private":true}"#).unwrap();
+        run(
+            "npm",
+            &["install", "--no-audit", "--no-fund", "--loglevel=error", tarball.to_str().unwrap()],
+            &user,
+        );
+        let smoke = r#"
+            const { createClient, DEFAULT_PROTO_DIR, VERSION } = require('@authgate/client');
+            const client = createClient({ address: process.env.ADDR, apiKey: process.env.KEY });
+            client.checkAccess({ context: 'login', userId: 'smoke' }).then((r) => {
+              console.log(JSON.stringify({ decision: r.verdict.decision, DEFAULT_PROTO_DIR, VERSION }));
+              client.close();
+            }, (e) => { console.error(e); process.exit(1); });
+        "#;
+        let output = Command::new("node")
+            .args(["-e", smoke])
+            .current_dir(&user)
+            .env("ADDR", &addr)
+            .env("KEY", &keys.check)
+            .output()
+            .expect("node runs");
+        assert!(output.status.success(), "{output:?}");
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        (answer, user)
+    })
+    .await
+    .unwrap();
+    let (answer, user) = out;
+    assert_eq!(answer["decision"], "DECISION_ALLOW", "{answer}");
+    assert_eq!(answer["VERSION"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        answer["DEFAULT_PROTO_DIR"]
+            .as_str()
+            .is_some_and(|d| d.starts_with(user.to_str().unwrap())),
+        "the installed package reads its own protos: {answer}"
     );
     server.terminate();
 }

@@ -1,14 +1,18 @@
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-// The repository's proto/ directory: the package is used from a checkout
-// (or a file: dependency on one) rather than published with copies.
 // The package's version, which this client's user agent carries.
 const { version: VERSION } = require('../package.json');
-const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
+// The protos the package carries (npm pack copies them in), else the
+// repository's, for a checkout.
+const PACKED_PROTO_DIR = path.resolve(__dirname, '..', 'proto');
+const DEFAULT_PROTO_DIR = fs.existsSync(PACKED_PROTO_DIR)
+  ? PACKED_PROTO_DIR
+  : path.resolve(__dirname, '..', '..', '..', 'proto');
 
 function loadAccessService(protoDir) {
   const definition = protoLoader.loadSync('authgate/v1/access.proto', {
