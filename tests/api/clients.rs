@@ -205,10 +205,23 @@ async fn node_package_packs_installs_and_calls_authgate() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let package = root.join("clients/node");
         run("npm", &["run", "--silent", "typecheck"], &package);
+        // Packed from a copy laid out as the repository is: prepack copies
+        // ../../proto in, which must not appear in the checkout while the
+        // other Node test reads it.
+        let copy = work.path().join("repo/clients/node");
+        std::fs::create_dir_all(&copy).unwrap();
+        let node_files = ["index.js", "index.d.ts", "lib", "package.json", "LICENSE", "README.md"];
+        for file in node_files {
+            let from = package.join(file);
+            run("cp", &["-r", from.to_str().unwrap(), copy.to_str().unwrap()], work.path());
+        }
+        let from = root.join("proto");
+        let to = work.path().join("repo");
+        run("cp", &["-r", from.to_str().unwrap(), to.to_str().unwrap()], work.path());
         let packed = run(
             "npm",
             &["pack", "--silent", "--pack-destination", work.path().to_str().unwrap()],
-            &package,
+            &copy,
         );
         let tarball = work.path().join(packed.trim());
         let listed = run("tar", &["tzf", tarball.to_str().unwrap()], work.path());
@@ -226,7 +239,7 @@ async fn node_package_packs_installs_and_calls_authgate() {
             !listed.contains("package/test/") && !listed.contains("node_modules"),
             "only what the package needs:\n{listed}"
         );
-        assert!(!package.join("proto").exists(), "packing leaves the checkout as it was");
+        assert!(!copy.join("proto").exists(), "packing leaves the tree as it was");
         let user = work.path().join("user");
         std::fs::create_dir(&user).unwrap();
         std::fs::write(user.join("package.json"), r#"{"name":"smoke","private":true}"#).unwrap();
