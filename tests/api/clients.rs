@@ -1,52 +1,44 @@
 //! The client libraries in the callers' languages, each driven by its own
 //! test suite against a real authgate that requires API keys.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::helpers::*;
 
 /// An authgate on the real clock (the suites generate TOTP codes from the
 /// wall clock) with a `check` key, and the suites' environment.
-fn server(dir: &std::path::Path, keys: &TestKeys) -> ChildServer {
+fn server(dir: &Path, keys: &TestKeys) -> ChildServer {
     std::fs::write(dir.join("authgate.toml"), &keys.toml).unwrap();
     ChildServer::spawn(dir, &[], &[("AUTHGATE_SERVER__LISTEN", "127.0.0.1:0")])
 }
 
-fn run_suite(program: &str, args: &[&str], subdir: &str, addr: &str, key: &str) -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(format!("{root}/clients/{subdir}"))
-        .env("AUTHGATE_ADDR", addr)
-        .env("AUTHGATE_CHECK_KEY", key)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed for clients/{subdir}: {e}"));
-    let all = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "clients/{subdir} tests failed (scripts/test.sh installs their packages):\n{all}"
-    );
-    all
-}
-
-/// Runs `program` with `args`, panicking with its output unless it succeeds.
-fn run(program: &str, args: &[&str], cwd: &std::path::Path) -> String {
+/// Runs `program` in `cwd` with `env` on top, panicking with everything it
+/// printed unless it succeeds; returns its standard output and error.
+fn run(program: &str, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (String, String) {
     let output = Command::new(program)
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    let all = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        .unwrap_or_else(|e| panic!("{program} must be installed (scripts/test.sh): {e}"));
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
     );
-    assert!(output.status.success(), "{program} {args:?}:\n{all}");
-    all
+    assert!(
+        output.status.success(),
+        "{program} {args:?} in {} failed (scripts/test.sh installs what it needs):\n{out}\n{err}",
+        cwd.display()
+    );
+    (out, err)
+}
+
+/// A client's test suite against `addr` with the `check` key: all it printed.
+fn run_suite(program: &str, args: &[&str], cwd: &Path, addr: &str, key: &str) -> String {
+    let env = [("AUTHGATE_ADDR", addr), ("AUTHGATE_CHECK_KEY", key)];
+    let (out, err) = run(program, args, cwd, &env);
+    format!("{out}\n{err}")
 }
 
 /// The package as a user installs it: a wheel (and an sdist) built from
@@ -60,7 +52,7 @@ async fn python_client_and_middleware_from_the_built_wheel() {
     let addr = server.addr.to_string();
     let work = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let package = root.join("clients/python");
         let dist = work.path().join("dist");
         let venv = work.path().join("venv");
@@ -78,6 +70,7 @@ async fn python_client_and_middleware_from_the_built_wheel() {
                 ".",
             ],
             &package,
+            &[],
         );
         let built: Vec<String> = std::fs::read_dir(&dist)
             .unwrap()
@@ -92,7 +85,7 @@ async fn python_client_and_middleware_from_the_built_wheel() {
             "an sdist among {built:?}"
         );
         let wheel = dist.join(wheel);
-        let metadata = run(
+        let (metadata, _) = run(
             "unzip",
             &[
                 "-p",
@@ -100,6 +93,7 @@ async fn python_client_and_middleware_from_the_built_wheel() {
                 "authgate_client-*.dist-info/METADATA",
             ],
             work.path(),
+            &[],
         );
         for field in [
             "Name: authgate-client",
@@ -121,6 +115,7 @@ async fn python_client_and_middleware_from_the_built_wheel() {
             "python3",
             &["-m", "venv", "--system-site-packages", venv_s],
             work.path(),
+            &[],
         );
         let python = venv.join("bin/python");
         let python = python.to_str().unwrap();
@@ -135,35 +130,27 @@ async fn python_client_and_middleware_from_the_built_wheel() {
                 wheel.to_str().unwrap(),
             ],
             work.path(),
+            &[],
         );
-        let found = run(
+        let (found, _) = run(
             python,
             &[
                 "-c",
                 "import authgate_client; print(authgate_client.__file__)",
             ],
             work.path(),
+            &[],
         );
         assert!(found.trim().starts_with(venv_s), "imported from {found}");
         let tests = package.join("tests");
         let tests = tests.to_str().unwrap();
-        let output = Command::new(python)
-            .args(["-m", "unittest", "discover", "-s", tests, "-t", tests, "-v"])
-            .current_dir(work.path())
-            .env("AUTHGATE_ADDR", &addr)
-            .env("AUTHGATE_CHECK_KEY", &keys.check)
-            .output()
-            .expect("the venv's python runs");
-        let all = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            output.status.success(),
-            "clients/python tests, installed:\n{all}"
-        );
-        all
+        run_suite(
+            python,
+            &["-m", "unittest", "discover", "-s", tests, "-t", tests, "-v"],
+            work.path(),
+            &addr,
+            &keys.check,
+        )
     })
     .await
     .unwrap();
@@ -179,7 +166,14 @@ async fn node_client_and_middleware() {
     let server = server(dir.path(), &keys);
     let addr = server.addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        run_suite("node", &["--test"], "node", &addr, &keys.check)
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        run_suite(
+            "node",
+            &["--test"],
+            &root.join("clients/node"),
+            &addr,
+            &keys.check,
+        )
     })
     .await
     .unwrap();
@@ -202,9 +196,9 @@ async fn node_package_packs_installs_and_calls_authgate() {
     let addr = server.addr.to_string();
     let work = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking(move || {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let package = root.join("clients/node");
-        run("npm", &["run", "--silent", "typecheck"], &package);
+        run("npm", &["run", "--silent", "typecheck"], &package, &[]);
         // Packed from a copy laid out as the repository is: prepack copies
         // ../../proto in, which must not appear in the checkout while the
         // other Node test reads it.
@@ -213,18 +207,17 @@ async fn node_package_packs_installs_and_calls_authgate() {
         let node_files = ["index.js", "index.d.ts", "lib", "package.json", "LICENSE", "README.md"];
         for file in node_files {
             let from = package.join(file);
-            run("cp", &["-r", from.to_str().unwrap(), copy.to_str().unwrap()], work.path());
+            run("cp", &["-r", from.to_str().unwrap(), copy.to_str().unwrap()], work.path(), &[]);
         }
         let from = root.join("proto");
         let to = work.path().join("repo");
-        run("cp", &["-r", from.to_str().unwrap(), to.to_str().unwrap()], work.path());
-        let packed = run(
+        run("cp", &["-r", from.to_str().unwrap(), to.to_str().unwrap()], work.path(), &[]);
+        let (packed, _) = run(
             "npm",
             &["pack", "--silent", "--pack-destination", work.path().to_str().unwrap()],
-            &copy,
-        );
+            &copy, &[]);
         let tarball = work.path().join(packed.trim());
-        let listed = run("tar", &["tzf", tarball.to_str().unwrap()], work.path());
+        let (listed, _) = run("tar", &["tzf", tarball.to_str().unwrap()], work.path(), &[]);
         for needed in [
             "package/package.json",
             "package/index.js",
@@ -246,8 +239,7 @@ async fn node_package_packs_installs_and_calls_authgate() {
         run(
             "npm",
             &["install", "--no-audit", "--no-fund", "--loglevel=error", tarball.to_str().unwrap()],
-            &user,
-        );
+            &user, &[]);
         let smoke = r#"
             const { createClient, DEFAULT_PROTO_DIR, VERSION } = require('@authgate/client');
             const client = createClient({ address: process.env.ADDR, apiKey: process.env.KEY });
@@ -256,15 +248,13 @@ async fn node_package_packs_installs_and_calls_authgate() {
               client.close();
             }, (e) => { console.error(e); process.exit(1); });
         "#;
-        let output = Command::new("node")
-            .args(["-e", smoke])
-            .current_dir(&user)
-            .env("ADDR", &addr)
-            .env("KEY", &keys.check)
-            .output()
-            .expect("node runs");
-        assert!(output.status.success(), "{output:?}");
-        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        let (printed, _) = run(
+            "node",
+            &["-e", smoke],
+            &user,
+            &[("ADDR", &addr), ("KEY", &keys.check)],
+        );
+        let answer: serde_json::Value = serde_json::from_str(&printed).expect("JSON");
         (answer, user)
     })
     .await
