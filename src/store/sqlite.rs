@@ -291,17 +291,11 @@ impl KeyStates for SqliteStore {
 #[async_trait::async_trait]
 impl Bans for SqliteStore {
     async fn active_bans(&self) -> Result<Arc<BanSet>, StoreError> {
-        self.bans
-            .get(true, async {
-                let mut conn = self.sql.readers.acquire().await?;
-                self.sql.read_bans(&mut conn, None).await
-            })
-            .await
+        self.bans.get(true, self.sql.read_bans(None)).await
     }
 
     async fn list_bans(&self, now: UnixMillis) -> Result<Vec<Ban>, StoreError> {
-        let mut conn = self.sql.readers.acquire().await?;
-        self.sql.read_bans(&mut conn, Some(now)).await
+        self.sql.read_bans(Some(now)).await
     }
 
     async fn put_bans(&self, bans: &[Ban]) -> Result<u64, StoreError> {

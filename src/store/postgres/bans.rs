@@ -42,17 +42,11 @@ impl Bans for PostgresStore {
             .cache
             .as_ref()
             .is_some_and(|c| c.trusted(Instant::now()));
-        self.bans
-            .get(trusted, async {
-                let mut conn = self.sql.readers.acquire().await?;
-                self.sql.read_bans(&mut conn, None).await
-            })
-            .await
+        self.bans.get(trusted, self.sql.read_bans(None)).await
     }
 
     async fn list_bans(&self, now: UnixMillis) -> Result<Vec<Ban>, StoreError> {
-        let mut conn = self.sql.readers.acquire().await?;
-        self.sql.read_bans(&mut conn, Some(now)).await
+        self.sql.read_bans(Some(now)).await
     }
 
     async fn put_bans(&self, bans: &[Ban]) -> Result<u64, StoreError> {

@@ -98,11 +98,8 @@ for_each_dialect! {
 
         /// Every stored ban, in force at `now` when given, ordered by
         /// target; some may have run out and await cleanup when not.
-        pub async fn read_bans(
-            &self,
-            conn: &mut <Db as sqlx::Database>::Connection,
-            now: Option<UnixMillis>,
-        ) -> Result<Vec<Ban>, StoreError> {
+        pub async fn read_bans(&self, now: Option<UnixMillis>) -> Result<Vec<Ban>, StoreError> {
+            let mut conn = self.readers.acquire().await?;
             let mut q: QueryBuilder<Db> = QueryBuilder::new(format!("SELECT {BAN_COLUMNS} FROM ban"));
             if let Some(now) = now {
                 q.push(" WHERE until_at IS NULL OR until_at > ").push_bind(now.0);
